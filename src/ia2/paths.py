@@ -1,0 +1,41 @@
+"""Where ia2 keeps its caches, and atomic writes so nothing half-written looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def cache_root() -> Path:
+    """The cache folder: $IA2_CACHE, else ~/.cache/ia2."""
+    return Path(os.environ.get("IA2_CACHE", Path.home() / ".cache" / "ia2"))
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target` (file or folder); rename it onto `target` on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text(target: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(target: Path, obj: Any) -> None:
+    """Write JSON atomically, indented, keys in insertion order."""
+    write_text(target, json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,81 @@
+"""Demonstration selection and prompt assembly, returning token ids with the answer boundary checked."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from .errors import IA2Error
+from .tasks import Example, Task
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """A prompt's token ids, the gold answer's ids after it, and the gold label's index."""
+
+    prompt: list[int]
+    answer: list[int]
+    label: int
+
+
+def draw_demos(pool: Sequence[int], k: int, rng: random.Random, exclude: int | None = None) -> list[int]:
+    """k distinct pool indices other than `exclude`, in random order (leave-one-out when exclude is set)."""
+    candidates = [i for i in pool if i != exclude]
+    if k > len(candidates):
+        raise IA2Error(f"cannot draw {k} demonstrations from a pool of {len(candidates)}")
+    return rng.sample(candidates, k)
+
+
+class Encoder:
+    """Renders and tokenises prompts for one task and tokenizer; owns the label token ids."""
+
+    def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        probe = self.text(task.examples[0], [])
+        self.label_ids = [self._answer_ids(probe, task.render_answer(label), task.examples[0]) for label in task.labels]
+        self._check_labels()
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _answer_ids(self, prompt: str, answer: str, example: Example) -> list[int]:
+        """tokens(prompt + answer) minus tokens(prompt); the prompt's tokens must be a stable prefix."""
+        head, full = self._tokens(prompt), self._tokens(prompt + answer)
+        if full[: len(head)] != head or len(full) == len(head):
+            raise IA2Error(f"{example.where}: answer {answer!r} does not tokenise as a clean continuation of its prompt")
+        return full[len(head):]
+
+    def _check_labels(self) -> None:
+        """Reject label sets whose first tokens collide: first-token scoring and T=1 targets could not tell them apart."""
+        seen: dict[int, str] = {}
+        for label, ids in zip(self.task.labels, self.label_ids):
+            first = ids[0]
+            if first in seen:
+                raise IA2Error(
+                    f"{self.task.name}: labels {seen[first]!r} and {label!r} start with the same token "
+                    f"{self.tokenizer.decode([first])!r}; scoring would be ambiguous"
+                )
+            seen[first] = label
+
+    def text(self, example: Example, demos: Sequence[Example]) -> str:
+        """instruction + demos (question + answer, joined by the separator) + separator + question."""
+        task = self.task
+        parts = [task.question(d) + task.render_answer(d.answer) for d in demos] + [task.question(example)]
+        return task.instruction + task.separator.join(parts)
+
+    def encode(self, example: Example, demos: Sequence[Example] = ()) -> Prompted:
+        """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
+        prompt_text = self.text(example, demos)
+        prompt = self._tokens(prompt_text)
+        if len(prompt) + 1 > self.max_length:
+            raise IA2Error(f"{example.where}: prompt of {len(prompt)} tokens exceeds the model's context of {self.max_length}")
+        if example.answer not in self.task.labels:
+            raise IA2Error(f"{example.where}: field 'answer' = {example.answer!r} is not a label of {self.task.name}")
+        label = self.task.labels.index(example.answer)
+        answer = self._answer_ids(prompt_text, self.task.render_answer(example.answer), example)
+        if answer != self.label_ids[label]:
+            raise IA2Error(f"{example.where}: label {example.answer!r} tokenises differently after this prompt")
+        return Prompted(prompt, answer, label)

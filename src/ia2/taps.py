@@ -1,0 +1,65 @@
+"""Where activations are read: one forward hook per decoder layer, validated at start-up."""
+
+from __future__ import annotations
+
+import re
+import torch
+from torch import nn
+
+from .errors import IA2Error
+
+SITES = {
+    "attn": r"(?:^|\.)layers\.(\d+)\.self_attn$",
+    "mlp": r"(?:^|\.)layers\.(\d+)\.mlp$",
+    "residual": r"(?:^|\.)layers\.(\d+)$",
+}
+
+
+def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
+    """The module whose output is read at `site`, for every decoder layer in order."""
+    if site not in SITES:
+        raise IA2Error(f"unknown tap site {site!r}: choose from {', '.join(SITES)}")
+    pattern = re.compile(SITES[site])
+    found = {}
+    for name, module in model.named_modules():
+        match = pattern.search(name)
+        if match:
+            found.setdefault(int(match.group(1)), module)
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if sorted(found) != list(range(n_layers)):
+        raise IA2Error(f"tap site {site!r}: found layers {sorted(found)}, expected 0..{n_layers - 1}")
+    return [found[i] for i in range(n_layers)]
+
+
+class Tap:
+    """Records, per layer, the module output at the last `keep` positions of each forward pass.
+
+    For `attn` that is the self-attention output after o_proj and before the residual add.
+    """
+
+    def __init__(self, model: nn.Module, site: str = "attn") -> None:
+        self.site, self.modules = site, layer_modules(model, site)
+        self.keep, self._outputs, self._handles = 1, [], []
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        self._outputs.append(out[:, -self.keep:, :])
+
+    def __enter__(self) -> "Tap":
+        self._outputs = []
+        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def take(self) -> torch.Tensor:
+        """The recorded outputs as [batch, layers, keep, hidden]; clears the record."""
+        if len(self._outputs) != len(self.modules):
+            raise RuntimeError(f"tap recorded {len(self._outputs)} outputs for {len(self.modules)} layers")
+        stacked = torch.stack(self._outputs, dim=1)
+        self._outputs = []
+        return stacked
+

@@ -1,0 +1,53 @@
+"""What a task is: labelled examples plus the declaration of how to prompt and score them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example; `where` names its origin (file and line) for error messages."""
+
+    question: str
+    answer: str
+    where: str = ""
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: examples, label words and a prompt template.
+
+    A prompt is `instruction + question(q)`; an answer is rendered as `answer_prefix + label`;
+    demonstrations are `question(d) + answer(d)` joined by `separator`.
+    """
+
+    name: str
+    examples: tuple[Example, ...]
+    labels: tuple[str, ...]
+    template: str = "Question: {question}\nAnswer:"
+    answer_prefix: str = " "
+    separator: str = "\n\n"
+    instruction: str = ""
+    max_new_tokens: int = 1
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def question(self, example: Example) -> str:
+        """The query text of an example, without demonstrations."""
+        return self.template.format(question=example.question)
+
+    def render_answer(self, answer: str) -> str:
+        """The answer text as it follows a question."""
+        return self.answer_prefix + answer
+
+    def data_hash(self) -> str:
+        """A hash of the examples, labels and template: it changes whenever the data or its rendering does."""
+        payload = json.dumps(
+            [self.template, self.answer_prefix, self.separator, self.instruction, list(self.labels),
+             [(e.question, e.answer, e.split) for e in self.examples]]
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]

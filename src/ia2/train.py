@@ -1,0 +1,116 @@
+"""One batched trainer: Adam at a constant rate, dev-loss early stopping with the best adapter state restored."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import losses
+from .batching import forward, make_batch, right_align
+from .methods import Stage
+from .taps import Tap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults are the paper's (effective batch 4, dev check every 2 steps, patience 5)."""
+
+    lr: float = 1e-3
+    batch_size: int = 4
+    max_epochs: int = 50
+    eval_every: int = 2
+    patience: int = 5
+    w: float = 0.5
+    per_layer_norm: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """A training example for one stage: the prompt (no demos), the answer fed and, for IA2, its teacher activations."""
+
+    prompt: list[int]
+    answer: list[int]
+    acts: torch.Tensor | None = None
+
+
+def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> torch.Tensor:
+    """The stage's loss on one batch."""
+    batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
+    mask = batch.answer_mask().to(model.device)
+    needs_acts = stage.loss != "ce"
+    logits, acts = forward(model, batch, tap if needs_acts else None)
+    ce = None
+    if stage.loss != "ia2":
+        targets = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
+        ce = losses.ce(logits, targets, mask)
+        if stage.loss == "ce":
+            return ce
+    target = right_align([i.acts for i in items], batch.keep, dim=1).to(model.device)
+    ia2 = losses.ia2(acts, target, mask, cfg.per_layer_norm)
+    return ia2 if ce is None else losses.joint(ia2, ce, cfg.w)
+
+
+@torch.no_grad()
+def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> float:
+    """Mean loss over dev items, weighted by batch size."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(items), cfg.batch_size):
+        chunk = items[start:start + cfg.batch_size]
+        total += batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * len(chunk)
+    return total / len(items)
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the adapter weights (PEFT's own state dict aliases the live tensors)."""
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence[Item], stage: Stage,
+                cfg: TrainConfig, seed: int, pad_id: int, desc: str = "train") -> dict:
+    """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id), adapter_state(model)
+    history = [{"step": 0, "dev_loss": best}]
+    step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.batch_size)
+    bar = tqdm(total=cfg.max_epochs * steps_per_epoch, desc=desc, leave=False)
+    for epoch in range(cfg.max_epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for start in range(0, len(order), cfg.batch_size):
+            model.train()
+            loss = batch_loss(model, tap, [train[i] for i in order[start:start + cfg.batch_size]], stage, cfg, pad_id)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            if step % cfg.eval_every:
+                continue
+            current = dev_loss(model, tap, dev, stage, cfg, pad_id)
+            history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
+            bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
+            if current < best:
+                best, best_state, stale = current, adapter_state(model), 0
+            else:
+                stale += 1
+            if stale >= cfg.patience:
+                break
+        if stale >= cfg.patience:
+            break
+    bar.close()
+    set_peft_model_state_dict(model, best_state)
+    model.eval()
+    best_step = next(h["step"] for h in history if h["dev_loss"] == best)
+    return {"stage": f"{stage.loss}:{stage.labels}", "steps": step, "epochs": epoch + 1, "best_dev_loss": best,
+            "best_step": best_step, "history": history}
