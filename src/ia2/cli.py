@@ -11,7 +11,7 @@ from pathlib import Path
 from .adapters import AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, run
-from .methods import parse_methods
+from .methods import METHODS, parse_methods
 from .train import TrainConfig
 
 DEMO = RunConfig(
@@ -36,7 +36,7 @@ def _words(text: str) -> tuple[str, ...]:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)")
     p.add_argument("--task", required=True, help="bigbench:<task> or jsonl:<path>")
-    p.add_argument("--methods", type=parse_methods, default=list(DEMO.methods), help="comma-separated")
+    p.add_argument("--methods", default=",".join(DEMO.methods), help="comma-separated: " + ", ".join(METHODS))
     p.add_argument("--n", type=int, default=8, help="labelled training examples")
     p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
     p.add_argument("--out", type=Path, default=Path("runs/latest"))
@@ -62,7 +62,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        model=args.model, task=args.task, methods=tuple(args.methods), n=args.n, seeds=args.seeds, labels=args.labels,
+        model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
         k_max=args.k_max, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
     try:
+        cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
         run(cfg, args.out)
     except IA2Error as exc:
         print(f"ia2: error: {exc}", file=sys.stderr)
