@@ -19,7 +19,7 @@ from .adapters import AdapterConfig
 from .errors import IA2Error
 from .evaluate import Scores, layer_cosine, score, summarise
 from .manifest import manifest
-from .methods import BASELINES, METHODS, Stage
+from .methods import BASELINES, METHODS, Stage, parse_methods
 from .paths import write_json
 from .prompts import Encoder, Prompted, draw_demos
 from .report import write_reports
@@ -50,12 +50,21 @@ class RunConfig:
     batch_size: int = 8
     save_adapters: bool = True
 
+    def validate(self) -> None:
+        """Reject settings that cannot run, with the option's name."""
+        minimums = {"--n": (self.n, 2), "--n-dev": (self.dev_size, 1), "--n-test": (self.n_test, 1),
+                    "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1), "--lora-r": (self.adapter.r, 1)}
+        for option, (value, least) in minimums.items():
+            if value < least:
+                raise IA2Error(f"{option} must be at least {least}, got {value}")
+        self.train.validate()
+
     @property
     def dev_size(self) -> int:
         return self.n_dev if self.n_dev is not None else max(1, self.n // 2)
 
     def key(self) -> str:
-        """Hash of the config minus the method list: rows written under one key can be reused by a rerun."""
+        """Hash of the config minus methods and seeds: a (seed, method) row written under one key is reused by a rerun."""
         payload = {k: v for k, v in asdict(self).items() if k not in ("methods", "seeds")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -98,6 +107,7 @@ class Experiment:
     """Holds the model, task and encoder for one run and produces its result rows."""
 
     def __init__(self, cfg: RunConfig, out: Path) -> None:
+        cfg.validate()
         self.cfg, self.out = cfg, out
         self.task = load_task(cfg.task, cfg.labels)
         self.test, self.pool = test_and_pool(self.task, cfg)
@@ -105,6 +115,7 @@ class Experiment:
         self.pad_id = self.tokenizer.pad_token_id
         self.encoder = Encoder(self.task, self.tokenizer, self.model.config.get_text_config().max_position_embeddings)
         self.fingerprint = targets.model_fingerprint(self.model)
+        self.model_class = type(self.model).__name__
         self.tap = Tap(self.model, cfg.site)
         self._zero_shot: Scores | None = None
         self._trained: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {}
@@ -195,20 +206,17 @@ class Experiment:
 
 def run(cfg: RunConfig, out: Path) -> dict:
     """Run every seed and method, resuming from rows already written under the same config; write the reports."""
-    for m in cfg.methods:
-        if m not in METHODS:
-            raise IA2Error(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    parse_methods(",".join(cfg.methods))
     exp = Experiment(cfg, out)
     rows_dir = out / "rows" / cfg.key()
     rows = []
     for seed in tqdm(cfg.seeds, desc="seeds"):
-        path = rows_dir / f"seed{seed}.json"
-        if path.exists():
-            rows += json.loads(path.read_text())
-            continue
-        seed_rows = exp.run_seed(seed, list(cfg.methods))
-        write_json(path, seed_rows)
-        rows += seed_rows
+        paths = {m: rows_dir / f"seed{seed}" / f"{m}.json" for m in cfg.methods}
+        todo = [m for m, path in paths.items() if not path.exists()]
+        if todo:
+            for row in exp.run_seed(seed, todo):
+                write_json(paths[row["method"]], row)
+        rows += [json.loads(paths[m].read_text()) for m in cfg.methods]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}
     result = {"config": config, "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
     write_json(out / "manifest.json", manifest(cfg, exp))

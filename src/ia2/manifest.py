@@ -42,7 +42,7 @@ def manifest(cfg: Any, exp: Any) -> dict:
         "task": {"name": exp.task.name, "source": exp.task.source, "data_hash": exp.task.data_hash(),
                  "n_examples": len(exp.task.examples), "labels": list(exp.task.labels),
                  "test_indices": exp.test},
-        "model": {"spec": cfg.model, "fingerprint": exp.fingerprint, "class": type(exp.model.get_base_model()).__name__},
+        "model": {"spec": cfg.model, "fingerprint": exp.fingerprint, "class": exp.model_class},
         "versions": versions(),
         "git_commit": git_commit(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

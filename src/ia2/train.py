@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import losses
 from .batching import forward, make_batch, right_align
+from .errors import IA2Error
 from .methods import Stage
 from .taps import Tap
 
@@ -31,6 +32,17 @@ class TrainConfig:
     patience: int = 5
     w: float = 0.5
     per_layer_norm: bool = False
+
+    def validate(self) -> None:
+        """Reject settings that cannot train, with the option's name."""
+        for option, value in (("--train-batch-size", self.batch_size), ("--epochs", self.max_epochs),
+                              ("--eval-every", self.eval_every), ("--patience", self.patience)):
+            if value < 1:
+                raise IA2Error(f"{option} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise IA2Error(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.w <= 1:
+            raise IA2Error(f"--w must be in [0, 1], got {self.w}")
 
 
 @dataclass(frozen=True)

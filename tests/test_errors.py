@@ -1,0 +1,218 @@
+"""Bad input fails loudly: an IA2Error naming the file and line or field, a one-line CLI error and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import toy_rows, write_jsonl
+from ia2 import cli, experiment, models
+from ia2.errors import IA2Error
+from ia2.experiment import RunConfig
+from ia2.prompts import Encoder
+from ia2.tasks import load_task
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of ia2.cli.main, whether it returns or exits."""
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def error_lines(err: str) -> list[str]:
+    """Non-empty stderr lines, ignoring progress-bar redraws (tqdm writes '\r'-separated frames)."""
+    return [line for line in err.splitlines() if line.strip() and "\r" not in line and "it/s]" not in line
+            and "s/it]" not in line]
+
+
+def cli_args(model: Path | str, task: str, out: Path, *extra: str) -> list[str]:
+    return ["run", "--model", str(model), "--task", task, "--methods", "zero-shot,icl,ia2", "--n", "4",
+            "--seeds", "0", "--n-test", "10", "--epochs", "1", "--out", str(out), *extra]
+
+
+def assert_cli_fails(argv, capsys, *needles: str) -> str:
+    code, err = run_cli(argv, capsys)
+    assert code != 0
+    lines = error_lines(err)
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def test_missing_jsonl_file(tmp_path, llama_dir, capsys):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(IA2Error, match="nope.jsonl"):
+        load_task(f"jsonl:{path}")
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, str(path))
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_malformed_json_line(tmp_path, llama_dir, capsys):
+    rows = [json.dumps(r) for r in toy_rows(30)]
+    rows[6] = '{"question": "is the cat big?", "answer": "yes"'  # line 7
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(IA2Error) as info:
+        load_task(f"jsonl:{path}")
+    assert f"{path}:7" in str(info.value) and "\n" not in str(info.value)
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:7")
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    rows = [json.dumps(r) for r in toy_rows(4)]
+    rows.insert(1, "")
+    rows.append('{"question": "q"}')  # line 6
+    path = write_jsonl(tmp_path / "gaps.jsonl", rows)
+    with pytest.raises(IA2Error, match=r"gaps\.jsonl:6: field 'answer'"):
+        load_task(f"jsonl:{path}")
+
+
+@pytest.mark.parametrize("bad, field", [({"question": "is the cat big?"}, "answer"),
+                                        ({"answer": "yes"}, "question"),
+                                        ({"question": "is it?", "answer": ""}, "answer"),
+                                        ({"question": "is it?", "answer": 3}, "answer"),
+                                        ({"question": "is it?", "answer": "yes", "split": 1}, "split"),
+                                        (["is it?", "yes"], "object")])
+def test_missing_or_bad_field(tmp_path, llama_dir, capsys, bad, field):
+    rows = toy_rows(30)
+    rows[3] = bad  # line 4
+    path = write_jsonl(tmp_path / "field.jsonl", rows)
+    with pytest.raises(IA2Error) as info:
+        load_task(f"jsonl:{path}")
+    assert f"{path}:4" in str(info.value) and field in str(info.value)
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:4", field)
+
+
+def test_answer_not_among_given_labels(tmp_path):
+    rows = toy_rows(10)
+    rows[2]["answer"] = "maybe"
+    path = write_jsonl(tmp_path / "labels.jsonl", rows)
+    with pytest.raises(IA2Error, match=rf"labels\.jsonl:3: field 'answer'"):
+        load_task(f"jsonl:{path}", labels=("no", "yes"))
+
+
+def test_single_label_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "one.jsonl", [{"question": "is it?", "answer": "yes"}] * 5)
+    with pytest.raises(IA2Error, match="one.jsonl"):
+        load_task(f"jsonl:{path}")
+
+
+def test_unknown_task_source(tmp_path, llama_dir, capsys):
+    for spec in ("csvfile:data.csv", "jsonl:", "nosource"):
+        with pytest.raises(IA2Error, match="unknown task"):
+            load_task(spec)
+    assert_cli_fails(cli_args(llama_dir, "csvfile:data.csv", tmp_path / "out"), capsys, "csvfile:data.csv")
+
+
+def test_unknown_model_name(tmp_path, toy_jsonl, capsys):
+    with pytest.raises(IA2Error, match="no-such-model"):
+        models.resolve("no-such-model")
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with pytest.raises(IA2Error, match="config.json"):
+        models.resolve(str(not_a_model))
+    assert_cli_fails(cli_args("no-such-model", f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, "no-such-model")
+
+
+def test_unknown_method(tmp_path, llama_dir, toy_jsonl, capsys):
+    argv = cli_args(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out")
+    argv[argv.index("--methods") + 1] = "zero-shot,bogus"
+    code, err = run_cli(argv, capsys)
+    assert code != 0
+    assert "bogus" in err and "Traceback" not in err
+    with pytest.raises(IA2Error, match="bogus"):
+        experiment.run(RunConfig(model=str(llama_dir), task=f"jsonl:{toy_jsonl}", methods=("bogus",)), tmp_path / "o2")
+
+
+def test_too_few_examples(tmp_path, llama_dir, capsys):
+    path = write_jsonl(tmp_path / "small.jsonl", toy_rows(15))  # N=4 + dev 2 + test 10 need 16
+    with pytest.raises(IA2Error, match="need 16"):
+        experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
+    line = assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "small.jsonl", "15")
+    assert not (tmp_path / "out" / "results.json").exists()
+    # marked test rows: too few of them is also an error
+    rows = toy_rows(30)
+    for r in rows[:5]:
+        r["split"] = "test"
+    path = write_jsonl(tmp_path / "marked.jsonl", rows)
+    with pytest.raises(IA2Error, match="test=10"):
+        experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
+
+
+def test_prompt_longer_than_context(tmp_path, short_context_dir, capsys):
+    """A 48-position model: plain prompts fit, ICL prompts with 3 demos do not."""
+    path = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    out = tmp_path / "out"
+    line = assert_cli_fails(cli_args(short_context_dir, f"jsonl:{path}", out), capsys, "toy.jsonl:", "context")
+    assert "48" in line
+    assert not (out / "results.json").exists()
+
+
+def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
+    model, tok = models.load(str(llama_dir))
+    rows = toy_rows(10)
+    rows[5]["question"] = " ".join(["cat"] * 600)
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    task = load_task(f"jsonl:{path}")
+    encoder = Encoder(task, tok, model.config.max_position_embeddings)
+    encoder.encode(task.examples[4])
+    with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens exceeds the model's context of 512"):
+        encoder.encode(task.examples[5])
+
+
+def test_colliding_label_first_tokens(tmp_path, llama_dir, capsys):
+    rows = toy_rows(40)
+    for r in rows[::2]:
+        r["answer"] = "yes please"
+    path = write_jsonl(tmp_path / "collide.jsonl", rows)
+    model, tok = models.load(str(llama_dir))
+    with pytest.raises(IA2Error, match="'yes'.*'yes please'|'yes please'.*'yes'"):
+        Encoder(load_task(f"jsonl:{path}"), tok, 512)
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "collide.jsonl", "yes please")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_interrupted_run_leaves_no_results(tmp_path, llama_dir, toy_jsonl, monkeypatch):
+    out = tmp_path / "out"
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment.Experiment, "train_and_eval", boom)
+    cfg = RunConfig(model=str(llama_dir), task=f"jsonl:{toy_jsonl}", methods=("zero-shot", "icl", "ia2"), n=4,
+                    seeds=(0,), n_test=10)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg, out)
+    assert not (out / "results.json").exists()
+    assert not (out / "results.md").exists()
+    assert not list(out.rglob("seed0.json")), "an unfinished seed must not leave a rows file"
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temporary files left behind"
+
+
+@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n-dev", "0"), ("--n-test", "0"), ("--train-batch-size", "0"),
+                                           ("--eval-every", "0"), ("--epochs", "0")])
+def test_degenerate_numbers_fail_cleanly(tmp_path, llama_dir, toy_jsonl, capsys, option, value):
+    """Out-of-range numbers end in a one-line error and a non-zero exit, never an uncaught exception.
+    (Zero epochs may instead run and report the untrained adapter.)"""
+    args = cli_args(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out")
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    try:
+        code, err = run_cli(args, capsys)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"{option} {value}: uncaught {type(exc).__name__}: {exc}")
+    if option == "--epochs" and code == 0:
+        return
+    assert code != 0
+    lines = error_lines(err)
+    assert len(lines) == 1, lines
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -1,0 +1,168 @@
+"""End to end through the CLI on a tiny model: the results contract, reports, manifest, resuming, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from conftest import toy_rows, write_jsonl
+from ia2 import cli, evaluate, experiment, models, targets, train
+from ia2.prompts import Encoder
+from ia2.tasks import load_task
+
+CONTRACT = {"task", "model", "method", "n_train", "seed", "accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"}
+METHODS = ["zero-shot", "icl", "sft", "ia2", "ia2-sft"]
+NUMBERS = ["accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"]
+
+
+def argv(model: Path, task: Path, out: Path, seeds: str = "0,1", methods: list[str] = METHODS) -> list[str]:
+    return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", ",".join(methods), "--n", "4",
+            "--seeds", seeds, "--n-test", "10", "--out", str(out), "--epochs", "2"]
+
+
+def run_with_cache(args: list[str], cache: Path) -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_CACHE", str(cache))
+        return cli.main(args)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, model_dirs):
+    """Run A (seeds 0,1) and run B (seeds 1,0) into different folders with different caches."""
+    root = tmp_path_factory.mktemp("e2e")
+    task = write_jsonl(root / "toy.jsonl", toy_rows(40))
+    model = model_dirs["llama"]
+    a, b = root / "a", root / "b"
+    assert run_with_cache(argv(model, task, a), root / "cache_a") == 0
+    assert run_with_cache(argv(model, task, b, seeds="1,0"), root / "cache_b") == 0
+    return {"root": root, "task": task, "model": model, "a": a, "b": b}
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_results_contract(runs):
+    res = results(runs["a"])
+    rows = res["rows"]
+    assert sorted((r["seed"], r["method"]) for r in rows) == sorted((s, m) for s in (0, 1) for m in METHODS)
+    for row in rows:
+        assert CONTRACT <= set(row), CONTRACT - set(row)
+        assert row["task"] == f"jsonl:{runs['task']}"
+        assert row["model"] == str(runs["model"])
+        assert row["n_train"] == 4
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["accuracy"] * 10 == pytest.approx(round(row["accuracy"] * 10)), "accuracy over all 10 test examples"
+        assert 0.0 <= row["ece"] <= 1.0 and 0.0 <= row["ece_equal_mass"] <= 1.0
+        assert 0.0 <= row["brier"] <= 2.0 and row["nll"] >= 0.0
+        if row["method"] == "icl":
+            assert row["asim"] is None
+        else:
+            assert isinstance(row["asim"], float) and -1.0 <= row["asim"] <= 1.0
+    assert res["config"]["n"] == 4 and res["config"]["n_test"] == 10
+
+
+def test_reports_and_manifest(runs):
+    out = runs["a"]
+    assert (out / "results.md").read_text().count("\n| ") >= len(METHODS)
+    for method in METHODS:
+        assert f"| {method} |" in (out / "results.md").read_text()
+    png = (out / "reliability.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    for pkg in ("torch", "transformers", "peft", "numpy"):
+        assert manifest["versions"][pkg]
+    task = load_task(f"jsonl:{runs['task']}")
+    assert manifest["task"]["data_hash"] == task.data_hash()
+    assert manifest["seeds"] == [0, 1]
+    assert len(manifest["task"]["test_indices"]) == 10
+    # adapters for the trained methods, in PEFT format
+    for seed in (0, 1):
+        for method in ("sft", "ia2", "ia2-sft"):
+            assert (out / "adapters" / f"seed{seed}" / method / "adapter_config.json").exists()
+
+
+def test_ia2_sft_reuses_the_ia2_stage(runs):
+    logs = json.loads((runs["a"] / "train_logs.json").read_text())
+    by = {(entry["seed"], entry["method"]): entry["stages"] for entry in logs}
+    for seed in (0, 1):
+        assert [s["stage"] for s in by[(seed, "ia2")]] == ["ia2:icl"]
+        assert [s["stage"] for s in by[(seed, "ia2-sft")]] == ["ia2:icl", "ce:gold"]
+        assert by[(seed, "ia2-sft")][0] == by[(seed, "ia2")][0]
+        assert [s["stage"] for s in by[(seed, "sft")]] == ["ce:gold"]
+
+
+def test_same_seed_same_numbers_across_runs(runs):
+    a = {(r["seed"], r["method"]): r for r in results(runs["a"])["rows"]}
+    b = {(r["seed"], r["method"]): r for r in results(runs["b"])["rows"]}
+    assert a.keys() == b.keys()
+    for key in a:
+        for metric in NUMBERS:
+            assert a[key][metric] == b[key][metric], (key, metric)
+    # the two seeds really differ (different training sets)
+    assert any(a[(0, m)]["accuracy"] != a[(1, m)]["accuracy"] or a[(0, m)]["nll"] != a[(1, m)]["nll"]
+               for m in ("sft", "ia2", "ia2-sft"))
+
+
+def test_saved_adapter_reproduces_its_row(runs):
+    """The saved ia2 adapter (the restored best state) scores the test set exactly as the row says."""
+    out = runs["a"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    row = next(r for r in results(out)["rows"] if r["seed"] == 0 and r["method"] == "ia2")
+    model, tok = models.load(str(runs["model"]))
+    peft = PeftModel.from_pretrained(model, str(out / "adapters" / "seed0" / "ia2")).eval()
+    task = load_task(f"jsonl:{runs['task']}")
+    encoder = Encoder(task, tok, 512)
+    plain = [encoder.encode(task.examples[i]) for i in manifest["task"]["test_indices"]]
+    scores = evaluate.score(peft, [p.prompt for p in plain], encoder.label_ids, tok.pad_token_id)
+    got = evaluate.summarise(scores, np.array([p.label for p in plain]), [ids[0] for ids in encoder.label_ids])
+    for metric in ("accuracy", "ece", "brier", "nll"):
+        assert got[metric] == pytest.approx(row[metric], abs=1e-6), metric
+
+
+def test_rerun_reuses_rows(runs, monkeypatch):
+    out, root = runs["a"], runs["root"]
+    row_files = sorted(out.glob("rows/*/seed*/*.json"))
+    methods = ["ia2-sft.json", "ia2.json", "icl.json", "sft.json", "zero-shot.json"]
+    assert [f"{p.parent.name}/{p.name}" for p in row_files] == [f"seed{s}/{m}" for s in (0, 1) for m in methods]
+    mtimes = [os.stat(p).st_mtime_ns for p in row_files]
+    before = results(out)["rows"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a rerun with the same arguments must not retrain")
+
+    monkeypatch.setattr(experiment, "train_stage", no_training)
+    monkeypatch.setattr(targets, "collect", no_training)
+    assert run_with_cache(argv(runs["model"], runs["task"], out), root / "cache_a") == 0
+    assert [os.stat(p).st_mtime_ns for p in row_files] == mtimes
+    assert results(out)["rows"] == before
+
+
+def test_rerun_with_other_methods_gives_exactly_those_methods(runs, tmp_path):
+    """Rows are reused per config key, which leaves the method list out: a rerun asking for other methods must
+    still report exactly the methods asked for. (Each rerun adds a new seed so the run is never fully resumed.)"""
+    out = tmp_path / "methods"
+    cache = runs["root"] / "cache_a"
+    assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0", methods=["zero-shot", "icl"]), cache) == 0
+    assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0,1", methods=["zero-shot", "icl", "sft"]),
+                          cache) == 0
+    rows = results(out)["rows"]
+    assert sorted((r["seed"], r["method"]) for r in rows) == [(s, m) for s in (0, 1) for m in ("icl", "sft", "zero-shot")]
+    assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0,1,2", methods=["icl"]), cache) == 0
+    assert sorted((r["seed"], r["method"]) for r in results(out)["rows"]) == [(0, "icl"), (1, "icl"), (2, "icl")]
+
+
+def test_baselines_only_run(tmp_path, model_dirs):
+    """zero-shot and icl need no training and no teacher targets."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    out = tmp_path / "out"
+    assert cli.main(argv(model_dirs["qwen3"], task, out, seeds="0", methods=["zero-shot", "icl"])) == 0
+    rows = results(out)["rows"]
+    assert sorted(r["method"] for r in rows) == ["icl", "zero-shot"]
+    assert not (out / "adapters").exists()

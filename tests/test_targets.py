@@ -1,0 +1,196 @@
+"""Teacher targets: answers and activations at the positions producing them, the student's alignment, the cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
+from ia2 import adapters, batching, losses, targets, train
+from ia2.adapters import AdapterConfig
+from ia2.methods import Stage
+from ia2.taps import Tap
+from ia2.train import Item, TrainConfig
+
+IA2 = Stage("ia2", "icl")
+
+
+def _plain_prompts_sorted(task, encoder, n=9):
+    prompts = [encoder.encode(task.examples[i]).prompt for i in range(n)]
+    assert len({len(p) for p in prompts}) > 1, "the toy task should give prompts of different lengths (padding)"
+    return sorted(prompts, key=len)
+
+
+def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, toy_jsonl):
+    model, tok = loaded
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = _plain_prompts_sorted(task, encoder)
+    teacher = targets.collect(model, Tap(model), tok, prompts, batch_size=len(prompts))
+
+    student = adapters.fresh(model, AdapterConfig(), seed=0)
+    tap = Tap(student)
+    assert any("lora_" in n for n, _ in student.named_parameters())
+    batch = batching.make_batch(prompts, teacher.tokens, tok.pad_token_id)
+    with torch.no_grad():
+        _, acts = batching.forward(student, batch, tap)
+    for row, act in enumerate(teacher.acts):
+        assert act.shape == (model.config.num_hidden_layers, 1, model.config.hidden_size)
+        assert torch.equal(acts[row, :, -act.shape[1]:], act)
+
+    items = [Item(p, t, a) for p, t, a in zip(prompts, teacher.tokens, teacher.acts)]
+    cfg = TrainConfig()
+    with torch.no_grad():
+        loss = train.batch_loss(student, tap, items, IA2, cfg, tok.pad_token_id)
+    assert loss.item() == 0.0
+
+    # the same comparison is sensitive: a non-zero adapter makes the loss positive
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+        assert train.batch_loss(student, tap, items, IA2, cfg, tok.pad_token_id).item() > 0
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 3])
+def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, max_new_tokens):
+    """Teacher acts sit at len(prompt)-1+t of ICL prompt ⊕ answer; the student's at the same offsets of plain prompts."""
+    model, tok = loaded
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    indices, pool = list(range(6)), list(range(12))
+    prompts = icl_prompts(task, encoder, indices, pool, k=3)
+    assert len({len(p) for p in prompts}) > 1
+    teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=max_new_tokens, batch_size=4)
+    L, H = model.config.num_hidden_layers, model.config.hidden_size
+    if max_new_tokens > 1:
+        assert any(len(a) > 1 for a in teacher.tokens), "multi-token answers should be exercised"
+
+    for p, answer, act in zip(prompts, teacher.tokens, teacher.acts):
+        assert 1 <= len(answer) <= max_new_tokens
+        assert act.shape == (L, len(answer), H)
+        full, logits = full_attn_outputs(model, p + answer)
+        # greedy: each answer token is the argmax at the position producing it
+        assert logits[len(p) - 1:len(p) - 1 + len(answer)].argmax(-1).tolist() == answer
+        for t in range(len(answer)):
+            torch.testing.assert_close(act[:, t], full[:, len(p) - 1 + t], rtol=1e-5, atol=1e-5)
+
+    # student: plain prompts ⊕ teacher answer[:-1], answer-producing positions are the last |answer| ones
+    plain = [encoder.encode(task.examples[i]).prompt for i in indices]
+    batch = batching.make_batch(plain, teacher.tokens, tok.pad_token_id)
+    tap = Tap(model)
+    with torch.no_grad():
+        _, acts = batching.forward(model, batch, tap)
+    expected_loss_terms = torch.zeros(L)
+    n_positions = 0
+    for row, (p, answer, target) in enumerate(zip(plain, teacher.tokens, teacher.acts)):
+        full, _ = full_attn_outputs(model, p + answer[:-1])
+        mine = acts[row, :, acts.shape[2] - len(answer):]
+        torch.testing.assert_close(mine, full[:, -len(answer):], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine, full[:, len(p) - 1:len(p) - 1 + len(answer)], rtol=1e-5, atol=1e-5)
+        expected_loss_terms += ((full[:, -len(answer):] - target) ** 2).sum(dim=(1, 2))
+        n_positions += len(answer)
+    # and the IA2 loss is Σ_layers mean over (answer position, hidden) of the squared difference
+    expected = (expected_loss_terms / (n_positions * H)).sum()
+    items = [Item(p, a, t) for p, a, t in zip(plain, teacher.tokens, teacher.acts)]
+    with torch.no_grad():
+        got = train.batch_loss(model, tap, items, IA2, TrainConfig(), tok.pad_token_id)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_batched_cached_generation_equals_one_by_one_and_uncached_greedy(loaded, toy_jsonl):
+    model, tok = loaded
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = icl_prompts(task, encoder, list(range(6)), list(range(12)), k=2)
+    batched = targets.generate(model, tok, prompts, 3, "\n\n")
+    alone = [targets.generate(model, tok, [p], 3, "\n\n")[0] for p in prompts]
+    assert batched == alone
+    assert any(len(a) > 1 for a in batched)
+    eos = tok.eos_token_id
+    for p, got in zip(prompts, batched):
+        # greedy decoding without any cache, cut after EOS or the token completing "\n\n"
+        ids, want = list(p), []
+        with torch.no_grad():
+            for _ in range(3):
+                nxt = int(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax())
+                ids.append(nxt)
+                want.append(nxt)
+                if nxt == eos or "\n\n" in tok.decode(want):
+                    break
+        assert got == want
+
+
+def test_cut_stops_at_eos_or_separator(loaded):
+    _, tok = loaded
+    yes, nl2, eos = tok.convert_tokens_to_ids(["Ġyes", "ĊĊ", "<eos>"])
+    no = tok.convert_tokens_to_ids("Ġno")
+    assert targets._cut([yes, nl2, no], tok, "\n\n", {eos}) == [yes, nl2]
+    assert targets._cut([yes, eos, no], tok, "\n\n", {eos}) == [yes, eos]
+    assert targets._cut([yes, no, yes], tok, "\n\n", {eos}) == [yes, no, yes]
+
+
+def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypatch):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    model, tok = loaded
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = icl_prompts(task, encoder, list(range(5)), list(range(10)), k=2)
+    tap = Tap(model)
+    fields = {"model": targets.model_fingerprint(model), "task": task.name, "seed": 0}
+
+    first = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
+    files = list((tmp_path / "cache" / "targets").glob("*.safetensors"))
+    assert len(files) == 1
+    mtime = os.stat(files[0]).st_mtime_ns
+
+    calls = []
+    real = targets.collect
+    monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
+    assert calls == [], "the second call must load the cached file, not recompute"
+    assert os.stat(files[0]).st_mtime_ns == mtime
+
+    fresh = real(model, tap, tok, prompts, max_new_tokens=2)
+    assert second.tokens == fresh.tokens == first.tokens
+    for a, b in zip(second.acts, fresh.acts):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+    # any change of a field, the stop rule, T or the prompts makes a new key
+    full = {**fields, "site": "attn", "max_new_tokens": 2, "stop": "\n\n"}
+    key = targets.cache_key(full, prompts)
+    assert targets.cache_key({**full, "seed": 1}, prompts) != key
+    assert targets.cache_key({**full, "max_new_tokens": 1}, prompts) != key
+    assert targets.cache_key(full, prompts[:-1]) != key
+    assert targets.cache_key(dict(reversed(list(full.items()))), prompts) == key
+    targets.cached_collect(model, tap, tok, prompts, {**fields, "seed": 1}, max_new_tokens=2)
+    assert len(list((tmp_path / "cache" / "targets").glob("*.safetensors"))) == 2
+    assert calls == [1]
+
+
+def test_fingerprint_changes_with_weights(loaded):
+    model, _ = loaded
+    before = targets.model_fingerprint(model)
+    assert targets.model_fingerprint(model) == before
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1.0
+    assert targets.model_fingerprint(model) != before
+
+
+def test_losses_by_hand():
+    # ce: two rows, the first with a masked (padding) position
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]], [[1.0, 3.0], [0.0, 1.0]]])
+    tgt = torch.tensor([[1, 0], [1, 1]])
+    mask = torch.tensor([[False, True], [True, True]])
+    ln = torch.log
+    want = -(ln(torch.tensor(torch.e ** 2 / (torch.e ** 2 + 1))) + ln(torch.tensor(torch.e ** 3 / (torch.e + torch.e ** 3)))
+             + ln(torch.tensor(torch.e / (1 + torch.e)))) / 3
+    torch.testing.assert_close(losses.ce(logits, tgt, mask), want)
+    # ia2: one row, 2 layers, 2 positions (first masked), hidden 2
+    acts = torch.tensor([[[[9.0, 9.0], [1.0, 2.0]], [[9.0, 9.0], [0.0, 0.0]]]])
+    target = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, 4.0]]]])
+    m = torch.tensor([[False, True]])
+    # layer 0: (1 + 4)/2 = 2.5; layer 1: (9 + 16)/2 = 12.5; sum = 15
+    torch.testing.assert_close(losses.ia2(acts, target, m), torch.tensor(15.0))
+    # per-layer norm: layer 0 target mean square 0 -> clamped; layer 1: 12.5 / 12.5 = 1
+    normed = losses.ia2(acts[:, 1:], target[:, 1:], m, per_layer_norm=True)
+    torch.testing.assert_close(normed, torch.tensor(1.0))
+    torch.testing.assert_close(losses.joint(torch.tensor(2.0), torch.tensor(4.0), 0.25), torch.tensor(2.5))

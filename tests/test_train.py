@@ -1,0 +1,174 @@
+"""Training one IA2 stage: dev loss falls, only adapter weights move, the best state is restored; adapters reload."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from peft import PeftModel
+
+from conftest import ARCHS, icl_prompts, toy_task_and_encoder
+from ia2 import adapters, batching, models, targets, train
+from ia2.adapters import AdapterConfig
+from ia2.methods import Stage
+from ia2.taps import Tap
+from ia2.train import Item, TrainConfig
+
+IA2 = Stage("ia2", "icl")
+N_TRAIN, N_DEV = 8, 4
+
+
+@dataclass
+class Setup:
+    folder: object
+    model: PeftModel
+    tokenizer: object
+    tap: Tap
+    train_items: list
+    dev_items: list
+    base_before: dict
+    lora_before: dict
+
+
+def _setup(folder, toy_jsonl, seed=0) -> Setup:
+    model, tok = models.load(str(folder))
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    train_idx, dev_idx = list(range(N_TRAIN)), list(range(N_TRAIN, N_TRAIN + N_DEV))
+    # leave-one-out demos from the training examples for both train and dev teacher prompts
+    prompts = icl_prompts(task, encoder, train_idx + dev_idx, train_idx, k=N_TRAIN - 1, seed=seed)
+    teacher = targets.collect(model, Tap(model), tok, prompts)
+    plain = [encoder.encode(task.examples[i]).prompt for i in train_idx + dev_idx]
+    items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
+    peft = adapters.fresh(model, AdapterConfig(), seed)
+    state = {n: p.detach().clone() for n, p in peft.named_parameters()}
+    base = {n: v for n, v in state.items() if "lora_" not in n}
+    lora = {n: v for n, v in state.items() if "lora_" in n}
+    assert lora and all(not p.requires_grad for n, p in peft.named_parameters() if "lora_" not in n)
+    return Setup(folder, peft, tok, Tap(peft), items[:N_TRAIN], items[N_TRAIN:], base, lora)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def trained(request, model_dirs, toy_jsonl):
+    s = _setup(model_dirs[request.param], toy_jsonl)
+    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=15, eval_every=2, patience=3)
+    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    return s, cfg, log
+
+
+def test_ia2_training_reduces_dev_loss(trained):
+    s, cfg, log = trained
+    assert log["history"][0]["step"] == 0
+    assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
+    assert log["best_dev_loss"] == min(h["dev_loss"] for h in log["history"])
+    assert log["stage"] == "ia2:icl"
+
+
+def test_only_adapter_weights_change(trained):
+    s, _, _ = trained
+    after = dict(s.model.named_parameters())
+    for name, before in s.base_before.items():
+        assert torch.equal(after[name], before), f"base weight {name} changed"
+    changed = [n for n, before in s.lora_before.items() if not torch.equal(after[n], before)]
+    assert changed, "no LoRA weight changed"
+    assert any("lora_B" in n for n in changed)
+
+
+def test_best_dev_state_is_restored(trained):
+    s, cfg, log = trained
+    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
+    assert not s.model.training
+
+
+def test_log_accounts_for_steps_and_early_stopping(trained):
+    s, cfg, log = trained
+    steps_per_epoch = math.ceil(N_TRAIN / cfg.batch_size)
+    history = log["history"]
+    assert [h["step"] for h in history] == list(range(0, log["steps"] + 1, cfg.eval_every))
+    assert log["epochs"] == math.ceil(log["steps"] / steps_per_epoch)
+    assert history[[h["step"] for h in history].index(log["best_step"])]["dev_loss"] == log["best_dev_loss"]
+    if log["steps"] < cfg.max_epochs * steps_per_epoch:  # stopped early: `patience` evaluations without improvement
+        after_best = [h for h in history if h["step"] > log["best_step"]]
+        assert len(after_best) == cfg.patience
+        assert all(h["dev_loss"] >= log["best_dev_loss"] for h in after_best)
+
+
+def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
+    """A learning rate so high that the dev loss gets worse after its best point: the returned model must be
+    the best one, not the last one."""
+    s = _setup(model_dirs["llama"], toy_jsonl)
+    cfg = TrainConfig(lr=0.3, batch_size=4, max_epochs=12, eval_every=1, patience=4)
+    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    worse_later = [h for h in log["history"] if h["step"] > log["best_step"] and h["dev_loss"] > log["best_dev_loss"]]
+    assert worse_later, "setup: the run should have worsened after its best point"
+    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
+
+
+def test_training_is_deterministic_for_a_seed(model_dirs, toy_jsonl):
+    logs, states = [], []
+    for _ in range(2):
+        s = _setup(model_dirs["llama"], toy_jsonl)
+        cfg = TrainConfig(lr=3e-3, max_epochs=4, eval_every=1)
+        logs.append(train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=5,
+                                      pad_id=s.tokenizer.pad_token_id))
+        states.append(train.adapter_state(s.model))
+    assert logs[0] == logs[1]
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
+    s = _setup(model_dirs["llama"], toy_jsonl)
+    gold = [Item(i.prompt, i.answer) for i in s.train_items]  # ce needs no activations
+    dev = [Item(i.prompt, i.answer) for i in s.dev_items]
+    cfg = TrainConfig(lr=1e-2, max_epochs=6, eval_every=1, patience=6)
+    log = train.train_stage(s.model, s.tap, gold, dev, Stage("ce", "gold"), cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    assert log["stage"] == "ce:gold"
+    assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
+    # the ce dev loss is the mean −log p of the dev answers
+    batch = batching.make_batch([i.prompt for i in dev], [i.answer for i in dev], s.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, _ = batching.forward(s.model, batch)
+    logp = torch.log_softmax(logits[:, -1].float(), -1)
+    want = -logp[torch.arange(len(dev)), torch.tensor([i.answer[0] for i in dev])].mean().item()
+    assert train.dev_loss(s.model, s.tap, dev, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id) == pytest.approx(want, rel=1e-5)
+
+
+def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
+    s, _, _ = trained
+    path = tmp_path / "adapter"
+    adapters.save(s.model, path)
+    assert (path / "adapter_config.json").exists()
+    assert not list(tmp_path.glob(".adapter.*")), "atomic save must not leave a temporary folder"
+    base, _ = models.load(str(s.folder))
+    reloaded = PeftModel.from_pretrained(base, str(path)).eval()
+    prompts = [i.prompt for i in s.dev_items + s.train_items]
+    batch = batching.make_batch(prompts, [[0]] * len(prompts), s.tokenizer.pad_token_id)
+    with torch.no_grad():
+        want, _ = batching.forward(s.model, batch)
+        got, _ = batching.forward(reloaded, batch)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    with reloaded.disable_adapter(), torch.no_grad():
+        without, _ = batching.forward(reloaded, batch)
+    assert not torch.allclose(without, want, atol=1e-4), "the trained adapter should change the logits"
+
+
+def test_fresh_unwraps_an_earlier_adapter(model_dirs):
+    model, _ = models.load(str(model_dirs["llama"]))
+    first = adapters.fresh(model, AdapterConfig(), 0)
+    with torch.no_grad():
+        for n, p in first.named_parameters():
+            if "lora_B" in n:
+                p.fill_(1.0)
+    second = adapters.fresh(first, AdapterConfig(), 1)
+    lora = {n: p for n, p in second.named_parameters() if "lora_" in n}
+    assert lora and all(torch.count_nonzero(p) == 0 for n, p in lora.items() if "lora_B" in n)
+    names = [n for n, _ in second.named_modules() if n.endswith("q_proj")]
+    assert len(names) == model.config.num_hidden_layers, "adapters must not nest"
+    # same seed, same initialisation
+    a = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
+    b = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
+    assert all(torch.equal(a[k], b[k]) for k in a)
