@@ -16,13 +16,14 @@ from .train import TrainConfig
 
 DEMO = RunConfig(
     model="gemma3-270m",
-    task="bigbench:sports_understanding",
+    task="bigbench:metaphor_boolean",
     methods=("zero-shot", "icl", "sft", "ia2", "ia2-sft"),
     n=8,
     seeds=(0, 1, 2),
     n_test=100,
+    train=TrainConfig(max_epochs=20),
 )
-QUICK = {"seeds": (0,), "n_test": 50}
+QUICK = {"seeds": (0,), "n_test": 40, "train": TrainConfig(max_epochs=10)}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -75,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_run_args(sub.add_parser("run", help="compare methods on one model and task"))
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.task} on {DEMO.model}")
-    demo.add_argument("--quick", action="store_true", help="one seed, 50 test examples")
+    demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     return p
 

@@ -218,7 +218,10 @@ def run(cfg: RunConfig, out: Path) -> dict:
                 write_json(paths[row["method"]], row)
         rows += [json.loads(paths[m].read_text()) for m in cfg.methods]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}
-    result = {"config": config, "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
+    labels = [exp.task.labels.index(exp.task.examples[i].answer) for i in exp.test]
+    majority = max(labels.count(c) for c in set(labels)) / len(labels)
+    result = {"config": config, "majority_accuracy": majority,
+              "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
     write_json(out / "manifest.json", manifest(cfg, exp))
     write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]} for r in rows if "train" in r])
     write_reports(result, out)

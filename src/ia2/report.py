@@ -41,8 +41,9 @@ def markdown(result: dict) -> str:
     cfg, rows = result["config"], result["rows"]
     seeds = sorted({r["seed"] for r in rows})
     head = (f"# {cfg['task']} on {cfg['model']}\n\nN = {cfg['n']} training examples, seeds {seeds}, "
-            f"{cfg['n_test']} test examples. Mean ± std over seeds. Probabilities renormalised over the labels; "
-            f"ECE with 15 bins. `icl` is evaluated with demonstrations, every other method without.\n\n")
+            f"{cfg['n_test']} test examples (majority-class accuracy {result['majority_accuracy']:.3f}). "
+            f"Mean ± std over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
+            f"`icl` is evaluated with demonstrations, every other method without.\n\n")
     return head + table(rows) + "\n"
 
 
