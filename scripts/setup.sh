@@ -3,8 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-pip install --upgrade pip
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first, pinned: on this machine pip takes the CPU build from local disk; unpinned would pull a multi-GB CUDA build.
 pip install torch==2.13.0
 pip install -c constraints.txt -e '.[test]'
