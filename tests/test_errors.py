@@ -94,7 +94,7 @@ def test_answer_not_among_given_labels(tmp_path):
     rows = toy_rows(10)
     rows[2]["answer"] = "maybe"
     path = write_jsonl(tmp_path / "labels.jsonl", rows)
-    with pytest.raises(IA2Error, match=rf"labels\.jsonl:3: field 'answer'"):
+    with pytest.raises(IA2Error, match=r"labels\.jsonl:3: field 'answer'"):
         load_task(f"jsonl:{path}", labels=("no", "yes"))
 
 
@@ -135,7 +135,7 @@ def test_too_few_examples(tmp_path, llama_dir, capsys):
     path = write_jsonl(tmp_path / "small.jsonl", toy_rows(15))  # N=4 + dev 2 + test 10 need 16
     with pytest.raises(IA2Error, match="need 16"):
         experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
-    line = assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "small.jsonl", "15")
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "small.jsonl", "15")
     assert not (tmp_path / "out" / "results.json").exists()
     # marked test rows: too few of them is also an error
     rows = toy_rows(30)

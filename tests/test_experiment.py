@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from peft import PeftModel
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, evaluate, experiment, models, targets, train
+from ia2 import cli, evaluate, experiment, models, targets
 from ia2.prompts import Encoder
 from ia2.tasks import load_task
 

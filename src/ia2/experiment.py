@@ -6,11 +6,10 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
