@@ -59,8 +59,7 @@ def convert_embedded(name: str) -> Path:
     log.info("converting %s from %s (once; cached at %s)", name, gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None
-    model.config.quantization_config = None
+    model.hf_quantizer = None  # the dequantised weights are plain floats; save_pretrained refuses a "gguf-quantised" model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(target) as tmp:
