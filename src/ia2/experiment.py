@@ -18,7 +18,7 @@ from .adapters import AdapterConfig
 from .errors import IA2Error
 from .evaluate import Scores, layer_cosine, score, summarise
 from .manifest import manifest
-from .methods import BASELINES, METHODS, Stage, parse_methods
+from .methods import BASELINES, METHODS, Stage, check_methods
 from .paths import write_json
 from .prompts import Encoder, Prompted, draw_demos
 from .report import write_reports
@@ -51,6 +51,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Reject settings that cannot run, with the option's name."""
+        check_methods(self.methods)
         minimums = {"--n": (self.n, 2), "--n-dev": (self.dev_size, 1), "--n-test": (self.n_test, 1),
                     "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1), "--lora-r": (self.adapter.r, 1)}
         for option, (value, least) in minimums.items():
@@ -205,7 +206,6 @@ class Experiment:
 
 def run(cfg: RunConfig, out: Path) -> dict:
     """Run every seed and method, resuming from rows already written under the same config; write the reports."""
-    parse_methods(",".join(cfg.methods))
     exp = Experiment(cfg, out)
     rows_dir = out / "rows" / cfg.key()
     rows = []

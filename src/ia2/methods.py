@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from .errors import IA2Error
 
@@ -33,12 +33,17 @@ METHODS: dict[str, tuple[Stage, ...]] = {
 BASELINES = ("zero-shot", "icl")
 
 
-def parse_methods(spec: str) -> list[str]:
-    """Split a comma-separated method list, rejecting unknown names."""
-    names = [m.strip() for m in spec.split(",") if m.strip()]
+def check_methods(names: Sequence[str]) -> None:
+    """Reject an empty method list or an unknown method name."""
     for name in names:
         if name not in METHODS:
             raise IA2Error(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     if not names:
         raise IA2Error("no methods given")
+
+
+def parse_methods(spec: str) -> list[str]:
+    """Split a comma-separated method list, rejecting unknown names."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    check_methods(names)
     return names
