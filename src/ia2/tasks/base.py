@@ -19,22 +19,32 @@ class Example:
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task: examples, label words and a prompt template.
+    """A task: examples, how to prompt them, and how to score an answer.
 
-    A prompt is `instruction + question(q)`; an answer is rendered as `answer_prefix + label`;
-    demonstrations are `question(d) + answer(d)` joined by `separator`.
+    A prompt is `instruction + question(q)`; an answer is rendered as `answer_prefix + answer`;
+    demonstrations are `question(d) + answer(d)` joined by `separator`. A classification task lists its
+    `labels` and is scored on the first answer token (T = 1); a generative task has no labels, generates up to
+    `max_new_tokens` tokens cut at the first of `stop`, and is scored by the answer extractor named `parser`
+    (see `ia2.parsers`) applied to both the generation and the gold answer.
     """
 
     name: str
     examples: tuple[Example, ...]
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] = ()
     template: str = "Question: {question}\nAnswer:"
     answer_prefix: str = " "
     separator: str = "\n\n"
     instruction: str = ""
     max_new_tokens: int = 1
+    parser: str | None = None
+    stop: tuple[str, ...] = ("\n\n",)
     source: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def generative(self) -> bool:
+        """True for free-text tasks scored by a parser, False for label classification."""
+        return not self.labels
 
     def question(self, example: Example) -> str:
         """The query text of an example, without demonstrations."""
@@ -47,7 +57,7 @@ class Task:
     def data_hash(self) -> str:
         """A hash of the examples, labels and template: it changes whenever the data or its rendering does."""
         payload = json.dumps(
-            [self.template, self.answer_prefix, self.separator, self.instruction, list(self.labels),
+            [self.template, self.answer_prefix, self.separator, self.instruction, list(self.labels), self.parser, list(self.stop),
              [(e.question, e.answer, e.split) for e in self.examples]]
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
