@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import full_attn_outputs, toy_rows, write_jsonl
@@ -49,11 +50,17 @@ def test_score_matches_unpadded_runs(loaded, tmp_path):
     _check_scores_against_unpadded_runs(model, tok, prompts, encoder.label_ids, batch_size=3)
 
 
-def test_score_with_shared_demonstrations_matches_unpadded_runs(loaded, tmp_path):
-    """ICL evaluation prompts share their demonstrations (a long common token prefix, which score() may run once
-    and reuse); every score must still equal the one from running that prompt alone."""
+@pytest.mark.parametrize("labels", ["single-token", "multi-token"])
+def test_score_with_shared_demonstrations_matches_unpadded_runs(loaded, tmp_path, labels):
+    """ICL evaluation prompts share their demonstrations (a long common token prefix, which score() runs once and
+    reuses for single-token labels); every score must still equal the one from running that prompt alone, also on
+    Gemma 3's sliding-window layer (window 16, shorter than the prefix)."""
     model, tok = loaded
-    task, encoder = _multi_token_task(tmp_path, tok)
+    if labels == "multi-token":
+        task, encoder = _multi_token_task(tmp_path, tok)
+    else:
+        task = load_task(f"jsonl:{write_jsonl(tmp_path / 'single.jsonl', toy_rows(20))}")
+        encoder = Encoder(task, tok, 512)
     demos = [task.examples[i] for i in (10, 11, 12, 13, 14)]
     prompts = [encoder.encode(e, demos).prompt for e in task.examples[:7]]
     assert len({len(p) for p in prompts}) > 1
@@ -61,6 +68,12 @@ def test_score_with_shared_demonstrations_matches_unpadded_runs(loaded, tmp_path
     assert shared >= 48, "the demonstrations should make a long shared prefix"
     _check_scores_against_unpadded_runs(model, tok, prompts, encoder.label_ids, batch_size=3)
     _check_scores_against_unpadded_runs(model, tok, prompts[:1] * 2, encoder.label_ids, batch_size=2)
+
+
+def test_common_prefix_leaves_every_prompt_a_token():
+    assert evaluate.common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert evaluate.common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert evaluate.common_prefix([[7], [7, 8]]) == 0
 
 
 def test_encoder_prompt_layout_and_answer_ids(loaded, toy_jsonl):

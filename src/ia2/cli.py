@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import sweep
 from .adapters import AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, run
@@ -45,12 +46,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--n-dev", type=int, default=None, help="default N/2")
+    p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
+                   help="comma-separated out-of-distribution test sets, scored beside the task's own")
+    p.add_argument("--icl-demos", default="shared", choices=["shared", "per-query"],
+                   help="ICL baseline: one demonstration draw per seed shared by all queries, or one per query")
     p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"])
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
+    t.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per stage")
     t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     t.add_argument("--patience", type=int, default=TrainConfig.patience)
     t.add_argument("--w", type=float, default=TrainConfig.w, help="CE weight of the joint ia2+sft loss")
@@ -65,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
         k_max=args.k_max, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
-        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs,
+        eval_tasks=args.eval_tasks, icl_demos=args.icl_demos,
+        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
         adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets),
     )
@@ -78,6 +85,10 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.task} on {DEMO.model}")
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    sw = sub.add_parser("sweep", help="run a YAML grid (resumable), then report it")
+    sw.add_argument("config", type=Path)
+    sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     return p
 
 
@@ -87,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        if args.command == "sweep":
+            return run_sweep(args)
         cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
         run(cfg, args.out)
     except IA2Error as exc:
@@ -94,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print((args.out / "results.md").read_text())
     print(f"written to {args.out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    plan = sweep.load(args.config, args.out)
+    if args.dry_run:
+        print(sweep.dump_points(plan))
+        return 0
+    sweep.execute(plan)
     return 0
 
 

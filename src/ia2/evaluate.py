@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,31 +34,104 @@ class Scores:
         return p / p.sum(axis=1, keepdims=True)
 
 
+# A shared prefix shorter than this is not worth a cached pass of its own.
+MIN_SHARED_PREFIX = 16
+
+
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving each prompt at least one token of its own."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    for i in range(limit):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(limit, 0)
+
+
 @torch.no_grad()
 def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequence[Sequence[int]], pad_id: int,
           tap: Tap | None = None, batch_size: int = 8, desc: str = "eval") -> Scores:
-    """Score every label after every prompt; multi-token labels cost one extra forward per label and batch."""
-    n, first = len(prompts), torch.tensor([ids[0] for ids in label_ids])
-    label_logp = np.zeros((n, len(label_ids)))
-    top_prob, top_token, label_prob = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros((n, len(label_ids)))
-    acts: list[torch.Tensor | None] = [None] * n
-    for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
+    """Score every label after every prompt; multi-token labels cost one extra forward per label and batch.
+
+    Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
+    reuse its KV cache; the results are those of full forward passes.
+    """
+    shared = common_prefix(prompts) if len(prompts) > 1 else 0
+    single = all(len(ids) == 1 for ids in label_ids)
+    chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
+    cache = _prefix_cache(model, prompts[0][:shared]) if single and shared >= MIN_SHARED_PREFIX else None
+    out = _Collector(len(prompts), label_ids)
+    for chunk in tqdm(chunks, desc=desc, leave=False):
         chunk_prompts = [prompts[i] for i in chunk]
-        batch = make_batch(chunk_prompts, [[0]] * len(chunk), pad_id, model.device.type)
-        logits, chunk_acts = forward(model, batch, tap)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
-        best = logp.max(dim=-1)
-        top_prob[chunk], top_token[chunk] = best.values.exp().numpy(), best.indices.numpy()
-        label_prob[chunk] = logp[:, first].exp().numpy()
-        label_logp[chunk] = logp[:, first].numpy()
+        if cache is not None:
+            logp, chunk_acts = _tail_forward(model, cache, shared, [p[shared:] for p in chunk_prompts], pad_id, tap)
+        else:
+            batch = make_batch(chunk_prompts, [[0]] * len(chunk), pad_id, model.device.type)
+            logits, acts = forward(model, batch, tap)
+            logp, chunk_acts = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(), acts[:, :, -1] if acts is not None else None
+        out.add(chunk, logp, chunk_acts)
         for c, ids in enumerate(label_ids):
             if len(ids) > 1:
-                label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
-        if chunk_acts is not None:
+                out.label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
+    return out.scores(tap is not None)
+
+
+class _Collector:
+    """Fills the per-example arrays of Scores chunk by chunk."""
+
+    def __init__(self, n: int, label_ids: Sequence[Sequence[int]]) -> None:
+        self.first = torch.tensor([ids[0] for ids in label_ids])
+        self.label_logp, self.label_prob = np.zeros((n, len(label_ids))), np.zeros((n, len(label_ids)))
+        self.top_prob, self.top_token = np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.acts: list[torch.Tensor | None] = [None] * n
+
+    def add(self, chunk: list[int], logp: torch.Tensor, acts: torch.Tensor | None) -> None:
+        """Record next-token log-probabilities [B, V] and activations [B, L, H] of the chunk's examples."""
+        best = logp.max(dim=-1)
+        self.top_prob[chunk], self.top_token[chunk] = best.values.exp().numpy(), best.indices.numpy()
+        self.label_prob[chunk] = logp[:, self.first].exp().numpy()
+        self.label_logp[chunk] = logp[:, self.first].numpy()
+        if acts is not None:
             for row, i in enumerate(chunk):
-                acts[i] = chunk_acts[row, :, -1].float().cpu()
-    stacked = torch.stack(acts) if tap is not None else None
-    return Scores(label_logp, top_prob, top_token, label_prob, stacked)
+                self.acts[i] = acts[row].float().cpu()
+
+    def scores(self, with_acts: bool) -> Scores:
+        acts = torch.stack(self.acts) if with_acts else None
+        return Scores(self.label_logp, self.top_prob, self.top_token, self.label_prob, acts)
+
+
+def _prefix_cache(model: nn.Module, prefix: Sequence[int]):
+    """The KV cache of one pass over the shared prefix."""
+    ids = torch.tensor([list(prefix)], device=model.device)
+    positions = torch.arange(len(prefix), device=model.device).unsqueeze(0)
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
+                 logits_to_keep=1).cache
+
+
+def _tail_forward(model: nn.Module, cache, shared: int, tails: Sequence[Sequence[int]], pad_id: int,
+                  tap: Tap | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next-token log-probabilities [B, V] and activations [B, L, H] at each tail's last token, after the cached prefix.
+
+    Tails are padded on the right, so no padding sits between prefix and query (sliding-window attention counts cache
+    slots) and the pads, after every real token, are invisible to it under the causal mask.
+    """
+    width, device = max(len(t) for t in tails), model.device
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(tails), width), dtype=torch.long)
+    for row, tail in enumerate(tails):
+        ids[row, : len(tail)], mask[row, : len(tail)] = torch.tensor(list(tail)), 1
+    last = torch.tensor([len(t) - 1 for t in tails])
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(len(tails))
+    inputs = dict(input_ids=ids.to(device), attention_mask=torch.cat([torch.ones(len(tails), shared, dtype=torch.long), mask], 1).to(device),
+                  position_ids=(shared + torch.arange(width)).expand(len(tails), -1).to(device), cache=past,
+                  use_cache=True, logits_to_keep=last.unsqueeze(1).to(device))
+    if tap is None:
+        return torch.log_softmax(model(**inputs).logits[:, 0].float(), dim=-1).cpu(), None
+    tap.keep = width
+    with tap:
+        logits = model(**inputs).logits
+    acts = tap.take()
+    return torch.log_softmax(logits[:, 0].float(), dim=-1).cpu(), acts[torch.arange(len(tails)), :, last.to(acts.device)]
 
 
 def _sequence_logp(model: nn.Module, prompts: Sequence[Sequence[int]], ids: Sequence[int], pad_id: int) -> np.ndarray:

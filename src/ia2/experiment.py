@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,8 @@ class RunConfig:
     n_dev: int | None = None
     data_seed: int = 1234
     site: str = "attn"
+    eval_tasks: tuple[str, ...] = ()
+    icl_demos: str = "shared"
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = 8
@@ -57,6 +59,8 @@ class RunConfig:
         for option, (value, least) in minimums.items():
             if value < least:
                 raise IA2Error(f"{option} must be at least {least}, got {value}")
+        if self.icl_demos not in ICL_DEMOS:
+            raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
         self.train.validate()
 
     @property
@@ -64,9 +68,29 @@ class RunConfig:
         return self.n_dev if self.n_dev is not None else max(1, self.n // 2)
 
     def key(self) -> str:
-        """Hash of the config minus methods and seeds: a (seed, method) row written under one key is reused by a rerun."""
-        payload = {k: v for k, v in asdict(self).items() if k not in ("methods", "seeds")}
+        """Hash of the settings that differ from their defaults, minus methods and seeds: a (seed, method) row written
+        under one key is reused by a rerun, and adding an option with a default keeps earlier keys valid."""
+        payload = {k: v for k, v in changed(self).items() if k not in ("methods", "seeds")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+ICL_DEMOS = ("shared", "per-query")
+
+
+def changed(obj: object) -> dict:
+    """The fields of a (nested) dataclass whose values differ from their defaults; required fields always count."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            nested = changed(value)
+            if nested:
+                out[f.name] = nested
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else MISSING
+        if default is MISSING or value != default:
+            out[f.name] = value
+    return out
 
 
 @dataclass
@@ -78,16 +102,19 @@ class Split:
     test: list[int]
 
 
-def test_and_pool(task: Task, cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """The held-out test indices (the file's `split: test` rows if any, else a seeded draw) and the training pool."""
+def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], list[int]]:
+    """The held-out test indices (the task's `split: test` rows if any, else a seeded draw) and the rest."""
     marked = [i for i, e in enumerate(task.examples) if e.split == "test"]
     if marked:
-        pool = [i for i, e in enumerate(task.examples) if e.split != "test"]
-        test = marked[: cfg.n_test]
-    else:
-        order = list(range(len(task.examples)))
-        random.Random(cfg.data_seed).shuffle(order)
-        test, pool = order[: cfg.n_test], order[cfg.n_test:]
+        return marked[:n_test], [i for i, e in enumerate(task.examples) if e.split != "test"]
+    order = list(range(len(task.examples)))
+    random.Random(data_seed).shuffle(order)
+    return order[:n_test], order[n_test:]
+
+
+def test_and_pool(task: Task, cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """The held-out test indices and the training pool, checked to be large enough for N + dev + test."""
+    test, pool = marked_test(task, cfg.n_test, cfg.data_seed)
     need = cfg.n + cfg.dev_size
     if len(pool) < need or len(test) < cfg.n_test:
         raise IA2Error(
@@ -103,8 +130,35 @@ def draw_split(test: list[int], pool: list[int], cfg: RunConfig, seed: int) -> S
     return Split(chosen[: cfg.n], chosen[cfg.n:], test)
 
 
+@dataclass
+class EvalSet:
+    """A held-out test set every method is scored on: the run's own task, or an out-of-distribution one."""
+
+    task: Task
+    encoder: Encoder
+    test: list[int]
+
+
+@dataclass
+class SeedEval:
+    """One evaluation set's prompts for one seed: test queries alone and with demonstrations, gold labels, ICL scores."""
+
+    eval: EvalSet
+    plain: list[Prompted]
+    gold: np.ndarray
+    icl_prompts: list[Prompted]
+    k: int
+    icl: Scores | None = None
+
+
+def row_file(seed: int, method: str, eval_task: str, own_task: str) -> str:
+    """Where a row lives under rows/<key>/: `seed<S>/<method>.json`, with `@<eval task>` for an OOD evaluation."""
+    suffix = "" if eval_task == own_task else "@" + eval_task.replace("/", "_").replace(":", "_")
+    return f"seed{seed}/{method}{suffix}.json"
+
+
 class Experiment:
-    """Holds the model, task and encoder for one run and produces its result rows."""
+    """Holds the model, task and encoders for one run and produces its result rows."""
 
     def __init__(self, cfg: RunConfig, out: Path) -> None:
         cfg.validate()
@@ -113,12 +167,23 @@ class Experiment:
         self.test, self.pool = test_and_pool(self.task, cfg)
         self.model, self.tokenizer = models.load(cfg.model)
         self.pad_id = self.tokenizer.pad_token_id
-        self.encoder = Encoder(self.task, self.tokenizer, self.model.config.get_text_config().max_position_embeddings)
+        self.context = self.model.config.get_text_config().max_position_embeddings
+        self.encoder = Encoder(self.task, self.tokenizer, self.context)
+        self.evals = [EvalSet(self.task, self.encoder, self.test)] + [self.ood_set(name) for name in cfg.eval_tasks]
         self.fingerprint = targets.model_fingerprint(self.model)
         self.model_class = type(self.model).__name__
         self.tap = Tap(self.model, cfg.site)
-        self._zero_shot: Scores | None = None
+        self._zero_shot: dict[str, Scores] = {}
         self._trained: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {}
+
+    def ood_set(self, name: str) -> EvalSet:
+        """An out-of-distribution evaluation set whose labels must be the training task's (or a superset of them)."""
+        task = load_task(name)
+        missing = [label for label in self.task.labels if label not in task.labels]
+        if missing:
+            raise IA2Error(f"--eval-task {name}: labels {list(task.labels)} do not include {self.task.name}'s {missing}")
+        test, _ = marked_test(task, self.cfg.n_test, self.cfg.data_seed)
+        return EvalSet(task, Encoder(task, self.tokenizer, self.context), test)
 
     def encode(self, index: int, demos: list[int] = ()) -> Prompted:
         ex = self.task.examples
@@ -129,40 +194,53 @@ class Experiment:
         rng, k = random.Random(f"demos-{seed}"), min(self.cfg.k_max, self.cfg.n - 1)
         return [self.encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in split.train + split.dev]
 
-    def eval_scores(self, prompts: list[Prompted], desc: str) -> Scores:
-        return score(self.model, [p.prompt for p in prompts], self.encoder.label_ids, self.pad_id, self.tap,
-                     self.cfg.batch_size, desc)
+    def eval_scores(self, prompts: list[Prompted], label_ids: list[list[int]], desc: str) -> Scores:
+        return score(self.model, [p.prompt for p in prompts], label_ids, self.pad_id, self.tap, self.cfg.batch_size, desc)
 
-    def row(self, method: str, seed: int, scores: Scores, gold: np.ndarray, teacher: Scores | None, demos: int) -> dict:
+    def seed_eval(self, ev: EvalSet, split: Split, seed: int) -> SeedEval:
+        """Test prompts of one evaluation set for one seed; ICL demonstrations come from the N training examples,
+        one draw shared by every query (`shared`) or one per query (`per-query`)."""
+        k, rng = min(self.cfg.k_max, self.cfg.n), random.Random(f"icl-eval-{seed}")
+        shared = draw_demos(split.train, k, rng)
+        demos = [shared if self.cfg.icl_demos == "shared" else draw_demos(split.train, k, rng) for _ in ev.test]
+        source = self.task.examples
+        plain = [ev.encoder.encode(ev.task.examples[i]) for i in ev.test]
+        icl = [ev.encoder.encode(ev.task.examples[i], [source[d] for d in ds], self.task) for i, ds in zip(ev.test, demos)]
+        return SeedEval(ev, plain, np.array([p.label for p in plain]), icl, k)
+
+    def row(self, method: str, seed: int, se: SeedEval, scores: Scores, teacher: Scores | None, demos: int) -> dict:
         cos = layer_cosine(scores.acts, teacher.acts) if teacher is not None else None
         probs = scores.label_probs()
-        reliability = {"confidence": probs.max(axis=1).tolist(), "correct": (probs.argmax(axis=1) == gold).astype(int).tolist()}
+        reliability = {"confidence": probs.max(axis=1).tolist(), "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist()}
         return {
-            "task": self.task.name, "model": self.cfg.model, "method": method, "n_train": self.cfg.n, "seed": seed,
-            **summarise(scores, gold, [ids[0] for ids in self.encoder.label_ids]),
+            "task": self.task.name, "eval_task": se.eval.task.name, "model": self.cfg.model, "method": method,
+            "n_train": self.cfg.n, "seed": seed,
+            **summarise(scores, se.gold, [ids[0] for ids in se.eval.encoder.label_ids]),
             "asim": float(np.mean(cos)) if cos is not None else None, "asim_layers": cos, "eval_demos": demos,
             "reliability": reliability,
         }
 
-    def run_seed(self, seed: int, methods: list[str]) -> list[dict]:
-        """All rows for one seed: baselines on the base model, then each trained method."""
-        cfg, split = self.cfg, draw_split(self.test, self.pool, self.cfg, seed)
-        plain = [self.encode(i) for i in split.test]
-        gold = np.array([p.label for p in plain])
-        k_eval, rng = min(cfg.k_max, cfg.n), random.Random(f"icl-eval-{seed}")
-        icl_prompts = [self.encode(i, draw_demos(split.train, k_eval, rng)) for i in split.test]
-        self.model = adapters.fresh(self.model, cfg.adapter, seed)
-        self._trained = {(): (adapter_state(self.model), [])}
+    def baseline_rows(self, seed: int, se: SeedEval) -> list[dict]:
+        """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run."""
+        name, label_ids = se.eval.task.name, se.eval.encoder.label_ids
         with self.model.disable_adapter():
-            icl = self.eval_scores(icl_prompts, f"icl s{seed}")
-            if self._zero_shot is None:
-                self._zero_shot = self.eval_scores(plain, "zero-shot")
-        rows = [self.row("icl", seed, icl, gold, None, k_eval), self.row("zero-shot", seed, self._zero_shot, gold, icl, 0)]
-        rows = [r for r in rows if r["method"] in methods]
+            se.icl = self.eval_scores(se.icl_prompts, label_ids, f"icl s{seed}")
+            if name not in self._zero_shot:
+                self._zero_shot[name] = self.eval_scores(se.plain, label_ids, "zero-shot")
+        return [self.row("icl", seed, se, se.icl, None, se.k), self.row("zero-shot", seed, se, self._zero_shot[name], se.icl, 0)]
+
+    def run_seed(self, seed: int, methods: list[str]) -> list[dict]:
+        """All rows for one seed: baselines on the base model, then each trained method, on every evaluation set."""
+        split = draw_split(self.test, self.pool, self.cfg, seed)
+        self.model = adapters.fresh(self.model, self.cfg.adapter, seed)
+        self._trained = {(): (adapter_state(self.model), [])}
+        evals = [self.seed_eval(ev, split, seed) for ev in self.evals]
+        rows = [r for se in evals for r in self.baseline_rows(seed, se) if r["method"] in methods]
         trained = [m for m in methods if m not in BASELINES]
         if trained:
             stage_data = self.stage_data(split, seed)
-            rows += [self.train_and_eval(m, seed, stage_data, plain, gold, icl) for m in trained]
+            for method in trained:
+                rows += self.train_and_eval(method, seed, stage_data, evals)
         return rows
 
     def stage_data(self, split: Split, seed: int) -> dict:
@@ -177,17 +255,23 @@ class Experiment:
         gold = [Item(p.prompt, p.answer) for p in plain]
         icl = [Item(p.prompt, tok, act) for p, tok, act in zip(plain, teacher.tokens, teacher.acts)]
         n = self.cfg.n
-        return {"gold": (gold[:n], gold[n:]), "icl": (icl[:n], icl[n:])}
+        return {"gold": (gold[:n], gold[n:]), "icl": (icl[:n], icl[n:]), "dev_plain": plain[n:]}
 
-    def train_and_eval(self, method: str, seed: int, data: dict, plain: list[Prompted], gold: np.ndarray, icl: Scores) -> dict:
-        """Train a method's stages (reusing a trained prefix such as IA2 before IA2 → SFT), save, evaluate without demos."""
+    def train_and_eval(self, method: str, seed: int, data: dict, evals: list[SeedEval]) -> list[dict]:
+        """Train a method's stages (reusing a trained prefix such as IA2 before IA2 → SFT), save, and evaluate it
+        without demonstrations on the dev set and every evaluation set."""
         logs = self.train_stages(METHODS[method], seed, data)
         if self.cfg.save_adapters:
             adapters.save(self.model, self.out / "adapters" / f"seed{seed}" / method)
-        scores = self.eval_scores(plain, f"{method} s{seed}")
-        row = self.row(method, seed, scores, gold, icl, 0)
-        log.info("seed %d %-9s accuracy %.3f ece %.3f", seed, method, row["accuracy"], row["ece"])
-        return {**row, "train": logs}
+        dev = data["dev_plain"]
+        dev_scores = self.eval_scores(dev, self.encoder.label_ids, f"{method} dev s{seed}")
+        dev_accuracy = float((dev_scores.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
+        rows = []
+        for se in evals:
+            scores = self.eval_scores(se.plain, se.eval.encoder.label_ids, f"{method} s{seed}")
+            rows.append({**self.row(method, seed, se, scores, se.icl, 0), "dev_accuracy": dev_accuracy, "train": logs})
+            log.info("seed %d %-9s %s accuracy %.3f ece %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"], rows[-1]["ece"])
+        return rows
 
     def train_stages(self, stages: tuple[Stage, ...], seed: int, data: dict) -> list[dict]:
         """Train `stages` on the current seed's adapter, starting from the longest already-trained prefix."""
@@ -208,20 +292,26 @@ def run(cfg: RunConfig, out: Path) -> dict:
     """Run every seed and method, resuming from rows already written under the same config; write the reports."""
     exp = Experiment(cfg, out)
     rows_dir = out / "rows" / cfg.key()
+    names = [ev.task.name for ev in exp.evals]
     rows = []
     for seed in tqdm(cfg.seeds, desc="seeds"):
-        paths = {m: rows_dir / f"seed{seed}" / f"{m}.json" for m in cfg.methods}
-        todo = [m for m, path in paths.items() if not path.exists()]
+        paths = {(m, e): rows_dir / row_file(seed, m, e, exp.task.name) for m in cfg.methods for e in names}
+        todo = list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists()))
         if todo:
             for row in exp.run_seed(seed, todo):
-                write_json(paths[row["method"]], row)
-        rows += [json.loads(paths[m].read_text()) for m in cfg.methods]
+                write_json(paths[row["method"], row["eval_task"]], row)
+        rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}
-    labels = [exp.task.labels.index(exp.task.examples[i].answer) for i in exp.test]
-    majority = max(labels.count(c) for c in set(labels)) / len(labels)
-    result = {"config": config, "majority_accuracy": majority,
+    result = {"config": config, "majority_accuracy": {ev.task.name: majority(ev) for ev in exp.evals},
               "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
     write_json(out / "manifest.json", manifest(cfg, exp))
-    write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]} for r in rows if "train" in r])
+    write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]}
+                                         for r in rows if "train" in r and r["eval_task"] == exp.task.name])
     write_reports(result, out)
     return result
+
+
+def majority(ev: EvalSet) -> float:
+    """Accuracy of always answering the test set's most frequent label."""
+    labels = [ev.task.examples[i].answer for i in ev.test]
+    return max(labels.count(c) for c in set(labels)) / len(labels)

@@ -60,15 +60,19 @@ class Encoder:
                 )
             seen[first] = label
 
-    def text(self, example: Example, demos: Sequence[Example]) -> str:
-        """instruction + demos (question + answer, joined by the separator) + separator + question."""
-        task = self.task
-        parts = [task.question(d) + task.render_answer(d.answer) for d in demos] + [task.question(example)]
+    def text(self, example: Example, demos: Sequence[Example], demo_task: Task | None = None) -> str:
+        """instruction + demos (question + answer, joined by the separator) + separator + question.
+
+        Demonstrations are rendered by `demo_task` (default: this task), so an out-of-distribution query can follow
+        demonstrations of the training task.
+        """
+        task, shown = self.task, demo_task or self.task
+        parts = [shown.question(d) + shown.render_answer(d.answer) for d in demos] + [task.question(example)]
         return task.instruction + task.separator.join(parts)
 
-    def encode(self, example: Example, demos: Sequence[Example] = ()) -> Prompted:
+    def encode(self, example: Example, demos: Sequence[Example] = (), demo_task: Task | None = None) -> Prompted:
         """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
-        prompt_text = self.text(example, demos)
+        prompt_text = self.text(example, demos, demo_task)
         prompt = self._tokens(prompt_text)
         if len(prompt) + 1 > self.max_length:
             raise IA2Error(f"{example.where}: prompt of {len(prompt)} tokens exceeds the model's context of {self.max_length}")

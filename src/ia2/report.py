@@ -38,13 +38,18 @@ def table(rows: list[dict]) -> str:
 
 
 def markdown(result: dict) -> str:
+    """The run's tables: one per evaluation set (the task's own test set first, then out-of-distribution ones)."""
     cfg, rows = result["config"], result["rows"]
     seeds = sorted({r["seed"] for r in rows})
-    head = (f"# {cfg['task']} on {cfg['model']}\n\nN = {cfg['n']} training examples, seeds {seeds}, "
-            f"{cfg['n_test']} test examples (majority-class accuracy {result['majority_accuracy']:.3f}). "
+    text = (f"# {cfg['task']} on {cfg['model']}\n\nN = {cfg['n']} training examples, seeds {seeds}. "
             f"Mean ± std over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
-            f"`icl` is evaluated with demonstrations, every other method without.\n\n")
-    return head + table(rows) + "\n"
+            f"`icl` is evaluated with demonstrations from the training examples, every other method without.\n")
+    for eval_task, majority in result["majority_accuracy"].items():
+        mine = [r for r in rows if r["eval_task"] == eval_task]
+        ood = "" if eval_task == cfg["task"] else " (out of distribution)"
+        text += (f"\n## {eval_task}{ood}\n\n{len(mine[0]['reliability']['correct'])} test examples, majority-class "
+                 f"accuracy {majority:.3f}.\n\n" + table(mine) + "\n")
+    return text
 
 
 def plot_reliability(reliability: dict, path: Path) -> None:
@@ -67,11 +72,13 @@ def plot_reliability(reliability: dict, path: Path) -> None:
 def write_reports(result: dict, out: Path) -> str:
     """Write results.json, results.md, reliability.json and reliability.png; return the markdown."""
     reliability: dict = {}
+    text = markdown(result)
     for row in result["rows"]:
-        reliability.setdefault(row["method"], {})[str(row["seed"])] = row.pop("reliability")
+        if row["eval_task"] == result["config"]["task"]:
+            reliability.setdefault(row["method"], {})[str(row["seed"])] = row["reliability"]
+        del row["reliability"]
     write_json(out / "results.json", result)
     write_json(out / "reliability.json", reliability)
     plot_reliability(reliability, out / "reliability.png")
-    text = markdown(result)
     write_text(out / "results.md", text)
     return text

@@ -28,6 +28,7 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 4
     max_epochs: int = 50
+    max_steps: int | None = None
     eval_every: int = 2
     patience: int = 5
     w: float = 0.5
@@ -39,6 +40,8 @@ class TrainConfig:
                               ("--eval-every", self.eval_every), ("--patience", self.patience)):
             if value < 1:
                 raise IA2Error(f"{option} must be at least 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise IA2Error(f"--max-steps must be at least 1, got {self.max_steps}")
         if not self.lr > 0:
             raise IA2Error(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.w <= 1:
@@ -96,7 +99,9 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
     best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id), adapter_state(model)
     history = [{"step": 0, "dev_loss": best}]
     step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.batch_size)
-    bar = tqdm(total=cfg.max_epochs * steps_per_epoch, desc=desc, leave=False)
+    total = cfg.max_epochs * steps_per_epoch
+    limit = min(total, cfg.max_steps or total)
+    bar = tqdm(total=limit, desc=desc, leave=False)
     for epoch in range(cfg.max_epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
         for start in range(0, len(order), cfg.batch_size):
@@ -107,18 +112,17 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
             optimizer.step()
             step += 1
             bar.update()
-            if step % cfg.eval_every:
-                continue
-            current = dev_loss(model, tap, dev, stage, cfg, pad_id)
-            history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
-            bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
-            if current < best:
-                best, best_state, stale = current, adapter_state(model), 0
-            else:
-                stale += 1
-            if stale >= cfg.patience:
+            if step % cfg.eval_every == 0:
+                current = dev_loss(model, tap, dev, stage, cfg, pad_id)
+                history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
+                bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
+                if current < best:
+                    best, best_state, stale = current, adapter_state(model), 0
+                else:
+                    stale += 1
+            if stale >= cfg.patience or step >= limit:
                 break
-        if stale >= cfg.patience:
+        if stale >= cfg.patience or step >= limit:
             break
     bar.close()
     set_peft_model_state_dict(model, best_state)

@@ -1,0 +1,116 @@
+"""From result rows to reported cells: hyperparameters chosen on dev data, mean ± std over seeds, paired t-tests."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+from .errors import IA2Error
+from .methods import BASELINES
+
+METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
+
+
+def load_rows(folder: Path) -> list[dict]:
+    """Every row under a sweep or run folder, tagged with its run's tuned values and condition.
+
+    A run folder is one with `spec.json` (written by a sweep) or `results.json` (a single `ia2 run`).
+    """
+    rows = []
+    for spec_path in sorted(folder.rglob("spec.json")):
+        spec = json.loads(spec_path.read_text())
+        rows += _tagged(spec_path.parent / "rows" / spec["key"], spec["tuned"], spec["config"])
+    if not rows and (folder / "results.json").exists():
+        config = json.loads((folder / "results.json").read_text())["config"]
+        rows = _tagged(folder / "rows" / config["key"], {}, config)
+    if not rows:
+        raise IA2Error(f"{folder}: no result rows found (expected a sweep or run folder)")
+    return rows
+
+
+def _tagged(rows_dir: Path, tuned: dict, config: dict) -> list[dict]:
+    condition = json.dumps({k: v for k, v in config.items() if k not in ("methods", "seeds", "train", "adapter")}
+                           | {"train": _without(config["train"], tuned, "train."),
+                              "adapter": _without(config["adapter"], tuned, "adapter.")}, sort_keys=True, default=str)
+    out = []
+    for path in sorted(rows_dir.glob("seed*/*.json")):
+        row = json.loads(path.read_text())
+        out.append({**row, "tuned": tuned, "condition": condition})
+    return out
+
+
+def _without(section: dict, tuned: dict, prefix: str) -> dict:
+    return {k: v for k, v in section.items() if prefix + k not in tuned}
+
+
+def dev_score(row: dict, select: str) -> float:
+    """The selection criterion of a trained row, lower is better: the last stage's best dev loss, or −dev accuracy."""
+    if select == "dev_accuracy":
+        return -row["dev_accuracy"]
+    return row["train"][-1]["best_dev_loss"]
+
+
+def select(rows: list[dict], by: str = "dev_loss") -> tuple[list[dict], list[dict]]:
+    """Keep, per (condition, method), the tuned values with the best mean dev score over seeds; return the kept rows
+    (every evaluation set) and the choices made. Baselines do not depend on tuned values: the first is kept."""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[row["condition"], row["method"]][json.dumps(row["tuned"], sort_keys=True)].append(row)
+    kept, choices = [], []
+    for (condition, method), by_value in groups.items():
+        if method in BASELINES:
+            kept += next(iter(by_value.values()))
+            continue
+        best = min(by_value, key=lambda v: _mean_dev(by_value[v], by))
+        kept += by_value[best]
+        choices.append({"condition": condition, "method": method, "tuned": json.loads(best),
+                        "dev_scores": {v: _mean_dev(r, by) for v, r in by_value.items()}})
+    return kept, choices
+
+
+def _mean_dev(rows: list[dict], by: str) -> float:
+    own = [r for r in rows if r["eval_task"] == r["task"]]
+    return float(np.mean([dev_score(r, by) for r in own]))
+
+
+def cells(rows: Iterable[dict]) -> list[dict]:
+    """Mean ± std over seeds of every metric, one cell per (model, task, eval_task, N, method, condition)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["model"], r["task"], r["eval_task"], r["n_train"], r["method"], r["condition"]].append(r)
+    out = []
+    for (model, task, eval_task, n, method, condition), mine in groups.items():
+        cell = {"model": model, "task": task, "eval_task": eval_task, "n": n, "method": method,
+                "condition": condition, "n_seeds": len(mine), "seeds": sorted(r["seed"] for r in mine)}
+        for metric in METRICS:
+            values = [r[metric] for r in mine if r.get(metric) is not None]
+            cell[f"{metric}_mean"] = float(np.mean(values)) if values else None
+            cell[f"{metric}_std"] = float(np.std(values)) if values else None
+        out.append(cell)
+    return out
+
+
+def paired_test(rows: Iterable[dict], a: str = "ia2-sft", b: str = "sft", metric: str = "accuracy",
+                by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition")) -> list[dict]:
+    """Paired t-tests of method a against method b on `metric`, pairing rows by seed (and task when pooled)."""
+    pairs: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["method"] in (a, b) and r.get(metric) is not None:
+            unit = (r["task"], r["eval_task"], r["seed"], r["condition"])
+            pairs[tuple(r[k] for k in by)][unit][r["method"]] = r[metric]
+    out = []
+    for group, units in pairs.items():
+        both = [(u[a], u[b]) for u in units.values() if a in u and b in u]
+        if not both:
+            continue
+        x, y = np.array(both).T
+        diff = x - y
+        p = float(stats.ttest_rel(x, y).pvalue) if len(both) > 1 and np.std(diff) > 0 else None
+        out.append({**dict(zip(by, group)), "metric": metric, "a": a, "b": b, "pairs": len(both),
+                    "mean_difference": float(diff.mean()), "p_value": p})
+    return out
