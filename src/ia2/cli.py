@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import sweep
+from . import summary, sweep
 from .adapters import AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, run
@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder")
+    rep.add_argument("folder", type=Path)
+    rep.add_argument("--select", choices=["dev_loss", "dev_accuracy"], default=None,
+                     help="hyperparameter choice on dev data (default: the sweep's)")
     return p
 
 
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return run_sweep(args)
+        if args.command == "report":
+            print(summary.write(args.folder, args.select))
+            return 0
         cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
         run(cfg, args.out)
     except IA2Error as exc:
@@ -116,6 +123,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(sweep.dump_points(plan))
         return 0
     sweep.execute(plan)
+    print(summary.write(plan.out))
     return 0
 
 

@@ -80,7 +80,7 @@ def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict) and key in NESTED:
             out.update(_flatten(value, f"{key}."))
         else:
-            out[prefix + _dotted(key)] = value
+            out[prefix + key if prefix else _dotted(key)] = value
     return out
 
 

@@ -1,0 +1,158 @@
+"""`ia2 report DIR`: tables, curves, significance tests and analyses of a sweep or run, regenerated from its rows."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import aggregate, analysis, plots, tables
+from .errors import IA2Error
+from .paths import write_json, write_text
+
+PAIRS = (("sft", "ia2"), ("sft", "ia2-sft"), ("ia2", "ia2-sft"))
+SETTING = ("model", "task", "n", "eval_tasks")
+
+
+def variant(condition: str) -> str:
+    """A condition minus model, task and N: what else a configuration changes (adapter kind, demo policy, …)."""
+    return json.dumps({k: v for k, v in json.loads(condition).items() if k not in SETTING}, sort_keys=True)
+
+
+def _slug(*parts: object) -> str:
+    return "__".join(str(p).replace("/", "_").replace(":", "_").replace("@", "_") for p in parts)
+
+
+def write(folder: Path, select_by: str | None = None) -> str:
+    """Write report.md, tables.tex, summary.json and figures/ under `folder`; return the markdown."""
+    select_by = select_by or _sweep_setting(folder, "select", "dev_loss")
+    methods = _sweep_setting(folder, "methods", None)
+    rows = aggregate.load_rows(folder)
+    kept, choices = aggregate.select(rows, select_by)
+    cells = aggregate.cells(kept)
+    tests = aggregate.paired_test(kept)
+    pooled = aggregate.paired_test(kept, by=("model", "n_train")) + aggregate.paired_test(kept, metric="ece", by=("model", "n_train"))
+    _attach_p_values(cells, tests)
+    methods = methods or list(dict.fromkeys(c["method"] for c in cells))
+    figures = folder / "figures"
+    md, tex = _tables(cells, methods, select_by, pooled), _latex(cells, methods)
+    md += _figures(kept, cells, figures, folder)
+    write_text(folder / "report.md", md)
+    write_text(folder / "tables.tex", tex)
+    write_json(folder / "summary.json", {"select": select_by, "choices": choices, "cells": cells, "tests": tests,
+                                         "pooled_tests": pooled})
+    return md
+
+
+def _sweep_setting(folder: Path, key: str, default: object) -> object:
+    path = folder / "sweep.json"
+    return json.loads(path.read_text()).get(key, default) if path.exists() else default
+
+
+def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
+    by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t["p_value"] for t in tests}
+    for c in cells:
+        if c["method"] == "ia2-sft":
+            c["p_value"] = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]))
+
+
+def _by_table(cells: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        groups[c["model"], variant(c["condition"]), c["n"]].append(c)
+    return dict(sorted(groups.items()))
+
+
+def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict]) -> str:
+    text = (f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
+            f"best trained method in bold, `*` out of distribution. Hyperparameters chosen per method on "
+            f"{select_by.replace('_', ' ')} (mean over seeds), never on test data.\n")
+    for (model, var, n), group in _by_table(cells).items():
+        extra = "" if var == "{}" else f", {var}"
+        text += f"\n## {model}, N = {n}{extra}\n\n" + tables.markdown_table(group, methods, n) + "\n"
+    if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
+        text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
+    if pooled:
+        text += "\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\n"
+        text += "| model | N | metric | pairs | mean difference | p |\n|---|---|---|---|---|---|\n"
+        for t in pooled:
+            p = "–" if t["p_value"] is None else f"{t['p_value']:.3g}"
+            text += f"| {t['model']} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {p} |\n"
+    return text
+
+
+def _latex(cells: list[dict], methods: list[str]) -> str:
+    parts = []
+    for (model, var, n), group in _by_table(cells).items():
+        caption = f"{model.replace('_', chr(92) + '_')}, $N={n}$: accuracy (std) / ECE (std); $^*$ out of distribution."
+        parts.append(tables.latex_table(group, methods, n, caption))
+    return "\n\n".join(parts) + "\n"
+
+
+def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path) -> str:
+    text = "\n## Figures\n\n"
+    settings: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        settings[c["model"], c["task"], c["eval_task"], variant(c["condition"])].append(c)
+    for (model, task, eval_task, var), group in sorted(settings.items()):
+        if len({c["n"] for c in group}) > 1:
+            path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task)}.png"
+            plots.plot_accuracy_vs_n(group, path)
+            text += f"- accuracy against N, {model}, {eval_task}: `{path.relative_to(folder)}`\n"
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        runs[r["model"], r["task"], r["eval_task"], r["n_train"], variant(r["condition"])].append(r)
+    for (model, task, eval_task, n, var), mine in sorted(runs.items()):
+        stem = _slug(model, eval_task, f"n{n}")
+        if any(r.get("asim_layers") for r in mine):
+            plots.plot_layer_similarity(analysis.layer_similarity(mine), figures / f"layer_similarity__{stem}.png")
+        per_method = {m: _pooled_reliability([r for r in mine if r["method"] == m]) for m in dict.fromkeys(r["method"] for r in mine)}
+        plots.plot_reliability(per_method, figures / f"reliability__{stem}.png")
+    text += "- per run: `figures/layer_similarity__*.png` (cosine to ICL per layer), `figures/reliability__*.png`\n"
+    return text + _overlaps(folder, figures)
+
+
+def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.concatenate([r["reliability"]["confidence"] for r in rows])
+    correct = np.concatenate([r["reliability"]["correct"] for r in rows])
+    return conf, correct
+
+
+def _overlaps(folder: Path, figures: Path) -> str:
+    """LoRA subspace overlap between methods trained on the same seed, per base model, beside the overlap of random
+    subspaces of the same dimensions (mean over modules)."""
+    overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    baselines: dict[str, float] = {}
+    untrained = 0
+    for seed_dir in sorted(folder.rglob("adapters/seed*")):
+        for a, b in PAIRS:
+            if not all((seed_dir / m / "adapter_config.json").exists() for m in (a, b)):
+                continue
+            model = json.loads((seed_dir / a / "adapter_config.json").read_text())["base_model_name_or_path"]
+            try:
+                result = analysis.adapter_overlap(seed_dir / a, seed_dir / b)
+            except IA2Error:
+                untrained += 1  # early stopping kept the initial state (B = 0): no subspace to compare
+                continue
+            overlaps[model][f"{a} vs {b}"].append(result["mean"])
+            if model not in baselines:
+                baselines[model] = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
+    text = ""
+    for i, (model, pairs) in enumerate(sorted(overlaps.items())):
+        path = figures / f"subspace_overlap__{i}.png"
+        plots.plot_overlap(pairs, baselines[model], path)
+        lines = "\n".join(f"| {pair} | {np.mean(v):.3f} ± {np.std(v):.3f} | {len(v)} |" for pair, v in pairs.items())
+        text += (f"\n## LoRA subspace overlap, {Path(model).name}\n\n(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
+                 f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. `{path.relative_to(folder)}`"
+                 f"\n\n| pair | overlap | adapters |\n|---|---|---|\n{lines}\n")
+    if untrained:
+        text += f"\n{untrained} pairs skipped: an adapter kept its initial state (no dev improvement), so it has no update.\n"
+    return text
+
+
+@functools.lru_cache(maxsize=None)
+def _random(dim: int, rank: int) -> float:
+    return analysis.random_overlap(dim, rank, samples=50)

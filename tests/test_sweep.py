@@ -1,0 +1,125 @@
+"""Sweeps on a tiny model: grid expansion, shared teacher targets, resuming, dev-only selection, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import toy_rows, write_jsonl
+from ia2 import aggregate, cli, experiment, summary, sweep, train
+from ia2.errors import IA2Error
+
+
+def write_yaml(path: Path, model: Path, task: Path, **extra: str) -> Path:
+    text = f"""
+methods: [zero-shot, icl, sft, ia2, ia2-sft]
+seeds: [0, 1]
+grid:
+  model: ["{model}"]
+  task: ["jsonl:{task}"]
+  n: [4, 6]
+tune:
+  lr: [0.0001, 0.01]
+fixed:
+  n_test: 10
+  train: {{max_steps: 4}}
+select: {extra.get("select", "dev_loss")}
+"""
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, model_dirs):
+    root = tmp_path_factory.mktemp("sweep")
+    task = write_jsonl(root / "toy.jsonl", toy_rows(40))
+    config = write_yaml(root / "sweep.yaml", model_dirs["llama"], task)
+    cache = root / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_CACHE", str(cache))
+        assert cli.main(["sweep", str(config), "--out", str(root / "out")]) == 0
+    return {"root": root, "config": config, "out": root / "out", "cache": cache}
+
+
+def test_grid_expands_conditions_times_tuned_values(swept):
+    plan = sweep.load(swept["config"], swept["out"])
+    configs = plan.configs()
+    assert len(configs) == 4
+    assert sorted((c.n, c.train.lr) for c in configs) == [(4, 0.0001), (4, 0.01), (6, 0.0001), (6, 0.01)]
+    assert all(c.train.max_steps == 4 and c.n_test == 10 and c.seeds == (0, 1) for c in configs)
+    assert len({sweep.run_dir(plan.out, c) for c in configs}) == 4
+
+
+def test_teacher_targets_are_shared_across_learning_rates(swept):
+    """Targets depend on (N, seed), not on the learning rate: 2 N × 2 seeds files for 4 runs × 2 seeds."""
+    assert len(list((swept["cache"] / "targets").glob("*.safetensors"))) == 4
+
+
+def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypatch):
+    monkeypatch.setenv("IA2_CACHE", str(swept["cache"]))
+    plan = sweep.load(swept["config"], swept["out"])
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run must not be rerun")
+
+    monkeypatch.setattr(sweep, "run", no_run)
+    sweep.execute(plan)
+    monkeypatch.undo()
+    monkeypatch.setenv("IA2_CACHE", str(swept["cache"]))
+    lost = next(swept["out"].rglob("rows/*/seed1/sft.json"))
+    lost.unlink()
+    calls = []
+    real = train.train_stage
+    monkeypatch.setattr(experiment, "train_stage", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    sweep.execute(plan)
+    assert lost.exists()
+    assert [f"{s.loss}:{s.labels}" for s in calls] == ["ce:gold"], "only the lost (seed, method) is retrained"
+
+
+def test_selection_uses_dev_loss_only(swept):
+    rows = aggregate.load_rows(swept["out"])
+    kept, choices = aggregate.select(rows, "dev_loss")
+    assert {c["method"] for c in choices} == {"sft", "ia2", "ia2-sft"}
+    for choice in choices:
+        mine = [r for r in rows if r["condition"] == choice["condition"] and r["method"] == choice["method"]]
+        by_lr = {}
+        for r in mine:
+            by_lr.setdefault(r["tuned"]["train.lr"], []).append(r["train"][-1]["best_dev_loss"])
+        best = min(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+        assert choice["tuned"] == {"train.lr": best}
+    assert len(kept) == 2 * 2 * 5, "2 N × 2 seeds × 5 methods after selection"
+
+
+def test_report_files_and_cells(swept):
+    out = swept["out"]
+    for name in ("report.md", "tables.tex", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "summary.json").read_text())
+    cells = data["cells"]
+    assert sorted({(c["n"], c["method"]) for c in cells}) == sorted(
+        (n, m) for n in (4, 6) for m in ("zero-shot", "icl", "sft", "ia2", "ia2-sft"))
+    assert all(c["n_seeds"] == 2 for c in cells)
+    assert {t["n_train"] for t in data["tests"]} == {4, 6} and all(t["pairs"] == 2 for t in data["tests"])
+    assert list(out.glob("figures/accuracy_vs_n__*.png")) and list(out.glob("figures/reliability__*.png"))
+    assert list(out.glob("figures/subspace_overlap__*.png"))
+    md = (out / "report.md").read_text()
+    assert "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md
+    assert "\\begin{table*}" in (out / "tables.tex").read_text()
+    assert summary.write(out) == md, "the report is a pure function of the rows"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("methods: [sft]\nseeds: [0]\ngrid: {model: [m], task: [t]}\nbogus: 1\n", "unknown key 'bogus'"),
+    ("methods: []\nseeds: [0]\n", "field 'methods' must be a non-empty list"),
+    ("methods: [sft]\nseeds: [0]\ngrid: {n: 4}\n", "grid.n must be a non-empty list"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "'train.lrr' is not a field of TrainConfig"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test_accuracy\n", "field 'select' must be one of"),
+    ("methods: [sft\n", "malformed YAML"),
+])
+def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(IA2Error, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        sweep.load(path)

@@ -1,0 +1,109 @@
+"""Paper-layout tables against exact expected text on a small hand-made cell list."""
+
+from __future__ import annotations
+
+import pytest
+
+from ia2 import tables
+from ia2.errors import IA2Error
+
+METHODS = ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft"]
+
+
+def cell(task, eval_task, method, acc, acc_std, ece=None, ece_std=None, n=8, p=None, model="m") -> dict:
+    c = {"model": model, "task": task, "eval_task": eval_task, "n": n, "method": method, "accuracy_mean": acc,
+         "accuracy_std": acc_std, "ece_mean": ece, "ece_std": ece_std, "n_seeds": 3}
+    return c if p is None else {**c, "p_value": p}
+
+
+# The OOD row's cells come first: the in-distribution row must still lead its group.
+CELLS = [
+    cell("ag_news", "bbc", "icl", 0.60, 0.01, 0.10, 0.01),
+    cell("ag_news", "bbc", "sft", 0.7004, 0.01, 0.30, 0.02),
+    cell("ag_news", "bbc", "ia2-sft", 0.6996, 0.02, 0.25, 0.02, p=0.4123),  # ties SFT as displayed: both bold
+    cell("ag_news", "ag_news", "zero-shot", 0.40, 0.0, 0.30, 0.0),
+    cell("ag_news", "ag_news", "icl", 0.90, 0.01, 0.02, 0.01),  # best overall, but ICL is not a trained method
+    cell("ag_news", "ag_news", "sft", 0.80, 0.02, 0.20, 0.03),
+    cell("ag_news", "ag_news", "ia2", 0.75, 0.01, 0.05, 0.01),
+    cell("ag_news", "ag_news", "ia2-sft", 0.85, 0.02, 0.15, 0.02, p=0.0004),
+    cell("ag_news", "ag_news", "soft", 0.99, 0.0, 0.01, 0.0),  # not a requested column: ignored
+    cell("ag_news", "ag_news", "ia2+sft", None, None),  # no values: shown as missing
+    cell("gsm8k", "gsm8k", "sft", 0.30, 0.05),  # generative: no ECE
+    cell("gsm8k", "gsm8k", "ia2-sft", 0.35, 0.04),
+    cell("ag_news", "ag_news", "sft", 0.81, 0.01, 0.2, 0.01, n=16),  # another N
+    cell("ag_news", "ag_news", "ia2-sft", 0.86, 0.01, 0.1, 0.01, n=16),
+]
+
+MARKDOWN = """\
+| source | eval | w/o ICL | ICL | SFT only | IA2 only | IA2 → SFT | IA2 + SFT |
+|---|---|---|---|---|---|---|---|
+| ag_news | ag_news | 40.0 (0.0) / 0.30 (0.00) | 90.0 (1.0) / 0.02 (0.01) | 80.0 (2.0) / 0.20 (0.03) | 75.0 (1.0) / **0.05** (0.01) | **85.0** (2.0) / 0.15 (0.02) | – |
+|  | bbc* | – | 60.0 (1.0) / 0.10 (0.01) | **70.0** (1.0) / 0.30 (0.02) | – | **70.0** (2.0) / **0.25** (0.02) | – |
+| gsm8k | gsm8k | – | – | 30.0 (5.0) | – | **35.0** (4.0) | – |
+"""
+
+LATEX = r"""\begin{table*}[t]
+\centering
+\caption{Llama, $N=8$.}
+\resizebox{\textwidth}{!}{%
+\begin{tabular}{llcccccc}
+\toprule
+Source & Eval & w/o ICL & ICL & SFT only & IA2 only & IA2 $\rightarrow$ SFT & IA2 + SFT \\
+\midrule
+\multirow{2}{*}{ag\_news} & ag\_news & 40.0 (0.0) / 0.30 (0.00) & 90.0 (1.0) / 0.02 (0.01) & 80.0 (2.0) / 0.20 (0.03) & 75.0 (1.0) / \textbf{0.05} (0.01) & \textbf{85.0} (2.0) / 0.15 (0.02) & -- \\
+ & bbc$^*$ & -- & 60.0 (1.0) / 0.10 (0.01) & \textbf{70.0} (1.0) / 0.30 (0.02) & -- & \textbf{70.0} (2.0) / \textbf{0.25} (0.02) & -- \\
+\midrule
+gsm8k & gsm8k & -- & -- & 30.0 (5.0) & -- & \textbf{35.0} (4.0) & -- \\
+\bottomrule
+\end{tabular}}
+\end{table*}
+"""
+
+SIGNIFICANCE = """\
+| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p |
+|---|---|---|---|---|---|---|---|
+| m | ag_news | bbc* | 8 | 70.0 (1.0) | 70.0 (2.0) | -0.1 | 0.412 |
+| m | ag_news | ag_news | 8 | 80.0 (2.0) | 85.0 (2.0) | +5.0 | <0.001 |
+| m | gsm8k | gsm8k | 8 | 30.0 (5.0) | 35.0 (4.0) | +5.0 | – |
+| m | ag_news | ag_news | 16 | 81.0 (1.0) | 86.0 (1.0) | +5.0 | – |
+"""
+
+
+def test_markdown_table():
+    assert tables.markdown_table(CELLS, METHODS, 8) == MARKDOWN
+
+
+def test_latex_table():
+    assert tables.latex_table(CELLS, METHODS, 8, r"Llama, $N=8$.") == LATEX
+
+
+def test_column_order_follows_methods():
+    text = tables.markdown_table(CELLS, ["ia2-sft", "sft"], 16)
+    assert text == ("| source | eval | IA2 → SFT | SFT only |\n|---|---|---|---|\n"
+                    "| ag_news | ag_news | **86.0** (1.0) / **0.10** (0.01) | 81.0 (1.0) / 0.20 (0.01) |\n")
+
+
+def test_all_display_names():
+    names = [tables.method_name(m) for m in ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft", "sft-ia2",
+                                            "sft-icl", "soft"]]
+    assert names == ["w/o ICL", "ICL", "SFT only", "IA2 only", "IA2 → SFT", "IA2 + SFT", "SFT → IA2",
+                     "SFT (ICL labels)", "SFT (soft)"]
+
+
+def test_significance_table():
+    assert tables.significance_table(CELLS) == SIGNIFICANCE
+
+
+@pytest.mark.parametrize(("cells", "n", "match"), [
+    (CELLS, 32, "no cells"),
+    (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0, model="other")], 8, "span models"),
+    (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0)], 8, "two cells"),
+])
+def test_tables_reject_ambiguous_input(cells, n, match):
+    with pytest.raises(IA2Error, match=match):
+        tables.markdown_table(cells, METHODS, n)
+
+
+def test_significance_needs_a_pair():
+    with pytest.raises(IA2Error, match="both"):
+        tables.significance_table([cell("t", "t", "sft", 0.5, 0.1)])
