@@ -50,6 +50,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated out-of-distribution test sets, scored beside the task's own")
     p.add_argument("--icl-demos", default="shared", choices=["shared", "per-query"],
                    help="ICL baseline: one demonstration draw per seed shared by all queries, or one per query")
+    p.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
+                   "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
     p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"])
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     t = p.add_argument_group("training")
@@ -71,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
         k_max=args.k_max, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
-        eval_tasks=args.eval_tasks, icl_demos=args.icl_demos,
+        eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
         adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets),

@@ -10,9 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
-from . import metrics
+from . import metrics, parsers
 from .batching import forward, length_sorted_chunks, make_batch
+from .targets import generate
+from .tasks import Task
 from .taps import Tap
 
 
@@ -154,3 +157,21 @@ def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int]) -> d
 def layer_cosine(student: torch.Tensor, teacher: torch.Tensor) -> list[float]:
     """Per-layer cosine similarity of activations [n, L, H], averaged over examples."""
     return torch.nn.functional.cosine_similarity(student, teacher, dim=-1).mean(dim=0).tolist()
+
+
+def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], task: Task,
+                   batch_size: int = 8, desc: str = "generate") -> list[str]:
+    """Greedy answers of a generative task, cut at its stop rule exactly as teacher answers are, as text."""
+    answers: list[list[int]] = [[] for _ in prompts]
+    stop = task.stop[0] if task.stop else ""
+    for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
+        for i, tokens in zip(chunk, generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)):
+            answers[i] = tokens
+    return [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+
+
+def generation_metrics(texts: Sequence[str], golds: Sequence[str], parser: str) -> dict:
+    """Accuracy over all examples (a parse failure counts as wrong) and the parse-failure rate."""
+    failures = [parsers.extract(parser, t) is None for t in texts]
+    correct = [parsers.is_correct(parser, t, g) for t, g in zip(texts, golds)]
+    return {"accuracy": float(np.mean(correct)), "parse_failure_rate": float(np.mean(failures))}

@@ -6,24 +6,26 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from . import adapters, models, targets
 from .adapters import AdapterConfig
 from .errors import IA2Error
-from .evaluate import Scores, layer_cosine, score, summarise
+from .evaluate import Scores, generate_texts, generation_metrics, layer_cosine, score, summarise
 from .manifest import manifest
 from .methods import BASELINES, METHODS, Stage, check_methods
 from .paths import write_json
 from .prompts import Encoder, Prompted, draw_demos
 from .report import write_reports
 from .taps import Tap
-from .tasks import Task, load_task
+from .parsers import PARSERS
+from .tasks import Task, check_transfer, load_task
 from .train import Item, TrainConfig, adapter_state, train_stage
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class RunConfig:
     site: str = "attn"
     eval_tasks: tuple[str, ...] = ()
     icl_demos: str = "shared"
+    parser: str | None = None
+    max_new_tokens: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = 8
@@ -59,6 +63,10 @@ class RunConfig:
         for option, (value, least) in minimums.items():
             if value < least:
                 raise IA2Error(f"{option} must be at least {least}, got {value}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise IA2Error(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.parser is not None and self.parser not in PARSERS:
+            raise IA2Error(f"--parser {self.parser!r} is unknown: choose from {', '.join(PARSERS)}")
         if self.icl_demos not in ICL_DEMOS:
             raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
         self.train.validate()
@@ -91,6 +99,17 @@ def changed(obj: object) -> dict:
         if default is MISSING or value != default:
             out[f.name] = value
     return out
+
+
+def declared(spec: str, cfg: RunConfig) -> Task:
+    """A task as declared, made generative by `--parser` (scored by that answer extractor) and with its answer length
+    overridden by `--max-new-tokens`, when given."""
+    task = load_task(spec, cfg.labels if spec == cfg.task else None)
+    if cfg.parser is not None and not task.generative and cfg.max_new_tokens is None:
+        raise IA2Error(f"--parser {cfg.parser} makes {spec} generative: give --max-new-tokens too")
+    if cfg.parser is not None:
+        task = replace(task, labels=(), parser=cfg.parser)
+    return task if cfg.max_new_tokens is None else replace(task, max_new_tokens=cfg.max_new_tokens)
 
 
 @dataclass
@@ -148,7 +167,7 @@ class SeedEval:
     gold: np.ndarray
     icl_prompts: list[Prompted]
     k: int
-    icl: Scores | None = None
+    icl: torch.Tensor | None = None
 
 
 def row_file(seed: int, method: str, eval_task: str, own_task: str) -> str:
@@ -163,7 +182,7 @@ class Experiment:
     def __init__(self, cfg: RunConfig, out: Path) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, out
-        self.task = load_task(cfg.task, cfg.labels)
+        self.task = declared(cfg.task, cfg)
         self.test, self.pool = test_and_pool(self.task, cfg)
         self.model, self.tokenizer = models.load(cfg.model)
         self.pad_id = self.tokenizer.pad_token_id
@@ -173,15 +192,13 @@ class Experiment:
         self.fingerprint = targets.model_fingerprint(self.model)
         self.model_class = type(self.model).__name__
         self.tap = Tap(self.model, cfg.site)
-        self._zero_shot: dict[str, Scores] = {}
+        self._zero_shot: dict[str, tuple[dict, torch.Tensor]] = {}
         self._trained: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {}
 
     def ood_set(self, name: str) -> EvalSet:
         """An out-of-distribution evaluation set whose labels must be the training task's (or a superset of them)."""
-        task = load_task(name)
-        missing = [label for label in self.task.labels if label not in task.labels]
-        if missing:
-            raise IA2Error(f"--eval-task {name}: labels {list(task.labels)} do not include {self.task.name}'s {missing}")
+        task = declared(name, self.cfg)
+        check_transfer(self.task, task)
         test, _ = marked_test(task, self.cfg.n_test, self.cfg.data_seed)
         return EvalSet(task, Encoder(task, self.tokenizer, self.context), test)
 
@@ -208,26 +225,39 @@ class Experiment:
         icl = [ev.encoder.encode(ev.task.examples[i], [source[d] for d in ds], self.task) for i, ds in zip(ev.test, demos)]
         return SeedEval(ev, plain, np.array([p.label for p in plain]), icl, k)
 
-    def row(self, method: str, seed: int, se: SeedEval, scores: Scores, teacher: Scores | None, demos: int) -> dict:
-        cos = layer_cosine(scores.acts, teacher.acts) if teacher is not None else None
+    def evaluate(self, se: SeedEval, prompts: list[Prompted], desc: str) -> tuple[dict, torch.Tensor]:
+        """The current model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
+
+        Classification is scored from the answer distribution; a generative task generates, cuts at the stop rule
+        and compares parsed answers (parse failures count as wrong).
+        """
+        task, encoder = se.eval.task, se.eval.encoder
+        if task.generative:
+            texts = generate_texts(self.model, self.tokenizer, [p.prompt for p in prompts], task, self.cfg.batch_size, desc)
+            golds = [task.examples[i].answer for i in se.eval.test]
+            acts = self.eval_scores(prompts, [[self.pad_id]], f"{desc} acts").acts
+            return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
+        scores = self.eval_scores(prompts, encoder.label_ids, desc)
         probs = scores.label_probs()
         reliability = {"confidence": probs.max(axis=1).tolist(), "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist()}
+        return {**summarise(scores, se.gold, [ids[0] for ids in encoder.label_ids]), "reliability": reliability}, scores.acts
+
+    def row(self, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor, demos: int) -> dict:
+        cos = layer_cosine(acts, se.icl) if method != "icl" else None
         return {
             "task": self.task.name, "eval_task": se.eval.task.name, "model": self.cfg.model, "method": method,
-            "n_train": self.cfg.n, "seed": seed,
-            **summarise(scores, se.gold, [ids[0] for ids in se.eval.encoder.label_ids]),
+            "n_train": self.cfg.n, "seed": seed, **measured,
             "asim": float(np.mean(cos)) if cos is not None else None, "asim_layers": cos, "eval_demos": demos,
-            "reliability": reliability,
         }
 
     def baseline_rows(self, seed: int, se: SeedEval) -> list[dict]:
         """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run."""
-        name, label_ids = se.eval.task.name, se.eval.encoder.label_ids
+        name = se.eval.task.name
         with self.model.disable_adapter():
-            se.icl = self.eval_scores(se.icl_prompts, label_ids, f"icl s{seed}")
+            icl, se.icl = self.evaluate(se, se.icl_prompts, f"icl s{seed}")
             if name not in self._zero_shot:
-                self._zero_shot[name] = self.eval_scores(se.plain, label_ids, "zero-shot")
-        return [self.row("icl", seed, se, se.icl, None, se.k), self.row("zero-shot", seed, se, self._zero_shot[name], se.icl, 0)]
+                self._zero_shot[name] = self.evaluate(se, se.plain, "zero-shot")
+        return [self.row("icl", seed, se, icl, se.icl, se.k), self.row("zero-shot", seed, se, *self._zero_shot[name], 0)]
 
     def run_seed(self, seed: int, methods: list[str]) -> list[dict]:
         """All rows for one seed: baselines on the base model, then each trained method, on every evaluation set."""
@@ -250,7 +280,8 @@ class Experiment:
                   "demos": f"leave-one-out k={min(self.cfg.k_max, self.cfg.n - 1)}"}
         with self.model.disable_adapter():
             teacher = targets.cached_collect(self.model, self.tap, self.tokenizer, [p.prompt for p in prompts], fields,
-                                             self.task.max_new_tokens, self.task.separator, self.cfg.batch_size, f"teacher s{seed}")
+                                             self.task.max_new_tokens, self.task.stop[0] if self.task.stop else "",
+                                             self.cfg.batch_size, f"teacher s{seed}")
         plain = [self.encode(i) for i in split.train + split.dev]
         gold = [Item(p.prompt, p.answer) for p in plain]
         icl = [Item(p.prompt, tok, act) for p, tok, act in zip(plain, teacher.tokens, teacher.acts)]
@@ -263,15 +294,21 @@ class Experiment:
         logs = self.train_stages(METHODS[method], seed, data)
         if self.cfg.save_adapters:
             adapters.save(self.model, self.out / "adapters" / f"seed{seed}" / method)
-        dev = data["dev_plain"]
-        dev_scores = self.eval_scores(dev, self.encoder.label_ids, f"{method} dev s{seed}")
-        dev_accuracy = float((dev_scores.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
+        extra = {"dev_accuracy": self.dev_accuracy(data["dev_plain"], f"{method} dev s{seed}"), "train": logs}
         rows = []
         for se in evals:
-            scores = self.eval_scores(se.plain, se.eval.encoder.label_ids, f"{method} s{seed}")
-            rows.append({**self.row(method, seed, se, scores, se.icl, 0), "dev_accuracy": dev_accuracy, "train": logs})
-            log.info("seed %d %-9s %s accuracy %.3f ece %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"], rows[-1]["ece"])
+            measured, acts = self.evaluate(se, se.plain, f"{method} s{seed}")
+            rows.append({**self.row(method, seed, se, measured, acts, 0), **extra})
+            log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
         return rows
+
+    def dev_accuracy(self, dev: list[Prompted], desc: str) -> float | None:
+        """Label accuracy on the dev examples without demonstrations (None for generative tasks, which would need
+        generation: their hyperparameters are chosen on dev loss)."""
+        if self.task.generative:
+            return None
+        scores = self.eval_scores(dev, self.encoder.label_ids, desc)
+        return float((scores.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
 
     def train_stages(self, stages: tuple[Stage, ...], seed: int, data: dict) -> list[dict]:
         """Train `stages` on the current seed's adapter, starting from the longest already-trained prefix."""
@@ -303,6 +340,7 @@ def run(cfg: RunConfig, out: Path) -> dict:
         rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}
     result = {"config": config, "majority_accuracy": {ev.task.name: majority(ev) for ev in exp.evals},
+              "n_test": {ev.task.name: len(ev.test) for ev in exp.evals},
               "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
     write_json(out / "manifest.json", manifest(cfg, exp))
     write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]}
@@ -311,7 +349,9 @@ def run(cfg: RunConfig, out: Path) -> dict:
     return result
 
 
-def majority(ev: EvalSet) -> float:
-    """Accuracy of always answering the test set's most frequent label."""
+def majority(ev: EvalSet) -> float | None:
+    """Accuracy of always answering the test set's most frequent label (None for generative tasks)."""
+    if ev.task.generative:
+        return None
     labels = [ev.task.examples[i].answer for i in ev.test]
     return max(labels.count(c) for c in set(labels)) / len(labels)

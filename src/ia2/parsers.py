@@ -140,7 +140,14 @@ def sciq(text: str) -> str | None:
     return re.sub(r"^(?:a|an|the)\s+", "", answer) or None
 
 
+def text(answer: str) -> str | None:
+    """The first line of the answer, lowercased with whitespace collapsed: exact match for short free-text answers."""
+    line = " ".join(answer.strip().split("\n", 1)[0].lower().split())
+    return line or None
+
+
 PARSERS: dict[str, Callable[[str], str | None]] = {
+    "text": text,
     "gsm8k": gsm8k,
     "gsm8k-reference": gsm8k_reference,
     "boxed": boxed,

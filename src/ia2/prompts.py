@@ -14,7 +14,7 @@ from .tasks import Example, Task
 
 @dataclass(frozen=True)
 class Prompted:
-    """A prompt's token ids, the gold answer's ids after it, and the gold label's index."""
+    """A prompt's token ids, the gold answer's ids after it, and the gold label's index (−1 for generative tasks)."""
 
     prompt: list[int]
     answer: list[int]
@@ -37,6 +37,12 @@ class Encoder:
         probe = self.text(task.examples[0], [])
         self.label_ids = [self._answer_ids(probe, task.render_answer(label), task.examples[0]) for label in task.labels]
         self._check_labels()
+
+    def gold_text(self, example: Example) -> str:
+        """The gold answer as trained on: the label, or a generative answer followed by the stop string, so a model
+        trained on it learns to stop where evaluation and teacher answers are cut."""
+        answer = self.task.render_answer(example.answer)
+        return answer + self.task.stop[0] if self.task.generative and self.task.stop else answer
 
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -74,8 +80,11 @@ class Encoder:
         """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
         prompt_text = self.text(example, demos, demo_task)
         prompt = self._tokens(prompt_text)
-        if len(prompt) + 1 > self.max_length:
-            raise IA2Error(f"{example.where}: prompt of {len(prompt)} tokens exceeds the model's context of {self.max_length}")
+        if len(prompt) + self.task.max_new_tokens > self.max_length:
+            raise IA2Error(f"{example.where}: prompt of {len(prompt)} tokens + {self.task.max_new_tokens} answer tokens "
+                           f"exceed the model's context of {self.max_length}")
+        if self.task.generative:
+            return Prompted(prompt, self._answer_ids(prompt_text, self.gold_text(example), example), -1)
         if example.answer not in self.task.labels:
             raise IA2Error(f"{example.where}: field 'answer' = {example.answer!r} is not a label of {self.task.name}")
         label = self.task.labels.index(example.answer)

@@ -14,7 +14,7 @@ from . import metrics  # noqa: E402
 from .paths import atomic_path, write_json, write_text  # noqa: E402
 
 COLUMNS = (("accuracy", "accuracy"), ("ece", "ECE (15 equal-width)"), ("ece_equal_mass", "ECE (15 equal-mass)"),
-           ("brier", "Brier"), ("nll", "NLL"), ("asim", "asim"))
+           ("brier", "Brier"), ("nll", "NLL"), ("parse_failure_rate", "parse failures"), ("asim", "asim"))
 
 
 def _cell(values: list) -> str:
@@ -29,11 +29,12 @@ def methods_in_order(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
-    """A markdown table, one line per method, mean ± std over seeds of each metric."""
-    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    """A markdown table, one line per method, mean ± std over seeds of each metric that any row has."""
+    columns = [(key, label) for key, label in COLUMNS if any(r.get(key) is not None for r in rows)]
+    lines = ["| method | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for method in methods_in_order(rows):
         mine = [r for r in rows if r["method"] == method]
-        lines.append(f"| {method} | " + " | ".join(_cell([r[key] for r in mine]) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {method} | " + " | ".join(_cell([r.get(key) for r in mine]) for key, _ in columns) + " |")
     return "\n".join(lines)
 
 
@@ -47,8 +48,8 @@ def markdown(result: dict) -> str:
     for eval_task, majority in result["majority_accuracy"].items():
         mine = [r for r in rows if r["eval_task"] == eval_task]
         ood = "" if eval_task == cfg["task"] else " (out of distribution)"
-        text += (f"\n## {eval_task}{ood}\n\n{len(mine[0]['reliability']['correct'])} test examples, majority-class "
-                 f"accuracy {majority:.3f}.\n\n" + table(mine) + "\n")
+        prior = "" if majority is None else f", majority-class accuracy {majority:.3f}"
+        text += f"\n## {eval_task}{ood}\n\n{result['n_test'][eval_task]} test examples{prior}.\n\n" + table(mine) + "\n"
     return text
 
 
@@ -74,11 +75,12 @@ def write_reports(result: dict, out: Path) -> str:
     reliability: dict = {}
     text = markdown(result)
     for row in result["rows"]:
-        if row["eval_task"] == result["config"]["task"]:
+        if row["eval_task"] == result["config"]["task"] and row["reliability"] is not None:
             reliability.setdefault(row["method"], {})[str(row["seed"])] = row["reliability"]
         del row["reliability"]
     write_json(out / "results.json", result)
     write_json(out / "reliability.json", reliability)
-    plot_reliability(reliability, out / "reliability.png")
+    if reliability:
+        plot_reliability(reliability, out / "reliability.png")
     write_text(out / "results.md", text)
     return text

@@ -1,19 +1,31 @@
-"""The task registry: `bigbench:<task>` and `jsonl:<path>`."""
+"""The task registry: `bigbench:<task>`, `jsonl:<path>`, a benchmark name (`sst2`) or `name@source` (`strategyqa@bigbench`)."""
 
 from __future__ import annotations
 
 from ..errors import IA2Error
-from . import bigbench, jsonl
+from . import benchmarks, bigbench, jsonl
 from .base import Example, Task
+from .benchmarks import OOD_PAIRS, check_transfer
 
-__all__ = ["Example", "Task", "load_task"]
+__all__ = ["Example", "Task", "OOD_PAIRS", "check_transfer", "load_task"]
 
 SOURCES = {"bigbench": lambda arg, labels: bigbench.load(arg), "jsonl": jsonl.load}
 
 
+def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
+    """A declared benchmark; `labels`, if given, must be its own label words (they are fixed by the declaration)."""
+    task = benchmarks.load_benchmark(name)
+    if labels is not None and tuple(labels) != task.labels:
+        raise IA2Error(f"task {name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
+    return task
+
+
 def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
-    """Resolve a task spec `source:argument` to a Task."""
-    source, _, arg = spec.partition(":")
-    if source not in SOURCES or not arg:
-        raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join(f"{s}:<name>" for s in SOURCES))
-    return SOURCES[source](arg, labels)
+    """Resolve a task spec to a Task: `source:argument`, a benchmark name, or `name@source`."""
+    source, colon, arg = spec.partition(":")
+    if colon and source in SOURCES and arg:
+        return SOURCES[source](arg, labels)
+    if spec in benchmarks.names():
+        return _benchmark(spec, labels)
+    known = ["bigbench:<task>", "jsonl:<path>", *benchmarks.names()]
+    raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join(known))

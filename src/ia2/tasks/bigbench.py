@@ -94,7 +94,11 @@ def parse(name: str, data: dict, where: str) -> Task:
     )
 
 
+def read(name: str) -> dict:
+    """The raw task JSON of BIG-bench task `name`, fetched and cached on first use."""
+    return json.loads(task_json(name).read_text())
+
+
 def load(name: str) -> Task:
     """The BIG-bench task `name`, fetched and cached on first use."""
-    path = task_json(name)
-    return parse(name, json.loads(path.read_text()), f"bigbench:{name}")
+    return parse(name, read(name), f"bigbench:{name}")
