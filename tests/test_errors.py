@@ -163,7 +163,7 @@ def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
     task = load_task(f"jsonl:{path}")
     encoder = Encoder(task, tok, model.config.max_position_embeddings)
     encoder.encode(task.examples[4])
-    with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens exceeds the model's context of 512"):
+    with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens \+ 1 answer tokens exceed the model's context of 512"):
         encoder.encode(task.examples[5])
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from . import adapters
 from .taps import Tap
 
 
@@ -56,20 +58,37 @@ def right_align(rows: Sequence[torch.Tensor], keep: int, dim: int = 0) -> torch.
 
 
 def forward(model: nn.Module, batch: Batch, tap: Tap | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits [B, keep, V] at the answer-producing positions and, with a tap, activations [B, L, keep, H]."""
-    inputs = dict(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=batch.keep,
-        use_cache=False,
-    )
-    if tap is None:
-        return model(**inputs).logits, None
-    tap.keep = batch.keep
-    with tap:
+    """Logits [B, keep, V] at the answer-producing positions and, with a tap, activations [B, L, keep, H].
+
+    Adapters that prepend virtual tokens keep these positions last; see `adapters` for how padding is kept harmless.
+    """
+    if adapters.rows_alone(model, batch.input_ids.shape[1]) and not bool(batch.attention_mask.all()):
+        return _row_by_row(model, batch, tap)
+    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep,
+                  use_cache=False)
+    if adapters.prompt_tuning_active(model):
+        context = adapters.positions_from_mask(model)
+    else:
+        inputs["position_ids"], context = batch.position_ids, nullcontext()
+    if tap is not None:
+        tap.keep = batch.keep
+    with context, tap if tap is not None else nullcontext():
         logits = model(**inputs).logits
-    return logits, tap.take()
+    return logits, tap.take() if tap is not None else None
+
+
+def _row_by_row(model: nn.Module, batch: Batch, tap: Tap | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`forward` on each row alone, unpadded, right-aligned back into the batch's shape (zeros where a row is short)."""
+    logits, acts = [], []
+    for row, length in enumerate(batch.attention_mask.sum(-1).tolist()):
+        ids = batch.input_ids[row:row + 1, -length:]
+        positions = torch.arange(length, device=ids.device).unsqueeze(0)
+        row_logits, row_acts = forward(model, Batch(ids, torch.ones_like(ids), positions,
+                                                    torch.tensor([min(batch.keep, length)])), tap)
+        logits.append(row_logits[0])
+        if row_acts is not None:
+            acts.append(row_acts[0])
+    return right_align(logits, batch.keep), right_align(acts, batch.keep, dim=1) if acts else None
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import summary, sweep
-from .adapters import AdapterConfig
+from .adapters import KINDS, AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, run
 from .methods import METHODS, parse_methods
@@ -29,6 +29,13 @@ QUICK = {"seeds": (0,), "n_test": 40, "train": TrainConfig(max_epochs=10)}
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/K with 0 <= I < K, got {text!r}")
+    return int(index), int(count)
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -65,9 +72,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--w", type=float, default=TrainConfig.w, help="CE weight of the joint ia2+sft loss")
     t.add_argument("--per-layer-norm", action="store_true", help="normalise each layer's MSE by the teacher's scale")
     a = p.add_argument_group("adapter")
+    a.add_argument("--adapter", choices=KINDS, default=AdapterConfig.kind, help="PEFT adapter type")
+    a.add_argument("--num-virtual-tokens", type=int, default=AdapterConfig.num_virtual_tokens, help="prompt and prefix tuning")
+    a.add_argument("--ia3-feedforward", type=_words, default=AdapterConfig.feedforward,
+                   help="IA3: which of the targets are feed-forward modules")
     a.add_argument("--lora-r", type=int, default=AdapterConfig.r)
     a.add_argument("--lora-alpha", type=int, default=AdapterConfig.alpha)
-    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets)
+    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets, help="LoRA and IA3 target modules")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -77,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
-        adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets),
+        adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets, kind=args.adapter,
+                              num_virtual_tokens=args.num_virtual_tokens, feedforward=args.ia3_feedforward),
     )
 
 
@@ -92,6 +104,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sw.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/K",
+                    help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes")
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder")
     rep.add_argument("folder", type=Path)
     rep.add_argument("--select", choices=["dev_loss", "dev_accuracy"], default=None,
@@ -125,8 +139,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(sweep.dump_points(plan))
         return 0
-    sweep.execute(plan)
-    print(summary.write(plan.out))
+    sweep.execute(plan, args.shard)
+    if args.shard[1] == 1:
+        print(summary.write(plan.out))
     return 0
 
 

@@ -59,7 +59,7 @@ class RunConfig:
         """Reject settings that cannot run, with the option's name."""
         check_methods(self.methods)
         minimums = {"--n": (self.n, 2), "--n-dev": (self.dev_size, 1), "--n-test": (self.n_test, 1),
-                    "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1), "--lora-r": (self.adapter.r, 1)}
+                    "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1)}
         for option, (value, least) in minimums.items():
             if value < least:
                 raise IA2Error(f"{option} must be at least {least}, got {value}")
@@ -70,6 +70,7 @@ class RunConfig:
         if self.icl_demos not in ICL_DEMOS:
             raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
         self.train.validate()
+        self.adapter.validate()
 
     @property
     def dev_size(self) -> int:

@@ -144,13 +144,20 @@ def _default(dotted: str) -> Any:
     return getattr(obj, tail or head)
 
 
-def execute(sweep: Sweep) -> list[Path]:
-    """Run every configuration not yet finished, in order; return the run folders."""
+def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
+    """Run every configuration not yet finished, in order; return the run folders.
+
+    With shard (i, k) only every k-th configuration starting at i runs, so k processes (or machines sharing the
+    folder) can split a sweep; each writes only its own runs' rows.
+    """
     folders = []
     configs = sweep.configs()
+    index, count = shard
     for i, cfg in enumerate(configs, start=1):
         folder = run_dir(sweep.out, cfg)
         folders.append(folder)
+        if (i - 1) % count != index:
+            continue
         write_json(folder / "spec.json", spec(cfg, list(sweep.tune)))
         if finished(cfg, folder):
             log.info("[%d/%d] done already: %s", i, len(configs), folder)
