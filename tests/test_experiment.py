@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,31 @@ def test_baselines_only_run(tmp_path, model_dirs):
     rows = results(out)["rows"]
     assert sorted(r["method"] for r in rows) == ["icl", "zero-shot"]
     assert not (out / "adapters").exists()
+
+
+def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, monkeypatch):
+    """N labelled examples only as demonstrations; IA2 on M unlabelled queries with K demo orders; SFT on the N;
+    soft-label SFT on the same teacher answers with their top-k distributions."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IA2_CACHE", str(cache))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(60))
+    out = tmp_path / "out"
+    args = argv(model_dirs["llama"], task, out, seeds="0", methods=["ia2", "ia2-sft", "soft"])
+    assert cli.main(args + ["--unlabelled", "10", "--permutations", "3", "--soft-top-k", "4"]) == 0
+    (target_file,) = (cache / "targets").glob("*.safetensors")
+    teacher = targets.load(target_file)
+    assert len(teacher.tokens) == 10 + 2, "M unlabelled queries + N/2 dev queries"
+    assert all(ids.shape == (1, 4) for ids in teacher.top_ids)
+    cfg = experiment.RunConfig(model=str(model_dirs["llama"]), task=f"jsonl:{task}", methods=("ia2",), n=4, n_test=10,
+                               unlabelled=10, permutations=3)
+    exp = experiment.Experiment(cfg, tmp_path / "probe")
+    split = experiment.draw_split(exp.test, exp.pool, cfg, 0)
+    assert set(split.unlabelled).isdisjoint(split.train + split.dev + split.test) and len(split.unlabelled) == 10
+    assert experiment.draw_split(exp.test, exp.pool, replace(cfg, unlabelled=None), 0).train == split.train
+    prompts, policy = exp.teacher_prompts(split, 0)
+    assert policy == "low-data k=4 permutations=3"
+    demo_sets = {tuple(p.prompt[: -len(exp.encode(i).prompt) + 1]) for p, i in zip(prompts, exp.teacher_queries(split))}
+    assert len(demo_sets) == 3, "three demonstration orders of the same four labelled examples"
+    logs = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
+    assert [s["stage"] for s in logs["ia2-sft"]] == ["ia2:icl", "ce:gold"]
+    assert [s["stage"] for s in logs["soft"]] == ["soft:icl"]

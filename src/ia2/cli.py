@@ -51,6 +51,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/latest"))
     p.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
     p.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
+    p.add_argument("--soft-top-k", type=int, default=0,
+                   help="teacher next-token probabilities kept for the soft method: 0 = whole vocabulary, k = top k")
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--n-dev", type=int, default=None, help="default N/2")
     p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
@@ -60,6 +62,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
                    "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
+    p.add_argument("--unlabelled", type=int, default=None, metavar="M",
+                   help="low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries")
+    p.add_argument("--permutations", type=int, default=1, metavar="K",
+                   help="low-data mode: demonstration orders, query j gets order j mod K")
     p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"])
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     t = p.add_argument_group("training")
@@ -84,8 +90,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
+        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
+        unlabelled=args.unlabelled, permutations=args.permutations,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
         adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets, kind=args.adapter,

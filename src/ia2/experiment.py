@@ -50,6 +50,9 @@ class RunConfig:
     icl_demos: str = "shared"
     parser: str | None = None
     max_new_tokens: int | None = None
+    unlabelled: int | None = None
+    permutations: int = 1
+    soft_top_k: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = 8
@@ -59,10 +62,13 @@ class RunConfig:
         """Reject settings that cannot run, with the option's name."""
         check_methods(self.methods)
         minimums = {"--n": (self.n, 2), "--n-dev": (self.dev_size, 1), "--n-test": (self.n_test, 1),
-                    "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1)}
+                    "--k-max": (self.k_max, 1), "--seeds (count)": (len(self.seeds), 1),
+                    "--soft-top-k": (self.soft_top_k, 0)}
         for option, (value, least) in minimums.items():
             if value < least:
                 raise IA2Error(f"{option} must be at least {least}, got {value}")
+        if self.unlabelled is not None and self.unlabelled < 1 or self.permutations < 1:
+            raise IA2Error(f"--unlabelled and --permutations must be at least 1, got {self.unlabelled}, {self.permutations}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise IA2Error(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.parser is not None and self.parser not in PARSERS:
@@ -120,6 +126,7 @@ class Split:
     train: list[int]
     dev: list[int]
     test: list[int]
+    unlabelled: list[int] = field(default_factory=list)
 
 
 def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], list[int]]:
@@ -135,19 +142,23 @@ def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], lis
 def test_and_pool(task: Task, cfg: RunConfig) -> tuple[list[int], list[int]]:
     """The held-out test indices and the training pool, checked to be large enough for N + dev + test."""
     test, pool = marked_test(task, cfg.n_test, cfg.data_seed)
-    need = cfg.n + cfg.dev_size
+    need = cfg.n + cfg.dev_size + (cfg.unlabelled or 0)
     if len(pool) < need or len(test) < cfg.n_test:
+        unlabelled = f" + unlabelled={cfg.unlabelled}" if cfg.unlabelled else ""
         raise IA2Error(
-            f"{task.name}: {len(task.examples)} examples, but N={cfg.n} + dev={cfg.dev_size} + test={cfg.n_test} "
-            f"need {need + cfg.n_test}"
+            f"{task.name}: {len(task.examples)} examples, but N={cfg.n} + dev={cfg.dev_size}{unlabelled} + "
+            f"test={cfg.n_test} need {need + cfg.n_test}"
         )
     return test, pool
 
 
 def draw_split(test: list[int], pool: list[int], cfg: RunConfig, seed: int) -> Split:
-    """N training and N/2 dev examples drawn from the pool by `seed`."""
+    """N training and N/2 dev examples drawn from the pool by `seed`, and in low-data mode M unlabelled queries from
+    the rest (the labelled draw is the same with or without them)."""
     chosen = random.Random(f"split-{seed}").sample(pool, cfg.n + cfg.dev_size)
-    return Split(chosen[: cfg.n], chosen[cfg.n:], test)
+    rest = sorted(set(pool) - set(chosen))
+    unlabelled = random.Random(f"unlabelled-{seed}").sample(rest, cfg.unlabelled) if cfg.unlabelled else []
+    return Split(chosen[: cfg.n], chosen[cfg.n:], test, unlabelled)
 
 
 @dataclass
@@ -207,10 +218,25 @@ class Experiment:
         ex = self.task.examples
         return self.encoder.encode(ex[index], [ex[d] for d in demos])
 
-    def teacher_prompts(self, split: Split, seed: int) -> list[Prompted]:
-        """ICL prompts for train (leave-one-out demos) and dev examples (demos from train), k = min(k_max, N−1)."""
-        rng, k = random.Random(f"demos-{seed}"), min(self.cfg.k_max, self.cfg.n - 1)
-        return [self.encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in split.train + split.dev]
+    def teacher_queries(self, split: Split) -> list[int]:
+        """The queries the ICL teacher answers: the N training examples, or the M unlabelled ones in low-data mode,
+        then the dev examples."""
+        return (split.unlabelled if self.cfg.unlabelled else split.train) + split.dev
+
+    def teacher_prompts(self, split: Split, seed: int) -> tuple[list[Prompted], str]:
+        """ICL prompts of the teacher queries and the demo policy's name.
+
+        Normally each training query gets k = min(k_max, N−1) leave-one-out demos (dev queries draw from the training
+        set); in low-data mode query j gets permutation j mod K of k = min(k_max, N) labelled examples.
+        """
+        rng, queries = random.Random(f"demos-{seed}"), self.teacher_queries(split)
+        if not self.cfg.unlabelled:
+            k = min(self.cfg.k_max, self.cfg.n - 1)
+            return [self.encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in queries], f"leave-one-out k={k}"
+        k = min(self.cfg.k_max, self.cfg.n)
+        orders = [draw_demos(split.train, k, rng) for _ in range(self.cfg.permutations)]
+        prompts = [self.encode(i, orders[j % len(orders)]) for j, i in enumerate(queries)]
+        return prompts, f"low-data k={k} permutations={self.cfg.permutations}"
 
     def eval_scores(self, prompts: list[Prompted], label_ids: list[list[int]], desc: str) -> Scores:
         return score(self.model, [p.prompt for p in prompts], label_ids, self.pad_id, self.tap, self.cfg.batch_size, desc)
@@ -269,25 +295,30 @@ class Experiment:
         rows = [r for se in evals for r in self.baseline_rows(seed, se) if r["method"] in methods]
         trained = [m for m in methods if m not in BASELINES]
         if trained:
-            stage_data = self.stage_data(split, seed)
+            stage_data = self.stage_data(split, seed, trained)
             for method in trained:
                 rows += self.train_and_eval(method, seed, stage_data, evals)
         return rows
 
-    def stage_data(self, split: Split, seed: int) -> dict:
-        """Training and dev items for each label source: gold answers, and the ICL teacher's answers with activations."""
-        prompts = self.teacher_prompts(split, seed)
+    def stage_data(self, split: Split, seed: int, methods: list[str]) -> dict:
+        """Training and dev items for each label source: gold answers, and the ICL teacher's answers with activations
+        and, when a method trains on soft labels, its next-token distributions."""
+        soft = any(stage.loss == "soft" for method in methods for stage in METHODS[method])
+        prompts, policy = self.teacher_prompts(split, seed)
         fields = {"model": self.fingerprint, "task": self.task.name, "data": self.task.data_hash(), "seed": seed,
-                  "demos": f"leave-one-out k={min(self.cfg.k_max, self.cfg.n - 1)}"}
+                  "demos": policy}
         with self.model.disable_adapter():
             teacher = targets.cached_collect(self.model, self.tap, self.tokenizer, [p.prompt for p in prompts], fields,
                                              self.task.max_new_tokens, self.task.stop[0] if self.task.stop else "",
-                                             self.cfg.batch_size, f"teacher s{seed}")
-        plain = [self.encode(i) for i in split.train + split.dev]
-        gold = [Item(p.prompt, p.answer) for p in plain]
-        icl = [Item(p.prompt, tok, act) for p, tok, act in zip(plain, teacher.tokens, teacher.acts)]
-        n = self.cfg.n
-        return {"gold": (gold[:n], gold[n:]), "icl": (icl[:n], icl[n:]), "dev_plain": plain[n:]}
+                                             self.cfg.batch_size, f"teacher s{seed}", self.cfg.soft_top_k if soft else None)
+        plain = [self.encode(i) for i in self.teacher_queries(split)]
+        ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
+        icl = [Item(p.prompt, *t) for p, t in zip(plain, zip(teacher.tokens, teacher.acts, ids, logp))]
+        labelled = [self.encode(i) for i in split.train]
+        dev = plain[len(plain) - len(split.dev):]
+        gold = [Item(p.prompt, p.answer) for p in labelled + dev]
+        n, m = self.cfg.n, len(plain) - len(split.dev)
+        return {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:]), "dev_plain": dev}
 
     def train_and_eval(self, method: str, seed: int, data: dict, evals: list[SeedEval]) -> list[dict]:
         """Train a method's stages (reusing a trained prefix such as IA2 before IA2 → SFT), save, and evaluate it

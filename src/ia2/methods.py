@@ -10,9 +10,10 @@ from .errors import IA2Error
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: `loss` is ce, ia2 or joint; `labels` says whose answers are fed: gold or the ICL teacher's."""
+    """One training stage: `loss` is ce, ia2, joint or soft (KL to the teacher's next-token distribution);
+    `labels` says whose answers are fed: gold or the ICL teacher's."""
 
-    loss: Literal["ce", "ia2", "joint"]
+    loss: Literal["ce", "ia2", "joint", "soft"]
     labels: Literal["gold", "icl"]
 
 
@@ -24,6 +25,7 @@ METHODS: dict[str, tuple[Stage, ...]] = {
     "icl": (),
     "sft": (SFT,),
     "sft-icl": (Stage("ce", "icl"),),
+    "soft": (Stage("soft", "icl"),),
     "ia2": (IA2,),
     "ia2-sft": (IA2, SFT),
     "ia2+sft": (Stage("joint", "icl"),),

@@ -21,10 +21,16 @@ from .taps import Tap
 
 @dataclass
 class Targets:
-    """Per example: the teacher's greedy answer ŷ and activations [layers, |ŷ|, hidden] at the positions producing it."""
+    """Per example: the teacher's greedy answer ŷ and activations [layers, |ŷ|, hidden] at the positions producing it.
+
+    When the next-token distribution is kept, `top_logp` holds fp32 log-probs [|ŷ|, k] at the same positions and
+    `top_ids` their token ids [|ŷ|, k]; `top_ids` is None when the whole vocabulary is kept (k = V).
+    """
 
     tokens: list[list[int]]
     acts: list[torch.Tensor]
+    top_ids: list[torch.Tensor] | None = None
+    top_logp: list[torch.Tensor] | None = None
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -61,15 +67,31 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequ
     return [_cut(row, tokenizer, stop, eos_ids) for row in new]
 
 
+def distribution_at(logits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Next-token fp32 log-probs on the CPU from logits [T, V]: (None, all V) for k = 0, else the top k's (ids, log-probs)."""
+    if k < 0:
+        raise ValueError(f"distribution must be None, 0 (full vocabulary) or a top-k size k > 0, got {k}")
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if k == 0:
+        return None, logp.cpu()
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return ids.cpu(), values.cpu()
+
+
 @torch.no_grad()
 def collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-            max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher") -> Targets:
+            max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
+            distribution: int | None = None) -> Targets:
     """Generate each ICL answer, then read activations in one teacher-forced pass over prompt ⊕ answer.
 
-    With one new token the generating forward pass is the teacher-forced pass, so it runs once.
+    With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
+    also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
+    per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k.
     """
     tokens: list[list[int]] = [[] for _ in prompts]
     acts: list[torch.Tensor] = [torch.empty(0) for _ in prompts]
+    top_ids: list[torch.Tensor | None] = [None for _ in prompts]
+    top_logp: list[torch.Tensor] = [torch.empty(0) for _ in prompts]
     for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
         chunk_prompts = [prompts[i] for i in chunk]
         if max_new_tokens == 1:
@@ -79,11 +101,15 @@ def collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prom
         else:
             answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
             batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
-            _, chunk_acts = forward(model, batch, tap)
+            logits, chunk_acts = forward(model, batch, tap)
         for row, i in enumerate(chunk):
             tokens[i] = answers[row]
             acts[i] = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
-    return Targets(tokens, acts)
+            if distribution is not None:
+                top_ids[i], top_logp[i] = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
+    if distribution is None:
+        return Targets(tokens, acts)
+    return Targets(tokens, acts, top_ids if distribution > 0 else None, top_logp)
 
 
 def cache_key(fields: dict, prompts: Sequence[Sequence[int]]) -> str:
@@ -99,6 +125,9 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
     for i, (tok, act) in enumerate(zip(targets.tokens, targets.acts)):
         tensors[f"tokens.{i}"] = torch.tensor(tok, dtype=torch.long)
         tensors[f"acts.{i}"] = act.contiguous()
+    for name in ("top_ids", "top_logp"):
+        for i, tensor in enumerate(getattr(targets, name) or []):
+            tensors[f"{name}.{i}"] = tensor.contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"fields": json.dumps(fields, sort_keys=True), "n": str(len(targets.tokens))})
 
@@ -107,17 +136,22 @@ def load(path: Path) -> Targets:
     """Read targets written by `save`."""
     data = load_file(str(path))
     n = len([k for k in data if k.startswith("tokens.")])
-    return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data[f"acts.{i}"] for i in range(n)])
+    optional = {name: [data[f"{name}.{i}"] for i in range(n)] if f"{name}.0" in data else None
+                for name in ("top_ids", "top_logp")}
+    return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data[f"acts.{i}"] for i in range(n)], **optional)
 
 
 def cached_collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-                   fields: dict, max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher") -> Targets:
+                   fields: dict, max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
+                   distribution: int | None = None) -> Targets:
     """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
     (`model_fingerprint` of the base model) and may name task, split, seed and demo policy."""
     fields = {**fields, "site": tap.site, "max_new_tokens": max_new_tokens, "stop": stop}
+    if distribution is not None:
+        fields["distribution"] = distribution
     path = cache_root() / "targets" / f"{cache_key(fields, prompts)}.safetensors"
     if path.exists():
         return load(path)
-    targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc)
+    targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
     save(path, targets, fields)
     return targets

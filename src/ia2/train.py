@@ -50,19 +50,24 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Item:
-    """A training example for one stage: the prompt (no demos), the answer fed and, for IA2, its teacher activations."""
+    """A training example for one stage: the prompt (no demos), the answer fed and, for IA2, its teacher activations;
+    for the soft loss, the teacher's next-token log-probs [|answer|, k] of ids `top_ids` (None: all V tokens)."""
 
     prompt: list[int]
     answer: list[int]
     acts: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+    top_logp: torch.Tensor | None = None
 
 
 def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> torch.Tensor:
     """The stage's loss on one batch."""
     batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
     mask = batch.answer_mask().to(model.device)
-    needs_acts = stage.loss != "ce"
+    needs_acts = stage.loss in ("ia2", "joint")
     logits, acts = forward(model, batch, tap if needs_acts else None)
+    if stage.loss == "soft":
+        return soft_loss(logits, items, batch.keep, mask)
     ce = None
     if stage.loss != "ia2":
         targets = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
@@ -72,6 +77,15 @@ def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, 
     target = right_align([i.acts for i in items], batch.keep, dim=1).to(model.device)
     ia2 = losses.ia2(acts, target, mask, cfg.per_layer_norm)
     return ia2 if ce is None else losses.joint(ia2, ce, cfg.w)
+
+
+def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torch.Tensor) -> torch.Tensor:
+    """`losses.soft` against the items' teacher distributions, right-aligned like their answers."""
+    if any(i.top_logp is None for i in items):
+        raise IA2Error("the soft loss needs the teacher's next-token distributions: collect targets with `distribution`")
+    top_logp = right_align([i.top_logp for i in items], keep).to(logits.device)
+    top_ids = None if items[0].top_ids is None else right_align([i.top_ids for i in items], keep).to(logits.device)
+    return losses.soft(logits, top_ids, top_logp, mask)
 
 
 @torch.no_grad()
