@@ -9,7 +9,9 @@ import os
 import pytest
 
 from conftest import ORIGINAL_CACHE, write_jsonl
-from ia2 import cli
+from ia2 import cli, models
+from ia2.prompts import Encoder
+from ia2.tasks import load_task
 
 POSITIVE = [
     "I loved this film", "What a wonderful day", "The food was delicious", "She has a lovely smile",
@@ -55,3 +57,20 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     ia2_log = next(e for e in logs if e["method"] == "ia2")["stages"][0]
     assert ia2_log["best_dev_loss"] <= ia2_log["history"][0]["dev_loss"]
     assert (out / "adapters" / "seed0" / "ia2" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_prompts(tmp_path, monkeypatch):
+    """SmolLM2-Instruct's own chat template: demonstrations as turns, labels right after the assistant header."""
+    if not (ORIGINAL_CACHE / "models" / "smollm2-135m" / "config.json").exists():
+        pytest.skip("smollm2-135m is not converted in the cache")
+    _, tok = models.load(str(ORIGINAL_CACHE / "models" / "smollm2-135m"))
+    rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [{"question": s, "answer": "negative"} for s in NEGATIVE]
+    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'sentiment.jsonl', rows)}")
+    encoder = Encoder(task, tok, 2048, chat=True)
+    prompted = encoder.encode(task.examples[0], [task.examples[25], task.examples[1]])
+    text = tok.decode(prompted.prompt)
+    assert text.count("<|im_start|>user") == 3 and text.count("<|im_start|>assistant") == 3
+    assert text.endswith("<|im_start|>assistant\n")
+    assert [tok.convert_ids_to_tokens(ids) for ids in encoder.label_ids] == [["negative"], ["positive"]]
+    assert prompted.answer == encoder.label_ids[1]

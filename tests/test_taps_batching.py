@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ia2 import batching
+from ia2.batching import forward, make_batch
 from ia2.errors import IA2Error
 from ia2.taps import Tap, layer_modules
 
@@ -136,3 +137,17 @@ def test_length_sorted_chunks_cover_every_index_once():
     assert all(len(c) <= 3 for c in chunks)
     flat = [lengths[i] for c in chunks for i in c]
     assert flat == sorted(lengths)
+
+
+def test_tap_layer_subset_records_those_layers_only(loaded):
+    model, tok = loaded
+    ids = tok("Question: is the cat big?\nAnswer:")["input_ids"]
+    batch = make_batch([ids], [[0]], tok.pad_token_id)
+    _, full = forward(model, batch, Tap(model))
+    _, upper = forward(model, batch, Tap(model, layers=(1,)))
+    assert upper.shape[1] == 1
+    torch.testing.assert_close(upper[:, 0], full[:, 1])
+    assert Tap(model, layers=(1,)).all_layers is False and Tap(model).all_layers is True
+    for bad in ((), (0, 0), (2,), (-1,)):
+        with pytest.raises(IA2Error, match="--layers"):
+            Tap(model, layers=bad)

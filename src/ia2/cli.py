@@ -66,7 +66,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries")
     p.add_argument("--permutations", type=int, default=1, metavar="K",
                    help="low-data mode: demonstration orders, query j gets order j mod K")
-    p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"])
+    p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"],
+                   help="where activations are aligned: attention output (the paper's), MLP output, residual stream")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
+    p.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -90,7 +93,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, batch_size=args.batch_size,
+        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, batch_size=args.batch_size,
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         unlabelled=args.unlabelled, permutations=args.permutations,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,

@@ -46,6 +46,8 @@ class RunConfig:
     n_dev: int | None = None
     data_seed: int = 1234
     site: str = "attn"
+    layers: tuple[int, ...] | None = None
+    chat: bool = False
     eval_tasks: tuple[str, ...] = ()
     icl_demos: str = "shared"
     parser: str | None = None
@@ -199,11 +201,11 @@ class Experiment:
         self.model, self.tokenizer = models.load(cfg.model)
         self.pad_id = self.tokenizer.pad_token_id
         self.context = self.model.config.get_text_config().max_position_embeddings
-        self.encoder = Encoder(self.task, self.tokenizer, self.context)
+        self.encoder = Encoder(self.task, self.tokenizer, self.context, cfg.chat)
         self.evals = [EvalSet(self.task, self.encoder, self.test)] + [self.ood_set(name) for name in cfg.eval_tasks]
         self.fingerprint = targets.model_fingerprint(self.model)
         self.model_class = type(self.model).__name__
-        self.tap = Tap(self.model, cfg.site)
+        self.tap = Tap(self.model, cfg.site, cfg.layers)
         self._zero_shot: dict[str, tuple[dict, torch.Tensor]] = {}
         self._trained: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {}
 
@@ -212,7 +214,7 @@ class Experiment:
         task = declared(name, self.cfg)
         check_transfer(self.task, task)
         test, _ = marked_test(task, self.cfg.n_test, self.cfg.data_seed)
-        return EvalSet(task, Encoder(task, self.tokenizer, self.context), test)
+        return EvalSet(task, Encoder(task, self.tokenizer, self.context, self.cfg.chat), test)
 
     def encode(self, index: int, demos: list[int] = ()) -> Prompted:
         ex = self.task.examples

@@ -30,22 +30,34 @@ def draw_demos(pool: Sequence[int], k: int, rng: random.Random, exclude: int | N
 
 
 class Encoder:
-    """Renders and tokenises prompts for one task and tokenizer; owns the label token ids."""
+    """Renders and tokenises prompts for one task and tokenizer; owns the label token ids.
 
-    def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+    With `chat`, prompts go through the tokenizer's chat template (for instruct models): each demonstration is a
+    user turn (its question) and an assistant turn (its answer), the query a final user turn, and the answer follows
+    the assistant header directly.
+    """
+
+    def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int, chat: bool = False) -> None:
+        if chat and not tokenizer.chat_template:
+            raise IA2Error(f"--chat: the tokenizer of {tokenizer.name_or_path!r} has no chat template")
+        self.task, self.tokenizer, self.max_length, self.chat = task, tokenizer, max_length, chat
         probe = self.text(task.examples[0], [])
-        self.label_ids = [self._answer_ids(probe, task.render_answer(label), task.examples[0]) for label in task.labels]
+        self.label_ids = [self._answer_ids(probe, self.answer_text(label), task.examples[0]) for label in task.labels]
         self._check_labels()
+
+    def answer_text(self, answer: str) -> str:
+        """An answer as it follows its prompt: after the answer prefix, or straight after a chat assistant header."""
+        return answer if self.chat else self.task.render_answer(answer)
 
     def gold_text(self, example: Example) -> str:
         """The gold answer as trained on: the label, or a generative answer followed by the stop string, so a model
         trained on it learns to stop where evaluation and teacher answers are cut."""
-        answer = self.task.render_answer(example.answer)
+        answer = self.answer_text(example.answer)
         return answer + self.task.stop[0] if self.task.generative and self.task.stop else answer
 
     def _tokens(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        """Token ids; chat-templated text already spells out its special tokens."""
+        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
 
     def _answer_ids(self, prompt: str, answer: str, example: Example) -> list[int]:
         """tokens(prompt + answer) minus tokens(prompt); the prompt's tokens must be a stable prefix."""
@@ -73,6 +85,12 @@ class Encoder:
         demonstrations of the training task.
         """
         task, shown = self.task, demo_task or self.task
+        if self.chat:
+            turns = [(shown.question(d), d.answer) for d in demos]
+            messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+            messages.append({"role": "user", "content": task.question(example)})
+            messages[0]["content"] = task.instruction + messages[0]["content"]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         parts = [shown.question(d) + shown.render_answer(d.answer) for d in demos] + [task.question(example)]
         return task.instruction + task.separator.join(parts)
 
@@ -88,7 +106,7 @@ class Encoder:
         if example.answer not in self.task.labels:
             raise IA2Error(f"{example.where}: field 'answer' = {example.answer!r} is not a label of {self.task.name}")
         label = self.task.labels.index(example.answer)
-        answer = self._answer_ids(prompt_text, self.task.render_answer(example.answer), example)
+        answer = self._answer_ids(prompt_text, self.answer_text(example.answer), example)
         if answer != self.label_ids[label]:
             raise IA2Error(f"{example.where}: label {example.answer!r} tokenises differently after this prompt")
         return Prompted(prompt, answer, label)

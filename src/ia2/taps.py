@@ -34,11 +34,16 @@ def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
 class Tap:
     """Records, per layer, the module output at the last `keep` positions of each forward pass.
 
-    For `attn` that is the self-attention output after o_proj and before the residual add.
+    For `attn` that is the self-attention output after o_proj and before the residual add. `layers` restricts the
+    record to a subset of decoder layers (default: all), e.g. to align only the upper half.
     """
 
-    def __init__(self, model: nn.Module, site: str = "attn") -> None:
-        self.site, self.modules = site, layer_modules(model, site)
+    def __init__(self, model: nn.Module, site: str = "attn", layers: tuple[int, ...] | None = None) -> None:
+        modules = layer_modules(model, site)
+        if layers is not None and (not layers or any(not 0 <= i < len(modules) for i in layers) or len(set(layers)) != len(layers)):
+            raise IA2Error(f"--layers {list(layers)}: expected distinct layer indices in 0..{len(modules) - 1}")
+        self.site, self.layers = site, tuple(range(len(modules))) if layers is None else tuple(sorted(layers))
+        self.modules, self.all_layers = [modules[i] for i in self.layers], len(self.layers) == len(modules)
         self.keep, self._outputs, self._handles = 1, [], []
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:

@@ -147,6 +147,8 @@ def cached_collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBas
     """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
     (`model_fingerprint` of the base model) and may name task, split, seed and demo policy."""
     fields = {**fields, "site": tap.site, "max_new_tokens": max_new_tokens, "stop": stop}
+    if not tap.all_layers:
+        fields["layers"] = list(tap.layers)
     if distribution is not None:
         fields["distribution"] = distribution
     path = cache_root() / "targets" / f"{cache_key(fields, prompts)}.safetensors"
