@@ -194,3 +194,34 @@ def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, mo
     logs = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
     assert [s["stage"] for s in logs["ia2-sft"]] == ["ia2:icl", "ce:gold"]
     assert [s["stage"] for s in logs["soft"]] == ["soft:icl"]
+
+
+@pytest.mark.parametrize("policy", ["shared", "per-query", "pool"])
+def test_icl_demo_policies(tmp_path, model_dirs, policy, monkeypatch):
+    """shared: one draw from the training examples for every query; per-query: a draw per query from them;
+    pool (reference parity): a draw per query from the pool outside train and dev."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    cfg = experiment.RunConfig(model=str(model_dirs["llama"]), task=f"jsonl:{task}", methods=("icl",), n=4, n_test=6,
+                               icl_demos=policy)
+    exp = experiment.Experiment(cfg, tmp_path / "out")
+    split = experiment.draw_split(exp.test, exp.pool, cfg, 0)
+    drawn = []
+    real = experiment.draw_demos
+    monkeypatch.setattr(experiment, "draw_demos", lambda pool, k, rng, exclude=None: drawn.append(list(pool)) or real(pool, k, rng, exclude))
+    se = exp.seed_eval(exp.evals[0], split, 0)
+    prefixes = {tuple(p.prompt[:-len(q.prompt) + 1]) for p, q in zip(se.icl_prompts, se.plain)}
+    assert len(drawn) == 1 + (0 if policy == "shared" else len(exp.test))
+    if policy == "pool":
+        assert all(set(pool).isdisjoint(split.train + split.dev) and len(pool) == len(exp.pool) - 6 for pool in drawn[1:])
+    else:
+        assert all(sorted(pool) == sorted(split.train) for pool in drawn)
+    assert (len(prefixes) == 1) == (policy == "shared")
+
+
+def test_parity_overrides_are_validated_and_applied(toy_jsonl):
+    cfg = experiment.RunConfig(model="m", task=f"jsonl:{toy_jsonl}", methods=("sft",), answer_prefix="")
+    assert experiment.declared(cfg.task, cfg).answer_prefix == ""
+    with pytest.raises(experiment.IA2Error, match="--teacher-stop"):
+        replace(cfg, teacher_stop="never").validate()
+    with pytest.raises(experiment.IA2Error, match="--icl-demos"):
+        replace(cfg, icl_demos="random").validate()

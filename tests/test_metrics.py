@@ -115,14 +115,14 @@ def test_vocab_metrics_by_hand():
 
 def test_scores_label_probs_renormalise_over_labels():
     scores = evaluate.Scores(np.log(np.array([[0.2, 0.3], [0.01, 0.04]])), np.zeros(2), np.zeros(2, dtype=int),
-                             np.zeros((2, 2)), None)
+                             np.zeros((2, 2)), np.ones(2), None)
     np.testing.assert_allclose(scores.label_probs(), [[0.4, 0.6], [0.2, 0.8]], rtol=1e-12)
 
 
 def test_summarise_combines_label_and_vocab_metrics():
     label_logp = np.log(np.array([[0.6, 0.2], [0.1, 0.3]]))
     scores = evaluate.Scores(label_logp, np.array([0.6, 0.5]), np.array([11, 99]), np.array([[0.6, 0.2], [0.1, 0.3]]),
-                             None)
+                             np.array([0.9, 0.8]), None)
     out = evaluate.summarise(scores, np.array([0, 1]), label_first=[11, 12])
     # label-renormalised: [.75, .25] right, [.25, .75] right
     assert out["accuracy"] == 1.0
@@ -130,6 +130,8 @@ def test_summarise_combines_label_and_vocab_metrics():
     # full vocabulary: first row's top token 11 is gold's first token; second row's top 99 is not 12
     assert out["accuracy_vocab"] == 0.5
     assert out["nll_vocab"] == pytest.approx(-(math.log(0.6) + math.log(0.3)) / 2)
+    # reference parity: one bin (n < 15); confidences 0.6/0.9 and 0.5/0.8, top-1 correct 1 and 0
+    assert out["ece_top1_reference"] == pytest.approx(abs(0.5 - (0.6 / 0.9 + 0.5 / 0.8) / 2))
 
 
 def test_layer_cosine():
@@ -139,3 +141,20 @@ def test_layer_cosine():
     teacher = torch.tensor([[[1.0, 0.0], [1.0, -1.0]], [[1.0, 0.0], [2.0, 2.0]]])
     # layer 0: cos 1 and 0 -> .5; layer 1: cos 0 and 1 -> .5
     assert evaluate.layer_cosine(student, teacher) == pytest.approx([0.5, 0.5])
+
+
+def test_reference_bins_are_n_over_15_with_the_remainder_last():
+    conf = np.linspace(0.05, 0.95, 17)
+    bins = metrics.reliability(conf, np.ones(17), 15, scheme="reference")
+    assert [b["count"] for b in bins] == [1] * 14 + [3]
+    assert [b["count"] for b in metrics.reliability(conf[:10], np.ones(10), 15, scheme="reference")] == [10]
+
+
+def test_reference_metrics_reproduce_the_softmax_on_probabilities_defect():
+    """Two labels with probabilities 0.9 / 0.05: the reference's label confidence is softmax([0.9, 0.05])[0] ≈ 0.70,
+    not 0.9 / 0.95; its top-1 confidence is renormalised over the top 10 tokens."""
+    label_probs = np.array([[0.9, 0.05]])
+    got = metrics.reference_metrics(np.array([0.9 / 0.96]), np.array([True]), label_probs, np.array([0]))
+    squashed = np.exp(0.9) / (np.exp(0.9) + np.exp(0.05))
+    assert got["ece_label_reference"] == pytest.approx(1 - squashed)
+    assert got["ece_top1_reference"] == pytest.approx(1 - 0.9 / 0.96)

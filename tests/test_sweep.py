@@ -115,7 +115,7 @@ def test_report_files_and_cells(swept):
     ("methods: []\nseeds: [0]\n", "field 'methods' must be a non-empty list"),
     ("methods: [sft]\nseeds: [0]\ngrid: {n: 4}\n", "grid.n must be a non-empty list"),
     ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "'train.lrr' is not a field of TrainConfig"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test_accuracy\n", "field 'select' must be one of"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
     ("methods: [sft\n", "malformed YAML"),
 ])
 def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):

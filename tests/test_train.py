@@ -107,6 +107,23 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
     assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
 
 
+def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
+    """restore_best=False (the reference code's behaviour) leaves the last state: its dev loss is the last one logged."""
+    s = _setup(model_dirs["llama"], toy_jsonl)
+    cfg = TrainConfig(lr=0.3, batch_size=4, max_epochs=12, eval_every=1, patience=4, restore_best=False)
+    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    assert log["history"][-1]["dev_loss"] > log["best_dev_loss"], "setup: the last state should be worse than the best"
+    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    assert again == pytest.approx(log["history"][-1]["dev_loss"], abs=1e-6, rel=1e-6)
+
+
+def test_max_steps_caps_a_stage(model_dirs, toy_jsonl):
+    s = _setup(model_dirs["llama"], toy_jsonl)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
+    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    assert log["steps"] == 5 and log["epochs"] == 3
+
+
 def test_training_is_deterministic_for_a_seed(model_dirs, toy_jsonl):
     logs, states = [], []
     for _ in range(2):

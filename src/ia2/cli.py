@@ -57,8 +57,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-dev", type=int, default=None, help="default N/2")
     p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
                    help="comma-separated out-of-distribution test sets, scored beside the task's own")
-    p.add_argument("--icl-demos", default="shared", choices=["shared", "per-query"],
-                   help="ICL baseline: one demonstration draw per seed shared by all queries, or one per query")
+    p.add_argument("--icl-demos", default="shared", choices=["shared", "per-query", "pool"],
+                   help="ICL baseline demos: one draw from the training examples shared by all queries, one draw per "
+                   "query, or (reference-code parity) per query from the pool outside train and dev")
+    p.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
+                   help="cut teacher answers at the task's stop string (as evaluation does) or, for parity, at EOS only")
+    p.add_argument("--answer-prefix", default=None, help="text between prompt and answer (parity with the reference: '')")
     p.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
                    "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
@@ -76,6 +80,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
     t.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per stage")
+    t.add_argument("--keep-last", action="store_true", help="parity: keep the last adapter state, not the best on dev")
     t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     t.add_argument("--patience", type=int, default=TrainConfig.patience)
     t.add_argument("--w", type=float, default=TrainConfig.w, help="CE weight of the joint ia2+sft loss")
@@ -93,10 +98,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, batch_size=args.batch_size,
+        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, batch_size=args.batch_size,
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         unlabelled=args.unlabelled, permutations=args.permutations,
-        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps,
+        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps, restore_best=not args.keep_last,
                           eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
         adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets, kind=args.adapter,
                               num_virtual_tokens=args.num_virtual_tokens, feedforward=args.ia3_feedforward),
@@ -118,8 +123,9 @@ def parser() -> argparse.ArgumentParser:
                     help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes")
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder")
     rep.add_argument("folder", type=Path)
-    rep.add_argument("--select", choices=["dev_loss", "dev_accuracy"], default=None,
-                     help="hyperparameter choice on dev data (default: the sweep's)")
+    rep.add_argument("--select", choices=["dev_loss", "dev_accuracy", "test_accuracy"], default=None,
+                     help="hyperparameter choice on dev data (default: the sweep's); test_accuracy only for parity "
+                     "with the reference code, which selects on the test set")
     return p
 
 

@@ -28,6 +28,7 @@ class Scores:
     vocab_top_prob: np.ndarray
     vocab_top_token: np.ndarray
     vocab_label_prob: np.ndarray
+    vocab_top10_mass: np.ndarray
     acts: torch.Tensor | None
 
     def label_probs(self) -> np.ndarray:
@@ -84,13 +85,14 @@ class _Collector:
     def __init__(self, n: int, label_ids: Sequence[Sequence[int]]) -> None:
         self.first = torch.tensor([ids[0] for ids in label_ids])
         self.label_logp, self.label_prob = np.zeros((n, len(label_ids))), np.zeros((n, len(label_ids)))
-        self.top_prob, self.top_token = np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.top_prob, self.top_token, self.top10 = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
         self.acts: list[torch.Tensor | None] = [None] * n
 
     def add(self, chunk: list[int], logp: torch.Tensor, acts: torch.Tensor | None) -> None:
         """Record next-token log-probabilities [B, V] and activations [B, L, H] of the chunk's examples."""
         best = logp.max(dim=-1)
         self.top_prob[chunk], self.top_token[chunk] = best.values.exp().numpy(), best.indices.numpy()
+        self.top10[chunk] = logp.topk(min(10, logp.shape[-1]), dim=-1).values.exp().sum(-1).numpy()
         self.label_prob[chunk] = logp[:, self.first].exp().numpy()
         self.label_logp[chunk] = logp[:, self.first].numpy()
         if acts is not None:
@@ -99,7 +101,7 @@ class _Collector:
 
     def scores(self, with_acts: bool) -> Scores:
         acts = torch.stack(self.acts) if with_acts else None
-        return Scores(self.label_logp, self.top_prob, self.top_token, self.label_prob, acts)
+        return Scores(self.label_logp, self.top_prob, self.top_token, self.label_prob, self.top10, acts)
 
 
 def _prefix_cache(model: nn.Module, prefix: Sequence[int]):
@@ -151,7 +153,8 @@ def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int]) -> d
     first = np.asarray(label_first)
     top_correct = scores.vocab_top_token == first[gold]
     gold_prob = scores.vocab_label_prob[np.arange(len(gold)), gold]
-    return {**metrics.label_metrics(scores.label_probs(), gold), **metrics.vocab_metrics(scores.vocab_top_prob, top_correct, gold_prob)}
+    return {**metrics.label_metrics(scores.label_probs(), gold), **metrics.vocab_metrics(scores.vocab_top_prob, top_correct, gold_prob),
+            **metrics.reference_metrics(scores.vocab_top_prob / scores.vocab_top10_mass, top_correct, scores.vocab_label_prob, gold)}
 
 
 def layer_cosine(student: torch.Tensor, teacher: torch.Tensor) -> list[float]:

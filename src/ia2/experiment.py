@@ -48,6 +48,8 @@ class RunConfig:
     site: str = "attn"
     layers: tuple[int, ...] | None = None
     chat: bool = False
+    answer_prefix: str | None = None
+    teacher_stop: str = "task"
     eval_tasks: tuple[str, ...] = ()
     icl_demos: str = "shared"
     parser: str | None = None
@@ -77,6 +79,8 @@ class RunConfig:
             raise IA2Error(f"--parser {self.parser!r} is unknown: choose from {', '.join(PARSERS)}")
         if self.icl_demos not in ICL_DEMOS:
             raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
+        if self.teacher_stop not in TEACHER_STOPS:
+            raise IA2Error(f"--teacher-stop must be one of {', '.join(TEACHER_STOPS)}, got {self.teacher_stop!r}")
         self.train.validate()
         self.adapter.validate()
 
@@ -91,7 +95,8 @@ class RunConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-ICL_DEMOS = ("shared", "per-query")
+ICL_DEMOS = ("shared", "per-query", "pool")
+TEACHER_STOPS = ("task", "eos")
 
 
 def changed(obj: object) -> dict:
@@ -118,6 +123,8 @@ def declared(spec: str, cfg: RunConfig) -> Task:
         raise IA2Error(f"--parser {cfg.parser} makes {spec} generative: give --max-new-tokens too")
     if cfg.parser is not None:
         task = replace(task, labels=(), parser=cfg.parser)
+    if cfg.answer_prefix is not None:
+        task = replace(task, answer_prefix=cfg.answer_prefix)
     return task if cfg.max_new_tokens is None else replace(task, max_new_tokens=cfg.max_new_tokens)
 
 
@@ -245,10 +252,13 @@ class Experiment:
 
     def seed_eval(self, ev: EvalSet, split: Split, seed: int) -> SeedEval:
         """Test prompts of one evaluation set for one seed; ICL demonstrations come from the N training examples,
-        one draw shared by every query (`shared`) or one per query (`per-query`)."""
+        one draw shared by every query (`shared`) or one per query (`per-query`), or, as in the reference code,
+        from the pool outside the training and dev examples, one draw per query (`pool`)."""
         k, rng = min(self.cfg.k_max, self.cfg.n), random.Random(f"icl-eval-{seed}")
         shared = draw_demos(split.train, k, rng)
-        demos = [shared if self.cfg.icl_demos == "shared" else draw_demos(split.train, k, rng) for _ in ev.test]
+        outside = sorted(set(self.pool) - set(split.train + split.dev + split.unlabelled))
+        source = {"shared": None, "per-query": split.train, "pool": outside}[self.cfg.icl_demos]
+        demos = [shared if source is None else draw_demos(source, k, rng) for _ in ev.test]
         source = self.task.examples
         plain = [ev.encoder.encode(ev.task.examples[i]) for i in ev.test]
         icl = [ev.encoder.encode(ev.task.examples[i], [source[d] for d in ds], self.task) for i, ds in zip(ev.test, demos)]
@@ -311,7 +321,7 @@ class Experiment:
                   "demos": policy}
         with self.model.disable_adapter():
             teacher = targets.cached_collect(self.model, self.tap, self.tokenizer, [p.prompt for p in prompts], fields,
-                                             self.task.max_new_tokens, self.task.stop[0] if self.task.stop else "",
+                                             self.task.max_new_tokens, self.teacher_stop(),
                                              self.cfg.batch_size, f"teacher s{seed}", self.cfg.soft_top_k if soft else None)
         plain = [self.encode(i) for i in self.teacher_queries(split)]
         ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
@@ -321,6 +331,10 @@ class Experiment:
         gold = [Item(p.prompt, p.answer) for p in labelled + dev]
         n, m = self.cfg.n, len(plain) - len(split.dev)
         return {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:]), "dev_plain": dev}
+
+    def teacher_stop(self) -> str:
+        """The stop string cutting teacher answers: the task's (as in evaluation), or none (EOS only, the reference's)."""
+        return self.task.stop[0] if self.task.stop and self.cfg.teacher_stop == "task" else ""
 
     def train_and_eval(self, method: str, seed: int, data: dict, evals: list[SeedEval]) -> list[dict]:
         """Train a method's stages (reusing a trained prefix such as IA2 before IA2 → SFT), save, and evaluate it

@@ -8,7 +8,13 @@ N_BINS = 15
 
 
 def _bins(confidence: np.ndarray, n_bins: int, scheme: str) -> list[np.ndarray]:
-    """Index sets of each bin: equal-width over [0, 1], or equal-mass over examples sorted by confidence."""
+    """Index sets of each bin: equal-width over [0, 1], equal-mass over examples sorted by confidence, or the
+    reference code's equal-count bins (n // n_bins each, the last one taking the remainder; one bin if n < n_bins)."""
+    if scheme == "reference":
+        order, size = np.argsort(confidence, kind="stable"), len(confidence) // n_bins
+        if size == 0:
+            return [order]
+        return [order[i * size:(i + 1) * size] for i in range(n_bins - 1)] + [order[(n_bins - 1) * size:]]
     if scheme == "mass":
         return [b for b in np.array_split(np.argsort(confidence, kind="stable"), n_bins) if len(b)]
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -60,4 +66,16 @@ def vocab_metrics(top_prob: np.ndarray, top_correct: np.ndarray, gold_prob: np.n
         "ece_vocab": ece(top_prob, top_correct.astype(float), scheme="width"),
         "ece_equal_mass_vocab": ece(top_prob, top_correct.astype(float), scheme="mass"),
         "nll_vocab": float(-np.log(np.clip(gold_prob, 1e-45, None)).mean()),
+    }
+
+
+def reference_metrics(top1_of_top10: np.ndarray, top_correct: np.ndarray, label_first_probs: np.ndarray, gold: np.ndarray) -> dict:
+    """The reference code's calibration numbers, for parity only (reference.md §3.6): 15 equal-mass bins, with
+    confidence = the top-1 probability renormalised over the top 10 tokens, and the label-set confidence taken from a
+    softmax applied to the label probabilities themselves (a defect that confines it to [1/K, e/(e+K−1)])."""
+    squashed = np.exp(label_first_probs) / np.exp(label_first_probs).sum(axis=1, keepdims=True)
+    label_correct = (label_first_probs.argmax(axis=1) == gold).astype(float)
+    return {
+        "ece_top1_reference": ece(top1_of_top10, top_correct.astype(float), scheme="reference"),
+        "ece_label_reference": ece(squashed.max(axis=1), label_correct, scheme="reference"),
     }

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 ALIASES = {"lr": "train.lr", "w": "train.w", "epochs": "train.max_epochs", "adapter": "adapter.kind"}
 NESTED = {"train": TrainConfig, "adapter": AdapterConfig}
-SELECT = ("dev_loss", "dev_accuracy")
+SELECT = ("dev_loss", "dev_accuracy", "test_accuracy")
 
 
 @dataclass(frozen=True)

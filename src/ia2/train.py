@@ -29,6 +29,7 @@ class TrainConfig:
     batch_size: int = 4
     max_epochs: int = 50
     max_steps: int | None = None
+    restore_best: bool = True
     eval_every: int = 2
     patience: int = 5
     w: float = 0.5
@@ -139,7 +140,8 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         if stale >= cfg.patience or step >= limit:
             break
     bar.close()
-    set_peft_model_state_dict(model, best_state)
+    if cfg.restore_best:
+        set_peft_model_state_dict(model, best_state)
     model.eval()
     best_step = next(h["step"] for h in history if h["dev_loss"] == best)
     return {"stage": f"{stage.loss}:{stage.labels}", "steps": step, "epochs": epoch + 1, "best_dev_loss": best,
