@@ -22,6 +22,7 @@ DEMO = RunConfig(
     n=8,
     seeds=(0, 1, 2),
     n_test=100,
+    icl_demos="per-query",
     train=TrainConfig(max_epochs=20),
 )
 QUICK = {"seeds": (0,), "n_test": 40, "train": TrainConfig(max_epochs=10)}
