@@ -189,3 +189,26 @@ def test_fresh_unwraps_an_earlier_adapter(model_dirs):
     a = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
     b = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_merged_bf16_copy_is_close_but_not_the_trained_model(trained):
+    """Reference parity: the adapter merged into a bf16 copy; the trained fp32 model itself is left as it was."""
+    s, _, _ = trained
+    ids = torch.tensor([s.train_items[0].prompt])
+    with torch.no_grad():
+        want = s.model(input_ids=ids).logits[0, -1]
+        merged = adapters.merged_bf16(s.model)
+        got = merged(input_ids=ids).logits[0, -1].float()
+    assert next(merged.parameters()).dtype == torch.bfloat16 and not isinstance(merged, PeftModel)
+    assert not torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=0.1, atol=0.1)
+    assert next(p for n, p in s.model.named_parameters() if "lora_" in n).dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(s.model(input_ids=ids).logits[0, -1], want)
+
+
+def test_merge_needs_a_mergeable_adapter(model_dirs):
+    model, _ = models.load(str(model_dirs["llama"]))
+    prompt = adapters.fresh(model, AdapterConfig(kind="prompt", num_virtual_tokens=2), 0)
+    with pytest.raises(adapters.IA2Error, match="only LoRA and IA3"):
+        adapters.merged_bf16(prompt)

@@ -3,6 +3,7 @@ save, and what left-padded batches need from prompt-learning adapters."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,6 +110,16 @@ def save(model: PeftModel, path: Path) -> None:
     """Save the adapter in PEFT format (loadable with PeftModel.from_pretrained), atomically."""
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp)
+
+
+def merged_bf16(model: PeftModel) -> nn.Module:
+    """A bfloat16 copy of the model with its LoRA or IA3 adapter merged in: how the reference code evaluates (parity
+    only: the merge rounds the small update onto the bf16 grid of the base weights, so it is not the trained model)."""
+    kind = model.peft_config[model.active_adapter].peft_type
+    if kind not in (PeftType.LORA, PeftType.IA3):
+        raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind.value}")
+    merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()
+    return merged.eval()
 
 
 def _active(model: nn.Module, peft_type: PeftType) -> bool:

@@ -63,6 +63,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    "query, or (reference-code parity) per query from the pool outside train and dev")
     p.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
                    help="cut teacher answers at the task's stop string (as evaluation does) or, for parity, at EOS only")
+    p.add_argument("--merge-bf16", action="store_true",
+                   help="parity: evaluate trained LoRA/IA3 adapters merged into bf16 weights, as the reference code does")
     p.add_argument("--answer-prefix", default=None, help="text between prompt and answer (parity with the reference: '')")
     p.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
                    "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
@@ -99,7 +101,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, batch_size=args.batch_size,
+        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, merge_bf16=args.merge_bf16, batch_size=args.batch_size,
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         unlabelled=args.unlabelled, permutations=args.permutations,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps, restore_best=not args.keep_last,

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
@@ -50,6 +52,7 @@ class RunConfig:
     chat: bool = False
     answer_prefix: str | None = None
     teacher_stop: str = "task"
+    merge_bf16: bool = False
     eval_tasks: tuple[str, ...] = ()
     icl_demos: str = "shared"
     parser: str | None = None
@@ -79,6 +82,8 @@ class RunConfig:
             raise IA2Error(f"--parser {self.parser!r} is unknown: choose from {', '.join(PARSERS)}")
         if self.icl_demos not in ICL_DEMOS:
             raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
+        if self.merge_bf16 and self.adapter.kind not in ("lora", "ia3"):
+            raise IA2Error(f"--merge-bf16 needs a LoRA or IA3 adapter, not {self.adapter.kind}")
         if self.teacher_stop not in TEACHER_STOPS:
             raise IA2Error(f"--teacher-stop must be one of {', '.join(TEACHER_STOPS)}, got {self.teacher_stop!r}")
         self.train.validate()
@@ -342,13 +347,28 @@ class Experiment:
         logs = self.train_stages(METHODS[method], seed, data)
         if self.cfg.save_adapters:
             adapters.save(self.model, self.out / "adapters" / f"seed{seed}" / method)
-        extra = {"dev_accuracy": self.dev_accuracy(data["dev_plain"], f"{method} dev s{seed}"), "train": logs}
-        rows = []
-        for se in evals:
-            measured, acts = self.evaluate(se, se.plain, f"{method} s{seed}")
-            rows.append({**self.row(method, seed, se, measured, acts, 0), **extra})
-            log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
+        with self.evaluated():
+            extra = {"dev_accuracy": self.dev_accuracy(data["dev_plain"], f"{method} dev s{seed}"), "train": logs}
+            rows = []
+            for se in evals:
+                measured, acts = self.evaluate(se, se.plain, f"{method} s{seed}")
+                rows.append({**self.row(method, seed, se, measured, acts, 0), **extra})
+                log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
         return rows
+
+    @contextmanager
+    def evaluated(self) -> Iterator[None]:
+        """Evaluate the trained adapter as it is or, with --merge-bf16 (reference parity), merged into a bf16 copy."""
+        if not self.cfg.merge_bf16:
+            yield
+            return
+        trained, tap = self.model, self.tap
+        self.model = adapters.merged_bf16(trained)
+        self.tap = Tap(self.model, self.cfg.site, self.cfg.layers)
+        try:
+            yield
+        finally:
+            self.model, self.tap = trained, tap
 
     def dev_accuracy(self, dev: list[Prompted], desc: str) -> float | None:
         """Label accuracy on the dev examples without demonstrations (None for generative tasks, which would need
