@@ -52,7 +52,8 @@ def _cut(tokens: list[int], tokenizer: PreTrainedTokenizerBase, stop: str, eos_i
 
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: str) -> list[list[int]]:
-    """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string."""
+    """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string; generation ends as
+    soon as every row has stopped."""
     batch = make_batch(prompts, [[0]] * len(prompts), tokenizer.pad_token_id, model.device.type)
     out = model.generate(
         input_ids=batch.input_ids,
@@ -60,6 +61,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequ
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[stop] if stop else None,
+        tokenizer=tokenizer,
     )
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
