@@ -107,3 +107,9 @@ def test_tables_reject_ambiguous_input(cells, n, match):
 def test_significance_needs_a_pair():
     with pytest.raises(IA2Error, match="both"):
         tables.significance_table([cell("t", "t", "sft", 0.5, 0.1)])
+
+
+def test_a_baseline_tied_with_the_best_trained_method_is_not_bold():
+    cells = [cell("t", "t", "icl", 0.5, 0.0, 0.2, 0.0), cell("t", "t", "sft", 0.5, 0.0, 0.3, 0.0)]
+    line = tables.markdown_table(cells, ["icl", "sft"], 8).splitlines()[-1]
+    assert line == "| t | t | 50.0 (0.0) / 0.20 (0.00) | **50.0** (0.0) / **0.30** (0.00) |"

@@ -10,16 +10,36 @@ from pathlib import Path
 import numpy as np
 
 from . import aggregate, analysis, plots, tables
+from .experiment import marked_test
+from .tasks import load_task
 from .errors import IA2Error
+from .methods import METHODS
 from .paths import write_json, write_text
 
 PAIRS = (("sft", "ia2"), ("sft", "ia2-sft"), ("ia2", "ia2-sft"))
 SETTING = ("model", "task", "n", "eval_tasks")
 
 
+def _flat(condition: str) -> dict:
+    config = json.loads(condition)
+    out = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    for section in ("train", "adapter"):
+        out.update({f"{section}.{k}": v for k, v in config.get(section, {}).items()})
+    return out
+
+
+def variants(conditions: list[str]) -> dict[str, str]:
+    """For each condition, what distinguishes it from the others besides model, task and N (adapter kind, demo
+    policy, …), as short text; "" when nothing does."""
+    flat = {c: _flat(c) for c in set(conditions)}
+    keys = sorted({k for f in flat.values() for k in f if k not in SETTING})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in flat.items()}
+
+
 def variant(condition: str) -> str:
-    """A condition minus model, task and N: what else a configuration changes (adapter kind, demo policy, …)."""
-    return json.dumps({k: v for k, v in json.loads(condition).items() if k not in SETTING}, sort_keys=True)
+    """A condition minus model, task and N, as JSON: the key that separates otherwise identical settings."""
+    return json.dumps({k: v for k, v in _flat(condition).items() if k not in SETTING}, sort_keys=True)
 
 
 def _slug(*parts: object) -> str:
@@ -36,7 +56,8 @@ def write(folder: Path, select_by: str | None = None) -> str:
     tests = aggregate.paired_test(kept)
     pooled = aggregate.paired_test(kept, by=("model", "n_train")) + aggregate.paired_test(kept, metric="ece", by=("model", "n_train"))
     _attach_p_values(cells, tests)
-    methods = methods or list(dict.fromkeys(c["method"] for c in cells))
+    present = {c["method"] for c in cells}
+    methods = methods or [m for m in METHODS if m in present]
     figures = folder / "figures"
     md, tex = _tables(cells, methods, select_by, pooled), _latex(cells, methods)
     md += _figures(kept, cells, figures, folder)
@@ -66,14 +87,28 @@ def _by_table(cells: list[dict]) -> dict[tuple, list[dict]]:
     return dict(sorted(groups.items()))
 
 
+def _majority(task: str, n_test: int, data_seed: int) -> float | None:
+    """The test set's majority-class rate (what always answering one label scores); None for generative tasks."""
+    loaded = load_task(task)
+    if loaded.generative:
+        return None
+    labels = [loaded.examples[i].answer for i in marked_test(loaded, n_test, data_seed)[0]]
+    return max(labels.count(c) for c in set(labels)) / len(labels)
+
+
 def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict]) -> str:
     text = (f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
             f"best trained method in bold, `*` out of distribution. Hyperparameters chosen per method on "
             f"{select_by.replace('_', ' ')} (mean over seeds)"
             + (" — ON TEST DATA, for parity with the reference code only.\n" if select_by == "test_accuracy" else ", never on test data.\n"))
+    names = variants([c["condition"] for c in cells])
     for (model, var, n), group in _by_table(cells).items():
-        extra = "" if var == "{}" else f", {var}"
-        text += f"\n## {model}, N = {n}{extra}\n\n" + tables.markdown_table(group, methods, n) + "\n"
+        extra = names[group[0]["condition"]]
+        text += f"\n## {model}, N = {n}{', ' + extra if extra else ''}\n\n" + tables.markdown_table(group, methods, n) + "\n"
+        config = json.loads(group[0]["condition"])
+        rates = {c["eval_task"]: _majority(c["eval_task"], config["n_test"], config["data_seed"]) for c in group}
+        known = [f"{t} {r:.1%}" for t, r in rates.items() if r is not None]
+        text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
     if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
         text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:

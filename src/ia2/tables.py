@@ -92,7 +92,8 @@ def _cell(cell: dict | None, best_acc: str | None, best_ece: str | None, bold: C
 
 def _row_cells(row: dict[str, dict], methods: Sequence[str], bold: Callable[[str], str], missing: str) -> list[str]:
     best_acc, best_ece = _best(row, "accuracy_mean", _pct, max), _best(row, "ece_mean", _dec, min)
-    return [_cell(row.get(m), best_acc, best_ece, bold, missing) for m in methods]
+    return [_cell(row.get(m), None if m in BASELINES else best_acc, None if m in BASELINES else best_ece, bold, missing)
+            for m in methods]
 
 
 def markdown_table(cells: Sequence[dict], methods: Sequence[str], n: int) -> str:
