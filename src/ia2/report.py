@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from . import metrics  # noqa: E402
-from .paths import atomic_path, write_json, write_text  # noqa: E402
+from . import plots
+from .paths import write_json, write_text
 
 COLUMNS = (("accuracy", "accuracy"), ("ece", "ECE (15 equal-width)"), ("ece_equal_mass", "ECE (15 equal-mass)"),
            ("brier", "Brier"), ("nll", "NLL"), ("parse_failure_rate", "parse failures"), ("asim", "asim"))
@@ -53,23 +49,6 @@ def markdown(result: dict) -> str:
     return text
 
 
-def plot_reliability(reliability: dict, path: Path) -> None:
-    """One reliability curve per method (equal-width bins, seeds pooled), with the diagonal."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    for method, per_seed in reliability.items():
-        conf = np.concatenate([np.asarray(v["confidence"]) for v in per_seed.values()])
-        correct = np.concatenate([np.asarray(v["correct"]) for v in per_seed.values()])
-        bins = metrics.reliability(conf, correct)
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=method)
-    ax.set(xlabel="confidence (label-renormalised)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability, 15 equal-width bins")
-    ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def write_reports(result: dict, out: Path) -> str:
     """Write results.json, results.md, reliability.json and reliability.png; return the markdown."""
     reliability: dict = {}
@@ -81,6 +60,8 @@ def write_reports(result: dict, out: Path) -> str:
     write_json(out / "results.json", result)
     write_json(out / "reliability.json", reliability)
     if reliability:
-        plot_reliability(reliability, out / "reliability.png")
+        pooled = {m: (np.concatenate([v["confidence"] for v in per_seed.values()]),
+                      np.concatenate([v["correct"] for v in per_seed.values()])) for m, per_seed in reliability.items()}
+        plots.plot_reliability(pooled, out / "reliability.png")
     write_text(out / "results.md", text)
     return text
