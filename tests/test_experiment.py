@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from peft import PeftModel
 
 from conftest import toy_rows, write_jsonl
@@ -225,3 +226,17 @@ def test_parity_overrides_are_validated_and_applied(toy_jsonl):
         replace(cfg, teacher_stop="never").validate()
     with pytest.raises(experiment.IA2Error, match="--icl-demos"):
         replace(cfg, icl_demos="random").validate()
+
+
+def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
+    """--dtype bfloat16 (the paper's GPU setting): the frozen base is bf16, the trained adapter stays fp32."""
+    from safetensors.torch import load_file
+
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    out = tmp_path / "out"
+    assert cli.main(argv(model_dirs["llama"], task, out, seeds="0", methods=["icl", "ia2"]) + ["--dtype", "bfloat16"]) == 0
+    weights = load_file(str(out / "adapters" / "seed0" / "ia2" / "adapter_model.safetensors"))
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    assert results(out)["config"]["dtype"] == "bfloat16"
+    with pytest.raises(experiment.IA2Error, match="--dtype"):
+        experiment.RunConfig(model="m", task="t", methods=("sft",), dtype="int8").validate()

@@ -123,3 +123,14 @@ def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):
     path.write_text(text)
     with pytest.raises(IA2Error, match=needle.replace("[", r"\[").replace("(", r"\(")):
         sweep.load(path)
+
+
+def test_a_grid_value_can_set_several_fields(tmp_path):
+    """A task with its own out-of-distribution sets, as the paper pairs them."""
+    path = tmp_path / "ood.yaml"
+    path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m}\ngrid:\n  task:\n"
+                    "    - {task: sst2, eval_tasks: [finsen, poems]}\n    - {task: agnews, eval_tasks: [bbcnews]}\n"
+                    "  n: [2, 4]\n")
+    configs = sweep.load(path).configs()
+    assert sorted((c.task, c.eval_tasks, c.n) for c in configs) == [
+        ("agnews", ("bbcnews",), 2), ("agnews", ("bbcnews",), 4), ("sst2", ("finsen", "poems"), 2), ("sst2", ("finsen", "poems"), 4)]

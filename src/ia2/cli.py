@@ -78,6 +78,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
     p.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, …")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="base model weights (the paper used bfloat16 on GPUs); losses and adapters stay in fp32")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
@@ -101,7 +104,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, merge_bf16=args.merge_bf16, batch_size=args.batch_size,
+        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, merge_bf16=args.merge_bf16, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
         unlabelled=args.unlabelled, permutations=args.permutations,
         train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps, restore_best=not args.keep_last,

@@ -64,6 +64,8 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = 8
     save_adapters: bool = True
+    device: str = "auto"
+    dtype: str = "float32"
 
     def validate(self) -> None:
         """Reject settings that cannot run, with the option's name."""
@@ -82,6 +84,8 @@ class RunConfig:
             raise IA2Error(f"--parser {self.parser!r} is unknown: choose from {', '.join(PARSERS)}")
         if self.icl_demos not in ICL_DEMOS:
             raise IA2Error(f"--icl-demos must be one of {', '.join(ICL_DEMOS)}, got {self.icl_demos!r}")
+        if self.dtype not in DTYPES:
+            raise IA2Error(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.merge_bf16 and self.adapter.kind not in ("lora", "ia3"):
             raise IA2Error(f"--merge-bf16 needs a LoRA or IA3 adapter, not {self.adapter.kind}")
         if self.teacher_stop not in TEACHER_STOPS:
@@ -101,6 +105,7 @@ class RunConfig:
 
 
 ICL_DEMOS = ("shared", "per-query", "pool")
+DTYPES = ("float32", "bfloat16", "float16")
 TEACHER_STOPS = ("task", "eos")
 
 
@@ -210,7 +215,7 @@ class Experiment:
         self.cfg, self.out = cfg, out
         self.task = declared(cfg.task, cfg)
         self.test, self.pool = test_and_pool(self.task, cfg)
-        self.model, self.tokenizer = models.load(cfg.model)
+        self.model, self.tokenizer = models.load(cfg.model, getattr(torch, cfg.dtype), models.device(cfg.device))
         self.pad_id = self.tokenizer.pad_token_id
         self.context = self.model.config.get_text_config().max_position_embeddings
         self.encoder = Encoder(self.task, self.tokenizer, self.context, cfg.chat)

@@ -83,6 +83,17 @@ def resolve(spec: str) -> str:
     return spec
 
 
+def device(spec: str = "auto") -> str:
+    """A torch device name: `auto` is the first CUDA device when there is one, else the CPU."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(spec)
+    except RuntimeError as exc:
+        raise IA2Error(f"--device {spec!r}: {exc}") from None
+    return spec
+
+
 def load(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM in eval mode and its tokenizer, padded on the left."""
     source = resolve(spec)

@@ -49,7 +49,6 @@ def _slug(*parts: object) -> str:
 def write(folder: Path, select_by: str | None = None) -> str:
     """Write report.md, tables.tex, summary.json and figures/ under `folder`; return the markdown."""
     select_by = select_by or _sweep_setting(folder, "select", "dev_loss")
-    methods = _sweep_setting(folder, "methods", None)
     rows = aggregate.load_rows(folder)
     kept, choices = aggregate.select(rows, select_by)
     cells = aggregate.cells(kept)
@@ -57,7 +56,7 @@ def write(folder: Path, select_by: str | None = None) -> str:
     pooled = aggregate.paired_test(kept, by=("model", "n_train")) + aggregate.paired_test(kept, metric="ece", by=("model", "n_train"))
     _attach_p_values(cells, tests)
     present = {c["method"] for c in cells}
-    methods = methods or [m for m in METHODS if m in present]
+    methods = [m for m in METHODS if m in present]
     figures = folder / "figures"
     md, tex = _tables(cells, methods, select_by, pooled), _latex(cells, methods)
     md += _figures(kept, cells, figures, folder)

@@ -41,9 +41,16 @@ class Sweep:
     select: str = "dev_loss"
 
     def points(self) -> list[dict[str, Any]]:
-        """Every combination of grid and tuned values, as {dotted field: value}, conditions varying slowest."""
+        """Every combination of grid and tuned values, as {field: value}, conditions varying slowest. A value that is a
+        mapping sets several fields together (e.g. a task with its out-of-distribution evaluation sets)."""
         axes = {**self.grid, **self.tune}
-        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+        out = []
+        for values in itertools.product(*axes.values()):
+            point: dict[str, Any] = {}
+            for axis, value in zip(axes, values):
+                point.update(value if isinstance(value, dict) else {axis: value})
+            out.append(point)
+        return out
 
     def configs(self) -> list[RunConfig]:
         """One RunConfig per point, ordered by N first so that every task has results at small N early."""
