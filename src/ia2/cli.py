@@ -44,74 +44,77 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
+    """`ia2 run` options; `train.*` and `adapter.*` destinations fill TrainConfig and AdapterConfig."""
     p.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)")
-    p.add_argument("--task", required=True, help="bigbench:<task> or jsonl:<path>")
+    p.add_argument("--task", required=True, help="a benchmark (sst2, gsm8k, …), name@source, bigbench:<task> or jsonl:<path>")
     p.add_argument("--methods", default=",".join(DEMO.methods), help="comma-separated: " + ", ".join(METHODS))
     p.add_argument("--n", type=int, default=8, help="labelled training examples")
     p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
     p.add_argument("--out", type=Path, default=Path("runs/latest"))
-    p.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
-    p.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
-    p.add_argument("--soft-top-k", type=int, default=0,
-                   help="teacher next-token probabilities kept for the soft method: 0 = whole vocabulary, k = top k")
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--n-dev", type=int, default=None, help="default N/2")
     p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
                    help="comma-separated out-of-distribution test sets, scored beside the task's own")
-    p.add_argument("--icl-demos", default="shared", choices=["shared", "per-query", "pool"],
-                   help="ICL baseline demos: one draw from the training examples shared by all queries, one draw per "
-                   "query, or (reference-code parity) per query from the pool outside train and dev")
-    p.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
-                   help="cut teacher answers at the task's stop string (as evaluation does) or, for parity, at EOS only")
-    p.add_argument("--merge-bf16", action="store_true",
-                   help="parity: evaluate trained LoRA/IA3 adapters merged into bf16 weights, as the reference code does")
-    p.add_argument("--answer-prefix", default=None, help="text between prompt and answer (parity with the reference: '')")
-    p.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
-                   "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
-    p.add_argument("--unlabelled", type=int, default=None, metavar="M",
-                   help="low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries")
-    p.add_argument("--permutations", type=int, default=1, metavar="K",
-                   help="low-data mode: demonstration orders, query j gets order j mod K")
-    p.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"],
-                   help="where activations are aligned: attention output (the paper's), MLP output, residual stream")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
-    p.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-dev", type=int, default=None, help="default N/2")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, …")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="base model weights (the paper used bfloat16 on GPUs); losses and adapters stay in fp32")
+    p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    d = p.add_argument_group("task, prompts and teacher")
+    d.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
+    d.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
+                   "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
+    d.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
+    d.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
+    d.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
+    d.add_argument("--icl-demos", default="shared", choices=["shared", "per-query", "pool"],
+                   help="ICL baseline demos: one draw from the training examples shared by all queries, one draw per "
+                   "query, or (reference-code parity) per query from the pool outside train and dev")
+    d.add_argument("--unlabelled", type=int, default=None, metavar="M",
+                   help="low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries")
+    d.add_argument("--permutations", type=int, default=1, metavar="K",
+                   help="low-data mode: demonstration orders, query j gets order j mod K")
+    d.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"],
+                   help="where activations are aligned: attention output (the paper's), MLP output, residual stream")
+    d.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
+    d.add_argument("--soft-top-k", type=int, default=0,
+                   help="teacher next-token probabilities kept for the soft method: 0 = whole vocabulary, k = top k")
+    r = p.add_argument_group("parity with the reference code (reproduces its defects on purpose)")
+    r.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
+                   help="cut teacher answers at the task's stop string (as evaluation does) or at EOS only")
+    r.add_argument("--merge-bf16", action="store_true", help="evaluate LoRA/IA3 adapters merged into bf16 weights")
+    r.add_argument("--answer-prefix", default=None, help="text between prompt and answer ('' as the reference)")
+    r.add_argument("--keep-last", action="store_false", dest="train.restore_best",
+                   help="keep the last adapter state, not the best on dev")
     t = p.add_argument_group("training")
-    t.add_argument("--lr", type=float, default=TrainConfig.lr)
-    t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
-    t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs)
-    t.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per stage")
-    t.add_argument("--keep-last", action="store_true", help="parity: keep the last adapter state, not the best on dev")
-    t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
-    t.add_argument("--patience", type=int, default=TrainConfig.patience)
-    t.add_argument("--w", type=float, default=TrainConfig.w, help="CE weight of the joint ia2+sft loss")
-    t.add_argument("--per-layer-norm", action="store_true", help="normalise each layer's MSE by the teacher's scale")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, dest="train.lr")
+    t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size, dest="train.batch_size")
+    t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, dest="train.max_epochs")
+    t.add_argument("--max-steps", type=int, default=None, dest="train.max_steps", help="cap on optimizer steps per stage")
+    t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, dest="train.eval_every")
+    t.add_argument("--patience", type=int, default=TrainConfig.patience, dest="train.patience")
+    t.add_argument("--w", type=float, default=TrainConfig.w, dest="train.w", help="CE weight of the joint ia2+sft loss")
+    t.add_argument("--per-layer-norm", action="store_true", dest="train.per_layer_norm",
+                   help="normalise each layer's MSE by the teacher's scale")
     a = p.add_argument_group("adapter")
-    a.add_argument("--adapter", choices=KINDS, default=AdapterConfig.kind, help="PEFT adapter type")
-    a.add_argument("--num-virtual-tokens", type=int, default=AdapterConfig.num_virtual_tokens, help="prompt and prefix tuning")
-    a.add_argument("--ia3-feedforward", type=_words, default=AdapterConfig.feedforward,
+    a.add_argument("--adapter", choices=KINDS, default=AdapterConfig.kind, dest="adapter.kind", help="PEFT adapter type")
+    a.add_argument("--num-virtual-tokens", type=int, default=AdapterConfig.num_virtual_tokens,
+                   dest="adapter.num_virtual_tokens", help="prompt and prefix tuning")
+    a.add_argument("--ia3-feedforward", type=_words, default=AdapterConfig.feedforward, dest="adapter.feedforward",
                    help="IA3: which of the targets are feed-forward modules")
-    a.add_argument("--lora-r", type=int, default=AdapterConfig.r)
-    a.add_argument("--lora-alpha", type=int, default=AdapterConfig.alpha)
-    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets, help="LoRA and IA3 target modules")
+    a.add_argument("--lora-r", type=int, default=AdapterConfig.r, dest="adapter.r")
+    a.add_argument("--lora-alpha", type=int, default=AdapterConfig.alpha, dest="adapter.alpha")
+    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets, dest="adapter.targets",
+                   help="LoRA and IA3 target modules")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(
-        model=args.model, task=args.task, methods=tuple(parse_methods(args.methods)), n=args.n, seeds=args.seeds, labels=args.labels,
-        k_max=args.k_max, soft_top_k=args.soft_top_k, n_test=args.n_test, n_dev=args.n_dev, site=args.site, layers=args.layers, chat=args.chat, answer_prefix=args.answer_prefix, teacher_stop=args.teacher_stop, merge_bf16=args.merge_bf16, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        eval_tasks=args.eval_tasks, icl_demos=args.icl_demos, parser=args.parser, max_new_tokens=args.max_new_tokens,
-        unlabelled=args.unlabelled, permutations=args.permutations,
-        train=TrainConfig(lr=args.lr, batch_size=args.train_batch_size, max_epochs=args.epochs, max_steps=args.max_steps, restore_best=not args.keep_last,
-                          eval_every=args.eval_every, patience=args.patience, w=args.w, per_layer_norm=args.per_layer_norm),
-        adapter=AdapterConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets, kind=args.adapter,
-                              num_virtual_tokens=args.num_virtual_tokens, feedforward=args.ia3_feedforward),
-    )
+    """A RunConfig from `ia2 run` options: plain destinations are RunConfig fields, dotted ones nested fields."""
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
+    nested = {section: {k.partition(".")[2]: v for k, v in values.items() if k.startswith(section + ".")}
+              for section in ("train", "adapter")}
+    top = {k: v for k, v in values.items() if "." not in k}
+    top["methods"] = tuple(parse_methods(top["methods"]))
+    return RunConfig(**top, train=TrainConfig(**nested["train"]), adapter=AdapterConfig(**nested["adapter"]))
 
 
 def parser() -> argparse.ArgumentParser:
