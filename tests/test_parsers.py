@@ -124,8 +124,13 @@ def test_sciq_none_without_an_answer(text):
 
 
 def test_parser_registry_names():
-    assert list(parsers.PARSERS) == ["gsm8k", "gsm8k-reference", "boxed", "sciq"]
+    assert list(parsers.PARSERS) == ["text", "gsm8k", "gsm8k-reference", "boxed", "sciq"]
     assert extract("gsm8k", NATALIA) == "72"
+
+
+def test_text_parser_is_the_first_line_normalised():
+    assert extract("text", "  Cat  RED\n\nQuestion: next") == "cat red"
+    assert extract("text", " \n") is None
 
 
 @pytest.mark.parametrize(
@@ -151,5 +156,5 @@ def test_unparsable_gold_raises():
 
 
 def test_unknown_parser_raises_listing_known_names():
-    with pytest.raises(IA2Error, match="unknown answer parser 'math'; known: gsm8k, gsm8k-reference, boxed, sciq"):
+    with pytest.raises(IA2Error, match="unknown answer parser 'math'; known: text, gsm8k, gsm8k-reference, boxed, sciq"):
         extract("math", "\\boxed{1}")
