@@ -78,6 +78,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
     d.add_argument("--soft-top-k", type=int, default=0,
                    help="teacher next-token probabilities kept for the soft method: 0 = whole vocabulary, k = top k")
+    d.add_argument("--teacher", default="cached", choices=["cached", "online"],
+                   help="teacher activations cached on disk, or computed per batch (adapter disabled) and never stored")
+    d.add_argument("--target-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of cached teacher activations: bfloat16 halves disk and memory (long answers)")
+    d.add_argument("--target-store", default="file", choices=["file", "shards"],
+                   help="cached activations in one file loaded into memory, or in shards read back batch by batch "
+                   "(host memory bounded by a few batches: large N x T)")
     r = p.add_argument_group("parity with the reference code (reproduces its defects on purpose)")
     r.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
                    help="cut teacher answers at the task's stop string (as evaluation does) or at EOS only")

@@ -60,6 +60,9 @@ class RunConfig:
     unlabelled: int | None = None
     permutations: int = 1
     soft_top_k: int = 0
+    teacher: str = "cached"
+    target_dtype: str = "float32"
+    target_store: str = "file"
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = 8
@@ -90,8 +93,19 @@ class RunConfig:
             raise IA2Error(f"--merge-bf16 needs a LoRA or IA3 adapter, not {self.adapter.kind}")
         if self.teacher_stop not in TEACHER_STOPS:
             raise IA2Error(f"--teacher-stop must be one of {', '.join(TEACHER_STOPS)}, got {self.teacher_stop!r}")
+        self.validate_targets()
         self.train.validate()
         self.adapter.validate()
+
+    def validate_targets(self) -> None:
+        """Reject unknown teacher-target settings, and storage settings the online teacher (which stores none) ignores."""
+        for option, value, allowed in (("--teacher", self.teacher, TEACHERS),
+                                       ("--target-dtype", self.target_dtype, TARGET_DTYPES),
+                                       ("--target-store", self.target_store, TARGET_STORES)):
+            if value not in allowed:
+                raise IA2Error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.teacher == "online" and (self.target_dtype, self.target_store) != ("float32", "file"):
+            raise IA2Error("--target-dtype and --target-store apply to stored activations: drop them with --teacher online")
 
     @property
     def dev_size(self) -> int:
@@ -107,6 +121,9 @@ class RunConfig:
 ICL_DEMOS = ("shared", "per-query", "pool")
 DTYPES = ("float32", "bfloat16", "float16")
 TEACHER_STOPS = ("task", "eos")
+TEACHERS = ("cached", "online")
+TARGET_DTYPES = ("float32", "bfloat16")
+TARGET_STORES = ("file", "shards")
 
 
 def changed(obj: object) -> dict:
@@ -324,23 +341,32 @@ class Experiment:
 
     def stage_data(self, split: Split, seed: int, methods: list[str]) -> dict:
         """Training and dev items for each label source: gold answers, and the ICL teacher's answers with activations
-        and, when a method trains on soft labels, its next-token distributions."""
-        soft = any(stage.loss == "soft" for method in methods for stage in METHODS[method])
+        (stored, or with `--teacher online` the ICL prompts to compute them from per batch) and, when a method trains
+        on soft labels, its next-token distributions."""
         prompts, policy = self.teacher_prompts(split, seed)
-        fields = {"model": self.fingerprint, "task": self.task.name, "data": self.task.data_hash(), "seed": seed,
-                  "demos": policy}
-        with self.model.disable_adapter():
-            teacher = targets.cached_collect(self.model, self.tap, self.tokenizer, [p.prompt for p in prompts], fields,
-                                             self.task.max_new_tokens, self.teacher_stop(),
-                                             self.cfg.batch_size, f"teacher s{seed}", self.cfg.soft_top_k if soft else None)
+        teacher = self.teacher_targets(prompts, policy, seed, methods)
         plain = [self.encode(i) for i in self.teacher_queries(split)]
         ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
-        icl = [Item(p.prompt, *t) for p, t in zip(plain, zip(teacher.tokens, teacher.acts, ids, logp))]
+        icl_prompts = [p.prompt if self.cfg.teacher == "online" else None for p in prompts]
+        icl = [Item(p.prompt, *t) for p, t in zip(plain, zip(teacher.tokens, teacher.acts, ids, logp, icl_prompts))]
         labelled = [self.encode(i) for i in split.train]
         dev = plain[len(plain) - len(split.dev):]
         gold = [Item(p.prompt, p.answer) for p in labelled + dev]
         n, m = self.cfg.n, len(plain) - len(split.dev)
         return {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:]), "dev_plain": dev}
+
+    def teacher_targets(self, prompts: list[Prompted], policy: str, seed: int, methods: list[str]) -> targets.Targets:
+        """The ICL teacher's answers, activations (none for the online teacher) and soft-label distributions when a
+        method needs them, from the cache or collected now with the adapter disabled."""
+        soft = any(stage.loss == "soft" for method in methods for stage in METHODS[method])
+        fields = {"model": self.fingerprint, "task": self.task.name, "data": self.task.data_hash(), "seed": seed,
+                  "demos": policy}
+        tap = self.tap if self.cfg.teacher == "cached" else None
+        with self.model.disable_adapter():
+            return targets.cached_collect(self.model, tap, self.tokenizer, [p.prompt for p in prompts], fields,
+                                          self.task.max_new_tokens, self.teacher_stop(), self.cfg.batch_size,
+                                          f"teacher s{seed}", self.cfg.soft_top_k if soft else None,
+                                          self.cfg.target_dtype, self.cfg.target_store)
 
     def teacher_stop(self) -> str:
         """The stop string cutting teacher answers: the task's (as in evaluation), or none (EOS only, the reference's)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .batching import forward, length_sorted_chunks, make_batch
 from .paths import atomic_path, cache_root
+from .store import SHARD_BYTES, SHARD_SIZE, Stored, TargetStore
+from .store import write as store_write
 from .taps import Tap
 
 
@@ -24,13 +26,14 @@ class Targets:
     """Per example: the teacher's greedy answer ŷ and activations [layers, |ŷ|, hidden] at the positions producing it.
 
     When the next-token distribution is kept, `top_logp` holds fp32 log-probs [|ŷ|, k] at the same positions and
-    `top_ids` their token ids [|ŷ|, k]; `top_ids` is None when the whole vocabulary is kept (k = V).
+    `top_ids` their token ids [|ŷ|, k]; `top_ids` is None when the whole vocabulary is kept (k = V). Targets read
+    from a shard store hold lazy `Stored` references instead of tensors; answers-only targets have acts None.
     """
 
     tokens: list[list[int]]
-    acts: list[torch.Tensor]
-    top_ids: list[torch.Tensor] | None = None
-    top_logp: list[torch.Tensor] | None = None
+    acts: list[torch.Tensor | Stored | None]
+    top_ids: list[torch.Tensor | Stored] | None = None
+    top_logp: list[torch.Tensor | Stored] | None = None
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -81,20 +84,26 @@ def distribution_at(logits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, 
     return ids.cpu(), values.cpu()
 
 
-@torch.no_grad()
-def collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-            max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
-            distribution: int | None = None) -> Targets:
-    """Generate each ICL answer, then read activations in one teacher-forced pass over prompt ⊕ answer.
+@dataclass
+class Row:
+    """One example's teacher output as collected: its index, answer tokens, activations [layers, |ŷ|, hidden] (None
+    without a tap) and next-token distribution (see `Targets`)."""
 
-    With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
-    also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
-    per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k.
+    index: int
+    tokens: list[int]
+    acts: torch.Tensor | None
+    top_ids: torch.Tensor | None = None
+    top_logp: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+         max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
+         distribution: int | None = None) -> Iterator[Row]:
+    """`collect`'s work one example at a time, in length-sorted batch order, so a caller can write them as they come.
+
+    Without a tap and a distribution, multi-token answers are only generated (no teacher-forced pass).
     """
-    tokens: list[list[int]] = [[] for _ in prompts]
-    acts: list[torch.Tensor] = [torch.empty(0) for _ in prompts]
-    top_ids: list[torch.Tensor | None] = [None for _ in prompts]
-    top_logp: list[torch.Tensor] = [torch.empty(0) for _ in prompts]
     for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
         chunk_prompts = [prompts[i] for i in chunk]
         if max_new_tokens == 1:
@@ -103,16 +112,35 @@ def collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prom
             answers = logits[:, -1].argmax(-1).unsqueeze(1).tolist()
         else:
             answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
+            if tap is None and distribution is None:
+                yield from (Row(i, answers[row], None) for row, i in enumerate(chunk))
+                continue
             batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
             logits, chunk_acts = forward(model, batch, tap)
         for row, i in enumerate(chunk):
-            tokens[i] = answers[row]
-            acts[i] = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
+            out = Row(i, answers[row], None)
+            if chunk_acts is not None:
+                out.acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
             if distribution is not None:
-                top_ids[i], top_logp[i] = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
+                out.top_ids, out.top_logp = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
+            yield out
+
+
+def collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+            max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
+            distribution: int | None = None) -> Targets:
+    """Generate each ICL answer, then read activations in one teacher-forced pass over prompt ⊕ answer.
+
+    With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
+    also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
+    per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts` are None.
+    """
+    done = sorted(rows(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution),
+                  key=lambda r: r.index)
+    tokens, acts = [r.tokens for r in done], [r.acts for r in done]
     if distribution is None:
         return Targets(tokens, acts)
-    return Targets(tokens, acts, top_ids if distribution > 0 else None, top_logp)
+    return Targets(tokens, acts, [r.top_ids for r in done] if distribution > 0 else None, [r.top_logp for r in done])
 
 
 def cache_key(fields: dict, prompts: Sequence[Sequence[int]]) -> str:
@@ -127,7 +155,8 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
     tensors = {}
     for i, (tok, act) in enumerate(zip(targets.tokens, targets.acts)):
         tensors[f"tokens.{i}"] = torch.tensor(tok, dtype=torch.long)
-        tensors[f"acts.{i}"] = act.contiguous()
+        if act is not None:
+            tensors[f"acts.{i}"] = act.contiguous()
     for name in ("top_ids", "top_logp"):
         for i, tensor in enumerate(getattr(targets, name) or []):
             tensors[f"{name}.{i}"] = tensor.contiguous()
@@ -136,27 +165,85 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
 
 
 def load(path: Path) -> Targets:
-    """Read targets written by `save`."""
+    """Read targets written by `save` (acts None where none were kept)."""
     data = load_file(str(path))
     n = len([k for k in data if k.startswith("tokens.")])
     optional = {name: [data[f"{name}.{i}"] for i in range(n)] if f"{name}.0" in data else None
                 for name in ("top_ids", "top_logp")}
-    return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data[f"acts.{i}"] for i in range(n)], **optional)
+    return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data.get(f"acts.{i}") for i in range(n)], **optional)
 
 
-def cached_collect(model: nn.Module, tap: Tap, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-                   fields: dict, max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
-                   distribution: int | None = None) -> Targets:
-    """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
-    (`model_fingerprint` of the base model) and may name task, split, seed and demo policy."""
-    fields = {**fields, "site": tap.site, "max_new_tokens": max_new_tokens, "stop": stop}
-    if not tap.all_layers:
-        fields["layers"] = list(tap.layers)
+def open_store(folder: Path, max_open: int = 4) -> Targets:
+    """Targets of a shard store: tokens in memory, every tensor a lazy `Stored` reference read when a batch needs it
+    (at most `max_open` shards open at once)."""
+    shards = TargetStore(folder, max_open)
+    acts = shards.refs("acts") or [None] * len(shards.tokens)
+    return Targets(shards.tokens, acts, shards.refs("top_ids"), shards.refs("top_logp"))
+
+
+def key_fields(fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None,
+               dtype: str = "float32") -> dict:
+    """The cache key's fields: the caller's, the tap's site and layers (or no activations), T, the stop rule, the
+    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions)."""
+    fields = {**fields, "max_new_tokens": max_new_tokens, "stop": stop}
+    if tap is None:
+        fields["activations"] = False
+    else:
+        fields["site"] = tap.site
+        if not tap.all_layers:
+            fields["layers"] = list(tap.layers)
     if distribution is not None:
         fields["distribution"] = distribution
-    path = cache_root() / "targets" / f"{cache_key(fields, prompts)}.safetensors"
-    if path.exists():
-        return load(path)
-    targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
-    save(path, targets, fields)
+    if dtype != "float32":
+        fields["dtype"] = dtype
+    return fields
+
+
+def cached(root: Path, key: str) -> Targets | None:
+    """A cache entry in either format, or None: one file `<key>.safetensors` (loaded wholly) or a store `<key>/`."""
+    if (root / f"{key}.safetensors").exists():
+        return load(root / f"{key}.safetensors")
+    if TargetStore.exists(root / key):
+        return open_store(root / key)
+    return None
+
+
+def _tensors(row: Row, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A row's tensors as a store keeps them: activations in `dtype`, distributions as collected."""
+    out = {} if row.acts is None else {"acts": row.acts.to(dtype)}
+    return out | {name: getattr(row, name) for name in ("top_ids", "top_logp") if getattr(row, name) is not None}
+
+
+def write_store(folder: Path, collected: Iterable[Row], n: int, fields: dict, dtype: str = "float32",
+                shard_size: int = SHARD_SIZE, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write n collected rows (from `rows`, as they come) as a shard store, activations in `dtype`."""
+    stream = ((r.index, r.tokens, _tensors(r, getattr(torch, dtype))) for r in collected)
+    store_write(folder, stream, n, {"fields": fields, "dtype": dtype}, shard_size, shard_bytes)
+
+
+def cached_collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+                   fields: dict, max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
+                   distribution: int | None = None, dtype: str = "float32", store: str = "file") -> Targets:
+    """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
+    (`model_fingerprint` of the base model) and may name task, split, seed and demo policy.
+
+    `dtype` stores activations as float32 or, halving disk and memory, bfloat16 (recommended for long answers;
+    training casts them back to fp32). `store` "file" writes one safetensors file, loaded wholly into memory;
+    "shards" writes a `store` folder shard by shard during collection and returns lazy references, so neither
+    collection nor training holds more than a few batches of activations (use it for large N × T). An entry of
+    either format is reused whichever is asked for. Without a tap only answers (and distributions) are kept.
+    """
+    fields = key_fields(fields, tap, max_new_tokens, stop, distribution, dtype)
+    root, key = cache_root() / "targets", cache_key(fields, prompts)
+    found = cached(root, key)
+    if found is not None:
+        return found
+    args = (model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
+    if store == "shards":
+        write_store(root / key, rows(*args), len(prompts), fields, dtype)
+        return open_store(root / key)
+    targets = collect(*args)
+    if dtype != "float32":
+        targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
+    save(root / f"{key}.safetensors", targets, fields)
     return targets

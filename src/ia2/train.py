@@ -16,6 +16,7 @@ from . import losses
 from .batching import forward, make_batch, right_align
 from .errors import IA2Error
 from .methods import Stage
+from .store import Stored, resolve
 from .taps import Tap
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,18 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Item:
     """A training example for one stage: the prompt (no demos), the answer fed and, for IA2, its teacher activations;
-    for the soft loss, the teacher's next-token log-probs [|answer|, k] of ids `top_ids` (None: all V tokens)."""
+    for the soft loss, the teacher's next-token log-probs [|answer|, k] of ids `top_ids` (None: all V tokens).
+
+    Teacher tensors may be lazy `Stored` references, read when their batch is built. With the online teacher, `acts`
+    is None and `icl_prompt` (the prompt with demonstrations) lets `batch_loss` compute them per batch.
+    """
 
     prompt: list[int]
     answer: list[int]
-    acts: torch.Tensor | None = None
-    top_ids: torch.Tensor | None = None
-    top_logp: torch.Tensor | None = None
+    acts: torch.Tensor | Stored | None = None
+    top_ids: torch.Tensor | Stored | None = None
+    top_logp: torch.Tensor | Stored | None = None
+    icl_prompt: list[int] | None = None
 
 
 def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> torch.Tensor:
@@ -75,17 +81,41 @@ def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, 
         ce = losses.ce(logits, targets, mask)
         if stage.loss == "ce":
             return ce
-    target = right_align([i.acts for i in items], batch.keep, dim=1).to(model.device)
-    ia2 = losses.ia2(acts, target, mask, cfg.per_layer_norm)
+    ia2 = losses.ia2(acts, teacher_acts(model, tap, items, batch.keep, pad_id), mask, cfg.per_layer_norm)
     return ia2 if ce is None else losses.joint(ia2, ce, cfg.w)
+
+
+def teacher_acts(model: nn.Module, tap: Tap, items: Sequence[Item], keep: int, pad_id: int) -> torch.Tensor:
+    """The batch's teacher activations [B, L, keep, H] in fp32 on the model's device: the items' own (read now when
+    stored lazily, right-aligned) or, for online items, computed now."""
+    if all(i.acts is None and i.icl_prompt is not None for i in items):
+        return online_acts(model, tap, items, pad_id)
+    if any(i.acts is None for i in items):
+        raise IA2Error("the ia2 loss needs teacher activations: collect targets with a tap or use the online teacher")
+    return right_align([resolve(i.acts) for i in items], keep, dim=1).to(model.device).float()
+
+
+@torch.no_grad()
+def online_acts(model: nn.Module, tap: Tap, items: Sequence[Item], pad_id: int) -> torch.Tensor:
+    """The frozen teacher's activations for a batch, computed instead of stored: ICL prompt ⊕ answer in eval mode
+    with the adapter disabled, as `targets.collect` reads them (positions of shorter answers are masked by the loss)."""
+    training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            batch = make_batch([i.icl_prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
+            _, acts = forward(model, batch, tap)
+    finally:
+        model.train(training)
+    return acts.float()
 
 
 def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torch.Tensor) -> torch.Tensor:
     """`losses.soft` against the items' teacher distributions, right-aligned like their answers."""
     if any(i.top_logp is None for i in items):
         raise IA2Error("the soft loss needs the teacher's next-token distributions: collect targets with `distribution`")
-    top_logp = right_align([i.top_logp for i in items], keep).to(logits.device)
-    top_ids = None if items[0].top_ids is None else right_align([i.top_ids for i in items], keep).to(logits.device)
+    top_logp = right_align([resolve(i.top_logp) for i in items], keep).to(logits.device)
+    top_ids = None if items[0].top_ids is None else right_align([resolve(i.top_ids) for i in items], keep).to(logits.device)
     return losses.soft(logits, top_ids, top_logp, mask)
 
 
