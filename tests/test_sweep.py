@@ -134,3 +134,9 @@ def test_a_grid_value_can_set_several_fields(tmp_path):
     configs = sweep.load(path).configs()
     assert sorted((c.task, c.eval_tasks, c.n) for c in configs) == [
         ("agnews", ("bbcnews",), 2), ("agnews", ("bbcnews",), 4), ("sst2", ("finsen", "poems"), 2), ("sst2", ("finsen", "poems"), 4)]
+
+
+def test_runs_recorded_before_an_option_existed_group_with_later_ones():
+    old = {"model": "m", "task": "t", "n": 4, "train": {"lr": 0.001}, "adapter": {"r": 8}}
+    new = aggregate.with_defaults({**old, "teacher": "cached", "train": {"lr": 0.001, "max_steps": None}})
+    assert aggregate.with_defaults(old) == new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
@@ -11,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import IA2Error
+from .experiment import RunConfig
 from .methods import BASELINES
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -33,7 +35,15 @@ def load_rows(folder: Path) -> list[dict]:
     return rows
 
 
+def with_defaults(config: dict) -> dict:
+    """A run config (as JSON) completed with today's defaults, so runs recorded before an option existed group with
+    runs recorded after it."""
+    defaults = asdict(RunConfig(model="", task="", methods=()))
+    return {**defaults, **config, **{k: {**defaults[k], **config.get(k, {})} for k in ("train", "adapter")}}
+
+
 def _tagged(rows_dir: Path, tuned: dict, config: dict) -> list[dict]:
+    config = with_defaults(config)
     condition = json.dumps({k: v for k, v in config.items() if k not in ("methods", "seeds", "train", "adapter")}
                            | {"train": _without(config["train"], tuned, "train."),
                               "adapter": _without(config["adapter"], tuned, "adapter.")}, sort_keys=True, default=str)
