@@ -108,6 +108,7 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
         rates = {c["eval_task"]: _majority(c["eval_task"], config["n_test"], config["data_seed"]) for c in group}
         known = [f"{t} {r:.1%}" for t, r in rates.items() if r is not None]
         text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
+        text += _incomplete(group, max(c["n_seeds"] for c in cells))
     if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
         text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:
@@ -117,6 +118,14 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
             p = "–" if t["p_value"] is None else f"{t['p_value']:.3g}"
             text += f"| {t['model']} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {p} |\n"
     return text
+
+
+def _incomplete(group: list[dict], most: int) -> str:
+    """A note naming the cells that have fewer seeds than the fullest cell of the report (a sweep still running)."""
+    short = sorted({(c["eval_task"], c["n_seeds"]) for c in group if c["n_seeds"] < most})
+    if not short:
+        return ""
+    return f"\nFewer than {most} seeds so far: " + "; ".join(f"{t} ({k})" for t, k in short) + ".\n"
 
 
 def _latex(cells: list[dict], methods: list[str]) -> str:
