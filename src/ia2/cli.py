@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import summary, sweep
+from . import distributed, summary, sweep
 from .adapters import KINDS, AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, run
@@ -48,7 +48,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)")
     p.add_argument("--task", required=True, help="a benchmark (sst2, gsm8k, …), name@source, bigbench:<task> or jsonl:<path>")
     p.add_argument("--methods", default=",".join(DEMO.methods), help="comma-separated: " + ", ".join(METHODS))
-    p.add_argument("--n", type=int, default=8, help="labelled training examples")
+    p.add_argument("--n", "--n-train", type=int, default=8,
+                   help="labelled training examples (spell it --n-train after torchrun or accelerate launch)")
     p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
     p.add_argument("--out", type=Path, default=Path("runs/latest"))
     p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
@@ -147,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -161,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except IA2Error as exc:
         print(f"ia2: error: {exc}", file=sys.stderr)
         return 2
-    print((args.out / "results.md").read_text())
-    print(f"written to {args.out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+    finally:
+        distributed.finish()
+    if distributed.is_main():
+        print((args.out / "results.md").read_text())
+        print(f"written to {args.out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
     return 0
 
 
@@ -172,7 +176,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(sweep.dump_points(plan))
         return 0
     sweep.execute(plan, args.shard)
-    if args.shard[1] == 1:
+    if args.shard[1] == 1 and distributed.is_main():
         print(summary.write(plan.out))
     return 0
 

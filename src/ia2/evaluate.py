@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from . import metrics, parsers
+from . import distributed, metrics, parsers
 from .batching import forward, length_sorted_chunks, make_batch
 from .targets import generate
 from .tasks import Task
@@ -57,11 +57,12 @@ def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequenc
     """Score every label after every prompt; multi-token labels cost one extra forward per label and batch.
 
     Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
-    reuse its KV cache; the results are those of full forward passes.
+    reuse its KV cache; the results are those of full forward passes. With several processes each scores every
+    world_size-th batch, exactly as one process would, and every process returns every example's scores.
     """
     shared = common_prefix(prompts) if len(prompts) > 1 else 0
     single = all(len(ids) == 1 for ids in label_ids)
-    chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
+    chunks = distributed.shard(length_sorted_chunks([len(p) for p in prompts], batch_size))
     cache = _prefix_cache(model, prompts[0][:shared]) if single and shared >= MIN_SHARED_PREFIX else None
     out = _Collector(len(prompts), label_ids)
     for chunk in tqdm(chunks, desc=desc, leave=False):
@@ -76,7 +77,16 @@ def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequenc
         for c, ids in enumerate(label_ids):
             if len(ids) > 1:
                 out.label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
-    return out.scores(tap is not None)
+    return _merged(out, chunks).scores(tap is not None)
+
+
+def _merged(out: _Collector, chunks: list[list[int]]) -> _Collector:
+    """The collector with every process's examples, each taken from the process that scored it (one process: as is)."""
+    if distributed.world_size() == 1:
+        return out
+    for theirs, part in distributed.everyone((chunks, out)):
+        out.take(part, [i for chunk in theirs for i in chunk])
+    return out
 
 
 class _Collector:
@@ -98,6 +108,13 @@ class _Collector:
         if acts is not None:
             for row, i in enumerate(chunk):
                 self.acts[i] = acts[row].float().cpu()
+
+    def take(self, other: _Collector, rows: list[int]) -> None:
+        """Copy the examples `rows` from another process's collector."""
+        for name in ("label_logp", "label_prob", "top_prob", "top_token", "top10"):
+            getattr(self, name)[rows] = getattr(other, name)[rows]
+        for i in rows:
+            self.acts[i] = other.acts[i]
 
     def scores(self, with_acts: bool) -> Scores:
         acts = torch.stack(self.acts) if with_acts else None
@@ -164,11 +181,15 @@ def layer_cosine(student: torch.Tensor, teacher: torch.Tensor) -> list[float]:
 
 def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], task: Task,
                    batch_size: int = 8, desc: str = "generate") -> list[str]:
-    """Greedy answers of a generative task, cut at its stop rule exactly as teacher answers are, as text."""
+    """Greedy answers of a generative task, cut at its stop rule exactly as teacher answers are, as text (with
+    several processes, each generates every world_size-th batch and every process returns all answers)."""
     answers: list[list[int]] = [[] for _ in prompts]
     stop = task.stop[0] if task.stop else ""
-    for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
-        for i, tokens in zip(chunk, generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)):
+    chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
+    mine = [generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)
+            for chunk in tqdm(distributed.shard(chunks), desc=desc, leave=False)]
+    for chunk, generated in zip(chunks, distributed.gather(mine)):
+        for i, tokens in zip(chunk, generated):
             answers[i] = tokens
     return [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
 

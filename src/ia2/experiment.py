@@ -16,7 +16,7 @@ import torch
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from . import adapters, models, targets
+from . import adapters, distributed, models, targets
 from .adapters import AdapterConfig
 from .errors import IA2Error
 from .evaluate import Scores, generate_texts, generation_metrics, layer_cosine, score, summarise
@@ -106,6 +106,8 @@ class RunConfig:
                 raise IA2Error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
         if self.teacher == "online" and (self.target_dtype, self.target_store) != ("float32", "file"):
             raise IA2Error("--target-dtype and --target-store apply to stored activations: drop them with --teacher online")
+        if self.teacher == "online" and self.train.per_layer_norm and distributed.world_size() > 1:
+            raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop --teacher online")
 
     @property
     def dev_size(self) -> int:
@@ -230,13 +232,14 @@ class Experiment:
     def __init__(self, cfg: RunConfig, out: Path) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, out
-        self.task = declared(cfg.task, cfg)
-        self.test, self.pool = test_and_pool(self.task, cfg)
-        self.model, self.tokenizer = models.load(cfg.model, getattr(torch, cfg.dtype), models.device(cfg.device))
-        self.pad_id = self.tokenizer.pad_token_id
-        self.context = self.model.config.get_text_config().max_position_embeddings
-        self.encoder = Encoder(self.task, self.tokenizer, self.context, cfg.chat)
-        self.evals = [EvalSet(self.task, self.encoder, self.test)] + [self.ood_set(name) for name in cfg.eval_tasks]
+        with distributed.main_first():
+            self.task = declared(cfg.task, cfg)
+            self.test, self.pool = test_and_pool(self.task, cfg)
+            self.model, self.tokenizer = models.load(cfg.model, getattr(torch, cfg.dtype), distributed.device(cfg.device))
+            self.pad_id = self.tokenizer.pad_token_id
+            self.context = self.model.config.get_text_config().max_position_embeddings
+            self.encoder = Encoder(self.task, self.tokenizer, self.context, cfg.chat)
+            self.evals = [EvalSet(self.task, self.encoder, self.test)] + [self.ood_set(name) for name in cfg.eval_tasks]
         self.fingerprint = targets.model_fingerprint(self.model)
         self.model_class = type(self.model).__name__
         self.tap = Tap(self.model, cfg.site, cfg.layers)
@@ -376,7 +379,7 @@ class Experiment:
         """Train a method's stages (reusing a trained prefix such as IA2 before IA2 → SFT), save, and evaluate it
         without demonstrations on the dev set and every evaluation set."""
         logs = self.train_stages(METHODS[method], seed, data)
-        if self.cfg.save_adapters:
+        if self.cfg.save_adapters and distributed.is_main():
             adapters.save(self.model, self.out / "adapters" / f"seed{seed}" / method)
         with self.evaluated():
             extra = {"dev_accuracy": self.dev_accuracy(data["dev_plain"], f"{method} dev s{seed}"), "train": logs}
@@ -425,27 +428,42 @@ class Experiment:
 
 
 def run(cfg: RunConfig, out: Path) -> dict:
-    """Run every seed and method, resuming from rows already written under the same config; write the reports."""
+    """Run every seed and method, resuming from rows already written under the same config; write the reports.
+
+    With several processes (sharing `out`) every process runs every seed and method on its share of the data; the
+    main process alone writes, and decides what is left to do.
+    """
     exp = Experiment(cfg, out)
     rows_dir = out / "rows" / cfg.key()
     names = [ev.task.name for ev in exp.evals]
     rows = []
     for seed in tqdm(cfg.seeds, desc="seeds"):
         paths = {(m, e): rows_dir / row_file(seed, m, e, exp.task.name) for m in cfg.methods for e in names}
-        todo = list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists()))
+        todo = distributed.from_main(list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists())))
         if todo:
-            for row in exp.run_seed(seed, todo):
-                write_json(paths[row["method"], row["eval_task"]], row)
+            new = exp.run_seed(seed, todo)
+            if distributed.is_main():
+                for row in new:
+                    write_json(paths[row["method"], row["eval_task"]], row)
+            distributed.barrier()
         rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}
     result = {"config": config, "majority_accuracy": {ev.task.name: majority(ev) for ev in exp.evals},
               "n_test": {ev.task.name: len(ev.test) for ev in exp.evals},
               "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
-    write_json(out / "manifest.json", manifest(cfg, exp))
+    if distributed.is_main():
+        write_outputs(result, rows, exp)
+    distributed.barrier()
+    return result
+
+
+def write_outputs(result: dict, rows: list[dict], exp: Experiment) -> None:
+    """The run's manifest, training logs and reports."""
+    out = exp.out
+    write_json(out / "manifest.json", manifest(exp.cfg, exp))
     write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]}
                                          for r in rows if "train" in r and r["eval_task"] == exp.task.name])
     write_reports(result, out)
-    return result
 
 
 def majority(ev: EvalSet) -> float | None:

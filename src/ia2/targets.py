@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from . import distributed
 from .batching import forward, length_sorted_chunks, make_batch
 from .paths import atomic_path, cache_root
 from .store import SHARD_BYTES, SHARD_SIZE, Stored, TargetStore
@@ -102,28 +104,40 @@ def rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, 
          distribution: int | None = None) -> Iterator[Row]:
     """`collect`'s work one example at a time, in length-sorted batch order, so a caller can write them as they come.
 
-    Without a tap and a distribution, multi-token answers are only generated (no teacher-forced pass).
+    Without a tap and a distribution, multi-token answers are only generated (no teacher-forced pass). With several
+    processes each computes every world_size-th batch, exactly as one process would, and every process yields every
+    row in the same order, one round of batches at a time.
     """
-    for chunk in tqdm(length_sorted_chunks([len(p) for p in prompts], batch_size), desc=desc, leave=False):
-        chunk_prompts = [prompts[i] for i in chunk]
-        if max_new_tokens == 1:
-            batch = make_batch(chunk_prompts, [[0]] * len(chunk), tokenizer.pad_token_id, model.device.type)
-            logits, chunk_acts = forward(model, batch, tap)
-            answers = logits[:, -1].argmax(-1).unsqueeze(1).tolist()
-        else:
-            answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
-            if tap is None and distribution is None:
-                yield from (Row(i, answers[row], None) for row, i in enumerate(chunk))
-                continue
-            batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
-            logits, chunk_acts = forward(model, batch, tap)
-        for row, i in enumerate(chunk):
-            out = Row(i, answers[row], None)
-            if chunk_acts is not None:
-                out.acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
-            if distribution is not None:
-                out.top_ids, out.top_logp = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
-            yield out
+    chunks, world = length_sorted_chunks([len(p) for p in prompts], batch_size), distributed.world_size()
+    for start in tqdm(range(0, len(chunks), world), desc=desc, leave=False):
+        mine = distributed.shard(chunks[start:start + world])
+        computed = [_chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution) for chunk in mine]
+        for chunk_rows in distributed.gather(computed):
+            yield from chunk_rows
+
+
+def _chunk_rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+                chunk: list[int], max_new_tokens: int, stop: str, distribution: int | None) -> list[Row]:
+    """The rows of one batch of examples (indices `chunk` into `prompts`)."""
+    chunk_prompts = [prompts[i] for i in chunk]
+    if max_new_tokens == 1:
+        batch = make_batch(chunk_prompts, [[0]] * len(chunk), tokenizer.pad_token_id, model.device.type)
+        logits, chunk_acts = forward(model, batch, tap)
+        answers = logits[:, -1].argmax(-1).unsqueeze(1).tolist()
+    else:
+        answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
+        if tap is None and distribution is None:
+            return [Row(i, answers[row], None) for row, i in enumerate(chunk)]
+        batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
+        logits, chunk_acts = forward(model, batch, tap)
+    out = []
+    for row, i in enumerate(chunk):
+        out.append(Row(i, answers[row], None))
+        if chunk_acts is not None:
+            out[-1].acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
+        if distribution is not None:
+            out[-1].top_ids, out[-1].top_logp = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
+    return out
 
 
 def collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
@@ -232,18 +246,27 @@ def cached_collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedToken
     "shards" writes a `store` folder shard by shard during collection and returns lazy references, so neither
     collection nor training holds more than a few batches of activations (use it for large N × T). An entry of
     either format is reused whichever is asked for. Without a tap only answers (and distributions) are kept.
+
+    With several processes (sharing the cache folder) each collects its share of the batches, the main process
+    alone writes the entry, and every process returns all the targets.
     """
     fields = key_fields(fields, tap, max_new_tokens, stop, distribution, dtype)
     root, key = cache_root() / "targets", cache_key(fields, prompts)
     found = cached(root, key)
-    if found is not None:
+    if distributed.agree(found is not None):
         return found
     args = (model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
     if store == "shards":
-        write_store(root / key, rows(*args), len(prompts), fields, dtype)
+        if distributed.is_main():
+            write_store(root / key, rows(*args), len(prompts), fields, dtype)
+        else:
+            deque(rows(*args), maxlen=0)
+        distributed.barrier()
         return open_store(root / key)
     targets = collect(*args)
     if dtype != "float32":
         targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
-    save(root / f"{key}.safetensors", targets, fields)
+    if distributed.is_main():
+        save(root / f"{key}.safetensors", targets, fields)
+    distributed.barrier()
     return targets

@@ -12,7 +12,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import losses
+from . import distributed, losses
 from .batching import forward, make_batch, right_align
 from .errors import IA2Error
 from .methods import Stage
@@ -67,8 +67,10 @@ class Item:
     icl_prompt: list[int] | None = None
 
 
-def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> torch.Tensor:
-    """The stage's loss on one batch."""
+def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
+               layer_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The stage's loss on one batch; `layer_scale` [L] replaces the batch's own teacher scale of --per-layer-norm
+    (a data-parallel shard is normalised by its whole batch's)."""
     batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
     mask = batch.answer_mask().to(model.device)
     needs_acts = stage.loss in ("ia2", "joint")
@@ -81,7 +83,12 @@ def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, 
         ce = losses.ce(logits, targets, mask)
         if stage.loss == "ce":
             return ce
-    ia2 = losses.ia2(acts, teacher_acts(model, tap, items, batch.keep, pad_id), mask, cfg.per_layer_norm)
+    target = teacher_acts(model, tap, items, batch.keep, pad_id)
+    if layer_scale is None:
+        ia2 = losses.ia2(acts, target, mask, cfg.per_layer_norm)
+    else:
+        root = layer_scale.clamp(min=1e-12).sqrt().to(target.device)[None, :, None, None]
+        ia2 = losses.ia2(acts / root, target / root, mask)
     return ia2 if ce is None else losses.joint(ia2, ce, cfg.w)
 
 
@@ -121,13 +128,49 @@ def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torc
 
 @torch.no_grad()
 def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> float:
-    """Mean loss over dev items, weighted by batch size."""
+    """Mean loss over dev items, weighted by batch size; with several processes each computes every world_size-th
+    batch and the sum runs in batch order, so every process gets the number one process gets."""
     model.eval()
+    chunks = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
+    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * len(chunk) for chunk in distributed.shard(chunks)]
     total = 0.0
-    for start in range(0, len(items), cfg.batch_size):
-        chunk = items[start:start + cfg.batch_size]
-        total += batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * len(chunk)
+    for value in distributed.gather(weighted):
+        total += value
     return total / len(items)
+
+
+def answer_positions(items: Sequence[Item]) -> int:
+    """How many answer-producing positions a batch of these items has (every loss is a mean over them)."""
+    return sum(max(len(i.answer), 1) for i in items)
+
+
+def teacher_scale(items: Sequence[Item], stage: Stage, cfg: TrainConfig) -> torch.Tensor | None:
+    """With --per-layer-norm on an activation loss, the batch's teacher mean square per layer [L], as `losses.ia2`
+    computes it, from the stored activations every process holds; otherwise None."""
+    if not (cfg.per_layer_norm and stage.loss in ("ia2", "joint")):
+        return None
+    if any(i.acts is None for i in items):
+        raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop --teacher online")
+    acts = [resolve(i.acts).float() for i in items]
+    return sum(a.pow(2).sum(dim=(1, 2)) for a in acts) / (answer_positions(items) * acts[0].shape[-1])
+
+
+def shared_backward(model: nn.Module, tap: Tap, batch: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
+                    params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """One data-parallel backward pass; returns the batch's loss. Each process takes its shard of the batch and weighs
+    its loss by the shard's share of the batch's answer positions; gradients (zeros from a process without examples)
+    are summed over processes, so every process holds the gradient one process computes on the whole batch."""
+    local, loss = distributed.shard(batch), torch.zeros((), device=model.device)
+    if local:
+        share = answer_positions(local) / answer_positions(batch)
+        loss = batch_loss(model, tap, local, stage, cfg, pad_id, teacher_scale(batch, stage, cfg)) * share
+        loss.backward()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    total = loss.detach().float().reshape(1).clone()
+    distributed.all_reduce_sum_([p.grad for p in params] + [total])
+    return total[0]
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -137,7 +180,11 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence[Item], stage: Stage,
                 cfg: TrainConfig, seed: int, pad_id: int, desc: str = "train") -> dict:
-    """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log."""
+    """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log.
+
+    With several processes every process draws the same batches and holds the same adapter: each step's batch is
+    split across them (`shared_backward`) and the dev loss too, so early stopping decides alike everywhere.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -151,9 +198,14 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         order = torch.randperm(len(train), generator=generator).tolist()
         for start in range(0, len(order), cfg.batch_size):
             model.train()
-            loss = batch_loss(model, tap, [train[i] for i in order[start:start + cfg.batch_size]], stage, cfg, pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batch = [train[i] for i in order[start:start + cfg.batch_size]]
+            if distributed.world_size() == 1:
+                loss = batch_loss(model, tap, batch, stage, cfg, pad_id)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss = shared_backward(model, tap, batch, stage, cfg, pad_id, params)
             optimizer.step()
             step += 1
             bar.update()

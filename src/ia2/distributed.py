@@ -1,0 +1,120 @@
+"""Several processes (`torchrun`, `accelerate launch`): which process this is, its device, and the few exchanges ia2 needs.
+
+Everything goes through `accelerate.PartialState`, which reads either launcher's environment and joins the process
+group: gloo on CPUs (no CUDA, or `accelerate launch --cpu`), NCCL with one GPU per process otherwise. Without a
+launcher (WORLD_SIZE unset or 1) nothing here touches accelerate or torch.distributed and every function is the
+identity, so one process computes exactly what it computed before this module existed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import cache
+from typing import Any, TypeVar
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object, parse_flag_from_env
+
+from . import models
+from .errors import IA2Error
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether a launcher started several processes (both set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@cache
+def _state() -> PartialState:
+    """accelerate's process state, set up once per process."""
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def world_size() -> int:
+    """How many processes share the work (1 without a launcher)."""
+    return _state().num_processes if launched() else 1
+
+
+def rank() -> int:
+    """This process's index among them (0 without a launcher)."""
+    return _state().process_index if launched() else 0
+
+
+def is_main() -> bool:
+    """Whether this is the process that writes files (rows, reports, adapters, caches)."""
+    return rank() == 0
+
+
+def device(spec: str = "auto") -> str:
+    """The device for this process: `--device` as one process reads it; under a launcher, its own GPU (by local rank)
+    or the CPU, which `--device` may name but not change."""
+    if not launched():
+        return models.device(spec)
+    own = _state().device
+    if spec not in ("auto", own.type, str(own)):
+        raise IA2Error(f"--device {spec}: under a launcher each process takes its own device ({own} here); leave "
+                       "--device auto (use `accelerate launch --cpu` for CPU processes on a GPU machine)")
+    return str(own)
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of `items`: every world_size-th one from its rank (all of them in one process)."""
+    return list(items[rank()::world_size()])
+
+
+def gather(local: Sequence[T]) -> list[T]:
+    """Every process's results for its `shard` of some items, on every process, in the order of those items."""
+    if not launched():
+        return list(local)
+    flat, world = gather_object(list(local)), world_size()
+    counts = [len(range(r, len(flat), world)) for r in range(world)]
+    starts = [sum(counts[:r]) for r in range(world)]
+    return [flat[starts[i % world] + i // world] for i in range(len(flat))]
+
+
+def everyone(obj: T) -> list[T]:
+    """One object from each process, in rank order, on every process."""
+    return gather_object([obj]) if launched() else [obj]
+
+
+def from_main(obj: T) -> T:
+    """The main process's `obj` on every process, so that they take the same decision."""
+    return everyone(obj)[0]
+
+
+def agree(flag: bool) -> bool:
+    """Whether `flag` holds on every process."""
+    return all(everyone(flag))
+
+
+def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum tensors (on one device) over processes in place, in one fp64 exchange, so that the sum is rounded once."""
+    if not launched() or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    torch.distributed.all_reduce(flat)
+    for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        tensor.copy_(part.view_as(tensor))
+
+
+def barrier() -> None:
+    """Wait until every process gets here (after the main process writes what the others read)."""
+    if launched():
+        _state().wait_for_everyone()
+
+
+def main_first() -> AbstractContextManager[Any]:
+    """A block the main process runs first and the others after it, so that downloads and conversions into the
+    cache happen once."""
+    return _state().main_process_first() if launched() else nullcontext()
+
+
+def finish() -> None:
+    """Leave the process group at the end of a launched run."""
+    if launched():
+        _state().destroy_process_group()
