@@ -105,7 +105,7 @@ def test_report_files_and_cells(swept):
     assert list(out.glob("figures/accuracy_vs_n__*.png")) and list(out.glob("figures/reliability__*.png"))
     assert list(out.glob("figures/subspace_overlap__*.png"))
     md = (out / "report.md").read_text()
-    assert "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md
+    assert "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md and "Means over tasks" in md
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
     assert summary.write(out) == md, "the report is a pure function of the rows"
 

@@ -113,3 +113,16 @@ def test_a_baseline_tied_with_the_best_trained_method_is_not_bold():
     cells = [cell("t", "t", "icl", 0.5, 0.0, 0.2, 0.0), cell("t", "t", "sft", 0.5, 0.0, 0.3, 0.0)]
     line = tables.markdown_table(cells, ["icl", "sft"], 8).splitlines()[-1]
     assert line == "| t | t | 50.0 (0.0) / 0.20 (0.00) | **50.0** (0.0) / **0.30** (0.00) |"
+
+
+def test_means_table_averages_rows_every_method_has():
+    cells = [{**c, "asim_mean": 0.5} for c in CELLS if c["method"] != "icl"]
+    text = tables.means_table(cells + [cell("ag_news", "ag_news", "icl", 0.90, 0.01, 0.02, 0.01)], ["icl", "sft", "ia2-sft"])
+    assert text == (
+        "| model | N | rows | ICL | SFT only | IA2 → SFT |\n|---|---|---|---|---|---|\n"
+        "| m | 8 | 1 | 90.0 / 0.02 / – | 80.0 / 0.20 / 0.50 | 85.0 / 0.15 / 0.50 |\n")
+    both = tables.means_table(cells, ["sft", "ia2-sft"])
+    assert "| m | 8 | 2 | 55.0 / – / 0.50 | 60.0 / – / 0.50 |" in both, "gsm8k has no ECE: the mean has none"
+    assert "| m | 8 | 1 OOD* | 70.0 / 0.30 / 0.50 | 70.0 / 0.25 / 0.50 |" in both
+    assert "| m | 16 | 1 | 81.0 / 0.20 / 0.50 | 86.0 / 0.10 / 0.50 |" in both
+    assert tables.means_table(cells, ["icl", "zero-shot"]) == "", "no row has both"

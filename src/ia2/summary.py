@@ -109,6 +109,10 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
         known = [f"{t} {r:.1%}" for t, r in rates.items() if r is not None]
         text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
         text += _incomplete(group, max(c["n_seeds"] for c in cells))
+    means = tables.means_table(cells, methods)
+    if means:
+        text += ("\n## Means over tasks\n\nAccuracy in percent / ECE / asim (mean cosine to ICL's activations over "
+                 "layers), each a mean over the rows where every method has a result.\n\n" + means)
     if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
         text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:

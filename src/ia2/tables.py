@@ -164,3 +164,27 @@ def significance_table(cells: Sequence[dict]) -> str:
     if len(lines) == 2:
         raise IA2Error("no (model, task, eval_task, N) has both an sft and an ia2-sft cell")
     return "\n".join(lines) + "\n"
+
+
+def _mean_part(values: list[float | None], fmt: Callable[[float], str]) -> str:
+    return "–" if any(v is None for v in values) else fmt(sum(values) / len(values))
+
+
+def means_table(cells: Sequence[dict], methods: Sequence[str]) -> str:
+    """Each method's accuracy / ECE / asim averaged over the (source, eval) rows of a model and N where every method
+    has an accuracy, in-distribution and out-of-distribution rows apart (as the paper's averages are taken); empty
+    when no row has every method."""
+    groups: dict[tuple, dict[tuple[str, str], dict[str, dict]]] = {}
+    for c in cells:
+        if c["method"] in methods and c.get("accuracy_mean") is not None:
+            key = (c["model"], c["n"], c["eval_task"] != c["task"])
+            groups.setdefault(key, {}).setdefault((c["task"], c["eval_task"]), {})[c["method"]] = c
+    lines = ["| model | N | rows | " + " | ".join(method_name(m) for m in methods) + " |", "|---" * (len(methods) + 3) + "|"]
+    for (model, n, ood), rows in sorted(groups.items()):
+        full = [row for row in rows.values() if all(m in row for m in methods)]
+        if not full:
+            continue
+        parts = [" / ".join(_mean_part([row[m].get(k) for row in full], f) for k, f in
+                            (("accuracy_mean", _pct), ("ece_mean", _dec), ("asim_mean", _dec))) for m in methods]
+        lines.append(f"| {model} | {n} | {len(full)}{' OOD*' if ood else ''} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
