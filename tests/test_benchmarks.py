@@ -188,9 +188,9 @@ def test_gsm8k_and_gsm_symbolic_are_generative_with_the_gsm8k_parser(mirror):
 
 def test_math_algebra_reads_its_config_folder(mirror):
     rows = [{"problem": f"Solve x+{i}=0.", "level": "Level 1", "type": "Algebra", "solution": f"$x=\\boxed{{-{i}}}$"}
-            for i in range(3)]
-    put(mirror, "EleutherAI/hendrycks_math/algebra", "train", rows)
-    put(mirror, "EleutherAI/hendrycks_math/algebra", "test", rows[:1])
+            for i in range(4)]
+    put(mirror, "EleutherAI/hendrycks_math/algebra", "train", rows[:3])
+    put(mirror, "EleutherAI/hendrycks_math/algebra", "test", rows[3:])
     task = load_task("math_algebra")
     assert find(task, "Solve x+2=0.").answer == "$x=\\boxed{-2}$" and task.parser == "boxed" and task.max_new_tokens == 400
     assert [e.split for e in task.examples].count("test") == 1

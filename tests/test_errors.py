@@ -98,6 +98,20 @@ def test_answer_not_among_given_labels(tmp_path):
         load_task(f"jsonl:{path}", labels=("no", "yes"))
 
 
+def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path):
+    rows = toy_rows(30)
+    rows[20] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
+    rows[25] = {"question": rows[3]["question"], "answer": "no" if rows[3]["answer"] == "yes" else "yes"}
+    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'dups.jsonl', rows)}")
+    assert len(task.examples) == 28 and [e.question for e in task.examples].count(rows[3]["question"]) == 1
+    assert task.examples[3].answer == rows[3]["answer"] and task.examples[20].where.endswith(":22"), "first kept"
+
+
+def test_bigbench_refuses_labels():
+    with pytest.raises(IA2Error, match="bigbench:metaphor_boolean.*drop --labels"):
+        load_task("bigbench:metaphor_boolean", labels=("yes", "no"))
+
+
 def test_single_label_rejected(tmp_path):
     path = write_jsonl(tmp_path / "one.jsonl", [{"question": "is it?", "answer": "yes"}] * 5)
     with pytest.raises(IA2Error, match="one.jsonl"):

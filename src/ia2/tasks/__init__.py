@@ -9,7 +9,15 @@ from .benchmarks import OOD_PAIRS, check_transfer
 
 __all__ = ["Example", "Task", "OOD_PAIRS", "check_transfer", "load_task"]
 
-SOURCES = {"bigbench": lambda arg, labels: bigbench.load(arg), "jsonl": jsonl.load}
+
+def _bigbench(name: str, labels: tuple[str, ...] | None) -> Task:
+    """A BIG-bench task; its label words come from its JSON, so --labels is refused rather than ignored."""
+    if labels is not None:
+        raise IA2Error(f"task 'bigbench:{name}' takes its labels from the task file: drop --labels")
+    return bigbench.load(name)
+
+
+SOURCES = {"bigbench": _bigbench, "jsonl": jsonl.load}
 
 
 def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
@@ -21,11 +29,12 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
 
 
 def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
-    """Resolve a task spec to a Task: `source:argument`, a benchmark name, or `name@source`."""
+    """Resolve a task spec to a Task (`source:argument`, a benchmark name, or `name@source`), repeated questions
+    dropped."""
     source, colon, arg = spec.partition(":")
     if colon and source in SOURCES and arg:
-        return SOURCES[source](arg, labels)
+        return SOURCES[source](arg, labels).unique()
     if spec in benchmarks.names():
-        return _benchmark(spec, labels)
+        return _benchmark(spec, labels).unique()
     known = ["bigbench:<task>", "jsonl:<path>", *benchmarks.names()]
     raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join(known))

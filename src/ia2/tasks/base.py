@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,10 @@ class Task:
              [(e.question, e.answer, e.split) for e in self.examples]]
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def unique(self) -> Task:
+        """The task without examples whose question repeats an earlier one (first kept), so that no test query can
+        also be a training example or a demonstration (BIG-bench's sports_understanding repeats 14 inputs)."""
+        seen: set[str] = set()
+        kept = [e for e in self.examples if not (e.question in seen or seen.add(e.question))]
+        return self if len(kept) == len(self.examples) else replace(self, examples=tuple(kept))
