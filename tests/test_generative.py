@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ADJECTIVES, ANIMALS, write_jsonl
-from ia2 import cli, evaluate, models, targets
+from ia2 import cli, evaluate, models, summary, targets
 from ia2.errors import IA2Error
 from ia2.experiment import RunConfig, declared
 from ia2.prompts import Encoder
@@ -58,13 +58,17 @@ def test_generative_run_end_to_end(tmp_path, llama_dir):
     assert sorted(r["method"] for r in rows) == ["ia2", "ia2-sft", "icl", "sft", "zero-shot"]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["parse_failure_rate"] <= 1
-        assert r["ece"] is None if "ece" in r else True
+        assert r.get("ece") is None and r.get("reliability") is None, "no answer distribution to calibrate"
         assert r["dev_accuracy"] is None if r["method"] not in ("icl", "zero-shot") else "dev_accuracy" not in r
         assert r["asim"] is None if r["method"] == "icl" else -1 <= r["asim"] <= 1
     logs = json.loads((out / "train_logs.json").read_text())
     ia2_stage = next(s for entry in logs if entry["method"] == "ia2" for s in entry["stages"])
     assert ia2_stage["stage"] == "ia2:icl" and ia2_stage["best_dev_loss"] <= ia2_stage["history"][0]["dev_loss"]
     assert "parse failures" in (out / "results.md").read_text()
+    report = summary.write(out)
+    assert "IA2 → SFT" in report and not list(out.glob("figures/reliability__*")), "reported without reliability plots"
+    with pytest.raises(IA2Error, match="no dev accuracy.*select on dev_loss"):
+        summary.write(out, "dev_accuracy")
     (target_file,) = (Path(os.environ["IA2_CACHE"]) / "targets").glob("*.safetensors")
     teacher = targets.load(target_file)
     _, tok = models.load(str(llama_dir))

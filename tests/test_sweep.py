@@ -117,6 +117,7 @@ def test_report_files_and_cells(swept):
     ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "'train.lrr' is not a field of TrainConfig"),
     ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
     ("methods: [sft\n", "malformed YAML"),
+    ("methods: [ia2+sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {w: [0.1, 0.9]}\n", "tuning w rescales the training loss"),
 ])
 def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"

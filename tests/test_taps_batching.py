@@ -35,6 +35,20 @@ def test_tap_finds_one_attention_module_per_layer(loaded):
         layer_modules(model, "nowhere")
 
 
+def test_tap_skips_a_vision_encoder_whose_layers_come_first():
+    """Gemma 3's multimodal class names its vision tower's layers `...encoder.layers.N.self_attn` before the text
+    decoder's: the tap must take the decoder's."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    cfg = Gemma3Config(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=1, head_dim=16, vocab_size=300),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                          image_size=28, patch_size=14), mm_tokens_per_image=4)
+    model = Gemma3ForConditionalGeneration(cfg)
+    names = {id(m): name for name, m in model.named_modules()}
+    assert [names[id(m)] for m in layer_modules(model)] == [f"model.language_model.layers.{i}.self_attn" for i in range(2)]
+
+
 def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
     model, tok = loaded
     prompts, answers = _batch_for(tok, TEXTS, ANSWERS)

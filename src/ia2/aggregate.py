@@ -21,15 +21,16 @@ METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_f
 def load_rows(folder: Path) -> list[dict]:
     """Every row under a sweep or run folder, tagged with its run's tuned values and condition.
 
-    A run folder is one with `spec.json` (written by a sweep) or `results.json` (a single `ia2 run`).
+    A run folder is one with `spec.json` (written by a sweep) or `results.json` (a single `ia2 run`); each row
+    records its run folder as `run`.
     """
     rows = []
     for spec_path in sorted(folder.rglob("spec.json")):
         spec = json.loads(spec_path.read_text())
-        rows += _tagged(spec_path.parent / "rows" / spec["key"], spec["tuned"], spec["config"])
+        rows += _tagged(spec_path.parent, spec["key"], spec["tuned"], spec["config"])
     if not rows and (folder / "results.json").exists():
         config = json.loads((folder / "results.json").read_text())["config"]
-        rows = _tagged(folder / "rows" / config["key"], {}, config)
+        rows = _tagged(folder, config["key"], {}, config)
     if not rows:
         raise IA2Error(f"{folder}: no result rows found (expected a sweep or run folder)")
     return rows
@@ -42,15 +43,15 @@ def with_defaults(config: dict) -> dict:
     return {**defaults, **config, **{k: {**defaults[k], **config.get(k, {})} for k in ("train", "adapter")}}
 
 
-def _tagged(rows_dir: Path, tuned: dict, config: dict) -> list[dict]:
+def _tagged(run: Path, key: str, tuned: dict, config: dict) -> list[dict]:
     config = with_defaults(config)
     condition = json.dumps({k: v for k, v in config.items() if k not in ("methods", "seeds", "train", "adapter")}
                            | {"train": _without(config["train"], tuned, "train."),
                               "adapter": _without(config["adapter"], tuned, "adapter.")}, sort_keys=True, default=str)
     out = []
-    for path in sorted(rows_dir.glob("seed*/*.json")):
+    for path in sorted((run / "rows" / key).glob("seed*/*.json")):
         row = json.loads(path.read_text())
-        out.append({**row, "tuned": tuned, "condition": condition})
+        out.append({**row, "tuned": tuned, "condition": condition, "run": str(run)})
     return out
 
 
@@ -64,6 +65,8 @@ def dev_score(row: dict, select: str) -> float:
     if select == "test_accuracy":
         return -row["accuracy"]
     if select == "dev_accuracy":
+        if row.get("dev_accuracy") is None:
+            raise IA2Error(f"{row['task']}: rows have no dev accuracy (a generative task): select on dev_loss")
         return -row["dev_accuracy"]
     return row["train"][-1]["best_dev_loss"]
 
@@ -92,7 +95,8 @@ def _mean_dev(rows: list[dict], by: str) -> float:
 
 
 def cells(rows: Iterable[dict]) -> list[dict]:
-    """Mean ± std over seeds of every metric, one cell per (model, task, eval_task, N, method, condition)."""
+    """Mean and sample standard deviation (ddof 1; None for one seed) over seeds of every metric, one cell per
+    (model, task, eval_task, N, method, condition)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["model"], r["task"], r["eval_task"], r["n_train"], r["method"], r["condition"]].append(r)
@@ -103,7 +107,7 @@ def cells(rows: Iterable[dict]) -> list[dict]:
         for metric in METRICS:
             values = [r[metric] for r in mine if r.get(metric) is not None]
             cell[f"{metric}_mean"] = float(np.mean(values)) if values else None
-            cell[f"{metric}_std"] = float(np.std(values)) if values else None
+            cell[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         out.append(cell)
     return out
 

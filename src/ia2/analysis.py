@@ -18,6 +18,10 @@ _LORA_KEY = re.compile(r"layers\.(\d+)\.(?:.*\.)?(\w+_proj)\.lora_([AB])\b")
 Module = tuple[int, str]
 
 
+
+class EmptySubspace(IA2Error):
+    """An adapter whose update B·A is zero (early stopping kept its initial state): it spans no subspace."""
+
 def _lora_factors(adapter_dir: Path) -> dict[Module, dict[str, np.ndarray]]:
     """The fp64 A and B matrices of each (layer, projection) in a PEFT LoRA folder."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -61,7 +65,7 @@ def subspace_overlap(u1: np.ndarray, u2: np.ndarray) -> float:
     if u1.shape[0] != u2.shape[0]:
         raise IA2Error(f"subspaces of different spaces: R^{u1.shape[0]} and R^{u2.shape[0]}")
     if min(u1.shape[1], u2.shape[1]) == 0:
-        raise IA2Error("an empty subspace: ΔW = B·A is zero (an untrained adapter?)")
+        raise EmptySubspace("an empty subspace: ΔW = B·A is zero (an untrained adapter?)")
     r = max(u1.shape[1], u2.shape[1])
     return float(np.clip(np.sum((u1.T @ u2) ** 2) / r, 0.0, 1.0))
 
@@ -91,7 +95,7 @@ def random_overlap(d: int, r: int, samples: int = 200, seed: int = 0) -> float:
 
 
 def layer_similarity(rows: Sequence[dict]) -> dict[str, dict]:
-    """Per method, mean and std over rows (seeds) of each layer's cosine similarity to ICL: {method: {mean, std, n}}."""
+    """Per method, mean and sample std over rows (seeds) of each layer's cosine similarity to ICL: {method: {mean, std, n}}."""
     per_method: dict[str, list[list[float]]] = {}
     for row in rows:
         if row.get("asim_layers") is not None:
@@ -101,5 +105,5 @@ def layer_similarity(rows: Sequence[dict]) -> dict[str, dict]:
         if len({len(v) for v in values}) > 1:
             raise IA2Error(f"{method}: rows have different layer counts {sorted({len(v) for v in values})}")
         arr = np.asarray(values, dtype=np.float64)
-        out[method] = {"mean": arr.mean(axis=0).tolist(), "std": arr.std(axis=0).tolist(), "n": len(values)}
+        out[method] = {"mean": arr.mean(axis=0).tolist(), "std": arr.std(axis=0, ddof=1 if len(arr) > 1 else 0).tolist(), "n": len(values)}
     return out

@@ -17,7 +17,9 @@ def _cell(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def methods_in_order(rows: list[dict]) -> list[str]:
@@ -39,7 +41,7 @@ def markdown(result: dict) -> str:
     cfg, rows = result["config"], result["rows"]
     seeds = sorted({r["seed"] for r in rows})
     text = (f"# {cfg['task']} on {cfg['model']}\n\nN = {cfg['n']} training examples, seeds {seeds}. "
-            f"Mean ± std over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
+            f"Mean ± sample std (ddof 1) over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
             f"`icl` is evaluated with demonstrations from the training examples, every other method without.\n")
     for eval_task, majority in result["majority_accuracy"].items():
         mine = [r for r in rows if r["eval_task"] == eval_task]

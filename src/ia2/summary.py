@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from . import aggregate, analysis, plots, tables
-from .experiment import marked_test
-from .tasks import load_task
-from .errors import IA2Error
 from .methods import METHODS
 from .paths import write_json, write_text
 
@@ -53,18 +50,28 @@ def write(folder: Path, select_by: str | None = None) -> str:
     kept, choices = aggregate.select(rows, select_by)
     cells = aggregate.cells(kept)
     tests = aggregate.paired_test(kept)
-    pooled = aggregate.paired_test(kept, by=("model", "n_train")) + aggregate.paired_test(kept, metric="ece", by=("model", "n_train"))
+    pooled = _pooled(kept)
     _attach_p_values(cells, tests)
     present = {c["method"] for c in cells}
     methods = [m for m in METHODS if m in present]
     figures = folder / "figures"
-    md, tex = _tables(cells, methods, select_by, pooled), _latex(cells, methods)
+    runs = {r["condition"]: r["run"] for r in kept}
+    md, tex = _tables(cells, methods, select_by, pooled, runs), _latex(cells, methods)
     md += _figures(kept, cells, figures, folder)
+    md += _overlaps(kept, folder, figures)
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
     write_json(folder / "summary.json", {"select": select_by, "choices": choices, "cells": cells, "tests": tests,
                                          "pooled_tests": pooled})
     return md
+
+
+def _pooled(kept: list[dict]) -> list[dict]:
+    """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant: evaluations of the
+    same adapters on out-of-distribution sets are not independent pairs, so they are left out."""
+    own = [{**r, "variant": variant(r["condition"])} for r in kept if r["eval_task"] == r["task"]]
+    by = ("model", "n_train", "variant")
+    return aggregate.paired_test(own, by=by) + aggregate.paired_test(own, metric="ece", by=by)
 
 
 def _sweep_setting(folder: Path, key: str, default: object) -> object:
@@ -86,16 +93,20 @@ def _by_table(cells: list[dict]) -> dict[tuple, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def _majority(task: str, n_test: int, data_seed: int) -> float | None:
-    """The test set's majority-class rate (what always answering one label scores); None for generative tasks."""
-    loaded = load_task(task)
-    if loaded.generative:
-        return None
-    labels = [loaded.examples[i].answer for i in marked_test(loaded, n_test, data_seed)[0]]
-    return max(labels.count(c) for c in set(labels)) / len(labels)
+def _majority(cells: list[dict], runs: dict[str, str]) -> dict[str, float]:
+    """Each evaluation set's majority-class rate as its runs recorded it in results.json (written when a run
+    finishes; None for generative tasks)."""
+    rates: dict[str, float] = {}
+    for c in cells:
+        path = Path(runs.get(c["condition"], "")) / "results.json"
+        if c["eval_task"] not in rates and path.is_file():
+            rate = json.loads(path.read_text())["majority_accuracy"].get(c["eval_task"])
+            if rate is not None:
+                rates[c["eval_task"]] = rate
+    return rates
 
 
-def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict]) -> str:
+def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict], runs: dict[str, str]) -> str:
     text = (f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
             f"best trained method in bold, `*` out of distribution. Hyperparameters chosen per method on "
             f"{select_by.replace('_', ' ')} (mean over seeds)"
@@ -104,9 +115,7 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
     for (model, var, n), group in _by_table(cells).items():
         extra = names[group[0]["condition"]]
         text += f"\n## {model}, N = {n}{', ' + extra if extra else ''}\n\n" + tables.markdown_table(group, methods, n) + "\n"
-        config = json.loads(group[0]["condition"])
-        rates = {c["eval_task"]: _majority(c["eval_task"], config["n_test"], config["data_seed"]) for c in group}
-        known = [f"{t} {r:.1%}" for t, r in rates.items() if r is not None]
+        known = [f"{t} {r:.1%}" for t, r in _majority(group, runs).items()]
         text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
         text += _incomplete(group, max(c["n_seeds"] for c in cells))
     means = tables.means_table(cells, methods)
@@ -116,11 +125,14 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
     if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
         text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:
-        text += "\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\n"
+        text += ("\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
+                 "out-of-distribution evaluations reuse the same adapters.\n\n")
+        named = {variant(c["condition"]): names[c["condition"]] for c in cells}
         text += "| model | N | metric | pairs | mean difference | p |\n|---|---|---|---|---|---|\n"
         for t in pooled:
             p = "–" if t["p_value"] is None else f"{t['p_value']:.3g}"
-            text += f"| {t['model']} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {p} |\n"
+            model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
+            text += f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {p} |\n"
     return text
 
 
@@ -157,10 +169,12 @@ def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path) -
         stem = _slug(model, eval_task, f"n{n}")
         if any(r.get("asim_layers") for r in mine):
             plots.plot_layer_similarity(analysis.layer_similarity(mine), figures / f"layer_similarity__{stem}.png")
-        per_method = {m: _pooled_reliability([r for r in mine if r["method"] == m]) for m in dict.fromkeys(r["method"] for r in mine)}
-        plots.plot_reliability(per_method, figures / f"reliability__{stem}.png")
+        scored = [r for r in mine if r.get("reliability")]  # generative rows have no answer distribution
+        per_method = {m: _pooled_reliability([r for r in scored if r["method"] == m]) for m in dict.fromkeys(r["method"] for r in scored)}
+        if per_method:
+            plots.plot_reliability(per_method, figures / f"reliability__{stem}.png")
     text += "- per run: `figures/layer_similarity__*.png` (cosine to ICL per layer), `figures/reliability__*.png`\n"
-    return text + _overlaps(folder, figures)
+    return text
 
 
 def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -169,22 +183,27 @@ def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return conf, correct
 
 
-def _overlaps(folder: Path, figures: Path) -> str:
-    """LoRA subspace overlap between methods trained on the same seed, per base model, beside the overlap of random
-    subspaces of the same dimensions (mean over modules)."""
+def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
+    """LoRA subspace overlap between methods trained on the same seed of the reported (dev-selected) runs, per base
+    model, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
     overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[str, float] = {}
-    untrained = 0
-    for seed_dir in sorted(folder.rglob("adapters/seed*")):
+    skipped = {"untrained": 0, "not LoRA": 0}
+    for run, seed in sorted({(r["run"], r["seed"]) for r in kept}):
+        seed_dir = Path(run) / "adapters" / f"seed{seed}"
         for a, b in PAIRS:
             if not all((seed_dir / m / "adapter_config.json").exists() for m in (a, b)):
                 continue
-            model = json.loads((seed_dir / a / "adapter_config.json").read_text())["base_model_name_or_path"]
+            config = json.loads((seed_dir / a / "adapter_config.json").read_text())
+            if config.get("peft_type") != "LORA":
+                skipped["not LoRA"] += 1
+                continue
             try:
                 result = analysis.adapter_overlap(seed_dir / a, seed_dir / b)
-            except IA2Error:
-                untrained += 1  # early stopping kept the initial state (B = 0): no subspace to compare
+            except analysis.EmptySubspace:
+                skipped["untrained"] += 1
                 continue
+            model = config["base_model_name_or_path"]
             overlaps[model][f"{a} vs {b}"].append(result["mean"])
             if model not in baselines:
                 baselines[model] = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
@@ -192,12 +211,16 @@ def _overlaps(folder: Path, figures: Path) -> str:
     for i, (model, pairs) in enumerate(sorted(overlaps.items())):
         path = figures / f"subspace_overlap__{i}.png"
         plots.plot_overlap(pairs, baselines[model], path)
-        lines = "\n".join(f"| {pair} | {np.mean(v):.3f} ± {np.std(v):.3f} | {len(v)} |" for pair, v in pairs.items())
+        lines = "\n".join(f"| {pair} | {np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f} | {len(v)} |"
+                          for pair, v in pairs.items())
         text += (f"\n## LoRA subspace overlap, {Path(model).name}\n\n(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
                  f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. `{path.relative_to(folder)}`"
                  f"\n\n| pair | overlap | adapters |\n|---|---|---|\n{lines}\n")
-    if untrained:
-        text += f"\n{untrained} pairs skipped: an adapter kept its initial state (no dev improvement), so it has no update.\n"
+    if skipped["untrained"]:
+        text += (f"\n{skipped['untrained']} pairs skipped: an adapter kept its initial state (no dev improvement), so it "
+                 "has no update.\n")
+    if skipped["not LoRA"]:
+        text += f"\n{skipped['not LoRA']} pairs skipped: subspace overlap is defined for LoRA adapters only.\n"
     return text
 
 

@@ -118,6 +118,10 @@ def load(path: Path, out: Path | None = None) -> Sweep:
                 raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
     if data.get("select", "dev_loss") not in SELECT:
         raise IA2Error(f"{path}: field 'select' must be one of {', '.join(SELECT)}")
+    scaling = sorted(set(data.get("tune") or {}) & {"w", "train.w", "per_layer_norm", "train.per_layer_norm"})
+    if scaling and data.get("select", "dev_loss") == "dev_loss":
+        raise IA2Error(f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
+                       "across its values: use select: dev_accuracy")
     target = out or Path(data.get("out", "runs/sweep"))
     sweep = Sweep(out=target, methods=tuple(data["methods"]), seeds=tuple(data["seeds"]), grid=data.get("grid") or {},
                   tune={_dotted(k): v for k, v in (data.get("tune") or {}).items()}, fixed=data.get("fixed") or {},

@@ -16,12 +16,14 @@ SITES = {
 
 
 def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
-    """The module whose output is read at `site`, for every decoder layer in order."""
+    """The module whose output is read at `site`, for every decoder layer in order; searched inside the text
+    decoder, so that a multimodal model's vision-encoder layers are never taken for it."""
     if site not in SITES:
         raise IA2Error(f"unknown tap site {site!r}: choose from {', '.join(SITES)}")
     pattern = re.compile(SITES[site])
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     found = {}
-    for name, module in model.named_modules():
+    for name, module in decoder.named_modules():
         match = pattern.search(name)
         if match:
             found.setdefault(int(match.group(1)), module)
