@@ -55,7 +55,8 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     assert by["ia2"]["asim"] is not None and -1.0 <= by["ia2"]["asim"] <= 1.0
     logs = json.loads((out / "train_logs.json").read_text())
     ia2_log = next(e for e in logs if e["method"] == "ia2")["stages"][0]
-    assert ia2_log["best_dev_loss"] <= ia2_log["history"][0]["dev_loss"]
+    assert ia2_log["best_dev_loss"] < ia2_log["history"][0]["dev_loss"], "IA2 training lowers the dev loss"
+    assert by["ia2"]["asim"] > by["zero-shot"]["asim"], "IA2 moves the activations towards ICL's"
     assert (out / "adapters" / "seed0" / "ia2" / "adapter_config.json").exists()
 
 

@@ -12,7 +12,7 @@ from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
 from ia2 import adapters, losses, targets, train
 from ia2.adapters import AdapterConfig
 from ia2.errors import IA2Error
-from ia2.methods import METHODS, Stage
+from ia2.methods import Stage
 from ia2.taps import Tap
 from ia2.train import Item, TrainConfig
 
@@ -88,10 +88,6 @@ def test_masked_positions_are_ignored_and_gradients_flow(k):
     again = losses.soft(changed, padded_ids, padded_values, mask)
     assert torch.isfinite(again)
     torch.testing.assert_close(again, loss.detach())
-
-
-def test_soft_method_is_declared():
-    assert METHODS["soft"] == (SOFT,)
 
 
 @pytest.mark.parametrize("distribution", [0, 5])
