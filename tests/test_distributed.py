@@ -1,10 +1,12 @@
 """Several processes: two CPU processes on gloo against one, for the exchanges, collection, scoring, generation,
-training and a whole run; only the main process writes, each file once.
+training and a whole run, data-parallel and with the base model sharded (FSDP2, `--fsdp`); only the main process
+writes, each file once.
 
 Tolerance: batches of collection, scoring, generation and dev loss are computed whole by one process each, so those
-numbers are identical; a training step splits its batch across processes, so adapter weights match to 1e-4
-(measured: at most 1.1e-5, one element where Adam divides a near-zero gradient by its own square root; typically
-below 1e-6) and metrics to 1e-5 (measured: at most 5e-7), with the same accuracies, steps and early stops.
+numbers are identical (under FSDP up to rounding, FORWARD_ATOL: measured at most 9.5e-7, with identical tokens); a
+training step splits its batch across processes, so adapter weights match to 1e-4 (measured: at most 1.1e-5, one
+element where Adam divides a near-zero gradient by its own square root; typically below 1e-6) and metrics to 1e-5
+(measured: at most 5e-7), with the same accuracies, steps and early stops.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from conftest import toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, distributed, evaluate, models, paths, plots, store, targets
+from ia2.adapters import AdapterConfig
+from ia2.errors import IA2Error
+from ia2.experiment import RunConfig
 from ia2.methods import Stage
 from ia2.store import resolve
 from ia2.taps import Tap
@@ -34,6 +41,11 @@ METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
 METRICS_ATOL = 1e-5
 WRITERS = (paths, targets, store, adapters, models, plots)
+PARALLEL = ("two", "fsdp")
+# Under FSDP a layer runs on weights gathered into fresh, differently aligned memory (the loaded ones are mapped from
+# the safetensors file), and BLAS rounds some products differently: one process with aligned copies of its weights
+# computes exactly what FSDP does.
+FORWARD_ATOL = {"two": 0.0, "fsdp": 1e-5}
 
 
 def run_argv(model: Path, task: Path, out: Path) -> list[str]:
@@ -56,9 +68,22 @@ def recording(log: list[str]):
     return record
 
 
-def probe(model_dir: Path, task_path: Path) -> dict:
-    """Scores, generations, shard-stored teacher targets and a --per-layer-norm IA2 stage on a tiny model."""
+def load_model(model_dir: Path, fsdp: bool):
+    """The tiny model and its tokenizer, its weights sharded over the processes with `fsdp`."""
     model, tok = models.load(str(model_dir))
+    if fsdp:
+        distributed.shard_model(model, "cpu")
+    return model, tok
+
+
+def held(model) -> int:
+    """How many weight elements this process holds (its shards of the sharded ones)."""
+    return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
+
+
+def probe(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
+    """Scores, generations, shard-stored teacher targets and a --per-layer-norm IA2 stage on a tiny model."""
+    model, tok = load_model(model_dir, fsdp)
     task, encoder = toy_task_and_encoder(task_path, tok, model)
     ex, tap = task.examples, Tap(model)
     plain = [encoder.encode(ex[i]).prompt for i in range(10)]
@@ -80,6 +105,28 @@ def probe(model_dir: Path, task_path: Path) -> dict:
     return out
 
 
+def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
+    """Work that leaves the second process without a batch (three batches; a last round of one; a step of one
+    example): prefix-cached scores, generations and teacher answers that stop at different steps, and an IA3 stage
+    against the online teacher."""
+    model, tok = load_model(model_dir, fsdp)
+    task, encoder = toy_task_and_encoder(task_path, tok, model)
+    ex, tap = task.examples, Tap(model)
+    plain = [encoder.encode(ex[i]).prompt for i in range(5)]
+    shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(5)]
+    out = {"held": held(model), "sharded": distributed.sharded(model)}
+    out["scores"] = dict(vars(evaluate.score(model, shared, encoder.label_ids, tok.pad_token_id, tap, batch_size=2)))
+    out["generated"] = evaluate.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
+    out["teacher"] = targets.cached_collect(model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8,
+                                            batch_size=2, store="shards").tokens
+    model = adapters.fresh(model, AdapterConfig(kind="ia3"), 0)
+    items = [Item(p, t, icl_prompt=s) for p, t, s in zip(plain, out["teacher"], shared)]
+    cfg = TrainConfig(lr=1e-2, batch_size=3, max_epochs=2, eval_every=1)
+    out["log"] = train_stage(model, tap, items[:4], items[4:], Stage("ia2", "icl"), cfg, 0, tok.pad_token_id)
+    out["adapter"] = adapter_state(model)
+    return out
+
+
 def primitives() -> dict:
     """What the exchanges return in this process."""
     local = distributed.shard(list(range(5)))
@@ -92,17 +139,19 @@ def primitives() -> dict:
             "sum": flag.tolist()}
 
 
-def worker(rank: int, port: int, model: Path, task: Path, root: Path) -> None:
-    """One of two processes, set up as torchrun would: exchanges, the probe, then a whole run through the CLI."""
+def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str) -> None:
+    """One of two processes, set up as torchrun would: exchanges, the probes, then a whole run through the CLI, the
+    model whole on each process (mode "two") or sharded over both ("fsdp")."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), IA2_CACHE=str(root / "cache2"))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), IA2_CACHE=str(root / f"cache-{mode}"))
     written: list[str] = []
     record = recording(written)
     for module in WRITERS:
         module.atomic_path = record
-    result = {"primitives": primitives(), "probe": probe(model, task)}
-    result["code"] = cli.main(run_argv(model, task, root / "two"))
-    torch.save({**result, "written": written}, root / f"rank{rank}.pt")
+    fsdp = mode == "fsdp"
+    result = {"primitives": primitives(), "probe": probe(model, task, fsdp), "uneven": uneven(model, task, fsdp)}
+    result["code"] = cli.main(run_argv(model, task, root / mode) + (["--fsdp"] if fsdp else []))
+    torch.save({**result, "written": written}, root / f"{mode}{rank}.pt")
 
 
 def free_port() -> int:
@@ -111,30 +160,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawned(root: Path, model: Path, task: Path, mode: str) -> list[dict]:
+    """What each of two spawned processes returned."""
+    processes, deadline = mp.spawn(worker, args=(free_port(), model, task, root, mode), nprocs=2, join=False), \
+        time.monotonic() + 600
+    while not processes.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.kill()
+            pytest.fail(f"the two processes ({mode}) did not finish within 600 s")
+    return [torch.load(root / f"{mode}{r}.pt", weights_only=False) for r in range(2)]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, model_dirs) -> dict:
-    """The probe and run in one process (here), then in two spawned processes."""
+    """The probes and run in one process (here), then in two spawned processes, data-parallel and with FSDP."""
     root = tmp_path_factory.mktemp("dist")
     task, model = write_jsonl(root / "toy.jsonl", toy_rows(40)), model_dirs["llama"]
     written: list[str] = []
     record = recording(written)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IA2_CACHE", str(root / "cache1"))
+        patch.setenv("IA2_CACHE", str(root / "cache-one"))
         for module in WRITERS:
             patch.setattr(module, "atomic_path", record)
-        one = {"primitives": primitives(), "probe": probe(model, task), "code": cli.main(run_argv(model, task, root / "one"))}
-    spawned, deadline = mp.spawn(worker, args=(free_port(), model, task, root), nprocs=2, join=False), time.monotonic() + 600
-    while not spawned.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in spawned.processes:
-                process.kill()
-            pytest.fail("the two processes did not finish within 600 s")
-    two = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    return {"root": root, "one": {**one, "written": written}, "two": two}
+        one = {"primitives": primitives(), "probe": probe(model, task), "uneven": uneven(model, task),
+               "code": cli.main(run_argv(model, task, root / "one"))}
+    parallel = {mode: spawned(root, model, task, mode) for mode in PARALLEL}
+    return {"root": root, "one": {**one, "written": written}, **parallel}
 
 
-def relative(written: list[str], root: Path, out: str, cache: str) -> list[str]:
-    return [w.replace(str(root / out), "OUT").replace(str(root / cache), "CACHE") for w in written]
+def relative(written: list[str], root: Path, mode: str) -> list[str]:
+    return [w.replace(str(root / mode), "OUT").replace(str(root / f"cache-{mode}"), "CACHE") for w in written]
 
 
 def test_exchanges_in_one_process(runs):
@@ -153,31 +209,45 @@ def test_exchanges_across_two_processes(runs):
         assert got["sum"] == [3.0, 4.0]
 
 
-def same(a, b) -> bool:
-    """Exact equality of nested results (tensors, arrays, lists, dicts)."""
+def same(a, b, atol: float = 0.0) -> bool:
+    """Equality of nested results (tensors, arrays, lists, dicts), floating-point values within `atol`."""
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same(a[k], b[k], atol) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y, atol) for x, y in zip(a, b))
     if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
+        floating = a.is_floating_point() and a.shape == b.shape
+        return torch.allclose(a, b, rtol=0, atol=atol) if floating and atol else torch.equal(a, b)
     if isinstance(a, np.ndarray):
-        return np.array_equal(a, b)
-    return a == b
+        floating = np.issubdtype(a.dtype, np.floating) and a.shape == b.shape
+        return np.allclose(a, b, rtol=0, atol=atol) if floating and atol else np.array_equal(a, b)
+    return abs(a - b) <= atol if isinstance(a, float) else a == b
 
 
-def test_collection_scoring_and_generation_are_identical(runs):
-    """Each batch is computed whole by one process, so every process returns exactly what one process computes."""
-    one = runs["one"]["probe"]
-    for two in runs["two"]:
+def test_fsdp_shards_the_model(runs):
+    """Under --fsdp each process holds its share of every weight, together exactly the model; otherwise all of it."""
+    one, two, fsdp = runs["one"]["uneven"], [r["uneven"] for r in runs["two"]], [r["uneven"] for r in runs["fsdp"]]
+    assert not one["sharded"] and not any(r["sharded"] for r in two) and all(r["sharded"] for r in fsdp)
+    assert [r["held"] for r in two] == [one["held"]] * 2
+    assert sum(r["held"] for r in fsdp) == one["held"] and max(r["held"] for r in fsdp) < 0.51 * one["held"]
+
+
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_collection_scoring_and_generation_are_identical(runs, mode):
+    """Each batch is computed whole by one process, so every process returns exactly what one process computes (under
+    FSDP up to rounding, FORWARD_ATOL); under FSDP a process without a batch runs a dummy one, and generation goes on
+    until every process is done."""
+    one, atol = runs["one"], FORWARD_ATOL[mode]
+    for two in runs[mode]:
         for name in ("plain", "shared", "generated", "teacher"):
-            assert same(one[name], two["probe"][name]), name
+            assert same(one["probe"][name], two["probe"][name], atol), name
+        for name in ("scores", "generated", "teacher"):
+            assert same(one["uneven"][name], two["uneven"][name], atol), name
 
 
-def test_training_matches_one_process(runs):
-    """A --per-layer-norm IA2 stage whose batches (3, 3, 1) split across two processes, the last leaving one idle."""
-    one = runs["one"]["probe"]
-    first, second = (r["probe"] for r in runs["two"])
+def assert_trained_alike(one: dict, two: list[dict]) -> None:
+    """Both processes hold the same adapter, one process's within tolerance, after the same steps and dev losses."""
+    first, second = two
     assert same(first["adapter"], second["adapter"]), "every process holds the same adapter"
     for name, weight in one["adapter"].items():
         torch.testing.assert_close(first["adapter"][name], weight, atol=WEIGHTS_ATOL, rtol=0)
@@ -187,10 +257,19 @@ def test_training_matches_one_process(runs):
         assert got["dev_loss"] == pytest.approx(want["dev_loss"], abs=METRICS_ATOL)
 
 
-def test_run_matches_one_process(runs):
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_training_matches_one_process(runs, mode):
+    """A --per-layer-norm IA2 stage whose batches (3, 3, 1) split across two processes, the last leaving one idle,
+    and an IA3 stage against the online teacher (batches 3, 1; one dev example)."""
+    for probe_name in ("probe", "uneven"):
+        assert_trained_alike(runs["one"][probe_name], [r[probe_name] for r in runs[mode]])
+
+
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_run_matches_one_process(runs, mode):
     root = runs["root"]
-    assert runs["one"]["code"] == 0 and [r["code"] for r in runs["two"]] == [0, 0]
-    one, two = (json.loads((root / out / "results.json").read_text())["rows"] for out in ("one", "two"))
+    assert runs["one"]["code"] == 0 and [r["code"] for r in runs[mode]] == [0, 0]
+    one, two = (json.loads((root / out / "results.json").read_text())["rows"] for out in ("one", mode))
     assert [(r["seed"], r["method"]) for r in one] == [(r["seed"], r["method"]) for r in two]
     for a, b in zip(one, two):
         assert a["accuracy"] == b["accuracy"] and a.get("dev_accuracy") == b.get("dev_accuracy"), a["method"]
@@ -199,19 +278,55 @@ def test_run_matches_one_process(runs):
                 assert b[key] == pytest.approx(value, abs=METRICS_ATOL), (a["method"], key)
     for method in ("sft", "ia2", "ia2-sft"):
         folder = Path("adapters") / "seed0" / method / "adapter_model.safetensors"
-        a, b = load_file(str(root / "one" / folder)), load_file(str(root / "two" / folder))
+        a, b = load_file(str(root / "one" / folder)), load_file(str(root / mode / folder))
         for name in a:
             torch.testing.assert_close(b[name], a[name], atol=WEIGHTS_ATOL, rtol=0)
-    logs = [json.loads((root / out / "train_logs.json").read_text()) for out in ("one", "two")]
+    logs = [json.loads((root / out / "train_logs.json").read_text()) for out in ("one", mode)]
     assert [[(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[0]] == \
         [[(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[1]]
-    (file_one,), (file_two,) = ((root / cache / "targets").glob("*.safetensors") for cache in ("cache1", "cache2"))
-    assert same(load_file(str(file_one)), load_file(str(file_two))), "teacher targets are identical"
+    (file_one,), (file_two,) = ((root / f"cache-{out}" / "targets").glob("*.safetensors") for out in ("one", mode))
+    assert same(load_file(str(file_one)), load_file(str(file_two)), FORWARD_ATOL[mode]), "teacher targets are identical"
 
 
-def test_only_the_main_process_writes_each_file_once(runs):
+def test_fsdp_adapter_loads_whole(runs, model_dirs):
+    """Under FSDP the main process saves the whole adapter in PEFT format: it loads onto the unsharded model and holds
+    one process's weights."""
+    folder = Path("adapters") / "seed0" / "ia2"
+    base, _ = models.load(str(model_dirs["llama"]))
+    reloaded = get_peft_model_state_dict(PeftModel.from_pretrained(base, str(runs["root"] / "fsdp" / folder)))
+    saved = load_file(str(runs["root"] / "one" / folder / "adapter_model.safetensors"))
+    assert reloaded.keys() == saved.keys()
+    for name, weight in saved.items():
+        torch.testing.assert_close(reloaded[name], weight, atol=WEIGHTS_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", PARALLEL)
+def test_only_the_main_process_writes_each_file_once(runs, mode):
     root = runs["root"]
-    main, other = (r["written"] for r in runs["two"])
+    main, other = (r["written"] for r in runs[mode])
     assert other == []
     assert len(set(main)) == len(main)
-    assert relative(main, root, "two", "cache2") == relative(runs["one"]["written"], root, "one", "cache1")
+    assert relative(main, root, mode) == relative(runs["one"]["written"], root, "one")
+
+
+def test_fsdp_needs_a_launcher(llama_dir, toy_jsonl, tmp_path, capsys):
+    code = cli.main(["run", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--out", str(tmp_path), "--fsdp"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--fsdp shards the model over several processes" in err
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"adapter": AdapterConfig(kind="prompt")}, "--fsdp supports lora and ia3 adapters, not prompt"),
+    ({"adapter": AdapterConfig(kind="prefix")}, "not prefix"),
+    ({"merge_bf16": True}, "--merge-bf16 merges the adapter into a whole copy"),
+])
+def test_fsdp_rejects_what_it_cannot_shard(monkeypatch, change, needle):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(IA2Error, match=needle):
+        RunConfig(model="m", task="t", methods=("sft",), fsdp=True, **change).validate()
+
+
+def test_accelerate_fsdp_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(IA2Error, match="give ia2 --fsdp"):
+        RunConfig(model="m", task="t", methods=("sft",)).validate()

@@ -26,6 +26,8 @@ DEMO = RunConfig(
     train=TrainConfig(max_epochs=20),
 )
 QUICK = {"seeds": (0,), "n_test": 40, "train": TrainConfig(max_epochs=10)}
+FSDP_HELP = ("under torchrun or accelerate launch, shard the base model's weights over the processes (FSDP2), for a "
+             "model too large for one device; LoRA and IA3 adapters")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -60,6 +62,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="base model weights (the paper used bfloat16 on GPUs); losses and adapters stay in fp32")
     p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    p.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     d = p.add_argument_group("task, prompts and teacher")
     d.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
     d.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
@@ -132,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.task} on {DEMO.model}")
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     sw = sub.add_parser("sweep", help="run a YAML grid (resumable), then report it")
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             print(summary.write(args.folder, args.select))
             return 0
-        cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}))
+        cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}),
+                                                                           fsdp=args.fsdp)
         run(cfg, args.out)
     except IA2Error as exc:
         print(f"ia2: error: {exc}", file=sys.stderr)

@@ -4,22 +4,29 @@ Everything goes through `accelerate.PartialState`, which reads either launcher's
 group: gloo on CPUs (no CUDA, or `accelerate launch --cpu`), NCCL with one GPU per process otherwise. Without a
 launcher (WORLD_SIZE unset or 1) nothing here touches accelerate or torch.distributed and every function is the
 identity, so one process computes exactly what it computed before this module existed.
+
+With `--fsdp` the frozen base model's parameters are sharded over the processes (FSDP2, `shard_model`): every forward
+and backward pass of the model is then a collective, so each process runs as many as the others (`in_step`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from functools import cache
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from . import models
 from .errors import IA2Error
+from .taps import layer_modules
 
 T = TypeVar("T")
 
@@ -100,6 +107,50 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
     torch.distributed.all_reduce(flat)
     for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors])):
         tensor.copy_(part.view_as(tensor))
+
+
+def shard_model(model: nn.Module, device: str) -> None:
+    """Shard a frozen model's parameters over the processes with FSDP2, each decoder layer and then the rest at the
+    root, moving one whole layer at a time to `device`. Every group, the root's too, is resharded after each forward
+    pass (and `reshard` after each backward pass), so that outside a pass the model's state is the same on every
+    process and the main process may read a state dict alone (saving an adapter). Adapters added later are not
+    sharded: they stay whole on every process, and their gradients are summed by `all_reduce_sum_`."""
+    mesh = init_device_mesh(torch.device(device).type, (world_size(),))
+    for layer in layer_modules(model, "residual"):
+        fully_shard(layer, mesh=mesh)
+        for part in layer.children():
+            part.register_forward_hook(partial(_gather_on_grad, layer))
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+
+
+def _gather_on_grad(layer: FSDPModule, part: nn.Module, args: tuple, output: Any) -> None:
+    """Forward hook on a part of a sharded decoder layer (attention, MLP, norms): once the part's output gets its
+    gradient, gather the layer's weights for the part's backward. FSDP gathers them only when the layer's own output
+    gets a gradient, and a tap read by the loss bypasses it (under the ia2 loss the top tapped layer's gets none)."""
+    out = output[0] if isinstance(output, tuple) else output
+    if torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad:
+        out.register_hook(lambda grad: layer.unshard())
+
+
+def reshard(model: nn.Module) -> None:
+    """Free any weights of a sharded model that a backward pass left gathered (`_gather_on_grad` gathers them where
+    FSDP's own hooks may not run), so that between passes each process holds its shards only; nothing without FSDP."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def sharded(model: nn.Module) -> bool:
+    """Whether the model's parameters are sharded over the processes, so that each of its passes is a collective."""
+    return launched() and any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def in_step(model: nn.Module, count: int, dummy: Callable[[], object]) -> None:
+    """After this process's `shard` of `count` items: with a sharded model, run `dummy` (a batch whose results are
+    dropped) as often as that share falls short of the largest, so that every process runs as many passes."""
+    if sharded(model):
+        for _ in range(len(range(0, count, world_size())) - len(range(rank(), count, world_size()))):
+            dummy()
 
 
 def barrier() -> None:

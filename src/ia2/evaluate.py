@@ -62,22 +62,31 @@ def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequenc
     """
     shared = common_prefix(prompts) if len(prompts) > 1 else 0
     single = all(len(ids) == 1 for ids in label_ids)
-    chunks = distributed.shard(length_sorted_chunks([len(p) for p in prompts], batch_size))
+    every = length_sorted_chunks([len(p) for p in prompts], batch_size)
+    chunks = distributed.shard(every)
     cache = _prefix_cache(model, prompts[0][:shared]) if single and shared >= MIN_SHARED_PREFIX else None
     out = _Collector(len(prompts), label_ids)
     for chunk in tqdm(chunks, desc=desc, leave=False):
-        chunk_prompts = [prompts[i] for i in chunk]
-        if cache is not None:
-            logp, chunk_acts = _tail_forward(model, cache, shared, [p[shared:] for p in chunk_prompts], pad_id, tap)
-        else:
-            batch = make_batch(chunk_prompts, [[0]] * len(chunk), pad_id, model.device.type)
-            logits, acts = forward(model, batch, tap)
-            logp, chunk_acts = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(), acts[:, :, -1] if acts is not None else None
-        out.add(chunk, logp, chunk_acts)
-        for c, ids in enumerate(label_ids):
-            if len(ids) > 1:
-                out.label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
+        _score_chunk(model, out, chunk, prompts, label_ids, pad_id, tap, cache, shared)
+    distributed.in_step(model, len(every), lambda: _score_chunk(model, _Collector(len(prompts), label_ids), every[0],
+                                                                prompts, label_ids, pad_id, tap, cache, shared))
     return _merged(out, chunks).scores(tap is not None)
+
+
+def _score_chunk(model: nn.Module, out: _Collector, chunk: list[int], prompts: Sequence[Sequence[int]],
+                 label_ids: Sequence[Sequence[int]], pad_id: int, tap: Tap | None, cache, shared: int) -> None:
+    """Score one batch of examples (indices `chunk` into `prompts`) into `out`, after the cached prefix if any."""
+    chunk_prompts = [prompts[i] for i in chunk]
+    if cache is not None:
+        logp, chunk_acts = _tail_forward(model, cache, shared, [p[shared:] for p in chunk_prompts], pad_id, tap)
+    else:
+        batch = make_batch(chunk_prompts, [[0]] * len(chunk), pad_id, model.device.type)
+        logits, acts = forward(model, batch, tap)
+        logp, chunk_acts = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(), acts[:, :, -1] if acts is not None else None
+    out.add(chunk, logp, chunk_acts)
+    for c, ids in enumerate(label_ids):
+        if len(ids) > 1:
+            out.label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
 
 
 def _merged(out: _Collector, chunks: list[list[int]]) -> _Collector:
@@ -188,6 +197,8 @@ def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
     chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
     mine = [generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)
             for chunk in tqdm(distributed.shard(chunks), desc=desc, leave=False)]
+    distributed.in_step(model, len(chunks), lambda: generate(model, tokenizer, [prompts[i] for i in chunks[0]],
+                                                             task.max_new_tokens, stop))
     for chunk, generated in zip(chunks, distributed.gather(mine)):
         for i, tokens in zip(chunk, generated):
             answers[i] = tokens

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import parse_flag_from_env
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
@@ -69,6 +70,7 @@ class RunConfig:
     save_adapters: bool = True
     device: str = "auto"
     dtype: str = "float32"
+    fsdp: bool = False
 
     def validate(self) -> None:
         """Reject settings that cannot run, with the option's name."""
@@ -94,6 +96,7 @@ class RunConfig:
         if self.teacher_stop not in TEACHER_STOPS:
             raise IA2Error(f"--teacher-stop must be one of {', '.join(TEACHER_STOPS)}, got {self.teacher_stop!r}")
         self.validate_targets()
+        self.validate_fsdp()
         self.train.validate()
         self.adapter.validate()
 
@@ -109,14 +112,32 @@ class RunConfig:
         if self.teacher == "online" and self.train.per_layer_norm and distributed.world_size() > 1:
             raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop --teacher online")
 
+    def validate_fsdp(self) -> None:
+        """Reject --fsdp without several processes or with what it cannot shard, and accelerate's own FSDP settings,
+        which ia2 does not read (and under which transformers may load the weights on the main process only)."""
+        if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+            raise IA2Error("accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "
+                           "launch with --multi_gpu and give ia2 --fsdp")
+        if not self.fsdp:
+            return
+        if distributed.world_size() < 2:
+            raise IA2Error("--fsdp shards the model over several processes: start ia2 with torchrun or accelerate "
+                           "launch (two processes or more)")
+        if self.adapter.kind not in FSDP_ADAPTERS:
+            raise IA2Error(f"--fsdp supports {' and '.join(FSDP_ADAPTERS)} adapters, not {self.adapter.kind} (its "
+                           "virtual tokens are embedded outside the sharded model)")
+        if self.merge_bf16:
+            raise IA2Error("--merge-bf16 merges the adapter into a whole copy of the model: drop it with --fsdp")
+
     @property
     def dev_size(self) -> int:
         return self.n_dev if self.n_dev is not None else max(1, self.n // 2)
 
     def key(self) -> str:
-        """Hash of the settings that differ from their defaults, minus methods and seeds: a (seed, method) row written
-        under one key is reused by a rerun, and adding an option with a default keeps earlier keys valid."""
-        payload = {k: v for k, v in changed(self).items() if k not in ("methods", "seeds")}
+        """Hash of the settings that differ from their defaults, minus methods, seeds and --fsdp (which, like the
+        number of processes, changes how the work is spread, not the results): a (seed, method) row written under
+        one key is reused by a rerun, and adding an option with a default keeps earlier keys valid."""
+        payload = {k: v for k, v in changed(self).items() if k not in ("methods", "seeds", "fsdp")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -126,6 +147,7 @@ TEACHER_STOPS = ("task", "eos")
 TEACHERS = ("cached", "online")
 TARGET_DTYPES = ("float32", "bfloat16")
 TARGET_STORES = ("file", "shards")
+FSDP_ADAPTERS = ("lora", "ia3")
 
 
 def changed(obj: object) -> dict:
@@ -232,16 +254,19 @@ class Experiment:
     def __init__(self, cfg: RunConfig, out: Path) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, out
+        device = distributed.device(cfg.device)
         with distributed.main_first():
             self.task = declared(cfg.task, cfg)
             self.test, self.pool = test_and_pool(self.task, cfg)
-            self.model, self.tokenizer = models.load(cfg.model, getattr(torch, cfg.dtype), distributed.device(cfg.device))
+            self.model, self.tokenizer = models.load(cfg.model, getattr(torch, cfg.dtype), "cpu" if cfg.fsdp else device)
             self.pad_id = self.tokenizer.pad_token_id
             self.context = self.model.config.get_text_config().max_position_embeddings
             self.encoder = Encoder(self.task, self.tokenizer, self.context, cfg.chat)
             self.evals = [EvalSet(self.task, self.encoder, self.test)] + [self.ood_set(name) for name in cfg.eval_tasks]
         self.fingerprint = targets.model_fingerprint(self.model)
         self.model_class = type(self.model).__name__
+        if cfg.fsdp:
+            distributed.shard_model(self.model, device)
         self.tap = Tap(self.model, cfg.site, cfg.layers)
         self._zero_shot: dict[str, tuple[dict, torch.Tensor]] = {}
         self._trained: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {}

@@ -58,7 +58,7 @@ def _cut(tokens: list[int], tokenizer: PreTrainedTokenizerBase, stop: str, eos_i
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: str) -> list[list[int]]:
     """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string; generation ends as
-    soon as every row has stopped."""
+    soon as every row has stopped (with a sharded model, every row of every process: each step is a collective)."""
     batch = make_batch(prompts, [[0]] * len(prompts), tokenizer.pad_token_id, model.device.type)
     out = model.generate(
         input_ids=batch.input_ids,
@@ -68,6 +68,7 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequ
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=[stop] if stop else None,
         tokenizer=tokenizer,
+        synced_gpus=distributed.sharded(model),
     )
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -110,8 +111,11 @@ def rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, 
     """
     chunks, world = length_sorted_chunks([len(p) for p in prompts], batch_size), distributed.world_size()
     for start in tqdm(range(0, len(chunks), world), desc=desc, leave=False):
-        mine = distributed.shard(chunks[start:start + world])
-        computed = [_chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution) for chunk in mine]
+        batches = chunks[start:start + world]
+        computed = [_chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution)
+                    for chunk in distributed.shard(batches)]
+        distributed.in_step(model, len(batches), lambda: _chunk_rows(model, tap, tokenizer, prompts, batches[0],
+                                                                     max_new_tokens, stop, distribution))
         for chunk_rows in distributed.gather(computed):
             yield from chunk_rows
 

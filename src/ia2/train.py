@@ -133,6 +133,7 @@ def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cf
     model.eval()
     chunks = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
     weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * len(chunk) for chunk in distributed.shard(chunks)]
+    distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id))
     total = 0.0
     for value in distributed.gather(weighted):
         total += value
@@ -165,12 +166,24 @@ def shared_backward(model: nn.Module, tap: Tap, batch: Sequence[Item], stage: St
         share = answer_positions(local) / answer_positions(batch)
         loss = batch_loss(model, tap, local, stage, cfg, pad_id, teacher_scale(batch, stage, cfg)) * share
         loss.backward()
+    elif distributed.sharded(model):
+        idle_backward(model, tap, batch[:1], stage, cfg, pad_id, params)
+    distributed.reshard(model)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     total = loss.detach().float().reshape(1).clone()
     distributed.all_reduce_sum_([p.grad for p in params] + [total])
     return total[0]
+
+
+def idle_backward(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
+                  params: Sequence[nn.Parameter]) -> None:
+    """The forward and backward passes of a process without examples in a step, on `items`, gradients dropped: with
+    a sharded model (FSDP) they are collectives that every process runs."""
+    batch_loss(model, tap, items, stage, cfg, pad_id).backward()
+    for p in params:
+        p.grad = None
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
