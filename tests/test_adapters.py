@@ -21,6 +21,7 @@ from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 from ia2 import adapters, batching, models, targets, train
 from ia2.adapters import KINDS, AdapterConfig
 from ia2.errors import IA2Error
+from ia2.evaluate import MIN_SHARED_PREFIX, common_prefix, score
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
 from ia2.train import Item, TrainConfig
@@ -137,6 +138,20 @@ def test_left_padding_does_not_change_a_row(model_dir, arch, kind):
         with torch.no_grad():  # PEFT's own forward on the unpadded row, with no position ids to lose
             native = peft(input_ids=torch.tensor([prompt + answer[:-1]]), use_cache=False).logits[0, -n:]
         torch.testing.assert_close(alone_logits[0, -n:], native, rtol=0, atol=1e-5)
+
+
+def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
+    """Prompts sharing a long prefix (an instruction, demonstrations) score as each prompt does alone, under every
+    adapter kind: the prefix KV cache must not be reused where the adapter rewrites the input (prompt tuning)."""
+    model, tok = models.load(str(model_dir))
+    peft = _perturbed(model, AdapterConfig(kind=kind))
+    prompts = [tok(DEMO * 3 + t)["input_ids"] for t in TEXTS]
+    assert common_prefix(prompts) >= MIN_SHARED_PREFIX, "setup: the prompts must share a cacheable prefix"
+    labels = [tok(" yes", add_special_tokens=False)["input_ids"], tok(" no", add_special_tokens=False)["input_ids"]]
+    assert all(len(ids) == 1 for ids in labels), "setup: single-token labels (the cached path)"
+    together = score(peft, prompts, labels, tok.pad_token_id, batch_size=4).label_logp
+    for i, prompt in enumerate(prompts):
+        torch.testing.assert_close(together[i], score(peft, [prompt], labels, tok.pad_token_id).label_logp[0], rtol=0, atol=1e-5)
 
 
 def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):

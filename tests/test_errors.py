@@ -193,7 +193,7 @@ def test_colliding_label_first_tokens(tmp_path, llama_dir, capsys):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_interrupted_run_leaves_no_results(tmp_path, llama_dir, toy_jsonl, monkeypatch):
+def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, llama_dir, toy_jsonl, monkeypatch):
     out = tmp_path / "out"
 
     def boom(*args, **kwargs):
@@ -204,10 +204,15 @@ def test_interrupted_run_leaves_no_results(tmp_path, llama_dir, toy_jsonl, monke
                     seeds=(0,), n_test=10)
     with pytest.raises(KeyboardInterrupt):
         experiment.run(cfg, out)
-    assert not (out / "results.json").exists()
-    assert not (out / "results.md").exists()
-    assert not list(out.rglob("rows/*/seed0/*.json")), "an unfinished seed must not leave a rows file"
+    assert not (out / "results.json").exists() and not (out / "results.md").exists()
+    assert sorted(p.name for p in out.rglob("rows/*/seed0/*.json")) == ["icl.json", "zero-shot.json"], \
+        "rows measured before the interrupt are kept; the unfinished method has none"
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temporary files left behind"
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("rows/*/seed0/*.json")}
+    monkeypatch.undo()
+    result = experiment.run(cfg, out)
+    assert sorted(r["method"] for r in result["rows"]) == ["ia2", "icl", "zero-shot"]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the resume writes only the missing method's rows"
 
 
 @pytest.mark.parametrize("option, value", [("--n", "0"), ("--n-dev", "0"), ("--n-test", "0"), ("--train-batch-size", "0"),

@@ -86,7 +86,8 @@ def test_log_accounts_for_steps_and_early_stopping(trained):
     s, cfg, log = trained
     steps_per_epoch = math.ceil(N_TRAIN / cfg.batch_size)
     history = log["history"]
-    assert [h["step"] for h in history] == list(range(0, log["steps"] + 1, cfg.eval_every))
+    last = [log["steps"]] if log["steps"] % cfg.eval_every else []  # a final state between checks is checked too
+    assert [h["step"] for h in history] == list(range(0, log["steps"] + 1, cfg.eval_every)) + last
     assert log["epochs"] == math.ceil(log["steps"] / steps_per_epoch)
     assert history[[h["step"] for h in history].index(log["best_step"])]["dev_loss"] == log["best_dev_loss"]
     if log["steps"] < cfg.max_epochs * steps_per_epoch:  # stopped early: `patience` evaluations without improvement
@@ -122,6 +123,7 @@ def test_max_steps_caps_a_stage(model_dirs, toy_jsonl):
     cfg = TrainConfig(lr=1e-3, batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
     log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     assert log["steps"] == 5 and log["epochs"] == 3
+    assert [h["step"] for h in log["history"]] == [0, 2, 4, 5], "the last step's state is checked on dev, not dropped"
 
 
 def test_training_is_deterministic_for_a_seed(model_dirs, toy_jsonl):

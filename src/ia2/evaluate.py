@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from . import distributed, metrics, parsers
+from . import adapters, distributed, metrics, parsers
 from .batching import forward, length_sorted_chunks, make_batch
 from .targets import generate
 from .tasks import Task
@@ -57,14 +57,16 @@ def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequenc
     """Score every label after every prompt; multi-token labels cost one extra forward per label and batch.
 
     Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
-    reuse its KV cache; the results are those of full forward passes. With several processes each scores every
+    reuse its KV cache (not under prompt tuning); the results are those of full forward passes. With several processes each scores every
     world_size-th batch, exactly as one process would, and every process returns every example's scores.
     """
     shared = common_prefix(prompts) if len(prompts) > 1 else 0
     single = all(len(ids) == 1 for ids in label_ids)
     every = length_sorted_chunks([len(p) for p in prompts], batch_size)
     chunks = distributed.shard(every)
-    cache = _prefix_cache(model, prompts[0][:shared]) if single and shared >= MIN_SHARED_PREFIX else None
+    # prompt tuning inserts its virtual tokens before whatever it is fed, the cached tail included: no prefix cache
+    cacheable = single and shared >= MIN_SHARED_PREFIX and not adapters.prompt_tuning_active(model)
+    cache = _prefix_cache(model, prompts[0][:shared]) if cacheable else None
     out = _Collector(len(prompts), label_ids)
     for chunk in tqdm(chunks, desc=desc, leave=False):
         _score_chunk(model, out, chunk, prompts, label_ids, pad_id, tap, cache, shared)

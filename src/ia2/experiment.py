@@ -353,19 +353,19 @@ class Experiment:
                 self._zero_shot[name] = self.evaluate(se, se.plain, "zero-shot")
         return [self.row("icl", seed, se, icl, se.icl, se.k), self.row("zero-shot", seed, se, *self._zero_shot[name], 0)]
 
-    def run_seed(self, seed: int, methods: list[str]) -> list[dict]:
-        """All rows for one seed: baselines on the base model, then each trained method, on every evaluation set."""
+    def run_seed(self, seed: int, methods: list[str]) -> Iterator[list[dict]]:
+        """One seed's rows as they are measured, so that each can be written at once: the baselines on the base
+        model, then each trained method, on every evaluation set."""
         split = draw_split(self.test, self.pool, self.cfg, seed)
         self.model = adapters.fresh(self.model, self.cfg.adapter, seed)
         self._trained = {(): (adapter_state(self.model), [])}
         evals = [self.seed_eval(ev, split, seed) for ev in self.evals]
-        rows = [r for se in evals for r in self.baseline_rows(seed, se) if r["method"] in methods]
+        yield [r for se in evals for r in self.baseline_rows(seed, se) if r["method"] in methods]
         trained = [m for m in methods if m not in BASELINES]
         if trained:
             stage_data = self.stage_data(split, seed, trained)
             for method in trained:
-                rows += self.train_and_eval(method, seed, stage_data, evals)
-        return rows
+                yield self.train_and_eval(method, seed, stage_data, evals)
 
     def stage_data(self, split: Split, seed: int, methods: list[str]) -> dict:
         """Training and dev items for each label source: gold answers, and the ICL teacher's answers with activations
@@ -453,7 +453,8 @@ class Experiment:
 
 
 def run(cfg: RunConfig, out: Path) -> dict:
-    """Run every seed and method, resuming from rows already written under the same config; write the reports.
+    """Run every seed and method, resuming from the (seed, method) rows already written under the same config (each
+    is written as soon as it is measured); write the reports.
 
     With several processes (sharing `out`) every process runs every seed and method on its share of the data; the
     main process alone writes, and decides what is left to do.
@@ -466,10 +467,10 @@ def run(cfg: RunConfig, out: Path) -> dict:
         paths = {(m, e): rows_dir / row_file(seed, m, e, exp.task.name) for m in cfg.methods for e in names}
         todo = distributed.from_main(list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists())))
         if todo:
-            new = exp.run_seed(seed, todo)
-            if distributed.is_main():
-                for row in new:
-                    write_json(paths[row["method"], row["eval_task"]], row)
+            for measured in exp.run_seed(seed, todo):
+                if distributed.is_main():
+                    for row in measured:
+                        write_json(paths[row["method"], row["eval_task"]], row)
             distributed.barrier()
         rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
     config = {**asdict(cfg), "resolved_model": models.resolve(cfg.model), "key": cfg.key()}

@@ -43,7 +43,7 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for name, param in model.named_parameters():
         digest.update(name.encode())
-        digest.update(param.detach().reshape(-1)[:64].float().numpy().tobytes())
+        digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -18,8 +17,6 @@ from .errors import IA2Error
 from .methods import Stage
 from .store import Stored, resolve
 from .taps import Tap
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,16 +125,18 @@ def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torc
 
 @torch.no_grad()
 def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> float:
-    """Mean loss over dev items, weighted by batch size; with several processes each computes every world_size-th
-    batch and the sum runs in batch order, so every process gets the number one process gets."""
+    """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
+    positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
+    every process gets the number one process gets."""
     model.eval()
     chunks = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
-    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * len(chunk) for chunk in distributed.shard(chunks)]
+    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * answer_positions(chunk)
+                for chunk in distributed.shard(chunks)]
     distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id))
     total = 0.0
     for value in distributed.gather(weighted):
         total += value
-    return total / len(items)
+    return total / answer_positions(items)
 
 
 def answer_positions(items: Sequence[Item]) -> int:
@@ -186,6 +185,14 @@ def idle_backward(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stag
         p.grad = None
 
 
+def _checkpoint(model: nn.Module, tap: Tap, dev: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
+                history: list[dict], step: int, loss: torch.Tensor) -> float:
+    """The dev loss after `step`, appended to `history` with the step's training loss."""
+    current = dev_loss(model, tap, dev, stage, cfg, pad_id)
+    history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
+    return current
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the adapter weights (PEFT's own state dict aliases the live tensors)."""
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
@@ -223,8 +230,7 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
             step += 1
             bar.update()
             if step % cfg.eval_every == 0:
-                current = dev_loss(model, tap, dev, stage, cfg, pad_id)
-                history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
+                current = _checkpoint(model, tap, dev, stage, cfg, pad_id, history, step, loss)
                 bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
                 if current < best:
                     best, best_state, stale = current, adapter_state(model), 0
@@ -235,6 +241,10 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         if stale >= cfg.patience or step >= limit:
             break
     bar.close()
+    if step % cfg.eval_every:  # the steps since the last dev check would otherwise be discarded unseen
+        current = _checkpoint(model, tap, dev, stage, cfg, pad_id, history, step, loss)
+        if current < best:
+            best, best_state = current, adapter_state(model)
     if cfg.restore_best:
         set_peft_model_state_dict(model, best_state)
     model.eval()
