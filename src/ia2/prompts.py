@@ -75,6 +75,7 @@ class Encoder:
                 raise IA2Error(
                     f"{self.task.name}: labels {seen[first]!r} and {label!r} start with the same token "
                     f"{self.tokenizer.decode([first])!r}; scoring would be ambiguous"
+                    + ("; try --answer-prefix ''" if self.tokenizer.decode([first]).isspace() else "")
                 )
             seen[first] = label
 
