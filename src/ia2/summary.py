@@ -97,13 +97,11 @@ def _majority(cells: list[dict], runs: dict[str, str]) -> dict[str, float]:
     """Each evaluation set's majority-class rate as its runs recorded it in results.json (written when a run
     finishes; None for generative tasks)."""
     rates: dict[str, float] = {}
-    for c in cells:
-        path = Path(runs.get(c["condition"], "")) / "results.json"
-        if c["eval_task"] not in rates and path.is_file():
-            rate = json.loads(path.read_text())["majority_accuracy"].get(c["eval_task"])
-            if rate is not None:
-                rates[c["eval_task"]] = rate
-    return rates
+    for run in dict.fromkeys(runs[c["condition"]] for c in cells):
+        path = Path(run) / "results.json"
+        recorded = json.loads(path.read_text())["majority_accuracy"] if path.is_file() else {}
+        rates.update({task: rate for task, rate in recorded.items() if rate is not None and task not in rates})
+    return {c["eval_task"]: rates[c["eval_task"]] for c in cells if c["eval_task"] in rates}
 
 
 def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict], runs: dict[str, str]) -> str:
@@ -189,17 +187,19 @@ def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
     overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[str, float] = {}
     skipped = {"untrained": 0, "not LoRA": 0}
-    for run, seed in sorted({(r["run"], r["seed"]) for r in kept}):
-        seed_dir = Path(run) / "adapters" / f"seed{seed}"
+    chosen: dict[tuple, dict[str, Path]] = defaultdict(dict)  # each method's adapter from its own selected run
+    for r in kept:
+        chosen[r["condition"], r["seed"]][r["method"]] = Path(r["run"]) / "adapters" / f"seed{r['seed']}" / r["method"]
+    for adapters in chosen.values():
         for a, b in PAIRS:
-            if not all((seed_dir / m / "adapter_config.json").exists() for m in (a, b)):
+            if not all(m in adapters and (adapters[m] / "adapter_config.json").exists() for m in (a, b)):
                 continue
-            config = json.loads((seed_dir / a / "adapter_config.json").read_text())
+            config = json.loads((adapters[a] / "adapter_config.json").read_text())
             if config.get("peft_type") != "LORA":
                 skipped["not LoRA"] += 1
                 continue
             try:
-                result = analysis.adapter_overlap(seed_dir / a, seed_dir / b)
+                result = analysis.adapter_overlap(adapters[a], adapters[b])
             except analysis.EmptySubspace:
                 skipped["untrained"] += 1
                 continue

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import distributed
 from .adapters import AdapterConfig
 from .errors import IA2Error
 from .experiment import RunConfig, changed, row_file, run
@@ -118,7 +119,7 @@ def load(path: Path, out: Path | None = None) -> Sweep:
                 raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
     if data.get("select", "dev_loss") not in SELECT:
         raise IA2Error(f"{path}: field 'select' must be one of {', '.join(SELECT)}")
-    scaling = sorted(set(data.get("tune") or {}) & {"w", "train.w", "per_layer_norm", "train.per_layer_norm"})
+    scaling = sorted(k for k in data.get("tune") or {} if _dotted(k) in {"train.w", "train.per_layer_norm"})
     if scaling and data.get("select", "dev_loss") == "dev_loss":
         raise IA2Error(f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
                        "across its values: use select: dev_accuracy")
@@ -169,14 +170,16 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
         folders.append(folder)
         if (i - 1) % count != index:
             continue
-        write_json(folder / "spec.json", spec(cfg, list(sweep.tune)))
-        if finished(cfg, folder):
+        if distributed.is_main():
+            write_json(folder / "spec.json", spec(cfg, list(sweep.tune)))
+        if distributed.from_main(finished(cfg, folder)):
             log.info("[%d/%d] done already: %s", i, len(configs), folder)
             continue
         log.info("[%d/%d] running %s", i, len(configs), folder)
         run(cfg, folder)
-    write_json(sweep.out / "sweep.json", {**{k: v for k, v in asdict(sweep).items() if k != "out"},
-                                          "runs": [str(f.relative_to(sweep.out)) for f in folders]})
+    if distributed.is_main():
+        write_json(sweep.out / "sweep.json", {**{k: v for k, v in asdict(sweep).items() if k != "out"},
+                                              "runs": [str(f.relative_to(sweep.out)) for f in folders]})
     return folders
 
 

@@ -185,14 +185,6 @@ def idle_backward(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stag
         p.grad = None
 
 
-def _checkpoint(model: nn.Module, tap: Tap, dev: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
-                history: list[dict], step: int, loss: torch.Tensor) -> float:
-    """The dev loss after `step`, appended to `history` with the step's training loss."""
-    current = dev_loss(model, tap, dev, stage, cfg, pad_id)
-    history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
-    return current
-
-
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the adapter weights (PEFT's own state dict aliases the live tensors)."""
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
@@ -229,8 +221,9 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
             optimizer.step()
             step += 1
             bar.update()
-            if step % cfg.eval_every == 0:
-                current = _checkpoint(model, tap, dev, stage, cfg, pad_id, history, step, loss)
+            if step % cfg.eval_every == 0 or step >= limit:  # the last steps are checked too, never dropped unseen
+                current = dev_loss(model, tap, dev, stage, cfg, pad_id)
+                history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
                 bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
                 if current < best:
                     best, best_state, stale = current, adapter_state(model), 0
@@ -241,10 +234,6 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         if stale >= cfg.patience or step >= limit:
             break
     bar.close()
-    if step % cfg.eval_every:  # the steps since the last dev check would otherwise be discarded unseen
-        current = _checkpoint(model, tap, dev, stage, cfg, pad_id, history, step, loss)
-        if current < best:
-            best, best_state = current, adapter_state(model)
     if cfg.restore_best:
         set_peft_model_state_dict(model, best_state)
     model.eval()
