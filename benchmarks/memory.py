@@ -83,7 +83,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> str:
              f"{store.SHARD_SIZE} examples or {store.SHARD_BYTES >> 20} MiB, read in shuffled batches of {args.batch} "
              f"by `ia2.train.teacher_acts`; torch {torch.__version__}, {os.cpu_count()} CPUs.",
              f"Command: `python benchmarks/memory.py {' '.join(sys.argv[1:])}`", "",
-             "| N | store | per example | write | peak RSS writing | read (epoch) | peak RSS reading | shards (open at most) |",
+             "| N | store | per example | write | peak RSS writing | read (epoch) | peak RSS (write + read) | shards (open at most) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {r['store_gib']:.1f} GiB | {r['per_example_mib']:.1f} MiB | {r['write_s']:.0f} s "

@@ -3,7 +3,7 @@
 Everything goes through `accelerate.PartialState`, which reads either launcher's environment and joins the process
 group: gloo on CPUs (no CUDA, or `accelerate launch --cpu`), NCCL with one GPU per process otherwise. Without a
 launcher (WORLD_SIZE unset or 1) nothing here touches accelerate or torch.distributed and every function is the
-identity, so one process computes exactly what it computed before this module existed.
+identity, so one process runs exactly the single-process code path.
 
 With `--fsdp` the frozen base model's parameters are sharded over the processes (FSDP2, `shard_model`): every forward
 and backward pass of the model is then a collective, so each process runs as many as the others (`in_step`).
