@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -158,3 +159,9 @@ def test_reference_metrics_reproduce_the_softmax_on_probabilities_defect():
     squashed = np.exp(0.9) / (np.exp(0.9) + np.exp(0.05))
     assert got["ece_label_reference"] == pytest.approx(1 - squashed)
     assert got["ece_top1_reference"] == pytest.approx(1 - 0.9 / 0.96)
+
+
+def test_sample_std_is_bessel_corrected_per_column_and_zero_for_one_seed():
+    assert metrics.sample_std([1.0, 2.0, 4.0]) == pytest.approx(statistics.stdev([1.0, 2.0, 4.0]))
+    assert metrics.sample_std([[1.0, 10.0], [3.0, 10.0]]).tolist() == pytest.approx([2 ** 0.5, 0.0])
+    assert metrics.sample_std([0.7]) == 0.0

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from . import metrics
 from .errors import IA2Error
 from .experiment import RunConfig
 from .methods import BASELINES
@@ -107,7 +108,7 @@ def cells(rows: Iterable[dict]) -> list[dict]:
         for metric in METRICS:
             values = [r[metric] for r in mine if r.get(metric) is not None]
             cell[f"{metric}_mean"] = float(np.mean(values)) if values else None
-            cell[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            cell[f"{metric}_std"] = float(metrics.sample_std(values)) if len(values) > 1 else None
         out.append(cell)
     return out
 

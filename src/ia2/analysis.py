@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
+from . import metrics
 from .errors import IA2Error
 
 # e.g. base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight (any prefix, any module path inside the layer)
@@ -105,5 +106,5 @@ def layer_similarity(rows: Sequence[dict]) -> dict[str, dict]:
         if len({len(v) for v in values}) > 1:
             raise IA2Error(f"{method}: rows have different layer counts {sorted({len(v) for v in values})}")
         arr = np.asarray(values, dtype=np.float64)
-        out[method] = {"mean": arr.mean(axis=0).tolist(), "std": arr.std(axis=0, ddof=1 if len(arr) > 1 else 0).tolist(), "n": len(values)}
+        out[method] = {"mean": arr.mean(axis=0).tolist(), "std": metrics.sample_std(arr).tolist(), "n": len(values)}
     return out

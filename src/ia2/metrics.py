@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 N_BINS = 15
+
+
+def sample_std(values: ArrayLike, axis: int = 0) -> np.ndarray:
+    """Standard deviation over seeds with Bessel's correction (ddof 1), the spread every table and plot reports;
+    zero for a single value, which has no spread to estimate."""
+    arr = np.asarray(values, dtype=np.float64)
+    return arr.std(axis=axis, ddof=1) if arr.shape[axis] > 1 else np.zeros_like(arr.mean(axis=axis))
 
 
 def _bins(confidence: np.ndarray, n_bins: int, scheme: str) -> list[np.ndarray]:

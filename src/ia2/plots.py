@@ -101,7 +101,7 @@ def plot_overlap(overlaps: Mapping[str, Sequence[float]], baseline: float, path:
     for i, (pair, values) in enumerate(overlaps.items()):
         values = np.asarray(values, dtype=float)
         _require(len(values), f"overlaps for {pair}")
-        ax.bar(i, values.mean(), yerr=values.std(), capsize=4, color="C0", alpha=0.8)
+        ax.bar(i, values.mean(), yerr=metrics.sample_std(values), capsize=4, color="C0", alpha=0.8)
         ax.scatter(np.full(len(values), i), values, color="black", s=8, zorder=3)
     ax.axhline(baseline, color="C3", linestyle="--", label=f"random subspaces ({baseline:.3f})")
     ax.set_xticks(range(len(overlaps)), list(overlaps), rotation=20, ha="right")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
+from . import metrics, plots
 from .paths import write_json, write_text
 
 COLUMNS = (("accuracy", "accuracy"), ("ece", "ECE (15 equal-width)"), ("ece_equal_mass", "ECE (15 equal-mass)"),
@@ -19,7 +19,7 @@ def _cell(values: list) -> str:
         return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    return f"{np.mean(values):.3f} ± {metrics.sample_std(values):.3f}"
 
 
 def methods_in_order(rows: list[dict]) -> list[str]:

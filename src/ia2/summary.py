@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregate, analysis, plots, tables
+from . import aggregate, analysis, metrics, plots, tables
 from .methods import METHODS
 from .paths import write_json, write_text
 
@@ -211,7 +211,7 @@ def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
     for i, (model, pairs) in enumerate(sorted(overlaps.items())):
         path = figures / f"subspace_overlap__{i}.png"
         plots.plot_overlap(pairs, baselines[model], path)
-        lines = "\n".join(f"| {pair} | {np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f} | {len(v)} |"
+        lines = "\n".join(f"| {pair} | {np.mean(v):.3f} ± {metrics.sample_std(v):.3f} | {len(v)} |"
                           for pair, v in pairs.items())
         text += (f"\n## LoRA subspace overlap, {Path(model).name}\n\n(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
                  f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. `{path.relative_to(folder)}`"
