@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3
 from ia2 import adapters, models, targets
 from ia2.adapters import AdapterConfig
 from ia2.methods import IA2, SFT, Stage
+from ia2.paths import write_json, write_text
 from ia2.prompts import Encoder, draw_demos
 from ia2.taps import Tap
 from ia2.tasks import Example, Task
@@ -211,8 +212,9 @@ def examples_seen(steps: int, n: int, batch: int) -> int:
 class Bench:
     """Runs every phase for both sides on one model and one data set, and keeps the rows."""
 
-    def __init__(self, args: argparse.Namespace, model: nn.Module, tok: PreTrainedTokenizerBase, data: Data) -> None:
-        self.args, self.model, self.tok, self.data = args, model, tok, data
+    def __init__(self, args: argparse.Namespace, model: nn.Module, tok: PreTrainedTokenizerBase, data: Data,
+                 report: Callable[[list[Row]], object]) -> None:
+        self.args, self.model, self.tok, self.data, self.report = args, model, tok, data, report
         self.tap, self.rows = Tap(model), []
         self.params = matmul_params(model)
         self.device = str(model.device)
@@ -261,8 +263,9 @@ class Bench:
                            stage.loss)
 
     def add(self, row: Row) -> None:
-        """Complete a row and keep it."""
+        """Complete a row, keep it and rewrite the report, so that an interrupted run keeps its finished phases."""
         self.rows.append(row.finish(self.peak_flops))
+        self.report(self.rows)
 
     def warm_up(self) -> None:
         """One small call of every code path on both sides, so that timings exclude first-call costs."""
@@ -461,12 +464,10 @@ def markdown(info: dict, rows: Sequence[Row]) -> str:
 
 
 def write(out: Path, info: dict, rows: Sequence[Row]) -> str:
-    """Write `out`.json and `out`.md; return the markdown."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = json.dumps({"meta": info, "rows": [asdict(r) for r in rows]}, indent=2)
-    (out.parent / f"{out.name}.json").write_text(report + "\n")
+    """Write `out`.json and `out`.md atomically; return the markdown."""
+    write_json(out.parent / f"{out.name}.json", {"meta": info, "rows": [asdict(r) for r in rows]})
     table = markdown(info, rows)
-    (out.parent / f"{out.name}.md").write_text(table)
+    write_text(out.parent / f"{out.name}.md", table)
     return table
 
 
@@ -515,8 +516,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, tok = build(args.model, device, dtype)
     data = make_data(tok, model.config.get_text_config().max_position_embeddings, args.n, args.dev, args.demos,
                      args.words, args.seed)
-    rows = Bench(args, model, tok, data).run()
     out = args.out or Path(__file__).resolve().parent / "results" / f"{device.split(':')[0]}-{args.model}"
+    rows = Bench(args, model, tok, data, lambda done: write(out, meta(args, argv, model, data, device), done)).run()
     print(write(out, meta(args, argv, model, data, device), rows), end="")
 
 

@@ -96,3 +96,17 @@ def test_speed_script_smoke(tmp_path, quick):
         assert isinstance(row["speedup"], float) and row["speedup"] > 0, row
         assert row["phase"] in table
     assert report["meta"]["model"]["layers"] == 2
+
+
+def test_an_interrupted_speed_run_keeps_its_finished_phases(tmp_path, monkeypatch):
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(speed.Bench, "epoch_row", stop)
+    out = tmp_path / "result"
+    with pytest.raises(KeyboardInterrupt):
+        speed.main(["--device", "cpu", "--model", "tiny", "--n", "8", "--dev", "4", "--t-long", "3", "--quick",
+                    "--out", str(out)])
+    report = json.loads((tmp_path / "result.json").read_text())
+    assert [r["phase"] for r in report["rows"]] == ["teacher_t1", "teacher_tlong"]
+    assert "teacher_tlong" in (tmp_path / "result.md").read_text()
