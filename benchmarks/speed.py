@@ -315,7 +315,7 @@ class Bench:
         ref_log, ref_s, ref_peak = timed(lambda: reference_loop.train(self.model, ref_train, ref_dev, stage.loss, loop),
                                          self.device)
         passes = math.ceil(len(train) / 4) // 2 if with_dev else 0
-        note = (f"dev passes: ours {len(log['history'])} (batch {self.args.train_batch}, one before training), "
+        note = (f"dev passes: ours {len(log['history'])} (batch {TrainConfig.eval_batch_size}, one before training), "
                 f"reference {len(ref_log.dev_losses)} in its {ref_log.examples} timed examples (batch 1)"
                 if with_dev else "no dev passes")
         self.per_example[phase] = ref_s / ref_log.examples

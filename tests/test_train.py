@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -73,6 +73,14 @@ def test_only_adapter_weights_change(trained):
     changed = [n for n, before in s.lora_before.items() if not torch.equal(after[n], before)]
     assert changed, "no LoRA weight changed"
     assert any("lora_B" in n for n in changed)
+
+
+def test_dev_loss_does_not_depend_on_its_batch_size(trained):
+    s, cfg, _ = trained
+    losses = [train.dev_loss(s.model, s.tap, s.dev_items, IA2, replace(cfg, eval_batch_size=size),
+                             s.tokenizer.pad_token_id) for size in (1, 3, len(s.dev_items))]
+    assert len(s.dev_items) > 3
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
 
 
 def test_best_dev_state_is_restored(trained):

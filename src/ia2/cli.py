@@ -99,6 +99,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=TrainConfig.lr, dest="train.lr")
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size, dest="train.batch_size")
+    t.add_argument("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size, dest="train.eval_batch_size",
+                   help="batch of the dev-loss passes (no gradients kept)")
     t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, dest="train.max_epochs")
     t.add_argument("--max-steps", type=int, default=None, dest="train.max_steps", help="cap on optimizer steps per stage")
     t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, dest="train.eval_every")

@@ -25,6 +25,7 @@ class TrainConfig:
 
     lr: float = 1e-3
     batch_size: int = 4
+    eval_batch_size: int = 16
     max_epochs: int = 50
     max_steps: int | None = None
     restore_best: bool = True
@@ -35,7 +36,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject settings that cannot train, with the option's name."""
-        for option, value in (("--train-batch-size", self.batch_size), ("--epochs", self.max_epochs),
+        for option, value in (("--train-batch-size", self.batch_size),
+                              ("--eval-batch-size", self.eval_batch_size), ("--epochs", self.max_epochs),
                               ("--eval-every", self.eval_every), ("--patience", self.patience)):
             if value < 1:
                 raise IA2Error(f"{option} must be at least 1, got {value}")
@@ -127,9 +129,11 @@ def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torc
 def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> float:
     """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
     positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
-    every process gets the number one process gets."""
+    every process gets the number one process gets. Batches of `eval_batch_size`: no gradients are kept, so a dev pass
+    can take larger batches than training, and its per-pass overhead does not grow with the dev set."""
     model.eval()
-    chunks = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
+    size = cfg.eval_batch_size
+    chunks = [items[start:start + size] for start in range(0, len(items), size)]
     weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * answer_positions(chunk)
                 for chunk in distributed.shard(chunks)]
     distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id))
