@@ -141,3 +141,17 @@ def test_runs_recorded_before_an_option_existed_group_with_later_ones():
     old = {"model": "m", "task": "t", "n": 4, "train": {"lr": 0.001}, "adapter": {"r": 8}}
     new = aggregate.with_defaults({**old, "teacher": "cached", "train": {"lr": 0.001, "max_steps": None}})
     assert aggregate.with_defaults(old) == new
+
+
+def test_a_setting_given_with_one_task_describes_the_task_not_a_variant():
+    """StrategyQA with its own answer prefix pools with the other tasks; a varied adapter still separates."""
+    def condition(task: str, prefix: str | None, kind: str = "lora") -> str:
+        return json.dumps({"model": "m", "task": task, "n": 4, "eval_tasks": [], "answer_prefix": prefix,
+                           "adapter": {"kind": kind}, "train": {}}, sort_keys=True)
+
+    same = [condition("a", None), condition("b", None), condition("strategyqa", "")]
+    assert len(set(summary.variant_keys(same).values())) == 1
+    assert set(summary.variants(same).values()) == {""}
+    varied = same + [condition("a", None, "ia3"), condition("b", None, "ia3"), condition("strategyqa", "", "ia3")]
+    assert len(set(summary.variant_keys(varied).values())) == 2
+    assert summary.variants(varied)[condition("a", None, "ia3")] == "adapter.kind=ia3"

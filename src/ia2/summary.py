@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,36 @@ def _flat(condition: str) -> dict:
     return out
 
 
-def variants(conditions: list[str]) -> dict[str, str]:
-    """For each condition, what distinguishes it from the others besides model, task and N (adapter kind, demo
-    policy, …), as short text; "" when nothing does."""
+def _task_bound(flat: dict[str, dict]) -> set[str]:
+    """Settings that go with the task: within each task every condition has the same value (a grid value such as
+    `{task: strategyqa@bigbench, answer_prefix: ""}`), so they describe the task, not a variant of the method."""
+    values: dict[tuple, set[str]] = defaultdict(set)
+    for f in flat.values():
+        for k, v in f.items():
+            values[f["task"], k].add(json.dumps(v, sort_keys=True))
+    keys = {k for f in flat.values() for k in f}
+    return {k for k in keys if all(len(values[task, k]) == 1 for task in {f["task"] for f in flat.values()})}
+
+
+def _distinct(conditions: Iterable[str]) -> dict[str, dict]:
+    """Each condition's settings besides model, task, N and the settings that go with the task."""
     flat = {c: _flat(c) for c in set(conditions)}
-    keys = sorted({k for f in flat.values() for k in f if k not in SETTING})
-    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
-    return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in flat.items()}
+    skip = set(SETTING) | _task_bound(flat)
+    return {c: {k: v for k, v in f.items() if k not in skip} for c, f in flat.items()}
 
 
-def variant(condition: str) -> str:
-    """A condition minus model, task and N, as JSON: the key that separates otherwise identical settings."""
-    return json.dumps({k: v for k, v in _flat(condition).items() if k not in SETTING}, sort_keys=True)
+def variant_keys(conditions: Iterable[str]) -> dict[str, str]:
+    """For each condition, as JSON, what separates it from otherwise identical settings (adapter kind, demo policy,
+    …): the key that groups conditions into one table and one pooled test."""
+    return {c: json.dumps(f, sort_keys=True) for c, f in _distinct(conditions).items()}
+
+
+def variants(conditions: Iterable[str]) -> dict[str, str]:
+    """The same as short text naming only the settings that differ between conditions; "" when nothing does."""
+    distinct = _distinct(conditions)
+    keys = sorted({k for f in distinct.values() for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in distinct.values()}) > 1]
+    return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in distinct.items()}
 
 
 def _slug(*parts: object) -> str:
@@ -50,14 +69,15 @@ def write(folder: Path, select_by: str | None = None) -> str:
     kept, choices = aggregate.select(rows, select_by)
     cells = aggregate.cells(kept)
     tests = aggregate.paired_test(kept)
-    pooled = _pooled(kept)
+    keys = variant_keys(r["condition"] for r in rows)
+    pooled = _pooled(kept, keys)
     _attach_p_values(cells, tests)
     present = {c["method"] for c in cells}
     methods = [m for m in METHODS if m in present]
     figures = folder / "figures"
     runs = {r["condition"]: r["run"] for r in kept}
-    md, tex = _tables(cells, methods, select_by, pooled, runs), _latex(cells, methods)
-    md += _figures(kept, cells, figures, folder)
+    md, tex = _tables(cells, methods, select_by, pooled, runs, keys), _latex(cells, methods, keys)
+    md += _figures(kept, cells, figures, folder, keys)
     md += _overlaps(kept, folder, figures)
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
@@ -66,10 +86,10 @@ def write(folder: Path, select_by: str | None = None) -> str:
     return md
 
 
-def _pooled(kept: list[dict]) -> list[dict]:
+def _pooled(kept: list[dict], keys: dict[str, str]) -> list[dict]:
     """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant: evaluations of the
     same adapters on out-of-distribution sets are not independent pairs, so they are left out."""
-    own = [{**r, "variant": variant(r["condition"])} for r in kept if r["eval_task"] == r["task"]]
+    own = [{**r, "variant": keys[r["condition"]]} for r in kept if r["eval_task"] == r["task"]]
     by = ("model", "n_train", "variant")
     return aggregate.paired_test(own, by=by) + aggregate.paired_test(own, metric="ece", by=by)
 
@@ -86,10 +106,10 @@ def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
             c["p_value"] = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]))
 
 
-def _by_table(cells: list[dict]) -> dict[tuple, list[dict]]:
+def _by_table(cells: list[dict], keys: dict[str, str]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
-        groups[c["model"], variant(c["condition"]), c["n"]].append(c)
+        groups[c["model"], keys[c["condition"]], c["n"]].append(c)
     return dict(sorted(groups.items()))
 
 
@@ -104,13 +124,14 @@ def _majority(cells: list[dict], runs: dict[str, str]) -> dict[str, float]:
     return {c["eval_task"]: rates[c["eval_task"]] for c in cells if c["eval_task"] in rates}
 
 
-def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict], runs: dict[str, str]) -> str:
+def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[dict], runs: dict[str, str],
+            keys: dict[str, str]) -> str:
     text = (f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
             f"best trained method in bold, `*` out of distribution. Hyperparameters chosen per method on "
             f"{select_by.replace('_', ' ')} (mean over seeds)"
             + (" — ON TEST DATA, for parity with the reference code only.\n" if select_by == "test_accuracy" else ", never on test data.\n"))
     names = variants([c["condition"] for c in cells])
-    for (model, var, n), group in _by_table(cells).items():
+    for (model, var, n), group in _by_table(cells, keys).items():
         extra = names[group[0]["condition"]]
         text += f"\n## {model}, N = {n}{', ' + extra if extra else ''}\n\n" + tables.markdown_table(group, methods, n) + "\n"
         known = [f"{t} {r:.1%}" for t, r in _majority(group, runs).items()]
@@ -125,7 +146,7 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
     if pooled:
         text += ("\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
                  "out-of-distribution evaluations reuse the same adapters.\n\n")
-        named = {variant(c["condition"]): names[c["condition"]] for c in cells}
+        named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
         text += "| model | N | metric | pairs | mean difference | p |\n|---|---|---|---|---|---|\n"
         for t in pooled:
             p = "–" if t["p_value"] is None else f"{t['p_value']:.3g}"
@@ -142,19 +163,19 @@ def _incomplete(group: list[dict], most: int) -> str:
     return f"\nFewer than {most} seeds so far: " + "; ".join(f"{t} ({k})" for t, k in short) + ".\n"
 
 
-def _latex(cells: list[dict], methods: list[str]) -> str:
+def _latex(cells: list[dict], methods: list[str], keys: dict[str, str]) -> str:
     parts = []
-    for (model, var, n), group in _by_table(cells).items():
+    for (model, var, n), group in _by_table(cells, keys).items():
         caption = f"{model.replace('_', chr(92) + '_')}, $N={n}$: accuracy (std) / ECE (std); $^*$ out of distribution."
         parts.append(tables.latex_table(group, methods, n, caption))
     return "\n\n".join(parts) + "\n"
 
 
-def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path) -> str:
+def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path, keys: dict[str, str]) -> str:
     text = "\n## Figures\n\n"
     settings: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
-        settings[c["model"], c["task"], c["eval_task"], variant(c["condition"])].append(c)
+        settings[c["model"], c["task"], c["eval_task"], keys[c["condition"]]].append(c)
     for (model, task, eval_task, var), group in sorted(settings.items()):
         if len({c["n"] for c in group}) > 1:
             path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task)}.png"
@@ -162,7 +183,7 @@ def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path) -
             text += f"- accuracy against N, {model}, {eval_task}: `{path.relative_to(folder)}`\n"
     runs: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        runs[r["model"], r["task"], r["eval_task"], r["n_train"], variant(r["condition"])].append(r)
+        runs[r["model"], r["task"], r["eval_task"], r["n_train"], keys[r["condition"]]].append(r)
     for (model, task, eval_task, n, var), mine in sorted(runs.items()):
         stem = _slug(model, eval_task, f"n{n}")
         if any(r.get("asim_layers") for r in mine):
