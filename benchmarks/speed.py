@@ -517,8 +517,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = make_data(tok, model.config.get_text_config().max_position_embeddings, args.n, args.dev, args.demos,
                      args.words, args.seed)
     out = args.out or Path(__file__).resolve().parent / "results" / f"{device.split(':')[0]}-{args.model}"
-    rows = Bench(args, model, tok, data, lambda done: write(out, meta(args, argv, model, data, device), done)).run()
-    print(write(out, meta(args, argv, model, data, device), rows), end="")
+    info = meta(args, argv, model, data, device)
+    rows = Bench(args, model, tok, data, lambda done: write(out, info, done)).run()
+    print(markdown(info, rows), end="")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ _LORA_KEY = re.compile(r"layers\.(\d+)\.(?:.*\.)?(\w+_proj)\.lora_([AB])\b")
 Module = tuple[int, str]
 
 
-
 class EmptySubspace(IA2Error):
     """An adapter whose update B·A is zero (early stopping kept its initial state): it spans no subspace."""
+
 
 def _lora_factors(adapter_dir: Path) -> dict[Module, dict[str, np.ndarray]]:
     """The fp64 A and B matrices of each (layer, projection) in a PEFT LoRA folder."""

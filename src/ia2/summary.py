@@ -33,8 +33,8 @@ def _task_bound(flat: dict[str, dict]) -> set[str]:
     for f in flat.values():
         for k, v in f.items():
             values[f["task"], k].add(json.dumps(v, sort_keys=True))
-    keys = {k for f in flat.values() for k in f}
-    return {k for k in keys if all(len(values[task, k]) == 1 for task in {f["task"] for f in flat.values()})}
+    keys, tasks = {k for f in flat.values() for k in f}, {f["task"] for f in flat.values()}
+    return {k for k in keys if all(len(values[task, k]) == 1 for task in tasks)}
 
 
 def _distinct(conditions: Iterable[str]) -> dict[str, dict]:
