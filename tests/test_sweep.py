@@ -65,7 +65,15 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
         raise AssertionError("a finished run must not be rerun")
 
     monkeypatch.setattr(sweep, "run", no_run)
+    specs = sorted(swept["out"].rglob("spec.json"))
+    recorded = [json.loads(p.read_text()) for p in specs]
+    for path in specs:
+        path.write_text(json.dumps({"recorded": "by an earlier version"}))
     sweep.execute(plan)
+    assert all(json.loads(p.read_text()) == {"recorded": "by an earlier version"} for p in specs), \
+        "a finished run keeps the spec it ran under"
+    for path, data in zip(specs, recorded):
+        path.write_text(json.dumps(data))
     monkeypatch.undo()
     monkeypatch.setenv("IA2_CACHE", str(swept["cache"]))
     lost = next(swept["out"].rglob("rows/*/seed1/sft.json"))

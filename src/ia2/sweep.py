@@ -170,9 +170,10 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
         folders.append(folder)
         if (i - 1) % count != index:
             continue
-        if distributed.is_main():
+        done = distributed.from_main(finished(cfg, folder))
+        if distributed.is_main() and not (done and (folder / "spec.json").exists()):
             write_json(folder / "spec.json", spec(cfg, list(sweep.tune)))
-        if distributed.from_main(finished(cfg, folder)):
+        if done:
             log.info("[%d/%d] done already: %s", i, len(configs), folder)
             continue
         log.info("[%d/%d] running %s", i, len(configs), folder)
