@@ -163,3 +163,12 @@ def test_a_setting_given_with_one_task_describes_the_task_not_a_variant():
     varied = same + [condition("a", None, "ia3"), condition("b", None, "ia3"), condition("strategyqa", "", "ia3")]
     assert len(set(summary.variant_keys(varied).values())) == 2
     assert summary.variants(varied)[condition("a", None, "ia3")] == "adapter.kind=ia3"
+
+
+def test_cells_and_tests_order_n_as_a_number():
+    """Run folders sort n16 before n4; tables must not: N=4, then 8, then 16."""
+    rows = [{"model": "m", "task": "t", "eval_task": "t", "n_train": n, "method": method, "condition": f"c{n}",
+             "seed": seed, "accuracy": 0.5 + 0.01 * seed + (method == "ia2-sft") * 0.02 * (seed + 1), "ece": 0.1}
+            for n in (16, 4, 8) for method in ("sft", "ia2-sft") for seed in (0, 1)]
+    assert [c["n"] for c in aggregate.cells(rows)][::2] == [4, 8, 16]
+    assert [t["n_train"] for t in aggregate.paired_test(rows, by=("model", "n_train"))] == [4, 8, 16]

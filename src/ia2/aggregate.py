@@ -97,12 +97,12 @@ def _mean_dev(rows: list[dict], by: str) -> float:
 
 def cells(rows: Iterable[dict]) -> list[dict]:
     """Mean and sample standard deviation (ddof 1; None for one seed) over seeds of every metric, one cell per
-    (model, task, eval_task, N, method, condition)."""
+    (model, task, eval_task, N, method, condition), in that order (N as a number, not as its run folder sorts)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["model"], r["task"], r["eval_task"], r["n_train"], r["method"], r["condition"]].append(r)
     out = []
-    for (model, task, eval_task, n, method, condition), mine in groups.items():
+    for (model, task, eval_task, n, method, condition), mine in sorted(groups.items()):
         cell = {"model": model, "task": task, "eval_task": eval_task, "n": n, "method": method,
                 "condition": condition, "n_seeds": len(mine), "seeds": sorted(r["seed"] for r in mine)}
         for metric in METRICS:
@@ -115,14 +115,15 @@ def cells(rows: Iterable[dict]) -> list[dict]:
 
 def paired_test(rows: Iterable[dict], a: str = "ia2-sft", b: str = "sft", metric: str = "accuracy",
                 by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition")) -> list[dict]:
-    """Paired t-tests of method a against method b on `metric`, pairing rows by seed (and task when pooled)."""
+    """Paired t-tests of method a against method b on `metric`, pairing rows by seed (and task when pooled); one
+    test per `by` group, in the groups' order."""
     pairs: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r["method"] in (a, b) and r.get(metric) is not None:
             unit = (r["task"], r["eval_task"], r["seed"], r["condition"])
             pairs[tuple(r[k] for k in by)][unit][r["method"]] = r[metric]
     out = []
-    for group, units in pairs.items():
+    for group, units in sorted(pairs.items()):
         both = [(u[a], u[b]) for u in units.values() if a in u and b in u]
         if not both:
             continue
