@@ -110,6 +110,8 @@ def test_report_files_and_cells(swept):
         (n, m) for n in (4, 6) for m in ("zero-shot", "icl", "sft", "ia2", "ia2-sft"))
     assert all(c["n_seeds"] == 2 for c in cells)
     assert {t["n_train"] for t in data["tests"]} == {4, 6} and all(t["pairs"] == 2 for t in data["tests"])
+    pooled = [(t["metric"], t["n_train"], t["pairs"]) for t in data["pooled_tests"]]
+    assert pooled == [(m, n, pairs) for m in ("accuracy", "ece") for n, pairs in ((4, 2), (6, 2), ("all", 4))]
     assert list(out.glob("figures/accuracy_vs_n__*.png")) and list(out.glob("figures/reliability__*.png"))
     assert list(out.glob("figures/subspace_overlap__*.png"))
     md = (out / "report.md").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,11 +87,19 @@ def write(folder: Path, select_by: str | None = None) -> str:
 
 
 def _pooled(kept: list[dict], keys: dict[str, str]) -> list[dict]:
-    """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant: evaluations of the
-    same adapters on out-of-distribution sets are not independent pairs, so they are left out."""
+    """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant, then over all its N
+    (n_train "all") where several were tested: evaluations of the same adapters on out-of-distribution sets are not
+    independent pairs, so they are left out."""
     own = [{**r, "variant": keys[r["condition"]]} for r in kept if r["eval_task"] == r["task"]]
-    by = ("model", "n_train", "variant")
-    return aggregate.paired_test(own, by=by) + aggregate.paired_test(own, metric="ece", by=by)
+    tests = []
+    for metric in ("accuracy", "ece"):
+        per_n = aggregate.paired_test(own, metric=metric, by=("model", "variant", "n_train"))
+        several = Counter((t["model"], t["variant"]) for t in per_n)
+        all_n = [{**t, "n_train": "all"} for t in aggregate.paired_test(own, metric=metric, by=("model", "variant"))
+                 if several[t["model"], t["variant"]] > 1]
+        tests += sorted(per_n + all_n, key=lambda t: (t["model"], t["variant"], t["n_train"] == "all",
+                                                      0 if t["n_train"] == "all" else t["n_train"]))
+    return tests
 
 
 def _sweep_setting(folder: Path, key: str, default: object) -> object:
@@ -145,7 +153,7 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
         text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:
         text += ("\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
-                 "out-of-distribution evaluations reuse the same adapters.\n\n")
+                 "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n")
         named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
         text += "| model | N | metric | pairs | mean difference | p |\n|---|---|---|---|---|---|\n"
         for t in pooled:
