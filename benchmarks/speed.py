@@ -32,13 +32,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from ia2 import adapters, models, targets
-from ia2.adapters import AdapterConfig
 from ia2.methods import IA2, SFT, Stage
 from ia2.paths import write_json, write_text
 from ia2.prompts import Encoder, draw_demos
 from ia2.taps import Tap
 from ia2.tasks import Example, Task
-from ia2.train import Item, TrainConfig, train_stage
+from ia2.config import TrainConfig
+from ia2.train import Item, train_stage
 
 import reference_loop
 
@@ -228,7 +228,7 @@ class Bench:
 
     def student(self) -> nn.Module:
         """The model with a fresh LoRA adapter (r8, α8 on q, k, o), seeded alike for both sides."""
-        self.model = adapters.fresh(self.model, AdapterConfig(), self.args.seed)
+        self.model = adapters.fresh(self.model, "lora", self.args.seed)
         return self.model
 
     def ours_collect(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> targets.Targets:
@@ -251,7 +251,7 @@ class Bench:
 
     def cfg(self, **changes: Any) -> TrainConfig:
         """Our trainer's settings: the paper's defaults at --train-batch and --lr."""
-        return TrainConfig(**{"lr": self.args.lr, "batch_size": self.args.train_batch, **changes})
+        return TrainConfig(**{"lr": self.args.lr, "train_batch_size": self.args.train_batch, **changes})
 
     def loop_cfg(self, **changes: Any) -> reference_loop.LoopConfig:
         """The reference loop's settings at --lr."""

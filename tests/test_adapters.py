@@ -5,6 +5,7 @@ restore."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -19,12 +20,12 @@ from peft import (
 from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
 from ia2 import adapters, batching, models, targets, train
-from ia2.adapters import KINDS, AdapterConfig
 from ia2.errors import IA2Error
 from ia2.evaluate import MIN_SHARED_PREFIX, common_prefix, score
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig
+from ia2.config import TrainConfig
+from ia2.train import Item
 
 TEXTS = ["Question: is the cat big?\nAnswer:", "Question: is the sad happy horse quiet?\nAnswer:", "Answer:",
          "Question: is the small red fast loud green slow happy mouse sad?\nAnswer:"]
@@ -33,7 +34,7 @@ DEMO = "Question: is the dog big?\nAnswer: yes\n\nQuestion: is the fish slow?\nA
 LR = {"lora": 1e-2, "ia3": 1e-1, "prompt": 1e-1, "prefix": 1e-2}
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=tuple(adapters.PRESETS))
 def kind(request) -> str:
     return request.param
 
@@ -43,7 +44,7 @@ def _prompts_answers(tok, texts=TEXTS, answers=ANSWERS) -> tuple[list[list[int]]
     return prompts, [tok(t + a)["input_ids"][len(p):] for t, a, p in zip(texts, answers, prompts)]
 
 
-def _perturbed(model, cfg: AdapterConfig, seed: int = 0) -> PeftModel:
+def _perturbed(model, cfg: str | dict, seed: int = 0) -> PeftModel:
     """A fresh adapter moved away from its initialisation (LoRA and IA3 start as the identity)."""
     peft = adapters.fresh(model, cfg, seed)
     gen = torch.Generator().manual_seed(seed + 100)
@@ -60,49 +61,68 @@ def _run(model, batch, tap=True):
 
 
 def test_defaults_are_the_papers_lora():
-    cfg = AdapterConfig()
-    peft = cfg.peft()
-    assert cfg.kind == "lora" and isinstance(peft, LoraConfig)
+    peft = adapters.peft_config(adapters.normalise("lora"))
+    assert isinstance(peft, LoraConfig)
     assert (peft.r, peft.lora_alpha, set(peft.target_modules)) == (8, 8, {"q_proj", "k_proj", "o_proj"})
 
 
 def test_each_kind_builds_its_peft_config():
-    ia3 = AdapterConfig(kind="ia3").peft()
+    ia3 = adapters.peft_config(adapters.normalise("ia3"))
     assert isinstance(ia3, IA3Config)
     assert set(ia3.target_modules) == {"q_proj", "k_proj", "o_proj"} and not ia3.feedforward_modules
-    with_ff = AdapterConfig(kind="ia3", targets=("q_proj", "down_proj"), feedforward=("down_proj",)).peft()
+    with_ff = adapters.peft_config(adapters.normalise(
+        {"peft_type": "IA3", "target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]}))
     assert with_ff.feedforward_modules == {"down_proj"}
-    prompt = AdapterConfig(kind="prompt").peft()
+    prompt = adapters.peft_config(adapters.normalise("prompt"))
     assert isinstance(prompt, PromptTuningConfig) and prompt.num_virtual_tokens == 20
     assert str(prompt.prompt_tuning_init).endswith("RANDOM")
-    prefix = AdapterConfig(kind="prefix", num_virtual_tokens=5).peft()
+    prefix = adapters.peft_config(adapters.normalise({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 5}))
     assert isinstance(prefix, PrefixTuningConfig) and prefix.num_virtual_tokens == 5
 
 
-@pytest.mark.parametrize("cfg, message", [
-    (AdapterConfig(kind="bitfit"), "unknown --adapter 'bitfit'"),
-    (AdapterConfig(r=0), "--lora-r must be at least 1"),
-    (AdapterConfig(dropout=1.0), "dropout"),
-    (AdapterConfig(kind="ia3", targets=()), "at least one target"),
-    (AdapterConfig(kind="ia3", feedforward=("down_proj",)), "must be among the targets"),
-    (AdapterConfig(kind="lora", feedforward=("o_proj",)), "--adapter ia3 only"),
-    (AdapterConfig(kind="prompt", num_virtual_tokens=0), "--num-virtual-tokens must be at least 1"),
-    (AdapterConfig(kind="prefix", num_virtual_tokens=-1), "--num-virtual-tokens must be at least 1"),
+def test_a_mapping_starts_from_its_preset_and_text_is_parsed():
+    assert adapters.normalise({"peft_type": "lora", "r": 16}) == {**adapters.PRESETS["lora"], "r": 16}
+    assert adapters.normalise('{"peft_type": "LORA", "lora_alpha": 32}')["lora_alpha"] == 32
+
+
+def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
+    """A PEFT kind without a preset (LoHa) is taken as PEFT declares it; what it allows comes from its type."""
+    spec = adapters.normalise({"peft_type": "LOHA", "target_modules": ["q_proj", "v_proj"], "r": 4})
+    assert adapters.capabilities(spec) == adapters.Capability(merge=True, fsdp=False, virtual_tokens=False)
+    assert adapters.capabilities(adapters.normalise("prefix")).virtual_tokens
+    model, _ = models.load(str(llama_dir))
+    peft = adapters.fresh(model, spec, 0)
+    assert any("hada" in name for name, p in peft.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bitfit", "unknown adapter 'bitfit'"),
+    ({"peft_type": "BITFIT"}, "unknown peft_type 'BITFIT'"),
+    ({"peft_type": "LORA", "rr": 2}, "LORA adapter: .*unexpected keyword argument 'rr'"),
+    ({"peft_type": "LORA", "r": 0}, "LORA adapter: r must be an integer of at least 1"),
+    ({"peft_type": "LORA", "lora_dropout": 1.0}, "lora_dropout must be in"),
+    ({"peft_type": "IA3", "target_modules": []}, "target_modules names no module"),
+    ({"peft_type": "IA3", "feedforward_modules": ["down_proj"]}, "subset of `target_modules`"),
+    ({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 0}, "num_virtual_tokens must be an integer of at least 1"),
+    ({"peft_type": "LORA"}, None),
 ])
-def test_bad_settings_are_one_line_errors(cfg, message, llama_dir):
+def test_bad_settings_are_one_line_errors(spec, message, llama_dir):
+    if message is None:
+        assert adapters.normalise(spec) == adapters.PRESETS["lora"]
+        return
     with pytest.raises(IA2Error, match=message) as err:
-        cfg.validate()
+        adapters.normalise(spec)
     assert "\n" not in str(err.value)
     model, _ = models.load(str(llama_dir))
     with pytest.raises(IA2Error, match=message):
-        adapters.fresh(model, cfg, 0)
+        adapters.fresh(model, spec, 0)
 
 
 @pytest.mark.parametrize("kind_", ["lora", "ia3"])
 def test_missing_target_modules_fail_at_fresh(kind_, llama_dir):
     model, _ = models.load(str(llama_dir))
-    with pytest.raises(IA2Error, match=f"cannot add a {kind_} adapter to LlamaForCausalLM") as err:
-        adapters.fresh(model, AdapterConfig(kind=kind_, targets=("nowhere",)), 0)
+    with pytest.raises(IA2Error, match=f"cannot add a {kind_.upper()} adapter to LlamaForCausalLM") as err:
+        adapters.fresh(model, {"peft_type": kind_.upper(), "target_modules": ["nowhere"]}, 0)
     assert "\n" not in str(err.value)
 
 
@@ -116,14 +136,14 @@ def test_prefix_tuning_refuses_layers_without_a_kv_cache():
     model = Qwen3NextForCausalLM(config).eval()
     with pytest.raises(IA2Error, match="prefix tuning needs a key/value cache in every layer; Qwen3NextForCausalLM "
                                        "also has linear_attention layers"):
-        adapters.fresh(model, AdapterConfig(kind="prefix"), 0)
-    assert isinstance(adapters.fresh(model, AdapterConfig(kind="prompt"), 0), PeftModel)
+        adapters.fresh(model, "prefix", 0)
+    assert isinstance(adapters.fresh(model, "prompt", 0), PeftModel)
 
 
 def test_left_padding_does_not_change_a_row(model_dir, arch, kind):
     """A row in a left-padded batch has the logits and activations it has alone and unpadded, which are PEFT's own."""
     model, tok = models.load(str(model_dir))
-    peft = _perturbed(model, AdapterConfig(kind=kind))
+    peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
     batch = batching.make_batch(prompts, answers, tok.pad_token_id)
     assert not batch.attention_mask.all(), "setup: the batch must be padded"
@@ -144,7 +164,7 @@ def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
     """Prompts sharing a long prefix (an instruction, demonstrations) score as each prompt does alone, under every
     adapter kind: the prefix KV cache must not be reused where the adapter rewrites the input (prompt tuning)."""
     model, tok = models.load(str(model_dir))
-    peft = _perturbed(model, AdapterConfig(kind=kind))
+    peft = _perturbed(model, kind)
     prompts = [tok(DEMO * 3 + t)["input_ids"] for t in TEXTS]
     assert common_prefix(prompts) >= MIN_SHARED_PREFIX, "setup: the prompts must share a cacheable prefix"
     labels = [tok(" yes", add_special_tokens=False)["input_ids"], tok(" no", add_special_tokens=False)["input_ids"]]
@@ -157,7 +177,7 @@ def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
 def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
     """The ground truth without PEFT's forward: the prompt embeddings concatenated before the row's embeddings."""
     model, tok = models.load(str(llama_dir))
-    peft = _perturbed(model, AdapterConfig(kind="prompt", num_virtual_tokens=3))
+    peft = _perturbed(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3})
     prompts, answers = _prompts_answers(tok)
     logits, _ = _run(peft, batching.make_batch(prompts, answers, tok.pad_token_id), tap=False)
     base = peft.get_base_model()
@@ -172,7 +192,7 @@ def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
 def test_prefix_on_sliding_window_batches_while_the_window_holds(model_dirs):
     """Gemma 3's sliding window (16 here) counts pads: short padded rows run batched, longer ones one at a time."""
     model, tok = models.load(str(model_dirs["gemma3"]))
-    peft = _perturbed(model, AdapterConfig(kind="prefix", num_virtual_tokens=2))
+    peft = _perturbed(model, {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2})
     prompts, answers = _prompts_answers(tok, TEXTS[::2], ANSWERS[::2])
     batch = batching.make_batch(prompts, answers, tok.pad_token_id)
     assert 2 + batch.input_ids.shape[1] <= 16 and not adapters.rows_alone(peft, batch.input_ids.shape[1])
@@ -191,7 +211,7 @@ def test_disabled_adapter_is_exactly_the_base_model(model_dir, kind):
     """The frozen ICL teacher runs as `disable_adapter()`: forward passes and greedy generation must be the base's."""
     base, tok = models.load(str(model_dir))
     model, _ = models.load(str(model_dir))
-    peft = _perturbed(model, AdapterConfig(kind=kind))
+    peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
     batch = batching.make_batch([tok(DEMO)["input_ids"] + p for p in prompts], answers, tok.pad_token_id)
     want_logits, want_acts = _run(base, batch)
@@ -218,7 +238,7 @@ def _items(peft, tok, with_acts: bool) -> list[Item]:
 @pytest.mark.parametrize("stage", [SFT, IA2], ids=["ce", "ia2"])
 def test_losses_fall_under_adam(model_dir, kind, stage):
     model, tok = models.load(str(model_dir))
-    peft = adapters.fresh(model, AdapterConfig(kind=kind), 0)
+    peft = adapters.fresh(model, kind, 0)
     tap, cfg, pad = Tap(peft), TrainConfig(), tok.pad_token_id
     items = _items(peft, tok, with_acts=stage is IA2)
     trainable = {n: p for n, p in peft.named_parameters() if p.requires_grad}
@@ -237,8 +257,12 @@ def test_losses_fall_under_adam(model_dir, kind, stage):
 
 def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
     model, tok = models.load(str(model_dir))
-    peft = _perturbed(model, AdapterConfig(kind=kind))
-    adapters.save(peft, tmp_path / "adapter")
+    peft = _perturbed(model, kind)
+    adapters.save(peft, tmp_path / "adapter", "my-base", "# card\n")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "my-base", "the base model as the user named it, not a cache path"
+    assert (tmp_path / "adapter" / "README.md").read_text() == "# card\n"
+    assert peft.peft_config["default"].base_model_name_or_path == str(model_dir), "the live model is left as it was"
     fresh_base, _ = models.load(str(model_dir))
     reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "adapter")).eval()
     prompts, answers = _prompts_answers(tok)
@@ -252,7 +276,7 @@ def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
 def test_adapter_state_round_trips(model_dir, kind):
     """The trainer's best-state restore: `adapter_state` copies, `set_peft_model_state_dict` puts it back."""
     model, tok = models.load(str(model_dir))
-    peft = adapters.fresh(model, AdapterConfig(kind=kind), 0)
+    peft = adapters.fresh(model, kind, 0)
     prompts, answers = _prompts_answers(tok)
     batch = batching.make_batch(prompts, answers, tok.pad_token_id)
     state, (want, _) = train.adapter_state(peft), _run(peft, batch, tap=False)
@@ -270,23 +294,23 @@ def test_adapter_state_round_trips(model_dir, kind):
 
 def test_fresh_is_seeded(model_dir, kind):
     model, _ = models.load(str(model_dir))
-    first = adapters.fresh(model, AdapterConfig(kind=kind), 7)
+    first = adapters.fresh(model, kind, 7)
     a = train.adapter_state(first)
-    second = adapters.fresh(first, AdapterConfig(kind=kind), 7)
+    second = adapters.fresh(first, kind, 7)
     b = train.adapter_state(second)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if kind != "ia3":  # IA3 vectors start at one; LoRA A, prompt and prefix embeddings are drawn from the seed
-        c = train.adapter_state(adapters.fresh(second, AdapterConfig(kind=kind), 8))
+        c = train.adapter_state(adapters.fresh(second, kind, 8))
         assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("first, second", list(itertools.product(KINDS, KINDS)))
+@pytest.mark.parametrize("first, second", list(itertools.product(adapters.PRESETS, adapters.PRESETS)))
 def test_rewrapping_replaces_an_adapter_of_any_kind(llama_dir, first, second):
     clean, tok = models.load(str(llama_dir))
-    want = train.adapter_state(adapters.fresh(clean, AdapterConfig(kind=second), 3))
+    want = train.adapter_state(adapters.fresh(clean, second, 3))
     model, _ = models.load(str(llama_dir))
     n_modules = len(list(model.modules()))
-    again = adapters.fresh(_perturbed(model, AdapterConfig(kind=first)), AdapterConfig(kind=second), 3)
+    again = adapters.fresh(_perturbed(model, first), second, 3)
     got = train.adapter_state(again)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     base, _ = models.load(str(llama_dir))

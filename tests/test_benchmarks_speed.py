@@ -11,10 +11,10 @@ import torch
 from conftest import icl_prompts, toy_task_and_encoder
 
 from ia2 import adapters, models, targets
-from ia2.adapters import AdapterConfig
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig, batch_loss
+from ia2.config import TrainConfig
+from ia2.train import Item, batch_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -49,7 +49,7 @@ def test_reference_ia2_epoch_lowers_the_loss(model_dirs, toy_jsonl):
     tokens, acts = reference_loop.collect(model, prompts, 1)
     plain = [encoder.encode(task.examples[i]).prompt for i in range(len(prompts))]
     examples = [reference_loop.Example(p, t, a) for p, t, a in zip(plain, tokens, acts)]
-    student = adapters.fresh(model, AdapterConfig(), seed=0)
+    student = adapters.fresh(model, "lora", seed=0)
     recorder = reference_loop.AttentionRecorder(student)
     before = reference_loop.dev_pass(student, recorder, examples, "ia2")
     log = reference_loop.train(student, examples, examples, "ia2",
@@ -65,7 +65,7 @@ def test_reference_losses_equal_the_library_s_on_one_example(model_dirs, toy_jso
     prompts = _prompts(model, tok, toy_jsonl, n=3)
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     tokens, acts = reference_loop.collect(model, prompts, 3)
-    student = adapters.fresh(model, AdapterConfig(), seed=0)
+    student = adapters.fresh(model, "lora", seed=0)
     with torch.no_grad():
         for name, param in student.named_parameters():
             if "lora_B" in name:

@@ -51,8 +51,8 @@ def test_chat_run_end_to_end(tmp_path, chat_model_dir):
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     out = tmp_path / "out"
     assert cli.main(["run", "--model", str(chat_model_dir), "--task", f"jsonl:{task}", "--chat", "--methods",
-                     "zero-shot,icl,ia2", "--n", "4", "--seeds", "0", "--n-test", "10", "--epochs", "2",
+                     "zero-shot,icl,ia2", "--n-train", "4", "--seeds", "0", "--n-test", "10", "--max-epochs", "2",
                      "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "icl", "zero-shot"]
-    assert json.loads((out / "results.json").read_text())["config"]["chat"] is True
+    assert json.loads((out / "results.json").read_text())["config"]["prompt"]["chat"] is True

@@ -28,14 +28,13 @@ from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 from conftest import toy_rows, toy_task_and_encoder, write_jsonl
-from ia2 import adapters, cli, distributed, evaluate, models, paths, plots, store, targets
-from ia2.adapters import AdapterConfig
+from ia2 import adapters, cli, config, distributed, evaluate, models, paths, plots, store, targets
 from ia2.errors import IA2Error
-from ia2.experiment import RunConfig
 from ia2.methods import Stage
 from ia2.store import resolve
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig, adapter_state, train_stage
+from ia2.config import TrainConfig
+from ia2.train import Item, adapter_state, train_stage
 
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
@@ -51,7 +50,7 @@ FORWARD_ATOL = {"two": 0.0, "fsdp": 1e-5}
 def run_argv(model: Path, task: Path, out: Path) -> list[str]:
     """A small run whose batches split unevenly over two processes (training 3 + 1, test 4 + 4 + 2)."""
     return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", METHODS, "--n-train", "4",
-            "--seeds", "0", "--n-test", "10", "--epochs", "3", "--train-batch-size", "3", "--batch-size", "4",
+            "--seeds", "0", "--n-test", "10", "--max-epochs", "3", "--train-batch-size", "3", "--batch-size", "4",
             "--out", str(out)]
 
 
@@ -97,9 +96,9 @@ def probe(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
                                      distribution=4, store="shards")
     out["teacher"] = [teacher.tokens] + [[resolve(t) for t in getattr(teacher, name)]
                                          for name in ("acts", "top_ids", "top_logp")]
-    model = adapters.fresh(model, adapters.AdapterConfig(), 0)
+    model = adapters.fresh(model, "lora", 0)
     items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
-    cfg = TrainConfig(batch_size=3, max_epochs=2, eval_every=1, per_layer_norm=True)
+    cfg = TrainConfig(train_batch_size=3, max_epochs=2, eval_every=1, per_layer_norm=True)
     out["log"] = train_stage(model, tap, items[:7], items[7:], Stage("ia2", "icl"), cfg, 0, tok.pad_token_id)
     out["adapter"] = adapter_state(model)
     return out
@@ -119,9 +118,9 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     out["generated"] = evaluate.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
     out["teacher"] = targets.cached_collect(model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8,
                                             batch_size=2, store="shards").tokens
-    model = adapters.fresh(model, AdapterConfig(kind="ia3"), 0)
+    model = adapters.fresh(model, "ia3", 0)
     items = [Item(p, t, icl_prompt=s) for p, t, s in zip(plain, out["teacher"], shared)]
-    cfg = TrainConfig(lr=1e-2, batch_size=3, max_epochs=2, eval_every=1)
+    cfg = TrainConfig(lr=1e-2, train_batch_size=3, max_epochs=2, eval_every=1)
     out["log"] = train_stage(model, tap, items[:4], items[4:], Stage("ia2", "icl"), cfg, 0, tok.pad_token_id)
     out["adapter"] = adapter_state(model)
     return out
@@ -316,17 +315,18 @@ def test_fsdp_needs_a_launcher(llama_dir, toy_jsonl, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"adapter": AdapterConfig(kind="prompt")}, "--fsdp supports lora and ia3 adapters, not prompt"),
-    ({"adapter": AdapterConfig(kind="prefix")}, "not prefix"),
-    ({"merge_bf16": True}, "--merge-bf16 merges the adapter into a whole copy"),
+    ({"adapter": "prompt"}, "^fsdp supports LoRA and IA3 adapters, not PROMPT_TUNING"),
+    ({"adapter": "prefix"}, "not PREFIX_TUNING"),
+    ({"merge_bf16": True}, "^merge_bf16 merges the adapter into a whole copy"),
 ])
-def test_fsdp_rejects_what_it_cannot_shard(monkeypatch, change, needle):
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+def test_fsdp_rejects_what_it_cannot_shard(change, needle):
+    """Checked from the config alone, whatever the launcher: no process count is needed to know it."""
     with pytest.raises(IA2Error, match=needle):
-        RunConfig(model="m", task="t", methods=("sft",), fsdp=True, **change).validate()
+        config.make("m", "t", methods=["sft"], fsdp=True, **change)
 
 
-def test_accelerate_fsdp_is_refused(monkeypatch):
+def test_launcher_checks_run_once_at_start_up(monkeypatch):
+    cfg = config.make("m", "t", methods=["sft"])
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(IA2Error, match="give ia2 --fsdp"):
-        RunConfig(model="m", task="t", methods=("sft",)).validate()
+        distributed.check_launch(cfg)

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, experiment, models
+from ia2 import cli, config, experiment, models, splits
 from ia2.errors import IA2Error
-from ia2.experiment import RunConfig
 from ia2.prompts import Encoder
 from ia2.tasks import load_task
 
@@ -32,8 +31,8 @@ def error_lines(err: str) -> list[str]:
 
 
 def cli_args(model: Path | str, task: str, out: Path, *extra: str) -> list[str]:
-    return ["run", "--model", str(model), "--task", task, "--methods", "zero-shot,icl,ia2", "--n", "4",
-            "--seeds", "0", "--n-test", "10", "--epochs", "1", "--out", str(out), *extra]
+    return ["run", "--model", str(model), "--task", task, "--methods", "zero-shot,icl,ia2", "--n-train", "4",
+            "--seeds", "0", "--n-test", "10", "--max-epochs", "1", "--out", str(out), *extra]
 
 
 def assert_cli_fails(argv, capsys, *needles: str) -> str:
@@ -141,14 +140,14 @@ def test_unknown_method(tmp_path, llama_dir, toy_jsonl, capsys):
     code, err = run_cli(argv, capsys)
     assert code != 0
     assert "bogus" in err and "Traceback" not in err
-    with pytest.raises(IA2Error, match="bogus"):
-        experiment.run(RunConfig(model=str(llama_dir), task=f"jsonl:{toy_jsonl}", methods=("bogus",)), tmp_path / "o2")
+    with pytest.raises(IA2Error, match="^methods must be one of .*, got 'bogus'"):
+        config.make(str(llama_dir), f"jsonl:{toy_jsonl}", methods=["bogus"])
 
 
 def test_too_few_examples(tmp_path, llama_dir, capsys):
     path = write_jsonl(tmp_path / "small.jsonl", toy_rows(15))  # N=4 + dev 2 + test 10 need 16
     with pytest.raises(IA2Error, match="need 16"):
-        experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
+        splits.test_and_pool(load_task(f"jsonl:{path}"), config.make("m", "t", n_train=4, n_test=10).data)
     assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "small.jsonl", "15")
     assert not (tmp_path / "out" / "results.json").exists()
     # marked test rows: too few of them is also an error
@@ -156,8 +155,13 @@ def test_too_few_examples(tmp_path, llama_dir, capsys):
     for r in rows[:5]:
         r["split"] = "test"
     path = write_jsonl(tmp_path / "marked.jsonl", rows)
-    with pytest.raises(IA2Error, match="test=10"):
-        experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
+    with pytest.raises(IA2Error, match=r"marked\.jsonl: 5 examples have split 'test', but n_test=10"):
+        splits.test_and_pool(load_task(f"jsonl:{path}"), config.make("m", "t", n_train=4, n_test=10).data)
+    for r in rows[5:]:
+        r["split"] = "train"
+    path = write_jsonl(tmp_path / "marked.jsonl", rows)
+    with pytest.raises(IA2Error, match=r"marked\.jsonl: 25 examples outside the test split, but N=4 \+ dev=22 need 26"):
+        splits.test_and_pool(load_task(f"jsonl:{path}"), config.make("m", "t", n_train=4, n_dev=22, n_test=5).data)
 
 
 def test_prompt_longer_than_context(tmp_path, short_context_dir, capsys):
@@ -199,9 +203,9 @@ def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, lla
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment.Experiment, "train_and_eval", boom)
-    cfg = RunConfig(model=str(llama_dir), task=f"jsonl:{toy_jsonl}", methods=("zero-shot", "icl", "ia2"), n=4,
-                    seeds=(0,), n_test=10)
+    monkeypatch.setattr(experiment, "method_rows", boom)
+    cfg = config.make(str(llama_dir), f"jsonl:{toy_jsonl}", methods=["zero-shot", "icl", "ia2"], n_train=4,
+                      seeds=[0], n_test=10)
     with pytest.raises(KeyboardInterrupt):
         experiment.run(cfg, out)
     assert not (out / "results.json").exists() and not (out / "results.md").exists()
@@ -215,8 +219,8 @@ def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, lla
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the resume writes only the missing method's rows"
 
 
-@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n-dev", "0"), ("--n-test", "0"), ("--train-batch-size", "0"),
-                                           ("--eval-every", "0"), ("--epochs", "0")])
+@pytest.mark.parametrize("option, value", [("--n-train", "0"), ("--n-dev", "0"), ("--n-test", "0"), ("--train-batch-size", "0"),
+                                           ("--eval-every", "0"), ("--max-epochs", "0")])
 def test_degenerate_numbers_fail_cleanly(tmp_path, llama_dir, toy_jsonl, capsys, option, value):
     """Out-of-range numbers end in a one-line error and a non-zero exit, never an uncaught exception."""
     args = cli_args(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out")

@@ -13,7 +13,10 @@ import torch
 from peft import PeftModel
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, evaluate, experiment, models, targets
+from ia2 import cli, config, evaluate, measure, models, prompts, splits, stages, targets
+from ia2.context import declared, load_context
+from ia2.errors import IA2Error
+from ia2.prompts import teacher_prompts, teacher_queries
 from ia2.prompts import Encoder
 from ia2.tasks import load_task
 
@@ -23,8 +26,8 @@ NUMBERS = ["accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"]
 
 
 def argv(model: Path, task: Path, out: Path, seeds: str = "0,1", methods: list[str] = METHODS) -> list[str]:
-    return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", ",".join(methods), "--n", "4",
-            "--seeds", seeds, "--n-test", "10", "--out", str(out), "--epochs", "2"]
+    return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", ",".join(methods), "--n-train", "4",
+            "--seeds", seeds, "--n-test", "10", "--out", str(out), "--max-epochs", "2"]
 
 
 def run_with_cache(args: list[str], cache: Path) -> int:
@@ -66,7 +69,7 @@ def test_results_contract(runs):
             assert row["asim"] is None
         else:
             assert isinstance(row["asim"], float) and -1.0 <= row["asim"] <= 1.0
-    assert res["config"]["n"] == 4 and res["config"]["n_test"] == 10
+    assert res["config"]["data"]["n_train"] == 4 and res["config"]["data"]["n_test"] == 10
 
 
 def test_reports_and_manifest(runs):
@@ -138,7 +141,7 @@ def test_rerun_reuses_rows(runs, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a rerun with the same arguments must not retrain")
 
-    monkeypatch.setattr(experiment, "train_stage", no_training)
+    monkeypatch.setattr(stages, "train_stage", no_training)
     monkeypatch.setattr(targets, "collect", no_training)
     assert run_with_cache(argv(runs["model"], runs["task"], out), root / "cache_a") == 0
     assert [os.stat(p).st_mtime_ns for p in row_files] == mtimes
@@ -182,15 +185,16 @@ def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, mo
     teacher = targets.load(target_file)
     assert len(teacher.tokens) == 10 + 2, "M unlabelled queries + N/2 dev queries"
     assert all(ids.shape == (1, 4) for ids in teacher.top_ids)
-    cfg = experiment.RunConfig(model=str(model_dirs["llama"]), task=f"jsonl:{task}", methods=("ia2",), n=4, n_test=10,
-                               unlabelled=10, permutations=3)
-    exp = experiment.Experiment(cfg, tmp_path / "probe")
-    split = experiment.draw_split(exp.test, exp.pool, cfg, 0)
+    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10,
+                      unlabelled=10, permutations=3)
+    ctx = load_context(cfg)
+    split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     assert set(split.unlabelled).isdisjoint(split.train + split.dev + split.test) and len(split.unlabelled) == 10
-    assert experiment.draw_split(exp.test, exp.pool, replace(cfg, unlabelled=None), 0).train == split.train
-    prompts, policy = exp.teacher_prompts(split, 0)
+    assert splits.draw_split(ctx.test, ctx.pool, replace(cfg.data, unlabelled=None), 0).train == split.train
+    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, 4, True, 0)
     assert policy == "low-data k=4 permutations=3"
-    demo_sets = {tuple(p.prompt[: -len(exp.encode(i).prompt) + 1]) for p, i in zip(prompts, exp.teacher_queries(split))}
+    plain = [ctx.encoder.encode(ctx.task.examples[i]).prompt for i in teacher_queries(split, True)]
+    demo_sets = {tuple(p.prompt[: -len(q) + 1]) for p, q in zip(prompts, plain)}
     assert len(demo_sets) == 3, "three demonstration orders of the same four labelled examples"
     logs = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
     assert [s["stage"] for s in logs["ia2-sft"]] == ["ia2:icl", "ce:gold"]
@@ -202,30 +206,30 @@ def test_icl_demo_policies(tmp_path, model_dirs, policy, monkeypatch):
     """shared: one draw from the training examples for every query; per-query: a draw per query from them;
     pool (reference parity): a draw per query from the pool outside train and dev."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
-    cfg = experiment.RunConfig(model=str(model_dirs["llama"]), task=f"jsonl:{task}", methods=("icl",), n=4, n_test=6,
-                               icl_demos=policy)
-    exp = experiment.Experiment(cfg, tmp_path / "out")
-    split = experiment.draw_split(exp.test, exp.pool, cfg, 0)
+    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["icl"], n_train=4, n_test=6,
+                      icl_demos=policy)
+    ctx = load_context(cfg)
+    split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     drawn = []
-    real = experiment.draw_demos
-    monkeypatch.setattr(experiment, "draw_demos", lambda pool, k, rng, exclude=None: drawn.append(list(pool)) or real(pool, k, rng, exclude))
-    se = exp.seed_eval(exp.evals[0], split, 0)
+    real = prompts.draw_demos
+    monkeypatch.setattr(prompts, "draw_demos", lambda pool, k, rng, exclude=None: drawn.append(list(pool)) or real(pool, k, rng, exclude))
+    se = measure.seed_eval(ctx, ctx.evals[0], split, 0)
     prefixes = {tuple(p.prompt[:-len(q.prompt) + 1]) for p, q in zip(se.icl_prompts, se.plain)}
-    assert len(drawn) == 1 + (0 if policy == "shared" else len(exp.test))
+    assert len(drawn) == 1 + (0 if policy == "shared" else len(ctx.test))
     if policy == "pool":
-        assert all(set(pool).isdisjoint(split.train + split.dev) and len(pool) == len(exp.pool) - 6 for pool in drawn[1:])
+        assert all(set(pool).isdisjoint(split.train + split.dev) and len(pool) == len(ctx.pool) - 6 for pool in drawn[1:])
     else:
         assert all(sorted(pool) == sorted(split.train) for pool in drawn)
     assert (len(prefixes) == 1) == (policy == "shared")
 
 
 def test_parity_overrides_are_validated_and_applied(toy_jsonl):
-    cfg = experiment.RunConfig(model="m", task=f"jsonl:{toy_jsonl}", methods=("sft",), answer_prefix="")
-    assert experiment.declared(cfg.task, cfg).answer_prefix == ""
-    with pytest.raises(experiment.IA2Error, match="--teacher-stop"):
-        replace(cfg, teacher_stop="never").validate()
-    with pytest.raises(experiment.IA2Error, match="--icl-demos"):
-        replace(cfg, icl_demos="random").validate()
+    cfg = config.make("m", f"jsonl:{toy_jsonl}", methods=["sft"], answer_prefix="")
+    assert declared(cfg.data.task, cfg).answer_prefix == ""
+    with pytest.raises(IA2Error, match="^teacher_stop must be one of task, eos, got 'never'"):
+        config.make("m", "t", teacher_stop="never")
+    with pytest.raises(IA2Error, match="^icl_demos must be one of"):
+        config.make("m", "t", icl_demos="random")
 
 
 def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
@@ -237,6 +241,6 @@ def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
     assert cli.main(argv(model_dirs["llama"], task, out, seeds="0", methods=["icl", "ia2"]) + ["--dtype", "bfloat16"]) == 0
     weights = load_file(str(out / "adapters" / "seed0" / "ia2" / "adapter_model.safetensors"))
     assert weights and all(w.dtype == torch.float32 for w in weights.values())
-    assert results(out)["config"]["dtype"] == "bfloat16"
-    with pytest.raises(experiment.IA2Error, match="--dtype"):
-        experiment.RunConfig(model="m", task="t", methods=("sft",), dtype="int8").validate()
+    assert results(out)["config"]["runtime"]["dtype"] == "bfloat16"
+    with pytest.raises(IA2Error, match="^dtype must be one of"):
+        config.make("m", "t", dtype="int8")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ADJECTIVES, ANIMALS, write_jsonl
-from ia2 import cli, evaluate, models, summary, targets
+from ia2 import cli, config, evaluate, models, summary, targets
 from ia2.errors import IA2Error
-from ia2.experiment import RunConfig, declared
+from ia2.context import declared
 from ia2.prompts import Encoder
 
 
@@ -36,22 +36,22 @@ def test_generation_metrics_count_parse_failures_as_wrong():
 
 def test_gold_answers_end_with_the_stop_string(tmp_path, llama_dir):
     task_path = write_jsonl(tmp_path / "copy.jsonl", copy_rows())
-    cfg = RunConfig(model=str(llama_dir), task=f"jsonl:{task_path}", methods=("sft",), parser="text", max_new_tokens=6)
-    task = declared(cfg.task, cfg)
+    cfg = config.make(str(llama_dir), f"jsonl:{task_path}", methods=["sft"], parser="text", max_new_tokens=6)
+    task = declared(cfg.data.task, cfg)
     assert task.generative and task.parser == "text" and task.max_new_tokens == 6
     _, tok = models.load(str(llama_dir))
     prompted = Encoder(task, tok, 512).encode(task.examples[0])
     assert prompted.label == -1
     assert tok.decode(prompted.answer) == " " + task.examples[0].answer + "\n\n"
-    with pytest.raises(IA2Error, match="give --max-new-tokens"):
-        declared(cfg.task, RunConfig(model="m", task=cfg.task, methods=("sft",), parser="text"))
+    with pytest.raises(IA2Error, match=r"give max_new_tokens \(--max-new-tokens\)"):
+        declared(cfg.data.task, config.make("m", cfg.data.task, methods=["sft"], parser="text"))
 
 
 def test_generative_run_end_to_end(tmp_path, llama_dir):
     task_path = write_jsonl(tmp_path / "copy.jsonl", copy_rows())
     out = tmp_path / "out"
     args = ["run", "--model", str(llama_dir), "--task", f"jsonl:{task_path}", "--parser", "text", "--max-new-tokens", "5",
-            "--methods", "zero-shot,icl,sft,ia2,ia2-sft", "--n", "4", "--seeds", "0", "--n-test", "8", "--epochs", "3",
+            "--methods", "zero-shot,icl,sft,ia2,ia2-sft", "--n-train", "4", "--seeds", "0", "--n-test", "8", "--max-epochs", "3",
             "--out", str(out)]
     assert cli.main(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]

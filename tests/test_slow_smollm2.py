@@ -43,7 +43,7 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     task = write_jsonl(tmp_path / "sentiment.jsonl", rows)
     out = tmp_path / "out"
     code = cli.main(["run", "--model", "smollm2-135m", "--task", f"jsonl:{task}", "--methods", "zero-shot,icl,ia2",
-                     "--n", "4", "--seeds", "0", "--n-test", "10", "--epochs", "3", "--out", str(out)])
+                     "--n-train", "4", "--seeds", "0", "--n-test", "10", "--max-epochs", "3", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     by = {r["method"]: r for r in result["rows"]}

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
 from ia2 import adapters, losses, targets, train
-from ia2.adapters import AdapterConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig
+from ia2.config import TrainConfig
+from ia2.train import Item
 
 SOFT = Stage("soft", "icl")
 B, T, V = 3, 4, 11
@@ -153,7 +153,7 @@ def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_json
     teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3, batch_size=3, distribution=distribution)
     ids = teacher.top_ids or [None] * len(prompts)
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(prompts, teacher.tokens, ids, teacher.top_logp)]
-    student = adapters.fresh(model, AdapterConfig(), seed=0)
+    student = adapters.fresh(model, "lora", seed=0)
     tap, cfg = Tap(student), TrainConfig()
     with torch.no_grad():
         assert abs(train.batch_loss(student, tap, items, SOFT, cfg, tok.pad_token_id).item()) < 1e-5
@@ -176,8 +176,8 @@ def test_soft_training_lowers_dev_kl(loaded, toy_jsonl, distribution):
     plain = [encoder.encode(task.examples[i]).prompt for i in indices]
     ids = teacher.top_ids or [None] * len(plain)
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, teacher.tokens, ids, teacher.top_logp)]
-    student = adapters.fresh(model, AdapterConfig(), seed=0)
-    cfg = TrainConfig(lr=1e-2, batch_size=4, max_epochs=4, eval_every=2, patience=4)
+    student = adapters.fresh(model, "lora", seed=0)
+    cfg = TrainConfig(lr=1e-2, train_batch_size=4, max_epochs=4, eval_every=2, patience=4)
     log = train.train_stage(student, Tap(student), items[:8], items[8:], SOFT, cfg, seed=0, pad_id=tok.pad_token_id)
     assert log["stage"] == "soft:icl"
     assert log["history"][0]["dev_loss"] > 0

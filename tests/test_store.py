@@ -11,14 +11,13 @@ import torch
 from safetensors import safe_open
 
 from conftest import icl_prompts, toy_rows, toy_task_and_encoder, write_jsonl
-from ia2 import adapters, cli, models, targets, train
-from ia2.adapters import AdapterConfig
+from ia2 import adapters, cli, config, models, targets, train
 from ia2.errors import IA2Error
-from ia2.experiment import RunConfig
 from ia2.methods import Stage
 from ia2.store import Stored, TargetStore
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig
+from ia2.config import TrainConfig
+from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
 N, N_TRAIN, SHARD = 64, 48, 8
@@ -40,7 +39,7 @@ def _prompts(folder: Path, task_path: Path, n: int = N):
 
 def _train(model, items: list[Item], cfg: TrainConfig) -> tuple[dict, dict]:
     """An IA2 stage on a fresh seeded LoRA (replacing the model's earlier one): (log, adapter state)."""
-    peft = adapters.fresh(model, AdapterConfig(), 0)
+    peft = adapters.fresh(model, "lora", 0)
     log = train.train_stage(peft, Tap(peft), items[:N_TRAIN], items[N_TRAIN:], IA2, cfg, seed=0,
                             pad_id=peft.config.pad_token_id)
     return log, train.adapter_state(peft)
@@ -76,7 +75,7 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
     want = targets.collect(model, tap, tok, prompts, max_new_tokens=3, distribution=5)
     targets.write_store(tmp_path / "s", targets.rows(model, tap, tok, prompts, 3, distribution=5), 8, {}, "bfloat16", 3)
     got = targets.open_store(tmp_path / "s")
-    peft = adapters.fresh(model, AdapterConfig(), 0)
+    peft = adapters.fresh(model, "lora", 0)
     with torch.no_grad():
         for param in (p for n, p in peft.named_parameters() if "lora_B" in n):
             param.normal_(0, 0.1)
@@ -104,7 +103,7 @@ def test_training_from_shards_matches_memory_with_few_shards_open(model_dirs, to
     teacher = targets.collect(model, tap, tok, prompts)
     for dtype in ("float32", "bfloat16"):
         targets.write_store(tmp_path / dtype, targets.rows(model, tap, tok, prompts), N, {}, dtype, SHARD)
-    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=2, eval_every=4, patience=10)
+    cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=2, eval_every=4, patience=10)
     memory_log, memory_state = _train(model, [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)], cfg)
     logs = {}
     for dtype in ("float32", "bfloat16"):
@@ -128,11 +127,11 @@ def test_online_teacher_matches_cached_targets(model_dirs, toy64):
     answers = targets.collect(model, None, tok, prompts)
     teacher = targets.collect(model, Tap(model), tok, prompts)
     assert answers.tokens == teacher.tokens
-    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=2, eval_every=4, patience=10)
+    cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=2, eval_every=4, patience=10)
     cached_log, _ = _train(model, [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)], cfg)
     online = [Item(p, t, icl_prompt=q) for p, t, q in zip(plain, answers.tokens, prompts)]
     online_log, _ = _train(model, online, cfg)
-    model = adapters.fresh(model, AdapterConfig(), 0)
+    model = adapters.fresh(model, "lora", 0)
     assert [h["step"] for h in online_log["history"]] == [h["step"] for h in cached_log["history"]]
     for ours, theirs in zip(online_log["history"], cached_log["history"]):
         assert ours.keys() == theirs.keys()
@@ -147,7 +146,7 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
     model, tok, prompts, plain = _prompts(model_dirs["llama"], toy64, 8)
     teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3)
     assert len({len(t) for t in teacher.tokens}) > 1, "answers of different lengths exercise the masked positions"
-    peft = adapters.fresh(model, AdapterConfig(), 0)
+    peft = adapters.fresh(model, "lora", 0)
     tap, keep = Tap(peft), max(len(t) for t in teacher.tokens)
     items = [Item(p, t, icl_prompt=q) for p, t, q in zip(plain, teacher.tokens, prompts)]
     got = train.online_acts(peft, tap, items, tok.pad_token_id)
@@ -190,25 +189,27 @@ def test_bf16_file_returns_what_it_reloads(model_dirs, toy64, tmp_path, monkeypa
 
 
 def test_run_config_validation():
-    cfg = RunConfig(model="m", task="t", methods=("ia2",))
-    assert replace(cfg, teacher="cached", target_dtype="float32", target_store="file").key() == cfg.key()
-    for change, message in (({"teacher": "live"}, "--teacher must be one of cached, online"),
-                            ({"target_dtype": "float16"}, "--target-dtype must be one of float32, bfloat16"),
-                            ({"target_store": "disk"}, "--target-store must be one of file, shards"),
-                            ({"teacher": "online", "target_dtype": "bfloat16"}, "drop them with --teacher online")):
+    cfg = config.make("m", "t", methods=["ia2"])
+    explicit = config.make("m", "t", methods=["ia2"], teacher_mode="cached", target_dtype="float32",
+                           target_store="file")
+    assert config.key(explicit) == config.key(cfg), "defaults given explicitly keep the key"
+    for change, message in (({"teacher_mode": "live"}, "^teacher_mode must be one of cached, online"),
+                            ({"target_dtype": "float16"}, "^target_dtype must be one of float32, bfloat16"),
+                            ({"target_store": "disk"}, "^target_store must be one of file, shards"),
+                            ({"teacher_mode": "online", "target_dtype": "bfloat16"}, "drop --target-dtype")):
         with pytest.raises(IA2Error, match=message):
-            replace(cfg, **change).validate()
-    args = cli.parser().parse_args(["run", "--model", "m", "--task", "t", "--teacher", "online"])
-    assert cli.config_from_args(args).teacher == "online"
+            config.make("m", "t", methods=["ia2"], **change)
+    args = cli.parser().parse_args(["run", "--model", "m", "--task", "t", "--teacher-mode", "online"])
+    assert cli.config_from_args(args)[0].teacher.teacher_mode == "online"
     args = cli.parser().parse_args(["run", "--model", "m", "--task", "t", "--target-dtype", "bfloat16",
                                     "--target-store", "shards"])
-    got = cli.config_from_args(args)
-    assert (got.target_dtype, got.target_store, got.teacher) == ("bfloat16", "shards", "cached")
+    got = cli.config_from_args(args)[0].teacher
+    assert (got.target_dtype, got.target_store, got.teacher_mode) == ("bfloat16", "shards", "cached")
 
 
 def _run(model: Path, task: Path, out: Path, cache: Path, extra: list[str]) -> list[dict]:
-    argv = ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", "ia2,ia2-sft", "--n", "4",
-            "--seeds", "0", "--n-test", "10", "--out", str(out), "--epochs", "2"] + extra
+    argv = ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", "ia2,ia2-sft", "--n-train", "4",
+            "--seeds", "0", "--n-test", "10", "--out", str(out), "--max-epochs", "2"] + extra
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_CACHE", str(cache))
         assert cli.main(argv) == 0
@@ -225,7 +226,7 @@ def test_runs_with_shards_and_online_teacher(model_dirs, tmp_path):
     assert [[r[k] for k in numbers] for r in shards] == [[r[k] for k in numbers] for r in default]
     (folder,) = (tmp_path / "cb" / "targets").iterdir()
     assert (folder / "index.json").is_file()
-    online = _run(model, task, tmp_path / "c", tmp_path / "cc", ["--teacher", "online"])
+    online = _run(model, task, tmp_path / "c", tmp_path / "cc", ["--teacher-mode", "online"])
     assert [r["method"] for r in online] == [r["method"] for r in default]
     (answers,) = (tmp_path / "cc" / "targets").glob("*.safetensors")
     with safe_open(str(answers), framework="pt") as f:

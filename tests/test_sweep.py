@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import aggregate, cli, experiment, summary, sweep, train
+from ia2 import adapters, aggregate, cli, config, stages, summary, sweep, train
 from ia2.errors import IA2Error
 
 
@@ -19,7 +19,7 @@ seeds: [0, 1]
 grid:
   model: ["{model}"]
   task: ["jsonl:{task}"]
-  n: [4, 6]
+  n_train: [4, 6]
 tune:
   lr: [0.0001, 0.01]
 fixed:
@@ -47,8 +47,8 @@ def test_grid_expands_conditions_times_tuned_values(swept):
     plan = sweep.load(swept["config"], swept["out"])
     configs = plan.configs()
     assert len(configs) == 4
-    assert sorted((c.n, c.train.lr) for c in configs) == [(4, 0.0001), (4, 0.01), (6, 0.0001), (6, 0.01)]
-    assert all(c.train.max_steps == 4 and c.n_test == 10 and c.seeds == (0, 1) for c in configs)
+    assert sorted((c.data.n_train, c.train.lr) for c in configs) == [(4, 0.0001), (4, 0.01), (6, 0.0001), (6, 0.01)]
+    assert all(c.train.max_steps == 4 and c.data.n_test == 10 and c.seeds == (0, 1) for c in configs)
     assert len({sweep.run_dir(plan.out, c) for c in configs}) == 4
 
 
@@ -80,7 +80,7 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     lost.unlink()
     calls = []
     real = train.train_stage
-    monkeypatch.setattr(experiment, "train_stage", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(stages, "train_stage", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     sweep.execute(plan)
     assert lost.exists()
     assert [f"{s.loss}:{s.labels}" for s in calls] == ["ce:gold"], "only the lost (seed, method) is retrained"
@@ -123,8 +123,13 @@ def test_report_files_and_cells(swept):
 @pytest.mark.parametrize("text, needle", [
     ("methods: [sft]\nseeds: [0]\ngrid: {model: [m], task: [t]}\nbogus: 1\n", "unknown key 'bogus'"),
     ("methods: []\nseeds: [0]\n", "field 'methods' must be a non-empty list"),
-    ("methods: [sft]\nseeds: [0]\ngrid: {n: 4}\n", "grid.n must be a non-empty list"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "'train.lrr' is not a field of TrainConfig"),
+    ("methods: [sft]\nseeds: [0]\ngrid: {n_train: 4}\n", "grid.n_train must be a non-empty list"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "bad.yaml: fixed.train.lrr: unknown setting 'lrr'"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: -1}}\n", "bad.yaml: fixed.train.lr must be positive"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\ngrid: {n: [4]}\n", "bad.yaml: grid.n: setting 'n' is now called 'n_train'"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, epochs: 3}\n", "setting 'epochs' is now called 'max_epochs'"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, adapter: {kind: ia3}}\n", "adapter: .*peft_type"),
+    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {k_max: 3}}\n", "'k_max' is a setting of prompt, not train"),
     ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
     ("methods: [sft\n", "malformed YAML"),
     ("methods: [ia2+sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {w: [0.1, 0.9]}\n", "tuning w rescales the training loss"),
@@ -141,30 +146,42 @@ def test_a_grid_value_can_set_several_fields(tmp_path):
     path = tmp_path / "ood.yaml"
     path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m}\ngrid:\n  task:\n"
                     "    - {task: sst2, eval_tasks: [finsen, poems]}\n    - {task: agnews, eval_tasks: [bbcnews]}\n"
-                    "  n: [2, 4]\n")
+                    "  n_train: [2, 4]\n")
     configs = sweep.load(path).configs()
-    assert sorted((c.task, c.eval_tasks, c.n) for c in configs) == [
+    assert sorted((c.data.task, c.data.eval_tasks, c.data.n_train) for c in configs) == [
         ("agnews", ("bbcnews",), 2), ("agnews", ("bbcnews",), 4), ("sst2", ("finsen", "poems"), 2), ("sst2", ("finsen", "poems"), 4)]
 
 
 def test_runs_recorded_before_an_option_existed_group_with_later_ones():
     old = {"model": "m", "task": "t", "n": 4, "train": {"lr": 0.001}, "adapter": {"r": 8}}
-    new = aggregate.with_defaults({**old, "teacher": "cached", "train": {"lr": 0.001, "max_steps": None}})
-    assert aggregate.with_defaults(old) == new
+    new = config.with_defaults({**old, "teacher": "cached", "train": {"lr": 0.001, "max_steps": None}})
+    assert config.with_defaults(old) == new
+
+
+def test_configs_of_the_earlier_flat_layout_upgrade_to_todays():
+    """spec.json and results.json of ia2 0.1 (flat fields, train.batch_size, adapter kind/r/targets) read as
+    today's nested config, so earlier sweeps report and group with new ones."""
+    old = {"model": "m", "task": "t", "n": 4, "k_max": 16, "teacher": "online", "batch_size": 32,
+           "train": {"lr": 0.001, "batch_size": 2}, "adapter": {"kind": "lora", "r": 16, "targets": ["q_proj"]}}
+    got = config.from_dict(old)
+    assert (got.data.task, got.data.n_train, got.prompt.k_max, got.teacher.teacher_mode) == ("t", 4, 16, "online")
+    assert (got.runtime.batch_size, got.train.train_batch_size, got.train.lr) == (32, 2, 0.001)
+    assert got.adapter == {**adapters.PRESETS["lora"], "r": 16, "target_modules": ["q_proj"]}
+    assert config.from_dict(config.to_dict(got)) == got
 
 
 def test_a_setting_given_with_one_task_describes_the_task_not_a_variant():
     """StrategyQA with its own answer prefix pools with the other tasks; a varied adapter still separates."""
-    def condition(task: str, prefix: str | None, kind: str = "lora") -> str:
-        return json.dumps({"model": "m", "task": task, "n": 4, "eval_tasks": [], "answer_prefix": prefix,
-                           "adapter": {"kind": kind}, "train": {}}, sort_keys=True)
+    def condition(task: str, prefix: str | None, kind: str = "LORA") -> str:
+        return json.dumps({"model": "m", "data": {"task": task, "n_train": 4, "eval_tasks": [], "answer_prefix": prefix},
+                           "adapter": {"peft_type": kind}, "train": {}}, sort_keys=True)
 
     same = [condition("a", None), condition("b", None), condition("strategyqa", "")]
     assert len(set(summary.variant_keys(same).values())) == 1
     assert set(summary.variants(same).values()) == {""}
-    varied = same + [condition("a", None, "ia3"), condition("b", None, "ia3"), condition("strategyqa", "", "ia3")]
+    varied = same + [condition("a", None, "IA3"), condition("b", None, "IA3"), condition("strategyqa", "", "IA3")]
     assert len(set(summary.variant_keys(varied).values())) == 2
-    assert summary.variants(varied)[condition("a", None, "ia3")] == "adapter.kind=ia3"
+    assert summary.variants(varied)[condition("a", None, "IA3")] == "adapter.peft_type=IA3"
 
 
 def test_cells_and_tests_order_n_as_a_number():

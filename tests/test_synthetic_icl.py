@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from ia2 import adapters, targets
-from ia2.adapters import AdapterConfig
 from ia2.evaluate import layer_cosine, score, summarise
 from ia2.methods import IA2
 from ia2.prompts import draw_demos
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig, train_stage
+from ia2.config import TrainConfig
+from ia2.train import Item, train_stage
 
 from synthetic_icl import PretrainConfig, World, load, pretrain, save
 
@@ -65,7 +65,7 @@ def test_pretraining_never_shows_the_held_out_mapping(world):
         assert len(held & set(zip(mapping.clusters, mapping.labels))) < 2
 
 
-def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter_cfg: AdapterConfig = AdapterConfig(),
+def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter_cfg: str | dict = "lora",
                  seed: int = 0) -> dict:
     """Zero-shot, ICL and IA2 on the world's held-out mapping, through the library's own pieces."""
     tokenizer = world.tokenizer()

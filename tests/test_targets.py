@@ -9,10 +9,10 @@ import torch
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
 from ia2 import adapters, batching, losses, targets, train
-from ia2.adapters import AdapterConfig
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig
+from ia2.config import TrainConfig
+from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
 
@@ -29,7 +29,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
     prompts = _plain_prompts_sorted(task, encoder)
     teacher = targets.collect(model, Tap(model), tok, prompts, batch_size=len(prompts))
 
-    student = adapters.fresh(model, AdapterConfig(), seed=0)
+    student = adapters.fresh(model, "lora", seed=0)
     tap = Tap(student)
     assert any("lora_" in n for n, _ in student.named_parameters())
     batch = batching.make_batch(prompts, teacher.tokens, tok.pad_token_id)

@@ -11,10 +11,10 @@ from peft import PeftModel
 
 from conftest import ARCHS, icl_prompts, toy_task_and_encoder
 from ia2 import adapters, batching, models, targets, train
-from ia2.adapters import AdapterConfig
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.train import Item, TrainConfig
+from ia2.config import TrainConfig
+from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
 N_TRAIN, N_DEV = 8, 4
@@ -41,7 +41,7 @@ def _setup(folder, toy_jsonl, seed=0) -> Setup:
     teacher = targets.collect(model, Tap(model), tok, prompts)
     plain = [encoder.encode(task.examples[i]).prompt for i in train_idx + dev_idx]
     items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
-    peft = adapters.fresh(model, AdapterConfig(), seed)
+    peft = adapters.fresh(model, "lora", seed)
     state = {n: p.detach().clone() for n, p in peft.named_parameters()}
     base = {n: v for n, v in state.items() if "lora_" not in n}
     lora = {n: v for n, v in state.items() if "lora_" in n}
@@ -52,7 +52,7 @@ def _setup(folder, toy_jsonl, seed=0) -> Setup:
 @pytest.fixture(scope="module", params=ARCHS)
 def trained(request, model_dirs, toy_jsonl):
     s = _setup(model_dirs[request.param], toy_jsonl)
-    cfg = TrainConfig(lr=3e-3, batch_size=4, max_epochs=15, eval_every=2, patience=3)
+    cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=15, eval_every=2, patience=3)
     log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     return s, cfg, log
 
@@ -92,7 +92,7 @@ def test_best_dev_state_is_restored(trained):
 
 def test_log_accounts_for_steps_and_early_stopping(trained):
     s, cfg, log = trained
-    steps_per_epoch = math.ceil(N_TRAIN / cfg.batch_size)
+    steps_per_epoch = math.ceil(N_TRAIN / cfg.train_batch_size)
     history = log["history"]
     last = [log["steps"]] if log["steps"] % cfg.eval_every else []  # a final state between checks is checked too
     assert [h["step"] for h in history] == list(range(0, log["steps"] + 1, cfg.eval_every)) + last
@@ -108,7 +108,7 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
     """A learning rate so high that the dev loss gets worse after its best point: the returned model must be
     the best one, not the last one."""
     s = _setup(model_dirs["llama"], toy_jsonl)
-    cfg = TrainConfig(lr=0.3, batch_size=4, max_epochs=12, eval_every=1, patience=4)
+    cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4)
     log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     worse_later = [h for h in log["history"] if h["step"] > log["best_step"] and h["dev_loss"] > log["best_dev_loss"]]
     assert worse_later, "setup: the run should have worsened after its best point"
@@ -119,7 +119,7 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
 def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
     """restore_best=False (the reference code's behaviour) leaves the last state: its dev loss is the last one logged."""
     s = _setup(model_dirs["llama"], toy_jsonl)
-    cfg = TrainConfig(lr=0.3, batch_size=4, max_epochs=12, eval_every=1, patience=4, restore_best=False)
+    cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4, restore_best=False)
     log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     assert log["history"][-1]["dev_loss"] > log["best_dev_loss"], "setup: the last state should be worse than the best"
     again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
@@ -128,7 +128,7 @@ def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
 
 def test_max_steps_caps_a_stage(model_dirs, toy_jsonl):
     s = _setup(model_dirs["llama"], toy_jsonl)
-    cfg = TrainConfig(lr=1e-3, batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
+    cfg = TrainConfig(lr=1e-3, train_batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
     log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     assert log["steps"] == 5 and log["epochs"] == 3
     assert [h["step"] for h in log["history"]] == [0, 2, 4, 5], "the last step's state is checked on dev, not dropped"
@@ -167,7 +167,7 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
 def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
     s, _, _ = trained
     path = tmp_path / "adapter"
-    adapters.save(s.model, path)
+    adapters.save(s.model, path, "tiny", "# card\n")
     assert (path / "adapter_config.json").exists()
     assert not list(tmp_path.glob(".adapter.*")), "atomic save must not leave a temporary folder"
     base, _ = models.load(str(s.folder))
@@ -185,19 +185,19 @@ def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
 
 def test_fresh_unwraps_an_earlier_adapter(model_dirs):
     model, _ = models.load(str(model_dirs["llama"]))
-    first = adapters.fresh(model, AdapterConfig(), 0)
+    first = adapters.fresh(model, "lora", 0)
     with torch.no_grad():
         for n, p in first.named_parameters():
             if "lora_B" in n:
                 p.fill_(1.0)
-    second = adapters.fresh(first, AdapterConfig(), 1)
+    second = adapters.fresh(first, "lora", 1)
     lora = {n: p for n, p in second.named_parameters() if "lora_" in n}
     assert lora and all(torch.count_nonzero(p) == 0 for n, p in lora.items() if "lora_B" in n)
     names = [n for n, _ in second.named_modules() if n.endswith("q_proj")]
     assert len(names) == model.config.num_hidden_layers, "adapters must not nest"
     # same seed, same initialisation
-    a = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
-    b = train.adapter_state(adapters.fresh(second, AdapterConfig(), 7))
+    a = train.adapter_state(adapters.fresh(second, "lora", 7))
+    b = train.adapter_state(adapters.fresh(second, "lora", 7))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -219,6 +219,6 @@ def test_merged_bf16_copy_is_close_but_not_the_trained_model(trained):
 
 def test_merge_needs_a_mergeable_adapter(model_dirs):
     model, _ = models.load(str(model_dirs["llama"]))
-    prompt = adapters.fresh(model, AdapterConfig(kind="prompt", num_virtual_tokens=2), 0)
+    prompt = adapters.fresh(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}, 0)
     with pytest.raises(adapters.IA2Error, match="only LoRA and IA3"):
         adapters.merged_bf16(prompt)

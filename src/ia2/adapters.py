@@ -1,79 +1,130 @@
-"""Adapters through PEFT (LoRA, IA3, prompt tuning, prefix tuning): a seeded fresh adapter per run, its PEFT-format
-save, and what left-padded batches need from prompt-learning adapters."""
+"""Adapters through PEFT: any PEFT config as a mapping (presets for the paper's LoRA, IA3, prompt and prefix tuning),
+what each kind allows, a seeded fresh adapter per run, its PEFT-format save, and what left-padded batches need from
+prompt-learning adapters."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from peft import (
-    IA3Config,
-    LoraConfig,
     PeftConfig,
     PeftModel,
     PeftType,
-    PrefixTuningConfig,
-    PromptTuningConfig,
     get_peft_model,
 )
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
 
 from .errors import IA2Error
 from .paths import atomic_path
 
-KINDS = ("lora", "ia3", "prompt", "prefix")
+# The paper's adapters by name; a mapping with one of their peft_types starts from its preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lora": {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "o_proj"],
+             "lora_dropout": 0.0},
+    "ia3": {"peft_type": "IA3", "target_modules": ["q_proj", "k_proj", "o_proj"], "feedforward_modules": []},
+    "prompt": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20},
+    "prefix": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20},
+}
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    """Which PEFT adapter and its settings; the default is the paper's LoRA, rank 8, alpha 8 on q, k and o projections.
+class Capability:
+    """What a kind of adapter allows: merging into the base weights, FSDP sharding of the base model (the adapter
+    stays whole), and virtual tokens prepended to the input (which shift positions and forbid a prefix cache)."""
 
-    `targets` serve LoRA and IA3, `feedforward` (a subset of `targets`, scaled at their input) IA3 only, and
-    `num_virtual_tokens` prompt and prefix tuning. The paper trains IA3 at larger rates, lr in {1e-3, 1e-2, 1e-1}.
-    """
+    merge: bool
+    fsdp: bool
+    virtual_tokens: bool
 
-    r: int = 8
-    alpha: int = 8
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "o_proj")
-    dropout: float = 0.0
-    kind: str = "lora"
-    num_virtual_tokens: int = 20
-    feedforward: tuple[str, ...] = ()
 
-    def validate(self) -> None:
-        """Reject settings the chosen kind cannot use, with the option's name."""
-        if self.kind not in KINDS:
-            raise IA2Error(f"unknown --adapter {self.kind!r}: choose from {', '.join(KINDS)}")
-        if self.feedforward and self.kind != "ia3":
-            raise IA2Error(f"--ia3-feedforward applies to --adapter ia3 only, not {self.kind}")
-        if self.kind in ("lora", "ia3") and not self.targets:
-            raise IA2Error(f"--adapter {self.kind} needs at least one target module (--lora-targets)")
-        if self.kind == "lora" and self.r < 1:
-            raise IA2Error(f"--lora-r must be at least 1, got {self.r}")
-        if self.kind == "lora" and not 0 <= self.dropout < 1:
-            raise IA2Error(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if self.kind == "ia3" and not set(self.feedforward) <= set(self.targets):
-            raise IA2Error(f"--ia3-feedforward {','.join(self.feedforward)} must be among the targets "
-                           f"{','.join(self.targets)}")
-        if self.kind in ("prompt", "prefix") and self.num_virtual_tokens < 1:
-            raise IA2Error(f"--num-virtual-tokens must be at least 1, got {self.num_virtual_tokens}")
+# Tested kinds by PEFT type; other injected-layer kinds merge, other prompt-learning kinds have virtual tokens.
+CAPABILITIES = {"LORA": Capability(True, True, False), "IA3": Capability(True, True, False),
+                "PROMPT_TUNING": Capability(False, False, True), "PREFIX_TUNING": Capability(False, False, True)}
 
-    def peft(self) -> PeftConfig:
-        """The PEFT config for this kind (prompt tuning starts from random virtual-token embeddings)."""
-        self.validate()
-        if self.kind == "lora":
-            return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets),
-                              lora_dropout=self.dropout, task_type="CAUSAL_LM")
-        if self.kind == "ia3":
-            return IA3Config(target_modules=list(self.targets), feedforward_modules=list(self.feedforward),
-                             task_type="CAUSAL_LM")
-        if self.kind == "prompt":
-            return PromptTuningConfig(num_virtual_tokens=self.num_virtual_tokens, task_type="CAUSAL_LM")
-        return PrefixTuningConfig(num_virtual_tokens=self.num_virtual_tokens, task_type="CAUSAL_LM")
+
+def _config_class(peft_type: str) -> type[PeftConfig]:
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise IA2Error(f"unknown peft_type {peft_type!r}: a PEFT type such as LORA, IA3, LOHA, PROMPT_TUNING, "
+                       f"or a preset ({', '.join(PRESETS)})")
+    return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+
+
+def normalise(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """An adapter as a PEFT config mapping: a preset name, a mapping with `peft_type` (a preset's fields fill what
+    it does not give), or that mapping as JSON/YAML text; checked by building its PEFT config."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in PRESETS:
+            return dict(copy.deepcopy(PRESETS[text]))
+        if not text.startswith("{"):
+            raise IA2Error(f"unknown adapter {text!r}: a preset ({', '.join(PRESETS)}) or a PEFT config mapping")
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise IA2Error(f"adapter {text!r} is not a valid JSON or YAML mapping") from None
+    if not isinstance(spec, Mapping) or "peft_type" not in spec:
+        raise IA2Error(f"adapter {spec!r}: a PEFT config mapping needs a peft_type")
+    peft_type = str(spec["peft_type"])
+    preset = PRESETS.get(peft_type) or next((p for p in PRESETS.values() if p["peft_type"] == peft_type.upper()), {})
+    out = {**copy.deepcopy(preset), **{k: v for k, v in spec.items() if k != "task_type"}}
+    out["peft_type"] = preset.get("peft_type", peft_type.upper())
+    _check(out)
+    peft_config(out)
+    return out
+
+
+def _check(spec: Mapping[str, Any]) -> None:
+    """Reject values PEFT only refuses once the adapter is built (or never): sizes below one, dropout outside
+    [0, 1), no target modules."""
+    kind = spec["peft_type"]
+    for name in ("r", "num_virtual_tokens"):
+        value = spec.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise IA2Error(f"{kind} adapter: {name} must be an integer of at least 1, got {value!r}")
+    for name, value in spec.items():
+        if name.endswith("dropout") and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise IA2Error(f"{kind} adapter: {name} must be in [0, 1), got {value!r}")
+    if "target_modules" in spec and not spec["target_modules"]:
+        raise IA2Error(f"{kind} adapter: target_modules names no module")
+
+
+def peft_config(spec: Mapping[str, Any]) -> PeftConfig:
+    """The PEFT config of an adapter mapping, for a causal LM."""
+    options = {k: v for k, v in spec.items() if k != "peft_type"}
+    try:
+        return _config_class(spec["peft_type"])(**options, task_type="CAUSAL_LM")
+    except (TypeError, ValueError) as exc:
+        raise IA2Error(f"{spec['peft_type']} adapter: {str(exc).splitlines()[0]}") from None
+
+
+def capabilities(spec: Mapping[str, Any]) -> Capability:
+    """What an adapter mapping's kind allows (see `Capability`)."""
+    if spec["peft_type"] in CAPABILITIES:
+        return CAPABILITIES[spec["peft_type"]]
+    prompt_learning = peft_config(spec).is_prompt_learning
+    return Capability(merge=not prompt_learning, fsdp=False, virtual_tokens=prompt_learning)
+
+
+def from_old(old: Mapping[str, Any]) -> dict[str, Any]:
+    """The adapter mapping of a config recorded by ia2 0.1 (kind, r, alpha, targets, dropout, feedforward,
+    num_virtual_tokens)."""
+    kind = old.get("kind", "lora")
+    fields = {"lora": {"r": "r", "lora_alpha": "alpha", "target_modules": "targets", "lora_dropout": "dropout"},
+              "ia3": {"target_modules": "targets", "feedforward_modules": "feedforward"},
+              "prompt": {"num_virtual_tokens": "num_virtual_tokens"},
+              "prefix": {"num_virtual_tokens": "num_virtual_tokens"}}[kind]
+    given = {new: list(old[was]) if isinstance(old[was], (list, tuple)) else old[was]
+             for new, was in fields.items() if was in old}
+    return normalise({"peft_type": PRESETS[kind]["peft_type"], **given})
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -83,33 +134,42 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if model.active_peft_config.is_prompt_learning else model.unload()
 
 
-def _check_architecture(model: nn.Module, kind: str) -> None:
+def _check_architecture(model: nn.Module, peft_type: str) -> None:
     """Prefix tuning feeds its virtual tokens as a key/value cache, taken only by full or sliding attention."""
     types = getattr(model.config.get_text_config(), "layer_types", None) or []
     other = sorted(set(types) - {"full_attention", "sliding_attention"})
-    if kind == "prefix" and other:
+    if peft_type == "PREFIX_TUNING" and other:
         raise IA2Error(f"prefix tuning needs a key/value cache in every layer; {type(model).__name__} also has "
                        f"{', '.join(other)} layers")
 
 
-def fresh(model: nn.Module, cfg: AdapterConfig, seed: int) -> PeftModel:
-    """Wrap the base model (unwrapping any earlier adapter first) in a new adapter initialised from `seed`."""
-    peft_cfg = cfg.peft()
+def fresh(model: nn.Module, spec: str | Mapping[str, Any], seed: int) -> PeftModel:
+    """Wrap the base model (unwrapping any earlier adapter first) in a new adapter (a preset name or a PEFT config
+    mapping, see `normalise`) initialised from `seed`."""
+    spec = normalise(spec)
+    peft_cfg = peft_config(spec)
     base = unwrap(model)
-    _check_architecture(base, cfg.kind)
+    _check_architecture(base, spec["peft_type"])
     torch.manual_seed(seed)
     try:
         wrapped = get_peft_model(base, peft_cfg)
     except ValueError as exc:
-        raise IA2Error(f"cannot add a {cfg.kind} adapter to {type(base).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise IA2Error(f"cannot add a {spec['peft_type']} adapter to {type(base).__name__}: {str(exc).splitlines()[0]}") from exc
     wrapped.eval()
     return wrapped
 
 
-def save(model: PeftModel, path: Path) -> None:
-    """Save the adapter in PEFT format (loadable with PeftModel.from_pretrained), atomically."""
-    with atomic_path(path) as tmp:
-        model.save_pretrained(tmp)
+def save(model: PeftModel, path: Path, base_model: str, card: str) -> None:
+    """Save the adapter in PEFT format (loadable with PeftModel.from_pretrained), atomically, recording the base
+    model as the user named it and `card` as its model card (README.md)."""
+    peft_cfg = model.peft_config[model.active_adapter]
+    resolved, peft_cfg.base_model_name_or_path = peft_cfg.base_model_name_or_path, base_model
+    try:
+        with atomic_path(path) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "README.md").write_text(card)
+    finally:
+        peft_cfg.base_model_name_or_path = resolved
 
 
 def merged_bf16(model: PeftModel) -> nn.Module:

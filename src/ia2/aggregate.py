@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from scipy import stats
 
-from . import metrics
+from . import config, metrics
 from .errors import IA2Error
-from .experiment import RunConfig
 from .methods import BASELINES
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -30,34 +28,32 @@ def load_rows(folder: Path) -> list[dict]:
         spec = json.loads(spec_path.read_text())
         rows += _tagged(spec_path.parent, spec["key"], spec["tuned"], spec["config"])
     if not rows and (folder / "results.json").exists():
-        config = json.loads((folder / "results.json").read_text())["config"]
-        rows = _tagged(folder, config["key"], {}, config)
+        recorded = json.loads((folder / "results.json").read_text())["config"]
+        rows = _tagged(folder, recorded["key"], {}, recorded)
     if not rows:
         raise IA2Error(f"{folder}: no result rows found (expected a sweep or run folder)")
     return rows
 
 
-def with_defaults(config: dict) -> dict:
-    """A run config (as JSON) completed with today's defaults, so runs recorded before an option existed group with
-    runs recorded after it."""
-    defaults = asdict(RunConfig(model="", task="", methods=()))
-    return {**defaults, **config, **{k: {**defaults[k], **config.get(k, {})} for k in ("train", "adapter")}}
-
-
-def _tagged(run: Path, key: str, tuned: dict, config: dict) -> list[dict]:
-    config = with_defaults(config)
-    condition = json.dumps({k: v for k, v in config.items() if k not in ("methods", "seeds", "train", "adapter")}
-                           | {"train": _without(config["train"], tuned, "train."),
-                              "adapter": _without(config["adapter"], tuned, "adapter.")}, sort_keys=True, default=str)
+def _tagged(run: Path, key: str, tuned: dict, recorded: dict) -> list[dict]:
+    """A run's rows tagged with its tuned values and its condition: the config (completed with today's defaults)
+    without methods, seeds and the tuned settings, as JSON."""
+    full = config.with_defaults(recorded)
+    tuned = {_tuned_path(k): v for k, v in tuned.items()}
+    condition = {k: v for k, v in full.items() if k not in ("methods", "seeds") and k not in tuned}
+    for name in config.SECTIONS:
+        condition[name] = {k: v for k, v in full[name].items() if f"{name}.{k}" not in tuned}
+    text = json.dumps(condition, sort_keys=True, default=str)
     out = []
     for path in sorted((run / "rows" / key).glob("seed*/*.json")):
         row = json.loads(path.read_text())
-        out.append({**row, "tuned": tuned, "condition": condition, "run": str(run)})
+        out.append({**row, "tuned": tuned, "condition": text, "run": str(run)})
     return out
 
 
-def _without(section: dict, tuned: dict, prefix: str) -> dict:
-    return {k: v for k, v in section.items() if prefix + k not in tuned}
+def _tuned_path(recorded: str) -> str:
+    """A tuned setting's path as today's config names it (ia2 0.1 recorded `train.batch_size` and flat names)."""
+    return {"train.batch_size": "train.train_batch_size"}.get(recorded, config.leaves().get(recorded, recorded))
 
 
 def dev_score(row: dict, select: str) -> float:

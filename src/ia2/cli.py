@@ -1,38 +1,31 @@
-"""The `ia2` command: `run` a comparison, or the offline `demo`."""
+"""The `ia2` command: `run` a comparison, the offline `demo`, a `sweep` and its `report`; run flags are generated
+from the configuration (`ia2.config`), one per setting."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from . import distributed, summary, sweep
-from .adapters import KINDS, AdapterConfig
+from . import adapters, config, distributed, summary, sweep
+from .config import RunConfig
 from .errors import IA2Error
-from .experiment import RunConfig, run
-from .methods import METHODS, parse_methods
-from .train import TrainConfig
+from .experiment import run
 
-DEMO = RunConfig(
-    model="gemma3-270m",
-    task="bigbench:metaphor_boolean",
-    methods=("zero-shot", "icl", "sft", "ia2", "ia2-sft"),
-    n=8,
-    seeds=(0, 1, 2),
-    n_test=100,
-    icl_demos="per-query",
-    train=TrainConfig(max_epochs=20),
-)
-QUICK = {"seeds": (0,), "n_test": 40, "train": TrainConfig(max_epochs=10)}
-FSDP_HELP = ("under torchrun or accelerate launch, shard the base model's weights over the processes (FSDP2), for a "
-             "model too large for one device; LoRA and IA3 adapters")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+DEMO = config.make("gemma3-270m", "bigbench:metaphor_boolean", n_train=8, seeds=[0, 1, 2], n_test=100,
+                   icl_demos="per-query", max_epochs=20)
+QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
+# Flags of ia2 0.1, each answered with today's spelling.
+OLD_FLAGS = {"--n": "--n-train", "--epochs": "--max-epochs", "--teacher": "--teacher-mode", "--eval-task": "--eval-tasks",
+             "--keep-last": "--no-restore-best", "--lora-r": "--adapter '{\"peft_type\": \"LORA\", \"r\": 16}'",
+             "--lora-alpha": "--adapter '{\"peft_type\": \"LORA\", \"lora_alpha\": 16}'",
+             "--lora-targets": "--adapter '{\"peft_type\": \"LORA\", \"target_modules\": [\"q_proj\"]}'",
+             "--ia3-feedforward": "--adapter '{\"peft_type\": \"IA3\", \"feedforward_modules\": [...]}'",
+             "--num-virtual-tokens": "--adapter '{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 8}'"}
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -42,103 +35,71 @@ def _shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+def _shown(value: Any) -> str:
+    """A default as a user would type it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return next((name for name, preset in adapters.PRESETS.items() if preset == value), json.dumps(value))
+    return "none" if value is None else str(value)
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """`ia2 run` options; `train.*` and `adapter.*` destinations fill TrainConfig and AdapterConfig."""
-    p.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)")
-    p.add_argument("--task", required=True, help="a benchmark (sst2, gsm8k, …), name@source, bigbench:<task> or jsonl:<path>")
-    p.add_argument("--methods", default=",".join(DEMO.methods), help="comma-separated: " + ", ".join(METHODS))
-    p.add_argument("--n", "--n-train", type=int, default=8,
-                   help="labelled training examples (spell it --n-train after torchrun or accelerate launch)")
-    p.add_argument("--seeds", type=_ints, default=(0, 1, 2))
-    p.add_argument("--out", type=Path, default=Path("runs/latest"))
-    p.add_argument("--eval-task", type=_words, default=(), dest="eval_tasks",
-                   help="comma-separated out-of-distribution test sets, scored beside the task's own")
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--n-dev", type=int, default=None, help="default N/2")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, …")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="base model weights (the paper used bfloat16 on GPUs); losses and adapters stay in fp32")
-    p.add_argument("--batch-size", type=int, default=8, help="inference batch size")
-    p.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
-    d = p.add_argument_group("task, prompts and teacher")
-    d.add_argument("--labels", type=_words, default=None, help="comma-separated label words (jsonl tasks)")
-    d.add_argument("--parser", default=None, help="score generated answers with this extractor (text, gsm8k, "
-                   "gsm8k-reference, boxed, sciq): makes the task generative; benchmarks declare their own")
-    d.add_argument("--max-new-tokens", type=int, default=None, help="answer length T (generative tasks)")
-    d.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
-    d.add_argument("--k-max", type=int, default=8, help="most demonstrations per prompt")
-    d.add_argument("--icl-demos", default="shared", choices=["shared", "per-query", "pool"],
-                   help="ICL baseline demos: one draw from the training examples shared by all queries, one draw per "
-                   "query, or (reference-code parity) per query from the pool outside train and dev")
-    d.add_argument("--unlabelled", type=int, default=None, metavar="M",
-                   help="low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries")
-    d.add_argument("--permutations", type=int, default=1, metavar="K",
-                   help="low-data mode: demonstration orders, query j gets order j mod K")
-    d.add_argument("--site", default="attn", choices=["attn", "mlp", "residual"],
-                   help="where activations are aligned: attention output (the paper's), MLP output, residual stream")
-    d.add_argument("--layers", type=_ints, default=None, help="comma-separated decoder layers to align (default: all)")
-    d.add_argument("--soft-top-k", type=int, default=0,
-                   help="teacher next-token probabilities kept for the soft method: 0 = whole vocabulary, k = top k")
-    d.add_argument("--teacher", default="cached", choices=["cached", "online"],
-                   help="teacher activations cached on disk, or computed per batch (adapter disabled) and never stored")
-    d.add_argument("--target-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="dtype of cached teacher activations: bfloat16 halves disk and memory (long answers)")
-    d.add_argument("--target-store", default="file", choices=["file", "shards"],
-                   help="cached activations in one file loaded into memory, or in shards read back batch by batch "
-                   "(host memory bounded by a few batches: large N x T)")
-    r = p.add_argument_group("parity with the reference code (reproduces its defects on purpose)")
-    r.add_argument("--teacher-stop", default="task", choices=["task", "eos"],
-                   help="cut teacher answers at the task's stop string (as evaluation does) or at EOS only")
-    r.add_argument("--merge-bf16", action="store_true", help="evaluate LoRA/IA3 adapters merged into bf16 weights")
-    r.add_argument("--answer-prefix", default=None, help="text between prompt and answer ('' as the reference)")
-    r.add_argument("--keep-last", action="store_false", dest="train.restore_best",
-                   help="keep the last adapter state, not the best on dev")
-    t = p.add_argument_group("training")
-    t.add_argument("--lr", type=float, default=TrainConfig.lr, dest="train.lr")
-    t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size, dest="train.batch_size")
-    t.add_argument("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size, dest="train.eval_batch_size",
-                   help="batch of the dev-loss passes (no gradients kept)")
-    t.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, dest="train.max_epochs")
-    t.add_argument("--max-steps", type=int, default=None, dest="train.max_steps", help="cap on optimizer steps per stage")
-    t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, dest="train.eval_every")
-    t.add_argument("--patience", type=int, default=TrainConfig.patience, dest="train.patience")
-    t.add_argument("--w", type=float, default=TrainConfig.w, dest="train.w", help="CE weight of the joint ia2+sft loss")
-    t.add_argument("--per-layer-norm", action="store_true", dest="train.per_layer_norm",
-                   help="normalise each layer's MSE by the teacher's scale")
-    a = p.add_argument_group("adapter")
-    a.add_argument("--adapter", choices=KINDS, default=AdapterConfig.kind, dest="adapter.kind", help="PEFT adapter type")
-    a.add_argument("--num-virtual-tokens", type=int, default=AdapterConfig.num_virtual_tokens,
-                   dest="adapter.num_virtual_tokens", help="prompt and prefix tuning")
-    a.add_argument("--ia3-feedforward", type=_words, default=AdapterConfig.feedforward, dest="adapter.feedforward",
-                   help="IA3: which of the targets are feed-forward modules")
-    a.add_argument("--lora-r", type=int, default=AdapterConfig.r, dest="adapter.r")
-    a.add_argument("--lora-alpha", type=int, default=AdapterConfig.alpha, dest="adapter.alpha")
-    a.add_argument("--lora-targets", type=_words, default=AdapterConfig.targets, dest="adapter.targets",
-                   help="LoRA and IA3 target modules")
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per setting, grouped by section, each with its help text, allowed values and default; a flag's
+    destination is the setting's path, and flags not given stay unset (so a --config file's values hold)."""
+    groups: dict[str, Any] = {}
+    for path, f in config.paths().items():
+        section = path.partition(".")[0] if "." in path else "run"
+        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(f"{section} settings"))
+        meta, value = f.metadata, config.default(path)
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        help_text = meta["help"] + (f"; one of: {', '.join(choices)}" if choices else "")
+        help_text += " (comma-separated)" if isinstance(value, tuple) or path == "data.labels" else ""
+        help_text += f" [default: {_shown(value)}]" if path not in config.REQUIRED else " [required]"
+        kind = config.annotation(path)
+        if kind is bool:
+            group.add_argument(config.flag(path), dest=path, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(config.flag(path), dest=path, default=argparse.SUPPRESS, metavar=_metavar(kind),
+                               help=help_text.replace("%", "%%"))
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """A RunConfig from `ia2 run` options: plain destinations are RunConfig fields, dotted ones nested fields."""
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
-    nested = {section: {k.partition(".")[2]: v for k, v in values.items() if k.startswith(section + ".")}
-              for section in ("train", "adapter")}
-    top = {k: v for k, v in values.items() if "." not in k}
-    top["methods"] = tuple(parse_methods(top["methods"]))
-    return RunConfig(**top, train=TrainConfig(**nested["train"]), adapter=AdapterConfig(**nested["adapter"]))
+def _metavar(kind: Any) -> str:
+    """What a flag takes, from the setting's type."""
+    text = str(kind)
+    return "A,B,..." if "tuple" in text else "INT" if "int" in text else "X" if "float" in text else (
+        "NAME|MAPPING" if "dict" in text else "TEXT")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The run's config from `--config FILE` (if given) overridden by the flags given, and its output folder."""
+    given: dict[str, tuple[Any, str]] = {}
+    out = Path("runs/latest")
+    if args.config is not None:
+        data = config.load_yaml(args.config)
+        out = Path(data.pop("out", out))
+        given.update(config.flatten(data, str(args.config)))
+    flags = {k: v for k, v in vars(args).items() if k in config.paths()}
+    given.update({path: (value, config.flag(path)) for path, value in flags.items()})
+    return config.build(given)[0], args.out or out
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ia2", description="ICL Activation Alignment: distil demonstrations into an adapter")
+    p = argparse.ArgumentParser(prog="ia2", allow_abbrev=False,
+                                description="ICL Activation Alignment: distil demonstrations into an adapter")
     sub = p.add_subparsers(dest="command", required=True)
-    add_run_args(sub.add_parser("run", help="compare methods on one model and task"))
-    demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.task} on {DEMO.model}")
+    run_p = sub.add_parser("run", help="compare methods on one model and task", allow_abbrev=False)
+    run_p.add_argument("--config", type=Path, default=None, help="a YAML file of settings; flags override it")
+    run_p.add_argument("--out", type=Path, default=None, help="output folder [default: the file's `out`, else "
+                       "runs/latest]")
+    run_p.add_argument("--overwrite", action="store_true",
+                       help="replace the output folder's run when it holds another configuration's")
+    add_settings(run_p)
+    demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}")
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
+    demo.add_argument("--fsdp", action="store_true", help=config.paths()["runtime.fsdp"].metadata["help"])
     sw = sub.add_parser("sweep", help="run a YAML grid (resumable), then report it")
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
@@ -153,8 +114,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def demo_config(args: argparse.Namespace) -> RunConfig:
+    """The demo's config, shortened by --quick."""
+    given = config.flatten({**(QUICK if args.quick else {}), "fsdp": args.fsdp}, "demo")
+    return config.build(given, base=DEMO)[0]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, an old flag answered with its new spelling."""
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    for arg in unknown:
+        if arg.partition("=")[0] in OLD_FLAGS:
+            p.error(f"{arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}")
+    return p.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -166,17 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             print(summary.write(args.folder, args.select))
             return 0
-        cfg = config_from_args(args) if args.command == "run" else replace(DEMO, **(QUICK if args.quick else {}),
-                                                                           fsdp=args.fsdp)
-        run(cfg, args.out)
+        cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
+        run(cfg, out, overwrite=getattr(args, "overwrite", False))
     except IA2Error as exc:
         print(f"ia2: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ia2: interrupted; finished rows are kept: rerun the same command to resume", file=sys.stderr)
+        return 130
     finally:
         distributed.finish()
     if distributed.is_main():
-        print((args.out / "results.md").read_text())
-        print(f"written to {args.out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+        print((out / "results.md").read_text())
+        print(f"written to {out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
     return 0
 
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache, partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from accelerate import PartialState
@@ -27,6 +27,9 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from . import models
 from .errors import IA2Error
 from .taps import layer_modules
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 T = TypeVar("T")
 
@@ -67,6 +70,21 @@ def device(spec: str = "auto") -> str:
         raise IA2Error(f"--device {spec}: under a launcher each process takes its own device ({own} here); leave "
                        "--device auto (use `accelerate launch --cpu` for CPU processes on a GPU machine)")
     return str(own)
+
+
+def check_launch(cfg: RunConfig) -> None:
+    """Reject, once at start-up, settings the launcher's environment cannot run: fsdp without several processes,
+    accelerate's own FSDP (which ia2 does not read, and under which transformers may load the weights on the main
+    process only), and per-layer-norm with the online teacher over several processes."""
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        raise IA2Error("accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "
+                       "launch with --multi_gpu and give ia2 --fsdp")
+    if cfg.runtime.fsdp and world_size() < 2:
+        raise IA2Error("--fsdp shards the model over several processes: start ia2 with torchrun or accelerate "
+                       "launch (two processes or more)")
+    if cfg.teacher.teacher_mode == "online" and cfg.train.per_layer_norm and world_size() > 1:
+        raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop "
+                       "--teacher-mode online")
 
 
 def shard(items: Sequence[T]) -> list[T]:

@@ -1,9 +1,17 @@
-"""Training losses, all computed in fp32 over the answer-producing positions only."""
+"""Training losses as declarations (name, teacher data needed, function), all computed in fp32 over the
+answer-producing positions only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,3 +62,66 @@ def _buckets(teacher: torch.Tensor, student: torch.Tensor, ids: torch.Tensor) ->
     teacher_rest = torch.log1p(-teacher.logsumexp(-1).exp().clamp(max=1.0))
     student_rest = student.scatter(-1, ids, float("-inf")).logsumexp(-1)
     return torch.cat([teacher, teacher_rest.unsqueeze(-1)], -1), torch.cat([kept, student_rest.unsqueeze(-1)], -1)
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What a loss may read for one batch, right-aligned at the answer-producing positions: the student's logits
+    [B, T, V] and activations [B, L, T, H], the answer ids fed [B, T] and their mask [B, T], the teacher's
+    activations and next-token distribution where the loss declares it needs them, and the training settings."""
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+    answers: torch.Tensor
+    train: TrainConfig
+    acts: torch.Tensor | None = None
+    teacher_acts: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+    top_logp: torch.Tensor | None = None
+    layer_scale: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A training loss: its name, the teacher data it needs (activations at the answer positions, next-token
+    distributions) and its function. Whose answers are fed, gold or the teacher's, is the stage's choice."""
+
+    name: str
+    fn: Callable[[LossInputs], torch.Tensor]
+    needs_acts: bool = False
+    needs_distribution: bool = False
+
+
+def _ce(x: LossInputs) -> torch.Tensor:
+    return ce(x.logits, x.answers, x.mask)
+
+
+def _ia2(x: LossInputs) -> torch.Tensor:
+    """`ia2`, normalised per layer by the batch's teacher scale or, when given, by `layer_scale` [L] (a data-parallel
+    shard's whole batch, or the whole dev set)."""
+    if x.layer_scale is None:
+        return ia2(x.acts, x.teacher_acts, x.mask, x.train.per_layer_norm)
+    root = x.layer_scale.clamp(min=1e-12).sqrt().to(x.teacher_acts.device)[None, :, None, None]
+    return ia2(x.acts / root, x.teacher_acts / root, x.mask)
+
+
+def _joint(x: LossInputs) -> torch.Tensor:
+    return joint(_ia2(x), _ce(x), x.train.w)
+
+
+def _soft(x: LossInputs) -> torch.Tensor:
+    return soft(x.logits, x.top_ids, x.top_logp, x.mask)
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def register(loss: Loss) -> Loss:
+    """Make a loss available to stages by its name (user code may declare its own)."""
+    LOSSES[loss.name] = loss
+    return loss
+
+
+for _loss in (Loss("ce", _ce), Loss("ia2", _ia2, needs_acts=True), Loss("joint", _joint, needs_acts=True),
+              Loss("soft", _soft, needs_distribution=True)):
+    register(_loss)

@@ -1,51 +1,65 @@
-"""Methods as declarations: the stages an adapter is trained through, each a loss and a label source."""
+"""Methods as declarations, one line each: the stages an adapter is trained through (a loss and whose answers it
+is fed), the name reports show, and the methods a report tests it against."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from .errors import IA2Error
+from .losses import LOSSES
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: `loss` is ce, ia2, joint or soft (KL to the teacher's next-token distribution);
-    `labels` says whose answers are fed: gold or the ICL teacher's."""
+    """One training stage: `loss` names a declared loss (`ia2.losses.LOSSES`); `labels` says whose answers are
+    fed: gold or the ICL teacher's."""
 
-    loss: Literal["ce", "ia2", "joint", "soft"]
+    loss: str
     labels: Literal["gold", "icl"]
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise IA2Error(f"stage loss {self.loss!r} is not declared: choose from {', '.join(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method: `stages` to train (none for the baselines, which score the base model), `display` its name in
+    reports, `tested_against` the methods a report pairs it with (paired tests, adapter overlaps)."""
+
+    name: str
+    display: str
+    stages: tuple[Stage, ...] = ()
+    tested_against: tuple[str, ...] = ()
+
+    @property
+    def baseline(self) -> bool:
+        return not self.stages
 
 
 IA2 = Stage("ia2", "icl")
 SFT = Stage("ce", "gold")
 
-METHODS: dict[str, tuple[Stage, ...]] = {
-    "zero-shot": (),
-    "icl": (),
-    "sft": (SFT,),
-    "sft-icl": (Stage("ce", "icl"),),
-    "soft": (Stage("soft", "icl"),),
-    "ia2": (IA2,),
-    "ia2-sft": (IA2, SFT),
-    "ia2+sft": (Stage("joint", "icl"),),
-    "sft-ia2": (SFT, IA2),
-}
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("zero-shot", "w/o ICL"),
+    Method("icl", "ICL"),
+    Method("sft", "SFT only", (SFT,)),
+    Method("sft-icl", "SFT (ICL labels)", (Stage("ce", "icl"),)),
+    Method("soft", "SFT (soft)", (Stage("soft", "icl"),)),
+    Method("ia2", "IA2 only", (IA2,), tested_against=("sft",)),
+    Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2")),
+    Method("ia2+sft", "IA2 + SFT", (Stage("joint", "icl"),)),
+    Method("sft-ia2", "SFT → IA2", (SFT, IA2)),
+)}
 
-BASELINES = ("zero-shot", "icl")
+BASELINES = tuple(name for name, m in METHODS.items() if m.baseline)
 
 
-def check_methods(names: Sequence[str]) -> None:
+def check_methods(names: tuple[str, ...] | list[str]) -> None:
     """Reject an empty method list or an unknown method name."""
     for name in names:
         if name not in METHODS:
             raise IA2Error(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     if not names:
         raise IA2Error("no methods given")
-
-
-def parse_methods(spec: str) -> list[str]:
-    """Split a comma-separated method list, rejecting unknown names."""
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-    check_methods(names)
-    return names

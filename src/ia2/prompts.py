@@ -8,7 +8,9 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from .config import PromptConfig
 from .errors import IA2Error
+from .splits import Split
 from .tasks import Example, Task
 
 
@@ -111,3 +113,41 @@ class Encoder:
         if answer != self.label_ids[label]:
             raise IA2Error(f"{example.where}: label {example.answer!r} tokenises differently after this prompt")
         return Prompted(prompt, answer, label)
+
+
+def teacher_prompts(encoder: Encoder, split: Split, prompt: PromptConfig, n_train: int, unlabelled: bool,
+                    seed: int) -> tuple[list[Prompted], str]:
+    """ICL prompts of the teacher's queries (`teacher_queries`) and the demo policy's name.
+
+    Normally each training query gets k = min(k_max, N−1) leave-one-out demos (dev queries draw from the training
+    set); in low-data mode query j gets permutation j mod K of k = min(k_max, N) labelled examples.
+    """
+    rng, queries, examples = random.Random(f"demos-{seed}"), teacher_queries(split, unlabelled), encoder.task.examples
+
+    def encode(i: int, demos: list[int]) -> Prompted:
+        return encoder.encode(examples[i], [examples[d] for d in demos])
+
+    if not unlabelled:
+        k = min(prompt.k_max, n_train - 1)
+        return [encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in queries], f"leave-one-out k={k}"
+    k = min(prompt.k_max, n_train)
+    orders = [draw_demos(split.train, k, rng) for _ in range(prompt.permutations)]
+    prompts = [encode(i, orders[j % len(orders)]) for j, i in enumerate(queries)]
+    return prompts, f"low-data k={k} permutations={prompt.permutations}"
+
+
+def teacher_queries(split: Split, unlabelled: bool) -> list[int]:
+    """The queries the ICL teacher answers: the N training examples, or the M unlabelled ones in low-data mode,
+    then the dev examples."""
+    return (split.unlabelled if unlabelled else split.train) + split.dev
+
+
+def icl_demos(split: Split, pool: Sequence[int], policy: str, k: int, n_queries: int, seed: int) -> list[list[int]]:
+    """The ICL baseline's demonstrations for each of `n_queries` test queries: from the N training examples, one
+    draw shared by every query (`shared`) or one per query (`per-query`), or, as in the reference code, from the
+    pool outside the training and dev examples, one draw per query (`pool`)."""
+    rng = random.Random(f"icl-eval-{seed}")
+    shared = draw_demos(split.train, k, rng)
+    outside = sorted(set(pool) - set(split.train + split.dev + split.unlabelled))
+    source = {"shared": None, "per-query": split.train, "pool": outside}[policy]
+    return [shared if source is None else draw_demos(source, k, rng) for _ in range(n_queries)]

@@ -40,12 +40,12 @@ def markdown(result: dict) -> str:
     """The run's tables: one per evaluation set (the task's own test set first, then out-of-distribution ones)."""
     cfg, rows = result["config"], result["rows"]
     seeds = sorted({r["seed"] for r in rows})
-    text = (f"# {cfg['task']} on {cfg['model']}\n\nN = {cfg['n']} training examples, seeds {seeds}. "
+    text = (f"# {cfg['data']['task']} on {cfg['model']}\n\nN = {cfg['data']['n_train']} training examples, seeds {seeds}. "
             f"Mean ± sample std (ddof 1) over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
             f"`icl` is evaluated with demonstrations from the training examples, every other method without.\n")
     for eval_task, majority in result["majority_accuracy"].items():
         mine = [r for r in rows if r["eval_task"] == eval_task]
-        ood = "" if eval_task == cfg["task"] else " (out of distribution)"
+        ood = "" if eval_task == cfg["data"]["task"] else " (out of distribution)"
         prior = "" if majority is None else f", majority-class accuracy {majority:.3f}"
         text += f"\n## {eval_task}{ood}\n\n{result['n_test'][eval_task]} test examples{prior}.\n\n" + table(mine) + "\n"
     return text
@@ -56,7 +56,7 @@ def write_reports(result: dict, out: Path) -> str:
     reliability: dict = {}
     text = markdown(result)
     for row in result["rows"]:
-        if row["eval_task"] == result["config"]["task"] and row["reliability"] is not None:
+        if row["eval_task"] == result["config"]["data"]["task"] and row["reliability"] is not None:
             reliability.setdefault(row["method"], {})[str(row["seed"])] = row["reliability"]
         del row["reliability"]
     write_json(out / "results.json", result)

@@ -15,14 +15,14 @@ from .methods import METHODS
 from .paths import write_json, write_text
 
 PAIRS = (("sft", "ia2"), ("sft", "ia2-sft"), ("ia2", "ia2-sft"))
-SETTING = ("model", "task", "n", "eval_tasks")
+SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
 
 
 def _flat(condition: str) -> dict:
-    config = json.loads(condition)
-    out = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for section in ("train", "adapter"):
-        out.update({f"{section}.{k}": v for k, v in config.get(section, {}).items()})
+    """A condition's settings by dotted path (sections and the adapter mapping flattened)."""
+    out = {}
+    for k, v in json.loads(condition).items():
+        out.update({f"{k}.{inner}": x for inner, x in v.items()} if isinstance(v, dict) else {k: v})
     return out
 
 
@@ -32,8 +32,8 @@ def _task_bound(flat: dict[str, dict]) -> set[str]:
     values: dict[tuple, set[str]] = defaultdict(set)
     for f in flat.values():
         for k, v in f.items():
-            values[f["task"], k].add(json.dumps(v, sort_keys=True))
-    keys, tasks = {k for f in flat.values() for k in f}, {f["task"] for f in flat.values()}
+            values[f["data.task"], k].add(json.dumps(v, sort_keys=True))
+    keys, tasks = {k for f in flat.values() for k in f}, {f["data.task"] for f in flat.values()}
     return {k for k in keys if all(len(values[task, k]) == 1 for task in tasks)}
 
 

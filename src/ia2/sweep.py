@@ -13,26 +13,27 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from . import distributed
-from .adapters import AdapterConfig
+from . import config, distributed, outdir
+from .config import RunConfig
 from .errors import IA2Error
-from .experiment import RunConfig, changed, row_file, run
+from .experiment import run
 from .paths import write_json
-from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-ALIASES = {"lr": "train.lr", "w": "train.w", "epochs": "train.max_epochs", "adapter": "adapter.kind"}
-NESTED = {"train": TrainConfig, "adapter": AdapterConfig}
 SELECT = ("dev_loss", "dev_accuracy", "test_accuracy")
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """A grid of conditions (each its own result) and tuned hyperparameters (chosen on dev data per condition)."""
+    """A grid of conditions (each its own result) and tuned hyperparameters (chosen on dev data per condition).
 
+    Axes and fixed settings name settings as a run file does (`lr`, `train.lr`, or sections); tuned axes are kept
+    by their paths.
+    """
+
+    source: Path
     out: Path
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -41,72 +42,36 @@ class Sweep:
     fixed: dict[str, Any] = field(default_factory=dict)
     select: str = "dev_loss"
 
-    def points(self) -> list[dict[str, Any]]:
-        """Every combination of grid and tuned values, as {field: value}, conditions varying slowest. A value that is a
-        mapping sets several fields together (e.g. a task with its out-of-distribution evaluation sets)."""
-        axes = {**self.grid, **self.tune}
+    def points(self) -> list[dict[str, tuple[Any, str]]]:
+        """Every combination of grid and tuned values, as {path: (value, origin)}, conditions varying slowest. A
+        value that is a mapping sets several settings together (e.g. a task with its out-of-distribution sets)."""
+        axes = [("grid", k, v) for k, v in self.grid.items()] + [("tune", k, v) for k, v in self.tune.items()]
         out = []
-        for values in itertools.product(*axes.values()):
-            point: dict[str, Any] = {}
-            for axis, value in zip(axes, values):
-                point.update(value if isinstance(value, dict) else {axis: value})
+        for values in itertools.product(*(values for _, _, values in axes)):
+            point: dict[str, tuple[Any, str]] = {}
+            for (block, axis, _), value in zip(axes, values):
+                given, inside = (value, f"{block}.{axis}") if isinstance(value, dict) else ({axis: value}, block)
+                point.update(config.flatten(given, str(self.source), inside))
             out.append(point)
         return out
 
     def configs(self) -> list[RunConfig]:
         """One RunConfig per point, ordered by N first so that every task has results at small N early."""
-        out = [build_config(self.fixed, point, self.methods, self.seeds) for point in self.points()]
-        return sorted(out, key=lambda c: c.n)
+        fixed = config.flatten(self.fixed, str(self.source), "fixed")
+        listed = {"methods": (list(self.methods), f"{self.source}: methods"),
+                  "seeds": (list(self.seeds), f"{self.source}: seeds")}
+        out = [config.build({**fixed, **point, **listed})[0] for point in self.points()]
+        return sorted(out, key=lambda c: c.data.n_train)
 
-
-def _dotted(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def build_config(fixed: dict[str, Any], point: dict[str, Any], methods: tuple[str, ...], seeds: tuple[int, ...]) -> RunConfig:
-    """A validated RunConfig from fixed settings (nested dicts or dotted keys) overridden by one grid point."""
-    flat = {**_flatten(fixed), **{_dotted(k): v for k, v in point.items()}, "methods": methods, "seeds": seeds}
-    top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
-    for key, value in flat.items():
-        head, _, tail = key.partition(".")
-        value = tuple(value) if isinstance(value, list) else value
-        if tail and head in NESTED:
-            _check_field(NESTED[head], tail, key)
-            nested[head][tail] = value
-        else:
-            _check_field(RunConfig, key, key)
-            top[key] = value
-    cfg = RunConfig(**top, **{name: cls(**nested[name]) for name, cls in NESTED.items()})
-    cfg.validate()
-    return cfg
-
-
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key in NESTED:
-            out.update(_flatten(value, f"{key}."))
-        else:
-            out[prefix + key if prefix else _dotted(key)] = value
-    return out
-
-
-def _check_field(cls: type, name: str, shown: str) -> None:
-    known = {f.name for f in fields(cls)}
-    if name not in known:
-        raise IA2Error(f"sweep setting {shown!r} is not a field of {cls.__name__} (known: {', '.join(sorted(known))})")
+    def tuned_paths(self) -> list[str]:
+        """The paths of the tuned settings."""
+        return [config.resolve(k, f"{self.source}: tune.{k}") for k in self.tune]
 
 
 def load(path: Path, out: Path | None = None) -> Sweep:
     """Read a sweep YAML file; `out` overrides its output folder."""
-    if not path.is_file():
-        raise IA2Error(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise IA2Error(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    known = {f.name for f in fields(Sweep)}
+    data = config.load_yaml(path)
+    known = {f.name for f in fields(Sweep)} - {"source"}
     for key in data:
         if key not in known:
             raise IA2Error(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -119,14 +84,14 @@ def load(path: Path, out: Path | None = None) -> Sweep:
                 raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
     if data.get("select", "dev_loss") not in SELECT:
         raise IA2Error(f"{path}: field 'select' must be one of {', '.join(SELECT)}")
-    scaling = sorted(k for k in data.get("tune") or {} if _dotted(k) in {"train.w", "train.per_layer_norm"})
-    if scaling and data.get("select", "dev_loss") == "dev_loss":
+    target = out or Path(data.get("out", "runs/sweep"))
+    sweep = Sweep(source=path, out=target, methods=tuple(data["methods"]), seeds=tuple(data["seeds"]),
+                  grid=data.get("grid") or {}, tune=data.get("tune") or {}, fixed=data.get("fixed") or {},
+                  select=data.get("select", "dev_loss"))
+    scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
+    if scaling and sweep.select == "dev_loss":
         raise IA2Error(f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
                        "across its values: use select: dev_accuracy")
-    target = out or Path(data.get("out", "runs/sweep"))
-    sweep = Sweep(out=target, methods=tuple(data["methods"]), seeds=tuple(data["seeds"]), grid=data.get("grid") or {},
-                  tune={_dotted(k): v for k, v in (data.get("tune") or {}).items()}, fixed=data.get("fixed") or {},
-                  select=data.get("select", "dev_loss"))
     sweep.configs()
     return sweep
 
@@ -134,26 +99,20 @@ def load(path: Path, out: Path | None = None) -> Sweep:
 def run_dir(out: Path, cfg: RunConfig) -> Path:
     """runs/<model>/<task>/n<N>/<config key>: readable, and unique per configuration."""
     clean = lambda s: str(s).replace("/", "_").replace(":", "_")  # noqa: E731
-    return out / "runs" / clean(cfg.model) / clean(cfg.task) / f"n{cfg.n}" / cfg.key()
+    return out / "runs" / clean(cfg.model) / clean(cfg.data.task) / f"n{cfg.data.n_train}" / config.key(cfg)
 
 
 def finished(cfg: RunConfig, folder: Path) -> bool:
     """True when every (seed, method, evaluation set) row of the run is on disk."""
-    rows = folder / "rows" / cfg.key()
-    names = [cfg.task, *cfg.eval_tasks]
-    return all((rows / row_file(s, m, e, cfg.task)).exists() for s in cfg.seeds for m in cfg.methods for e in names)
+    rows = outdir.rows_dir(folder, cfg)
+    names = [cfg.data.task, *cfg.data.eval_tasks]
+    return all((rows / outdir.row_file(s, m, e, cfg.data.task)).exists()
+               for s in cfg.seeds for m in cfg.methods for e in names)
 
 
 def spec(cfg: RunConfig, tuned: list[str]) -> dict:
-    """What the report needs to know about a run: its full config, what differs from defaults, the tuned values."""
-    flat = _flatten(changed(cfg))
-    return {"config": asdict(cfg), "key": cfg.key(), "tuned": {k: flat.get(k, _default(k)) for k in tuned}}
-
-
-def _default(dotted: str) -> Any:
-    head, _, tail = dotted.partition(".")
-    obj = NESTED[head]() if tail else RunConfig("", "", ())
-    return getattr(obj, tail or head)
+    """What the report needs to know about a run: its full config, its key, the tuned values by path."""
+    return {"config": config.to_dict(cfg), "key": config.key(cfg), "tuned": {p: config.get(cfg, p) for p in tuned}}
 
 
 def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
@@ -172,14 +131,14 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
             continue
         done = distributed.from_main(finished(cfg, folder))
         if distributed.is_main() and not (done and (folder / "spec.json").exists()):
-            write_json(folder / "spec.json", spec(cfg, list(sweep.tune)))
+            write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
         if done:
             log.info("[%d/%d] done already: %s", i, len(configs), folder)
             continue
         log.info("[%d/%d] running %s", i, len(configs), folder)
         run(cfg, folder)
     if distributed.is_main():
-        write_json(sweep.out / "sweep.json", {**{k: v for k, v in asdict(sweep).items() if k != "out"},
+        write_json(sweep.out / "sweep.json", {**{k: v for k, v in asdict(sweep).items() if k not in ("out", "source")},
                                               "runs": [str(f.relative_to(sweep.out)) for f in folders]})
     return folders
 
@@ -188,6 +147,6 @@ def dump_points(sweep: Sweep) -> str:
     """The expanded grid as text, one run per line (for --dry-run)."""
     lines = []
     for cfg in sweep.configs():
-        lines.append(f"{run_dir(sweep.out, cfg)}  " + json.dumps({k: v for k, v in _flatten(changed(cfg)).items()
-                                                                  if k not in ("methods", "seeds")}, default=str))
+        changed = {k: v for k, v in config.flat(cfg).items() if k not in ("methods", "seeds") and v != config.default(k)}
+        lines.append(f"{run_dir(sweep.out, cfg)}  " + json.dumps(changed, default=str))
     return "\n".join(lines)

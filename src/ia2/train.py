@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -11,42 +11,14 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, losses
+from . import distributed
 from .batching import forward, make_batch, right_align
+from .config import TrainConfig
 from .errors import IA2Error
+from .losses import LOSSES, LossInputs
 from .methods import Stage
 from .store import Stored, resolve
 from .taps import Tap
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings; the defaults are the paper's (effective batch 4, dev check every 2 steps, patience 5)."""
-
-    lr: float = 1e-3
-    batch_size: int = 4
-    eval_batch_size: int = 16
-    max_epochs: int = 50
-    max_steps: int | None = None
-    restore_best: bool = True
-    eval_every: int = 2
-    patience: int = 5
-    w: float = 0.5
-    per_layer_norm: bool = False
-
-    def validate(self) -> None:
-        """Reject settings that cannot train, with the option's name."""
-        for option, value in (("--train-batch-size", self.batch_size),
-                              ("--eval-batch-size", self.eval_batch_size), ("--epochs", self.max_epochs),
-                              ("--eval-every", self.eval_every), ("--patience", self.patience)):
-            if value < 1:
-                raise IA2Error(f"{option} must be at least 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise IA2Error(f"--max-steps must be at least 1, got {self.max_steps}")
-        if not self.lr > 0:
-            raise IA2Error(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.w <= 1:
-            raise IA2Error(f"--w must be in [0, 1], got {self.w}")
 
 
 @dataclass(frozen=True)
@@ -68,27 +40,19 @@ class Item:
 
 def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
                layer_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The stage's loss on one batch; `layer_scale` [L] replaces the batch's own teacher scale of --per-layer-norm
-    (a data-parallel shard is normalised by its whole batch's)."""
+    """The stage's loss on one batch, given the teacher data its declaration asks for; `layer_scale` [L] replaces
+    the batch's own teacher scale of per_layer_norm (a data-parallel shard is normalised by its whole batch's)."""
+    loss = LOSSES[stage.loss]
     batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
     mask = batch.answer_mask().to(model.device)
-    needs_acts = stage.loss in ("ia2", "joint")
-    logits, acts = forward(model, batch, tap if needs_acts else None)
-    if stage.loss == "soft":
-        return soft_loss(logits, items, batch.keep, mask)
-    ce = None
-    if stage.loss != "ia2":
-        targets = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
-        ce = losses.ce(logits, targets, mask)
-        if stage.loss == "ce":
-            return ce
-    target = teacher_acts(model, tap, items, batch.keep, pad_id)
-    if layer_scale is None:
-        ia2 = losses.ia2(acts, target, mask, cfg.per_layer_norm)
-    else:
-        root = layer_scale.clamp(min=1e-12).sqrt().to(target.device)[None, :, None, None]
-        ia2 = losses.ia2(acts / root, target / root, mask)
-    return ia2 if ce is None else losses.joint(ia2, ce, cfg.w)
+    logits, acts = forward(model, batch, tap if loss.needs_acts else None)
+    answers = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
+    inputs = LossInputs(logits, mask, answers, cfg, acts, layer_scale=layer_scale)
+    if loss.needs_acts:
+        inputs = replace(inputs, teacher_acts=teacher_acts(model, tap, items, batch.keep, pad_id))
+    if loss.needs_distribution:
+        inputs = replace(inputs, **teacher_distribution(items, batch.keep, logits.device))
+    return loss.fn(inputs)
 
 
 def teacher_acts(model: nn.Module, tap: Tap, items: Sequence[Item], keep: int, pad_id: int) -> torch.Tensor:
@@ -116,13 +80,14 @@ def online_acts(model: nn.Module, tap: Tap, items: Sequence[Item], pad_id: int) 
     return acts.float()
 
 
-def soft_loss(logits: torch.Tensor, items: Sequence[Item], keep: int, mask: torch.Tensor) -> torch.Tensor:
-    """`losses.soft` against the items' teacher distributions, right-aligned like their answers."""
+def teacher_distribution(items: Sequence[Item], keep: int, device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The batch's teacher next-token log-probs (`top_logp`) and their ids (`top_ids`, None for the whole
+    vocabulary), right-aligned like the answers."""
     if any(i.top_logp is None for i in items):
         raise IA2Error("the soft loss needs the teacher's next-token distributions: collect targets with `distribution`")
-    top_logp = right_align([resolve(i.top_logp) for i in items], keep).to(logits.device)
-    top_ids = None if items[0].top_ids is None else right_align([resolve(i.top_ids) for i in items], keep).to(logits.device)
-    return losses.soft(logits, top_ids, top_logp, mask)
+    top_logp = right_align([resolve(i.top_logp) for i in items], keep).to(device)
+    top_ids = None if items[0].top_ids is None else right_align([resolve(i.top_ids) for i in items], keep).to(device)
+    return {"top_logp": top_logp, "top_ids": top_ids}
 
 
 @torch.no_grad()
@@ -151,7 +116,7 @@ def answer_positions(items: Sequence[Item]) -> int:
 def teacher_scale(items: Sequence[Item], stage: Stage, cfg: TrainConfig) -> torch.Tensor | None:
     """With --per-layer-norm on an activation loss, the batch's teacher mean square per layer [L], as `losses.ia2`
     computes it, from the stored activations every process holds; otherwise None."""
-    if not (cfg.per_layer_norm and stage.loss in ("ia2", "joint")):
+    if not (cfg.per_layer_norm and LOSSES[stage.loss].needs_acts):
         return None
     if any(i.acts is None for i in items):
         raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop --teacher online")
@@ -206,15 +171,15 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
     generator = torch.Generator().manual_seed(seed)
     best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id), adapter_state(model)
     history = [{"step": 0, "dev_loss": best}]
-    step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.batch_size)
+    step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.train_batch_size)
     total = cfg.max_epochs * steps_per_epoch
     limit = min(total, cfg.max_steps or total)
     bar = tqdm(total=limit, desc=desc, leave=False)
     for epoch in range(cfg.max_epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
-        for start in range(0, len(order), cfg.batch_size):
+        for start in range(0, len(order), cfg.train_batch_size):
             model.train()
-            batch = [train[i] for i in order[start:start + cfg.batch_size]]
+            batch = [train[i] for i in order[start:start + cfg.train_batch_size]]
             if distributed.world_size() == 1:
                 loss = batch_loss(model, tap, batch, stage, cfg, pad_id)
                 optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,61 @@
+"""A saved adapter's model card (README.md, PEFT's convention): what it was trained from and on, how to prompt it,
+and what it measured."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from .config import RunConfig
+from .methods import METHODS
+from .tasks import Task
+
+METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
+
+
+def model_card(cfg: RunConfig, task: Task, method: str, seed: int, rows: list[dict], logs: list[dict]) -> str:
+    """The card's markdown, with YAML front matter naming the base model as the user named it."""
+    labels = ", ".join(f"`{label}`" for label in task.labels) or f"generated, parsed by `{task.parser}`"
+    metrics = "\n".join(f"| {r['eval_task']} | " + " | ".join(_number(r.get(m)) for m in METRICS) + " |" for r in rows)
+    stages = ", ".join(f"{log['stage']} ({log['steps']} steps, best dev loss {log['best_dev_loss']:.4g})" for log in logs)
+    return f"""---
+base_model: {cfg.model}
+library_name: peft
+tags: [ia2, {method}]
+---
+
+# {METHODS[method].display} adapter for {cfg.model}
+
+Trained by ia2 with method `{method}` on task `{task.name}`: N = {cfg.data.n_train} labelled examples, seed {seed}.
+Stages: {stages}.
+
+## Prompt
+
+Inputs are rendered as the training run rendered them, without demonstrations:
+
+    instruction: {json.dumps(task.instruction)}
+    template:    {json.dumps(task.template)}
+    answer:      {json.dumps(task.answer_prefix)} + label
+
+Labels: {labels}.
+
+## Test metrics
+
+| evaluation set | {' | '.join(METRICS)} |
+|---{'|---' * len(METRICS)}|
+{metrics}
+
+## Training settings
+
+```json
+{json.dumps({"train": asdict(cfg.train), "adapter": cfg.adapter, "teacher": asdict(cfg.teacher),
+             "prompt": asdict(cfg.prompt)}, indent=2)}
+```
+
+Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), PATH)`, where BASE is the base
+model above (for an ia2 embedded name, the folder `ia2.models.resolve(name)` returns).
+"""
+
+
+def _number(value: object) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -1,0 +1,89 @@
+"""A run's set-up: its task as declared, held-out sets, and the frozen model with its tokenizer, encoders and tap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from . import distributed, models, targets
+from .config import RunConfig
+from .errors import IA2Error
+from .prompts import Encoder
+from .splits import marked_test, test_and_pool
+from .taps import Tap
+from .tasks import Task, check_transfer, load_task
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A held-out test set every method is scored on: the run's own task, or an out-of-distribution one."""
+
+    task: Task
+    encoder: Encoder
+    test: list[int]
+
+
+@dataclass
+class RunContext:
+    """What every seed of a run shares: the task and its pool, the model (its adapter replaced per seed), the
+    tokenizer, encoders, evaluation sets and tap, and the zero-shot scores of each evaluation set once measured."""
+
+    cfg: RunConfig
+    task: Task
+    test: list[int]
+    pool: list[int]
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    encoder: Encoder
+    evals: list[EvalSet]
+    tap: Tap
+    fingerprint: str
+    model_class: str
+    zero_shot: dict[str, tuple[dict, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def declared(spec: str, cfg: RunConfig) -> Task:
+    """A task as declared, made generative by `parser` (scored by that answer extractor), with its answer prefix and
+    answer length overridden when given."""
+    data = cfg.data
+    task = load_task(spec, data.labels if spec == data.task else None)
+    if data.parser is not None and not task.generative and data.max_new_tokens is None:
+        raise IA2Error(f"parser {data.parser} makes {spec} generative: give max_new_tokens (--max-new-tokens) too")
+    if data.parser is not None:
+        task = replace(task, labels=(), parser=data.parser)
+    if data.answer_prefix is not None:
+        task = replace(task, answer_prefix=data.answer_prefix)
+    return task if data.max_new_tokens is None else replace(task, max_new_tokens=data.max_new_tokens)
+
+
+def load_context(cfg: RunConfig) -> RunContext:
+    """Load the task (checked to be large enough), then the model on this process's device (sharded with fsdp)."""
+    device = distributed.device(cfg.runtime.device)
+    with distributed.main_first():
+        task = declared(cfg.data.task, cfg)
+        test, pool = test_and_pool(task, cfg.data)
+        model, tokenizer = models.load(cfg.model, getattr(torch, cfg.runtime.dtype),
+                                       "cpu" if cfg.runtime.fsdp else device)
+        context = model.config.get_text_config().max_position_embeddings
+        encoder = Encoder(task, tokenizer, context, cfg.prompt.chat)
+        evals = [EvalSet(task, encoder, test)] + [_ood_set(name, task, tokenizer, context, cfg)
+                                                  for name in cfg.data.eval_tasks]
+    fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
+    if cfg.runtime.fsdp:
+        distributed.shard_model(model, device)
+    tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)
+    return RunContext(cfg, task, test, pool, model, tokenizer, encoder, evals, tap, fingerprint, model_class)
+
+
+def _ood_set(name: str, task: Task, tokenizer: PreTrainedTokenizerBase, context: int, cfg: RunConfig) -> EvalSet:
+    """An out-of-distribution evaluation set whose labels must be the training task's (or a superset of them)."""
+    ood = declared(name, cfg)
+    check_transfer(task, ood)
+    test, _ = marked_test(ood, cfg.data.n_test, cfg.data.data_seed)
+    return EvalSet(ood, Encoder(ood, tokenizer, context, cfg.prompt.chat), test)

@@ -1,0 +1,86 @@
+"""Measuring the current model on a seed's evaluation sets: metrics, activations at the last prompt token, and the
+result row of one (method, seed, evaluation set)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .context import EvalSet, RunContext
+from .evaluate import Scores, generate_texts, generation_metrics, layer_cosine, score, summarise
+from .prompts import Prompted, icl_demos
+from .splits import Split
+
+
+@dataclass
+class SeedEval:
+    """One evaluation set's prompts for one seed: test queries alone and with demonstrations, gold labels, and the
+    ICL teacher's activations once measured."""
+
+    eval: EvalSet
+    plain: list[Prompted]
+    gold: np.ndarray
+    icl_prompts: list[Prompted]
+    k: int
+    icl: torch.Tensor | None = None
+
+
+def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval:
+    """Test prompts of one evaluation set for one seed; ICL demonstrations are the training task's (`icl_demos`)."""
+    k = min(ctx.cfg.prompt.k_max, ctx.cfg.data.n_train)
+    demos = icl_demos(split, ctx.pool, ctx.cfg.prompt.icl_demos, k, len(ev.test), seed)
+    source, examples = ctx.task.examples, ev.task.examples
+    plain = [ev.encoder.encode(examples[i]) for i in ev.test]
+    icl = [ev.encoder.encode(examples[i], [source[d] for d in ds], ctx.task) for i, ds in zip(ev.test, demos)]
+    return SeedEval(ev, plain, np.array([p.label for p in plain]), icl, k)
+
+
+def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:
+    """Label scores and last-prompt-token activations of the current model."""
+    return score(ctx.model, [p.prompt for p in prompts], label_ids, ctx.pad_id, ctx.tap, ctx.cfg.runtime.batch_size,
+                 desc)
+
+
+def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: str) -> tuple[dict, torch.Tensor]:
+    """The current model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
+
+    Classification is scored from the answer distribution; a generative task generates, cuts at the stop rule
+    and compares parsed answers (parse failures count as wrong).
+    """
+    task, encoder = se.eval.task, se.eval.encoder
+    if task.generative:
+        texts = generate_texts(ctx.model, ctx.tokenizer, [p.prompt for p in prompts], task,
+                               ctx.cfg.runtime.batch_size, desc)
+        golds = [task.examples[i].answer for i in se.eval.test]
+        acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
+        return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
+    measured = scores(ctx, prompts, encoder.label_ids, desc)
+    probs = measured.label_probs()
+    reliability = {"confidence": probs.max(axis=1).tolist(),
+                   "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist()}
+    first = [ids[0] for ids in encoder.label_ids]
+    return {**summarise(measured, se.gold, first), "reliability": reliability}, measured.acts
+
+
+def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:
+    """Label accuracy on the dev examples without demonstrations (None for generative tasks, which would need
+    generation: their hyperparameters are chosen on dev loss)."""
+    if ctx.task.generative:
+        return None
+    measured = scores(ctx, dev, ctx.encoder.label_ids, desc)
+    return float((measured.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
+
+
+def result_row(ctx: RunContext, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor,
+               demos: int) -> dict:
+    """One (method, seed, evaluation set) result: the metrics and the per-layer cosine to the ICL teacher's
+    activations on the same test queries (None for ICL itself)."""
+    cos = layer_cosine(acts, se.icl) if method != "icl" else None
+    return {
+        "task": ctx.task.name, "eval_task": se.eval.task.name, "model": ctx.cfg.model, "method": method,
+        "n_train": ctx.cfg.data.n_train, "seed": seed, **measured,
+        "asim": float(np.mean(cos)) if cos is not None else None, "asim_layers": cos, "eval_demos": demos,
+    }

@@ -1,0 +1,75 @@
+"""A run's output folder: claimed for one configuration before anything loads, its rows keyed by the config, and
+the files written when the run finishes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import config, distributed
+from .config import RunConfig
+from .errors import IA2Error
+from .paths import write_json
+
+MARKER = "run.json"
+# What a run writes into its folder; --overwrite removes these and nothing else.
+ARTIFACTS = (MARKER, "rows", "adapters", "results.json", "results.md", "reliability.json", "reliability.png",
+             "train_logs.json", "manifest.json")
+
+
+def recorded_keys(out: Path) -> set[str]:
+    """The config keys of the runs a folder holds: its marker's, else (folders of ia2 0.1) results.json's and the
+    row folders'."""
+    if (out / MARKER).is_file():
+        return {json.loads((out / MARKER).read_text())["key"]}
+    keys = {p.name for p in (out / "rows").iterdir() if p.is_dir()} if (out / "rows").is_dir() else set()
+    if (out / "results.json").is_file():
+        keys.add(json.loads((out / "results.json").read_text())["config"].get("key", "?"))
+    return keys
+
+
+def _difference(out: Path, cfg: RunConfig) -> str:
+    """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`."""
+    if not (out / MARKER).is_file():
+        return "recorded by an earlier ia2"
+    old = config.flat(config.from_dict(json.loads((out / MARKER).read_text())["config"]))
+    new = config.flat(cfg)
+    changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in sorted(old.keys() | new.keys()) if old.get(p) != new.get(p)]
+    return "; ".join(changed) or "same settings, another ia2 version"
+
+
+def claim(out: Path, cfg: RunConfig, overwrite: bool = False) -> None:
+    """Make sure `out` can take this run before anything loads: a writable folder holding no run of another
+    configuration (with `overwrite`, an earlier run's files are removed first); record the config there."""
+    if out.exists() and not out.is_dir():
+        raise IA2Error(f"{out}: the output folder is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ia2-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise IA2Error(f"{out}: cannot write the output folder ({exc.strerror})") from None
+    others = recorded_keys(out) - {config.key(cfg)}
+    if others and not overwrite:
+        raise IA2Error(f"{out} holds a run of another configuration ({_difference(out, cfg)}): choose another "
+                       "output folder, or pass --overwrite to replace it")
+    if distributed.is_main():
+        if others:
+            for name in ARTIFACTS:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        write_json(out / MARKER, {"key": config.key(cfg), "config": config.to_dict(cfg)})
+    distributed.barrier()
+
+
+def row_file(seed: int, method: str, eval_task: str, own_task: str) -> str:
+    """Where a row lives under rows/<key>/: `seed<S>/<method>.json`, with `@<eval task>` for an OOD evaluation."""
+    suffix = "" if eval_task == own_task else "@" + eval_task.replace("/", "_").replace(":", "_")
+    return f"seed{seed}/{method}{suffix}.json"
+
+
+def rows_dir(out: Path, cfg: RunConfig) -> Path:
+    """The folder of a configuration's rows."""
+    return out / "rows" / config.key(cfg)

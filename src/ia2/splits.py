@@ -1,0 +1,64 @@
+"""Which examples a run holds out for testing, and which each seed trains, develops and (low-data mode) queries on."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .config import DataConfig
+from .errors import IA2Error
+from .tasks import Task
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the task's examples for one seed; the test set is the same for every seed."""
+
+    train: list[int]
+    dev: list[int]
+    test: list[int]
+    unlabelled: list[int] = field(default_factory=list)
+
+
+def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], list[int]]:
+    """The held-out test indices (the task's `split: test` rows if any, else a seeded draw) and the rest."""
+    marked = [i for i, e in enumerate(task.examples) if e.split == "test"]
+    if marked:
+        return marked[:n_test], [i for i, e in enumerate(task.examples) if e.split != "test"]
+    order = list(range(len(task.examples)))
+    random.Random(data_seed).shuffle(order)
+    return order[:n_test], order[n_test:]
+
+
+def test_and_pool(task: Task, data: DataConfig) -> tuple[list[int], list[int]]:
+    """The held-out test indices and the training pool, checked to be large enough for N + dev + test."""
+    test, pool = marked_test(task, data.n_test, data.data_seed)
+    need = data.n_train + data.dev_size + (data.unlabelled or 0)
+    marked = any(e.split == "test" for e in task.examples)
+    if marked and len(test) < data.n_test:
+        raise IA2Error(f"{task.name}: {len(test)} examples have split 'test', but n_test={data.n_test}")
+    if len(pool) < need or len(test) < data.n_test:
+        unlabelled = f" + unlabelled={data.unlabelled}" if data.unlabelled else ""
+        held = f"{len(pool)} examples outside the test split" if marked else f"{len(task.examples)} examples"
+        total = need if marked else need + data.n_test
+        test_part = "" if marked else f" + test={data.n_test}"
+        raise IA2Error(f"{task.name}: {held}, but N={data.n_train} + dev={data.dev_size}{unlabelled}{test_part} "
+                       f"need {total}")
+    return test, pool
+
+
+def draw_split(test: list[int], pool: list[int], data: DataConfig, seed: int) -> Split:
+    """N training and N/2 dev examples drawn from the pool by `seed`, and in low-data mode M unlabelled queries from
+    the rest (the labelled draw is the same with or without them)."""
+    chosen = random.Random(f"split-{seed}").sample(pool, data.n_train + data.dev_size)
+    rest = sorted(set(pool) - set(chosen))
+    unlabelled = random.Random(f"unlabelled-{seed}").sample(rest, data.unlabelled) if data.unlabelled else []
+    return Split(chosen[: data.n_train], chosen[data.n_train:], test, unlabelled)
+
+
+def majority(task: Task, test: list[int]) -> float | None:
+    """Accuracy of always answering the test set's most frequent label (None for generative tasks)."""
+    if task.generative:
+        return None
+    labels = [task.examples[i].answer for i in test]
+    return max(labels.count(c) for c in set(labels)) / len(labels)

@@ -1,0 +1,83 @@
+"""A seed's training data for each label source, from gold answers and the ICL teacher's targets, and the stages of
+every method trained on it, a trained prefix (IA2 before IA2 → SFT) reused rather than retrained."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from peft import set_peft_model_state_dict
+
+from . import targets
+from .context import RunContext
+from .losses import LOSSES
+from .methods import METHODS, Stage
+from .prompts import Prompted, teacher_prompts, teacher_queries
+from .splits import Split
+from .train import Item, adapter_state, train_stage
+
+
+@dataclass(frozen=True)
+class StageData:
+    """Training and dev items per label source (`gold`, `icl`), and the dev prompts without demonstrations."""
+
+    items: dict[str, tuple[list[Item], list[Item]]]
+    dev_plain: list[Prompted]
+
+
+def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str]) -> StageData:
+    """Items for each label source: gold answers, and the ICL teacher's answers with activations (stored, or with
+    the online teacher the ICL prompts to compute them from per batch) and, when a loss needs them, its next-token
+    distributions."""
+    cfg, unlabelled = ctx.cfg, bool(ctx.cfg.data.unlabelled)
+    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed)
+    teacher = teacher_targets(ctx, prompts, policy, seed, methods)
+    examples = ctx.task.examples
+    plain = [ctx.encoder.encode(examples[i]) for i in teacher_queries(split, unlabelled)]
+    ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
+    online = cfg.teacher.teacher_mode == "online"
+    icl = [Item(p.prompt, tokens, acts, top_ids, top_logp, q.prompt if online else None)
+           for p, q, tokens, acts, top_ids, top_logp in zip(plain, prompts, teacher.tokens, teacher.acts, ids, logp)]
+    dev = plain[len(plain) - len(split.dev):]
+    gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
+    n, m = cfg.data.n_train, len(plain) - len(split.dev)
+    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev)
+
+
+def teacher_targets(ctx: RunContext, prompts: Sequence[Prompted], policy: str, seed: int,
+                    methods: Sequence[str]) -> targets.Targets:
+    """The ICL teacher's answers, activations (none for the online teacher) and, when some method's loss needs them,
+    next-token distributions, from the cache or collected now with the adapter disabled."""
+    teacher = ctx.cfg.teacher
+    distribution = any(LOSSES[stage.loss].needs_distribution for m in methods for stage in METHODS[m].stages)
+    fields = {"model": ctx.fingerprint, "task": ctx.task.name, "data": ctx.task.data_hash(), "seed": seed,
+              "demos": policy}
+    tap = ctx.tap if teacher.teacher_mode == "cached" else None
+    stop = ctx.task.stop[0] if ctx.task.stop and teacher.teacher_stop == "task" else ""
+    with ctx.model.disable_adapter():
+        return targets.cached_collect(ctx.model, tap, ctx.tokenizer, [p.prompt for p in prompts], fields,
+                                      ctx.task.max_new_tokens, stop, ctx.cfg.runtime.batch_size, f"teacher s{seed}",
+                                      teacher.soft_top_k if distribution else None, teacher.target_dtype,
+                                      teacher.target_store)
+
+
+class StageRunner:
+    """Trains methods' stages on one seed's adapter, keeping each trained prefix's state and logs for reuse."""
+
+    def __init__(self, ctx: RunContext, data: StageData, seed: int) -> None:
+        self.ctx, self.data, self.seed = ctx, data, seed
+        self.memo: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {(): (adapter_state(ctx.model), [])}
+
+    def train(self, stages: tuple[Stage, ...]) -> list[dict]:
+        """Train `stages`, starting from the longest already-trained prefix; return every stage's log."""
+        done = max((p for p in self.memo if stages[: len(p)] == p), key=len)
+        state, logs = self.memo[done]
+        set_peft_model_state_dict(self.ctx.model, state)
+        for depth in range(len(done), len(stages)):
+            stage = stages[depth]
+            train, dev = self.data.items[stage.labels]
+            log = train_stage(self.ctx.model, self.ctx.tap, train, dev, stage, self.ctx.cfg.train,
+                              self.seed * 1000 + depth, self.ctx.pad_id, f"{stage.loss}:{stage.labels} s{self.seed}")
+            logs = logs + [log]
+            self.memo[stages[: depth + 1]] = (adapter_state(self.ctx.model), logs)
+        return logs
