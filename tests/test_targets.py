@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, batching, losses, targets, train
+from ia2 import adapters, batching, losses, models, targets, train
 from ia2.adapters import AdapterConfig
 from ia2.methods import Stage
 from ia2.taps import Tap
@@ -164,6 +167,34 @@ def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypa
     targets.cached_collect(model, tap, tok, prompts, {**fields, "seed": 1}, max_new_tokens=2)
     assert len(list((tmp_path / "cache" / "targets").glob("*.safetensors"))) == 2
     assert calls == [1]
+
+
+def _drop_one_tensor(path):
+    """Rewrite a targets file without its last example's answer tokens, its metadata (n) unchanged."""
+    with safe_open(str(path), framework="pt") as handle:
+        data, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+    del data[f"tokens.{int(metadata['n']) - 1}"]
+    save_file(data, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""),
+                                    _drop_one_tensor], ids=["truncated", "empty", "tensor-missing"])
+def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    model, tok = models.load(str(llama_dir))
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
+    args = (model, Tap(model), tok, prompts, {"seed": 0})
+    first = targets.cached_collect(*args, max_new_tokens=2)
+    [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+        again = targets.cached_collect(*args, max_new_tokens=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"cached targets at {path} are corrupt" in warnings[0] and "\n" not in warnings[0]
+    assert again.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(again.acts, first.acts))
+    reread = targets.load(path)
+    assert reread.tokens == first.tokens, "the bad entry is replaced by a good one"
 
 
 def test_fingerprint_changes_with_weights(loaded):
