@@ -206,6 +206,20 @@ def test_fingerprint_changes_with_weights(loaded):
     assert targets.model_fingerprint(model) != before
 
 
+def test_fingerprint_ignores_where_the_model_folder_is(llama_dir, tmp_path):
+    """The same model copied to two folders (as moving $IA2_CACHE does) keeps its fingerprint, hence its cache keys."""
+    model, tok = models.load(str(llama_dir))
+    for name in ("a", "b"):
+        model.save_pretrained(tmp_path / name / "model")
+        tok.save_pretrained(tmp_path / name / "model")
+    first, second = (models.load(str(tmp_path / name / "model"))[0] for name in ("a", "b"))
+    assert first.config._name_or_path != second.config._name_or_path
+    assert targets.model_fingerprint(first) == targets.model_fingerprint(second) == targets.model_fingerprint(model)
+    with torch.no_grad():
+        second.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    assert targets.model_fingerprint(second) != targets.model_fingerprint(first)
+
+
 def test_losses_by_hand():
     # ce: two rows, the first with a masked (padding) position
     logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]], [[1.0, 3.0], [0.0, 1.0]]])

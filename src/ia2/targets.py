@@ -26,6 +26,7 @@ from .taps import Tap
 
 log = logging.getLogger(__name__)
 TENSOR_NAMES = ("tokens", "acts", "top_ids", "top_logp")
+PATH_FIELDS = frozenset({"_name_or_path"})  # where the config was read from: not part of the model
 
 
 @dataclass
@@ -43,9 +44,18 @@ class Targets:
     top_logp: list[torch.Tensor | Stored] | None = None
 
 
+def _without_paths(config: object) -> object:
+    """A config dict (and its sub-configs) without the fields naming where it was loaded from."""
+    if isinstance(config, dict):
+        return {k: _without_paths(v) for k, v in config.items() if k not in PATH_FIELDS}
+    return config
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """A cheap hash of a model's config and a slice of every weight: it changes when the weights do."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A cheap hash of a model's config and a slice of every weight: it changes when the weights do, not when the
+    model folder or the cache holding it moves."""
+    config = _without_paths(json.loads(model.config.to_json_string(use_diff=False)))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, param in model.named_parameters():
         digest.update(name.encode())
         digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
