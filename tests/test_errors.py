@@ -90,6 +90,32 @@ def test_missing_or_bad_field(tmp_path, llama_dir, capsys, bad, field):
     assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:4", field)
 
 
+def test_non_utf8_byte_names_line_and_column(tmp_path, llama_dir, capsys):
+    rows = [json.dumps(r).encode() for r in toy_rows(10)]
+    rows[4] = b'{"question": "is the caf\xe9 big?", "answer": "yes"}'  # line 5, a Latin-1 byte at column 25
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(IA2Error, match=rf"^{path}:5: not valid UTF-8 \(byte 0xe9 at column 25\)$"):
+        load_task(f"jsonl:{path}")
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:5", "UTF-8")
+
+
+@pytest.mark.parametrize("split", ["dev", "validation", "Test", ""])
+def test_unknown_split_value(tmp_path, split):
+    rows = toy_rows(10)
+    rows[6]["split"] = split  # line 7
+    path = write_jsonl(tmp_path / "split.jsonl", rows)
+    with pytest.raises(IA2Error, match=rf"split\.jsonl:7: field 'split' = '{split}' is not one of \['train', 'test'\]"):
+        load_task(f"jsonl:{path}")
+
+
+def test_known_split_values(tmp_path):
+    rows = toy_rows(10)
+    rows[0]["split"], rows[1]["split"] = "train", "test"
+    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'split.jsonl', rows)}")
+    assert [e.split for e in task.examples[:3]] == ["train", "test", None]
+
+
 def test_answer_not_among_given_labels(tmp_path):
     rows = toy_rows(10)
     rows[2]["answer"] = "maybe"

@@ -3,34 +3,52 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import IA2Error
 from .base import Example, Task
 
+# `split` values: "test" rows are the held-out test set; absent or "train" rows are the pool each seed draws its
+# training and dev examples from, so "dev" (or "validation") is refused rather than taken as training data.
+SPLITS = ("train", "test")
 
-def read_jsonl(path: Path) -> list[Example]:
-    """Read examples, failing with the file, line and field of the first bad row."""
-    if not path.is_file():
-        raise IA2Error(f"{path}: no such file")
-    examples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+
+def _lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(FILE:LINE, text) of each non-blank line, decoded line by line so a bad byte is reported where it is."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
-        for key in ("question", "answer"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
-        split = row.get("split")
-        if split is not None and not isinstance(split, str):
-            raise IA2Error(f"{where}: field 'split' must be a string")
-        examples.append(Example(row["question"], row["answer"].strip(), where, split))
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IA2Error(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        if line.strip():
+            yield where, line
+
+
+def _example(where: str, line: str) -> Example:
+    """One line's example, failing with its FILE:LINE and the first bad field."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise IA2Error(f"{where}: field 'split' = {split!r} is not one of {list(SPLITS)} (or absent)")
+    return Example(row["question"], row["answer"].strip(), where, split)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Read examples, failing with the file, line and field of the first bad row. A row's `split` is absent or
+    "train" (the training pool) or "test" (the held-out test set); any other value is an error."""
+    if not path.is_file():
+        raise IA2Error(f"{path}: no such file")
+    examples = [_example(where, line) for where, line in _lines(path)]
     if not examples:
         raise IA2Error(f"{path}: no examples")
     return examples
