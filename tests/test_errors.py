@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from ia2 import cli, experiment, models
 from ia2.errors import IA2Error
 from ia2.experiment import RunConfig
 from ia2.prompts import Encoder
-from ia2.tasks import load_task
+from ia2.tasks import Example, Task, load_task
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -124,13 +125,63 @@ def test_answer_not_among_given_labels(tmp_path):
         load_task(f"jsonl:{path}", labels=("no", "yes"))
 
 
-def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path):
+def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path, caplog):
     rows = toy_rows(30)
-    rows[20] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
-    rows[25] = {"question": rows[3]["question"], "answer": "no" if rows[3]["answer"] == "yes" else "yes"}
-    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'dups.jsonl', rows)}")
+    rows[20] = rows[25] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
+    path = write_jsonl(tmp_path / "dups.jsonl", rows)
+    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+        task = load_task(f"jsonl:{path}")
     assert len(task.examples) == 28 and [e.question for e in task.examples].count(rows[3]["question"]) == 1
-    assert task.examples[3].answer == rows[3]["answer"] and task.examples[20].where.endswith(":22"), "first kept"
+    assert task.examples[3].where.endswith(":4") and task.examples[20].where.endswith(":22"), "first kept"
+    assert [r.getMessage() for r in caplog.records] == [f"jsonl:{path}: 2 repeated questions dropped (the first of "
+                                                        "each kept)"]
+
+
+def test_repeated_question_with_another_answer_is_an_error_in_jsonl(tmp_path):
+    rows = toy_rows(30)
+    other = "no" if rows[3]["answer"] == "yes" else "yes"
+    rows[25] = {"question": rows[3]["question"], "answer": other}  # line 26 contradicts line 4
+    path = write_jsonl(tmp_path / "dups.jsonl", rows)
+    with pytest.raises(IA2Error) as info:
+        load_task(f"jsonl:{path}")
+    message = str(info.value)
+    assert message.startswith(f"{path}:26: field 'question' repeats {path}:4 ")
+    assert repr(other) in message and repr(rows[3]["answer"]) in message
+
+
+def test_repeats_with_another_answer_keep_the_first_in_fixed_data(caplog):
+    """BIG-bench and benchmark data cannot be edited: the first answer wins and a warning counts the disagreements."""
+    examples = tuple(Example(q, a, f"bigbench:t:example {i}")
+                     for i, (q, a) in enumerate([("q1", "yes"), ("q2", "no"), ("q1", "no"), ("q2", "no")]))
+    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+        task = Task("bigbench:t", examples, labels=("no", "yes")).unique()
+    assert task.examples == examples[:2]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "bigbench:t: 2 repeated questions dropped (the first of each kept), 1 of them with a "
+                          "different answer")]
+
+
+def test_labels_differing_only_in_case(tmp_path, llama_dir, capsys):
+    rows = toy_rows(30)
+    rows[2]["answer"], rows[6]["answer"] = "Yes", "YES"  # lines 3 and 7; sorted labels: "YES", "Yes", "no", "yes"
+    path = write_jsonl(tmp_path / "case.jsonl", rows)
+    task = load_task(f"jsonl:{path}")
+    with pytest.raises(IA2Error, match=rf"^labels 'YES' \({path}:7\) and 'Yes' \({path}:3\) differ only in case"):
+        task.check_label_case()
+    _, tok = models.load(str(llama_dir))
+    with pytest.raises(IA2Error, match="differ only in case: normalise them"):
+        Encoder(task, tok, 512)
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:3", f"{path}:7", "case")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_given_labels_must_occur_in_the_data(tmp_path):
+    path = write_jsonl(tmp_path / "labels.jsonl", toy_rows(10))
+    with pytest.raises(IA2Error, match=rf"^label 'maybe' given in labels never occurs as an answer in {path}$"):
+        load_task(f"jsonl:{path}", labels=("no", "yes", "maybe"))
+    with pytest.raises(IA2Error, match=rf"^labels 'maybe', 'unsure' given in labels never occur as an answer in {path}$"):
+        load_task(f"jsonl:{path}", labels=("maybe", "no", "unsure", "yes"))
+    assert load_task(f"jsonl:{path}", labels=("yes", "no")).labels == ("yes", "no")
 
 
 def test_bigbench_refuses_labels():

@@ -40,6 +40,7 @@ class Encoder:
     def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int, chat: bool = False) -> None:
         if chat and not tokenizer.chat_template:
             raise IA2Error(f"--chat: the tokenizer of {tokenizer.name_or_path!r} has no chat template")
+        task.check_label_case()
         self.task, self.tokenizer, self.max_length, self.chat = task, tokenizer, max_length, chat
         probe = self.text(task.examples[0], [])
         self.label_ids = [self._answer_ids(probe, self.answer_text(label), task.examples[0]) for label in task.labels]

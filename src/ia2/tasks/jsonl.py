@@ -54,16 +54,39 @@ def read_jsonl(path: Path) -> list[Example]:
     return examples
 
 
+def _check_given_labels(file: Path, examples: list[Example], labels: tuple[str, ...]) -> None:
+    """Given labels must be the answers: an answer outside them, or a label no row answers (a typo, or a class the
+    file lacks), is an error."""
+    for e in examples:
+        if e.answer not in labels:
+            raise IA2Error(f"{e.where}: field 'answer' = {e.answer!r} is not one of --labels {list(labels)}")
+    absent = [label for label in labels if label not in {e.answer for e in examples}]
+    if absent:
+        one = len(absent) == 1
+        raise IA2Error(f"label{'' if one else 's'} {', '.join(map(repr, absent))} given in labels never "
+                       f"occur{'s' if one else ''} as an answer in {file}")
+
+
+def _check_repeats(examples: list[Example]) -> None:
+    """Refuse a question asked twice with different answers, since which one is gold would be arbitrary (exact
+    repeats are dropped by `Task.unique`)."""
+    first: dict[str, Example] = {}
+    for e in examples:
+        seen = first.setdefault(e.question, e)
+        if seen.answer != e.answer:
+            raise IA2Error(f"{e.where}: field 'question' repeats {seen.where} with answer {e.answer!r}, not "
+                           f"{seen.answer!r}: keep one of them")
+
+
 def load(path: str, labels: tuple[str, ...] | None = None) -> Task:
-    """A task from a JSONL file; labels are the distinct answers unless given."""
+    """A task from a JSONL file; labels are the distinct answers unless given, and then each must occur as one."""
     file = Path(path).expanduser()
     examples = read_jsonl(file)
     if labels is None:
         labels = tuple(sorted({e.answer for e in examples}))
     else:
-        for e in examples:
-            if e.answer not in labels:
-                raise IA2Error(f"{e.where}: field 'answer' = {e.answer!r} is not one of --labels {list(labels)}")
+        _check_given_labels(file, examples, labels)
+    _check_repeats(examples)
     if len(labels) < 2:
         raise IA2Error(f"{file}: field 'answer' has fewer than two distinct labels {list(labels)}")
     return Task(name=f"jsonl:{path}", examples=tuple(examples), labels=labels, source=str(file))
