@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,32 @@ def test_unknown_model_name(tmp_path, toy_jsonl, capsys):
     with pytest.raises(IA2Error, match="config.json"):
         models.resolve(str(not_a_model))
     assert_cli_fails(cli_args("no-such-model", f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, "no-such-model")
+
+
+@pytest.mark.parametrize("config, fault", [("{}", "field 'model_type' missing"),
+                                           ('{"model_type": ""}', "field 'model_type' missing"),
+                                           ('{"model_type": "llama",', "not valid JSON"),
+                                           ("[]", "expected a JSON object, got list"),
+                                           (b"\xff\xfe", "not valid JSON")])
+def test_model_folder_with_a_bad_config(tmp_path, toy_jsonl, capsys, config, fault):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    with pytest.raises(IA2Error, match=rf"^{folder / 'config.json'}: {fault}.*; not a transformers model folder$"):
+        models.resolve(str(folder))
+    assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder / "config.json"), fault)
+
+
+@pytest.mark.parametrize("change, needle", [({"model_type": "nonexistent_arch"}, "nonexistent_arch"),
+                                           ({"hidden_size": "wide"}, "hidden_size")])
+def test_model_config_transformers_refuses(tmp_path, llama_dir, toy_jsonl, capsys, change, needle):
+    folder = tmp_path / "model"
+    shutil.copytree(llama_dir, folder)
+    (folder / "config.json").write_text(json.dumps({**json.loads((llama_dir / "config.json").read_text()), **change}))
+    with pytest.raises(IA2Error, match=rf"^cannot load model '{folder}': .*{needle}") as info:
+        models.load(str(folder))
+    assert "\n" not in str(info.value)
+    assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder), needle)
 
 
 def test_unknown_method(tmp_path, llama_dir, toy_jsonl, capsys):
