@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -283,6 +284,24 @@ def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
     encoder.encode(task.examples[4])
     with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens \+ 1 answer tokens exceed the model's context of 512"):
         encoder.encode(task.examples[5])
+
+
+def test_long_demonstration_named_rather_than_the_query(tmp_path, llama_dir):
+    """When the query alone fits, the overflow is the demonstrations': the longest one is named, with its size."""
+    model, tok = models.load(str(llama_dir))
+    rows = toy_rows(10)
+    rows[5]["question"] = " ".join(["cat"] * 600)
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    task = load_task(f"jsonl:{path}")
+    encoder = Encoder(task, tok, model.config.max_position_embeddings)
+    with pytest.raises(IA2Error) as info:
+        encoder.encode(task.examples[4], [task.examples[1], task.examples[5], task.examples[2]])
+    message = str(info.value)
+    assert re.match(rf"{path}:6: demonstrations too long: this one has 6\d\d tokens", message) and "\n" not in message
+    assert f"the 3 before {path}:5" in message and "context of 512 (the query alone has" in message
+    assert message.endswith("use fewer demonstrations (--k-max)")
+    with pytest.raises(IA2Error, match=rf"^{path}:6: prompt of \d+ tokens"):
+        encoder.encode(task.examples[5], [task.examples[1]])
 
 
 def test_colliding_label_first_tokens(tmp_path, llama_dir, capsys):
