@@ -15,7 +15,7 @@ from ia2 import cli, experiment, models
 from ia2.errors import IA2Error
 from ia2.experiment import RunConfig
 from ia2.prompts import Encoder
-from ia2.tasks import Example, Task, load_task
+from ia2.tasks import Example, Task, check_sizes, load_task
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -263,6 +263,28 @@ def test_too_few_examples(tmp_path, llama_dir, capsys):
     path = write_jsonl(tmp_path / "marked.jsonl", rows)
     with pytest.raises(IA2Error, match="test=10"):
         experiment.test_and_pool(load_task(f"jsonl:{path}"), RunConfig(model="m", task="t", methods=(), n=4, n_test=10))
+
+
+def _marked(path: Path, n: int, n_test_rows: int) -> Task:
+    """A toy JSONL task of n rows, the first n_test_rows marked split 'test'."""
+    rows = toy_rows(n)
+    for r in rows[:n_test_rows]:
+        r["split"] = "test"
+    return load_task(f"jsonl:{write_jsonl(path, rows)}")
+
+
+def test_check_sizes_names_the_short_part(tmp_path):
+    task = _marked(tmp_path / "marked.jsonl", 30, 3)
+    with pytest.raises(IA2Error, match=rf"^jsonl:{tmp_path}/marked\.jsonl: 3 examples have split 'test' but n_test=10$"):
+        check_sizes(task, 4, 2, 10)
+    with pytest.raises(IA2Error, match=r"marked\.jsonl: 27 examples outside the test split, but N=16 \+ dev=8 "
+                                       r"\+ unlabelled=4 need 28$"):
+        check_sizes(task, 16, 8, 3, unlabelled=4)
+    check_sizes(task, 16, 8, 3, unlabelled=3)
+    plain = load_task(f"jsonl:{write_jsonl(tmp_path / 'plain.jsonl', toy_rows(15))}")
+    with pytest.raises(IA2Error, match=r"plain\.jsonl: 15 examples, but N=4 \+ dev=2 \+ test=10 need 16$"):
+        check_sizes(plain, 4, 2, 10)
+    check_sizes(plain, 4, 1, 10)
 
 
 def test_prompt_longer_than_context(tmp_path, short_context_dir, capsys):

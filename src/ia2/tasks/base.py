@@ -104,3 +104,18 @@ class Task:
         else:
             log.info("%s: %d repeated questions dropped (the first of each kept)", self.name, dropped)
         return replace(self, examples=tuple(first.values()))
+
+
+def check_sizes(task: Task, n: int, n_dev: int, n_test: int, unlabelled: int = 0) -> None:
+    """Refuse a task too small for n training, n_dev dev (and `unlabelled` low-data) examples plus n_test test ones,
+    naming the part that is short: with rows marked `split: test`, those and the rest separately, else all examples."""
+    need = n + n_dev + unlabelled
+    parts = f"N={n} + dev={n_dev}" + (f" + unlabelled={unlabelled}" if unlabelled else "")
+    marked = sum(e.split == "test" for e in task.examples)
+    if not marked and len(task.examples) < need + n_test:
+        raise IA2Error(f"{task.name}: {len(task.examples)} examples, but {parts} + test={n_test} need {need + n_test}")
+    if marked and marked < n_test:
+        raise IA2Error(f"{task.name}: {marked} examples have split 'test' but n_test={n_test}")
+    if marked and len(task.examples) - marked < need:
+        rest = len(task.examples) - marked
+        raise IA2Error(f"{task.name}: {rest} examples outside the test split, but {parts} need {need}")
