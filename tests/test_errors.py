@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from conftest import toy_rows, write_jsonl
 from ia2 import cli, config, experiment, models, splits
 from ia2.errors import IA2Error
 from ia2.prompts import Encoder
-from ia2.tasks import load_task
+from ia2.tasks import Example, Task, check_sizes, load_task
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -89,6 +92,32 @@ def test_missing_or_bad_field(tmp_path, llama_dir, capsys, bad, field):
     assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:4", field)
 
 
+def test_non_utf8_byte_names_line_and_column(tmp_path, llama_dir, capsys):
+    rows = [json.dumps(r).encode() for r in toy_rows(10)]
+    rows[4] = b'{"question": "is the caf\xe9 big?", "answer": "yes"}'  # line 5, a Latin-1 byte at column 25
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(IA2Error, match=rf"^{path}:5: not valid UTF-8 \(byte 0xe9 at column 25\)$"):
+        load_task(f"jsonl:{path}")
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:5", "UTF-8")
+
+
+@pytest.mark.parametrize("split", ["dev", "validation", "Test", ""])
+def test_unknown_split_value(tmp_path, split):
+    rows = toy_rows(10)
+    rows[6]["split"] = split  # line 7
+    path = write_jsonl(tmp_path / "split.jsonl", rows)
+    with pytest.raises(IA2Error, match=rf"split\.jsonl:7: field 'split' = '{split}' is not one of \['train', 'test'\]"):
+        load_task(f"jsonl:{path}")
+
+
+def test_known_split_values(tmp_path):
+    rows = toy_rows(10)
+    rows[0]["split"], rows[1]["split"] = "train", "test"
+    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'split.jsonl', rows)}")
+    assert [e.split for e in task.examples[:3]] == ["train", "test", None]
+
+
 def test_answer_not_among_given_labels(tmp_path):
     rows = toy_rows(10)
     rows[2]["answer"] = "maybe"
@@ -97,13 +126,63 @@ def test_answer_not_among_given_labels(tmp_path):
         load_task(f"jsonl:{path}", labels=("no", "yes"))
 
 
-def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path):
+def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path, caplog):
     rows = toy_rows(30)
-    rows[20] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
-    rows[25] = {"question": rows[3]["question"], "answer": "no" if rows[3]["answer"] == "yes" else "yes"}
-    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'dups.jsonl', rows)}")
+    rows[20] = rows[25] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
+    path = write_jsonl(tmp_path / "dups.jsonl", rows)
+    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+        task = load_task(f"jsonl:{path}")
     assert len(task.examples) == 28 and [e.question for e in task.examples].count(rows[3]["question"]) == 1
-    assert task.examples[3].answer == rows[3]["answer"] and task.examples[20].where.endswith(":22"), "first kept"
+    assert task.examples[3].where.endswith(":4") and task.examples[20].where.endswith(":22"), "first kept"
+    assert [r.getMessage() for r in caplog.records] == [f"jsonl:{path}: 2 repeated questions dropped (the first of "
+                                                        "each kept)"]
+
+
+def test_repeated_question_with_another_answer_is_an_error_in_jsonl(tmp_path):
+    rows = toy_rows(30)
+    other = "no" if rows[3]["answer"] == "yes" else "yes"
+    rows[25] = {"question": rows[3]["question"], "answer": other}  # line 26 contradicts line 4
+    path = write_jsonl(tmp_path / "dups.jsonl", rows)
+    with pytest.raises(IA2Error) as info:
+        load_task(f"jsonl:{path}")
+    message = str(info.value)
+    assert message.startswith(f"{path}:26: field 'question' repeats {path}:4 ")
+    assert repr(other) in message and repr(rows[3]["answer"]) in message
+
+
+def test_repeats_with_another_answer_keep_the_first_in_fixed_data(caplog):
+    """BIG-bench and benchmark data cannot be edited: the first answer wins and a warning counts the disagreements."""
+    examples = tuple(Example(q, a, f"bigbench:t:example {i}")
+                     for i, (q, a) in enumerate([("q1", "yes"), ("q2", "no"), ("q1", "no"), ("q2", "no")]))
+    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+        task = Task("bigbench:t", examples, labels=("no", "yes")).unique()
+    assert task.examples == examples[:2]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "bigbench:t: 2 repeated questions dropped (the first of each kept), 1 of them with a "
+                          "different answer")]
+
+
+def test_labels_differing_only_in_case(tmp_path, llama_dir, capsys):
+    rows = toy_rows(30)
+    rows[2]["answer"], rows[6]["answer"] = "Yes", "YES"  # lines 3 and 7; sorted labels: "YES", "Yes", "no", "yes"
+    path = write_jsonl(tmp_path / "case.jsonl", rows)
+    task = load_task(f"jsonl:{path}")
+    with pytest.raises(IA2Error, match=rf"^labels 'YES' \({path}:7\) and 'Yes' \({path}:3\) differ only in case"):
+        task.check_label_case()
+    _, tok = models.load(str(llama_dir))
+    with pytest.raises(IA2Error, match="differ only in case: normalise them"):
+        Encoder(task, tok, 512)
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:3", f"{path}:7", "case")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_given_labels_must_occur_in_the_data(tmp_path):
+    path = write_jsonl(tmp_path / "labels.jsonl", toy_rows(10))
+    with pytest.raises(IA2Error, match=rf"^label 'maybe' given in labels never occurs as an answer in {path}$"):
+        load_task(f"jsonl:{path}", labels=("no", "yes", "maybe"))
+    with pytest.raises(IA2Error, match=rf"^labels 'maybe', 'unsure' given in labels never occur as an answer in {path}$"):
+        load_task(f"jsonl:{path}", labels=("maybe", "no", "unsure", "yes"))
+    assert load_task(f"jsonl:{path}", labels=("yes", "no")).labels == ("yes", "no")
 
 
 def test_bigbench_refuses_labels():
@@ -134,6 +213,32 @@ def test_unknown_model_name(tmp_path, toy_jsonl, capsys):
     assert_cli_fails(cli_args("no-such-model", f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, "no-such-model")
 
 
+@pytest.mark.parametrize("config, fault", [("{}", "field 'model_type' missing"),
+                                           ('{"model_type": ""}', "field 'model_type' missing"),
+                                           ('{"model_type": "llama",', "not valid JSON"),
+                                           ("[]", "expected a JSON object, got list"),
+                                           (b"\xff\xfe", "not valid JSON")])
+def test_model_folder_with_a_bad_config(tmp_path, toy_jsonl, capsys, config, fault):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    with pytest.raises(IA2Error, match=rf"^{folder / 'config.json'}: {fault}.*; not a transformers model folder$"):
+        models.resolve(str(folder))
+    assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder / "config.json"), fault)
+
+
+@pytest.mark.parametrize("change, needle", [({"model_type": "nonexistent_arch"}, "nonexistent_arch"),
+                                           ({"hidden_size": "wide"}, "hidden_size")])
+def test_model_config_transformers_refuses(tmp_path, llama_dir, toy_jsonl, capsys, change, needle):
+    folder = tmp_path / "model"
+    shutil.copytree(llama_dir, folder)
+    (folder / "config.json").write_text(json.dumps({**json.loads((llama_dir / "config.json").read_text()), **change}))
+    with pytest.raises(IA2Error, match=rf"^cannot load model '{folder}': .*{needle}") as info:
+        models.load(str(folder))
+    assert "\n" not in str(info.value)
+    assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder), needle)
+
+
 def test_unknown_method(tmp_path, llama_dir, toy_jsonl, capsys):
     argv = cli_args(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out")
     argv[argv.index("--methods") + 1] = "zero-shot,bogus"
@@ -155,13 +260,35 @@ def test_too_few_examples(tmp_path, llama_dir, capsys):
     for r in rows[:5]:
         r["split"] = "test"
     path = write_jsonl(tmp_path / "marked.jsonl", rows)
-    with pytest.raises(IA2Error, match=r"marked\.jsonl: 5 examples have split 'test', but n_test=10"):
+    with pytest.raises(IA2Error, match=r"marked\.jsonl: 5 examples have split 'test' but n_test=10"):
         splits.test_and_pool(load_task(f"jsonl:{path}"), config.make("m", "t", n_train=4, n_test=10).data)
     for r in rows[5:]:
         r["split"] = "train"
     path = write_jsonl(tmp_path / "marked.jsonl", rows)
     with pytest.raises(IA2Error, match=r"marked\.jsonl: 25 examples outside the test split, but N=4 \+ dev=22 need 26"):
         splits.test_and_pool(load_task(f"jsonl:{path}"), config.make("m", "t", n_train=4, n_dev=22, n_test=5).data)
+
+
+def _marked(path: Path, n: int, n_test_rows: int) -> Task:
+    """A toy JSONL task of n rows, the first n_test_rows marked split 'test'."""
+    rows = toy_rows(n)
+    for r in rows[:n_test_rows]:
+        r["split"] = "test"
+    return load_task(f"jsonl:{write_jsonl(path, rows)}")
+
+
+def test_check_sizes_names_the_short_part(tmp_path):
+    task = _marked(tmp_path / "marked.jsonl", 30, 3)
+    with pytest.raises(IA2Error, match=rf"^jsonl:{tmp_path}/marked\.jsonl: 3 examples have split 'test' but n_test=10$"):
+        check_sizes(task, 4, 2, 10)
+    with pytest.raises(IA2Error, match=r"marked\.jsonl: 27 examples outside the test split, but N=16 \+ dev=8 "
+                                       r"\+ unlabelled=4 need 28$"):
+        check_sizes(task, 16, 8, 3, unlabelled=4)
+    check_sizes(task, 16, 8, 3, unlabelled=3)
+    plain = load_task(f"jsonl:{write_jsonl(tmp_path / 'plain.jsonl', toy_rows(15))}")
+    with pytest.raises(IA2Error, match=r"plain\.jsonl: 15 examples, but N=4 \+ dev=2 \+ test=10 need 16$"):
+        check_sizes(plain, 4, 2, 10)
+    check_sizes(plain, 4, 1, 10)
 
 
 def test_prompt_longer_than_context(tmp_path, short_context_dir, capsys):
@@ -183,6 +310,24 @@ def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
     encoder.encode(task.examples[4])
     with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens \+ 1 answer tokens exceed the model's context of 512"):
         encoder.encode(task.examples[5])
+
+
+def test_long_demonstration_named_rather_than_the_query(tmp_path, llama_dir):
+    """When the query alone fits, the overflow is the demonstrations': the longest one is named, with its size."""
+    model, tok = models.load(str(llama_dir))
+    rows = toy_rows(10)
+    rows[5]["question"] = " ".join(["cat"] * 600)
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    task = load_task(f"jsonl:{path}")
+    encoder = Encoder(task, tok, model.config.max_position_embeddings)
+    with pytest.raises(IA2Error) as info:
+        encoder.encode(task.examples[4], [task.examples[1], task.examples[5], task.examples[2]])
+    message = str(info.value)
+    assert re.match(rf"{path}:6: demonstrations too long: this one has 6\d\d tokens", message) and "\n" not in message
+    assert f"the 3 before {path}:5" in message and "context of 512 (the query alone has" in message
+    assert message.endswith("use fewer demonstrations (--k-max)")
+    with pytest.raises(IA2Error, match=rf"^{path}:6: prompt of \d+ tokens"):
+        encoder.encode(task.examples[5], [task.examples[1]])
 
 
 def test_colliding_label_first_tokens(tmp_path, llama_dir, capsys):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,33 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
     monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1))
     again = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16")
     assert calls == [] and isinstance(again.acts[0], Stored), "a store is reused when a file is asked for"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-50])
+
+
+@pytest.mark.parametrize("damage", [lambda f: _truncate(f / "shard-00001.safetensors"),
+                                    lambda f: (f / "shard-00000.safetensors").unlink(),
+                                    lambda f: (f / "index.json").write_text('{"n": 6, "shards": ['),
+                                    lambda f: (f / "index.json").write_text(json.dumps(
+                                        {**json.loads((f / "index.json").read_text()), "n": 7}))],
+                         ids=["truncated-shard", "missing-shard", "truncated-index", "inconsistent-index"])
+def test_corrupt_store_is_recomputed(model_dirs, toy64, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(targets, "write_store", partial(targets.write_store, shard_size=4))
+    model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 6)
+    args = (model, Tap(model), tok, prompts, {"seed": 0})
+    targets.cached_collect(*args, max_new_tokens=2, store="shards")
+    [folder] = [p for p in (tmp_path / "cache" / "targets").iterdir() if not p.name.startswith(".")]
+    assert len(json.loads((folder / "index.json").read_text())["shards"]) == 2
+    damage(folder)
+    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+        again = targets.cached_collect(*args, max_new_tokens=2, store="shards")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"cached targets at {folder} are corrupt" in warnings[0] and "\n" not in warnings[0]
+    fresh = targets.collect(*args[:4], max_new_tokens=2)
+    assert again.tokens == fresh.tokens and all(torch.equal(a.load(), b) for a, b in zip(again.acts, fresh.acts))
 
 
 def test_bf16_file_returns_what_it_reloads(model_dirs, toy64, tmp_path, monkeypatch):

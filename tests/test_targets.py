@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, batching, losses, targets, train
+from ia2 import adapters, batching, losses, models, targets, train
 from ia2.methods import Stage
 from ia2.taps import Tap
 from ia2.config import TrainConfig
@@ -166,6 +169,34 @@ def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypa
     assert calls == [1]
 
 
+def _drop_one_tensor(path):
+    """Rewrite a targets file without its last example's answer tokens, its metadata (n) unchanged."""
+    with safe_open(str(path), framework="pt") as handle:
+        data, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+    del data[f"tokens.{int(metadata['n']) - 1}"]
+    save_file(data, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""),
+                                    _drop_one_tensor], ids=["truncated", "empty", "tensor-missing"])
+def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    model, tok = models.load(str(llama_dir))
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
+    args = (model, Tap(model), tok, prompts, {"seed": 0})
+    first = targets.cached_collect(*args, max_new_tokens=2)
+    [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+        again = targets.cached_collect(*args, max_new_tokens=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"cached targets at {path} are corrupt" in warnings[0] and "\n" not in warnings[0]
+    assert again.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(again.acts, first.acts))
+    reread = targets.load(path)
+    assert reread.tokens == first.tokens, "the bad entry is replaced by a good one"
+
+
 def test_fingerprint_changes_with_weights(loaded):
     model, _ = loaded
     before = targets.model_fingerprint(model)
@@ -173,6 +204,20 @@ def test_fingerprint_changes_with_weights(loaded):
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1.0
     assert targets.model_fingerprint(model) != before
+
+
+def test_fingerprint_ignores_where_the_model_folder_is(llama_dir, tmp_path):
+    """The same model copied to two folders (as moving $IA2_CACHE does) keeps its fingerprint, hence its cache keys."""
+    model, tok = models.load(str(llama_dir))
+    for name in ("a", "b"):
+        model.save_pretrained(tmp_path / name / "model")
+        tok.save_pretrained(tmp_path / name / "model")
+    first, second = (models.load(str(tmp_path / name / "model"))[0] for name in ("a", "b"))
+    assert first.config._name_or_path != second.config._name_or_path
+    assert targets.model_fingerprint(first) == targets.model_fingerprint(second) == targets.model_fingerprint(model)
+    with torch.no_grad():
+        second.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    assert targets.model_fingerprint(second) != targets.model_fingerprint(first)
 
 
 def test_losses_by_hand():

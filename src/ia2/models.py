@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import IA2Error
@@ -68,14 +70,29 @@ def convert_embedded(name: str) -> Path:
     return target
 
 
+def _check_config(folder: Path) -> None:
+    """Refuse a folder whose config.json transformers could not read as a model's, naming the file and the fault
+    (transformers itself fails on it with a traceback)."""
+    file = folder / "config.json"
+    if not file.is_file():
+        raise IA2Error(f"{folder}: not a model folder (no config.json)")
+    try:
+        config = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise IA2Error(f"{file}: not valid JSON ({exc}); not a transformers model folder") from None
+    if not isinstance(config, dict):
+        raise IA2Error(f"{file}: expected a JSON object, got {type(config).__name__}; not a transformers model folder")
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise IA2Error(f"{file}: field 'model_type' missing; not a transformers model folder")
+
+
 def resolve(spec: str) -> str:
     """Turn --model into something from_pretrained takes: an embedded name, a local folder, or a hub id."""
     if spec in EMBEDDED:
         return str(convert_embedded(spec))
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise IA2Error(f"{path}: not a model folder (no config.json)")
+        _check_config(path)
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         known = ", ".join(EMBEDDED)
@@ -94,14 +111,21 @@ def device(spec: str = "auto") -> str:
     return spec
 
 
+def _summary(exc: Exception) -> str:
+    """An exception as one line: its first paragraph (transformers' messages run to several), or its type and key
+    for a bare KeyError."""
+    text = " ".join(str(exc).strip().split("\n\n")[0].split())
+    return f"{type(exc).__name__} {text}" if isinstance(exc, KeyError) or not text else text
+
+
 def load(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM in eval mode and its tokenizer, padded on the left."""
     source = resolve(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except OSError as exc:
-        raise IA2Error(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
+        raise IA2Error(f"cannot load model {spec!r}: {_summary(exc)}") from exc
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

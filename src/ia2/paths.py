@@ -30,6 +30,14 @@ def atomic_path(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree if it is there (another process sharing the cache may have removed it first)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_text(target: Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(target) as tmp:

@@ -42,6 +42,7 @@ class Encoder:
     def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int, chat: bool = False) -> None:
         if chat and not tokenizer.chat_template:
             raise IA2Error(f"--chat: the tokenizer of {tokenizer.name_or_path!r} has no chat template")
+        task.check_label_case()
         self.task, self.tokenizer, self.max_length, self.chat = task, tokenizer, max_length, chat
         probe = self.text(task.examples[0], [])
         self.label_ids = [self._answer_ids(probe, self.answer_text(label), task.examples[0]) for label in task.labels]
@@ -97,13 +98,28 @@ class Encoder:
         parts = [shown.question(d) + shown.render_answer(d.answer) for d in demos] + [task.question(example)]
         return task.instruction + task.separator.join(parts)
 
+    def _overflow(self, example: Example, demos: Sequence[Example], demo_task: Task | None, length: int) -> IA2Error:
+        """The error for a prompt of `length` tokens over the context: it names the query when the query alone is too
+        long, else the longest demonstration, since fewer demonstrations would then fit."""
+        answer = self.task.max_new_tokens
+        over = f"{length} tokens + {answer} answer tokens exceed the model's context of {self.max_length}"
+        alone = len(self._tokens(self.text(example, [], demo_task)))
+        if not demos or alone + answer > self.max_length:
+            return IA2Error(f"{example.where}: prompt of {over}")
+        shown = demo_task or self.task
+        texts = [shown.question(d) + shown.render_answer(d.answer) for d in demos]
+        sizes = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(demos)), key=sizes.__getitem__)
+        return IA2Error(f"{demos[longest].where}: demonstrations too long: this one has {sizes[longest]} tokens, the "
+                        f"most of the {len(demos)} before {example.where}, whose prompt of {over} (the query alone has "
+                        f"{alone} tokens): use fewer demonstrations (--k-max)")
+
     def encode(self, example: Example, demos: Sequence[Example] = (), demo_task: Task | None = None) -> Prompted:
         """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
         prompt_text = self.text(example, demos, demo_task)
         prompt = self._tokens(prompt_text)
         if len(prompt) + self.task.max_new_tokens > self.max_length:
-            raise IA2Error(f"{example.where}: prompt of {len(prompt)} tokens + {self.task.max_new_tokens} answer tokens "
-                           f"exceed the model's context of {self.max_length}")
+            raise self._overflow(example, demos, demo_task, len(prompt))
         if self.task.generative:
             return Prompted(prompt, self._answer_ids(prompt_text, self.gold_text(example), example), -1)
         if example.answer not in self.task.labels:

@@ -6,8 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from .config import DataConfig
-from .errors import IA2Error
-from .tasks import Task
+from .tasks import Task, check_sizes
 
 
 @dataclass(frozen=True)
@@ -32,19 +31,8 @@ def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], lis
 
 def test_and_pool(task: Task, data: DataConfig) -> tuple[list[int], list[int]]:
     """The held-out test indices and the training pool, checked to be large enough for N + dev + test."""
-    test, pool = marked_test(task, data.n_test, data.data_seed)
-    need = data.n_train + data.dev_size + (data.unlabelled or 0)
-    marked = any(e.split == "test" for e in task.examples)
-    if marked and len(test) < data.n_test:
-        raise IA2Error(f"{task.name}: {len(test)} examples have split 'test', but n_test={data.n_test}")
-    if len(pool) < need or len(test) < data.n_test:
-        unlabelled = f" + unlabelled={data.unlabelled}" if data.unlabelled else ""
-        held = f"{len(pool)} examples outside the test split" if marked else f"{len(task.examples)} examples"
-        total = need if marked else need + data.n_test
-        test_part = "" if marked else f" + test={data.n_test}"
-        raise IA2Error(f"{task.name}: {held}, but N={data.n_train} + dev={data.dev_size}{unlabelled}{test_part} "
-                       f"need {total}")
-    return test, pool
+    check_sizes(task, data.n_train, data.dev_size, data.n_test, data.unlabelled or 0)
+    return marked_test(task, data.n_test, data.data_seed)
 
 
 def draw_split(test: list[int], pool: list[int], data: DataConfig, seed: int) -> Split:

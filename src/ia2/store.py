@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import IA2Error
 from .paths import atomic_path
 
 INDEX = "index.json"
+INDEX_FIELDS = frozenset({"n", "shards", "shard_of", "names", "tokens"})
 SHARD_SIZE = 64
 SHARD_BYTES = 512 << 20
 
@@ -32,6 +34,15 @@ Entry = tuple[int, list[int], dict[str, torch.Tensor]]
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
+
+
+class CorruptEntry(IA2Error):
+    """A cached targets entry (file or store folder) that cannot be read back as written: truncated, emptied or
+    partly deleted. `path` is the whole entry, so a caller can remove it and recompute."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cached targets at {path} are corrupt ({reason})")
+        self.path = path
 
 
 class _Writer:
@@ -98,7 +109,8 @@ class TargetStore:
     and the most shards open at once, `reads` the tensors read."""
 
     def __init__(self, folder: Path, max_open: int = 4) -> None:
-        index = json.loads((folder / INDEX).read_text())
+        index = read_index(folder)
+        check_shards(folder, index)
         self.folder, self.index, self.max_open = folder, index, max_open
         self.tokens: list[list[int]] = index["tokens"]
         self._open: OrderedDict[int, Any] = OrderedDict()
@@ -129,6 +141,50 @@ class TargetStore:
         self.opens += 1
         self.peak_open = max(self.peak_open, len(self._open))
         return self._open[shard]
+
+
+def _index_problem(index: Any) -> str | None:
+    """Why a parsed index.json cannot describe a store, or None when it can."""
+    if not isinstance(index, dict) or not INDEX_FIELDS <= index.keys():
+        return f"fields {sorted(INDEX_FIELDS)} expected"
+    n, shards, shard_of, tokens = index["n"], index["shards"], index["shard_of"], index["tokens"]
+    if not isinstance(n, int) or not all(isinstance(index[k], list) for k in INDEX_FIELDS - {"n"}):
+        return "fields of the wrong type"
+    if len(tokens) != n or len(shard_of) != n:
+        return f"{len(tokens)} answers and {len(shard_of)} shard numbers for n={n} examples"
+    if not all(isinstance(s, int) and 0 <= s < len(shards) for s in shard_of):
+        return "an example is placed in a shard the index does not list"
+    return None
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    """A store's index.json, checked to describe its examples; `CorruptEntry` when it is unreadable or inconsistent."""
+    try:
+        index = json.loads((folder / INDEX).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CorruptEntry(folder, f"{INDEX}: {exc}") from None
+    problem = _index_problem(index)
+    if problem:
+        raise CorruptEntry(folder, f"{INDEX}: {problem}")
+    return index
+
+
+def check_shards(folder: Path, index: dict[str, Any]) -> None:
+    """Read every shard's header and check it holds its examples' tensors, so a missing or truncated shard is found
+    when the store is opened rather than mid-training; `CorruptEntry` otherwise."""
+    expected: list[set[str]] = [set() for _ in index["shards"]]
+    for example, shard in enumerate(index["shard_of"]):
+        expected[shard] |= {f"{name}.{example}" for name in index["names"]}
+    for name, tensors in zip(index["shards"], expected):
+        if not (folder / name).is_file():
+            raise CorruptEntry(folder, f"{name} missing")
+        try:
+            with safe_open(str(folder / name), framework="pt") as handle:
+                missing = tensors - set(handle.keys())
+        except (OSError, SafetensorError) as exc:
+            raise CorruptEntry(folder, f"{name}: {exc}") from None
+        if missing:
+            raise CorruptEntry(folder, f"{name}: {len(missing)} of its {len(tensors)} tensors missing")
 
 
 def resolve(value: torch.Tensor | Stored | None) -> torch.Tensor | None:

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from . import distributed
 from .batching import forward, length_sorted_chunks, make_batch
-from .paths import atomic_path, cache_root
-from .store import SHARD_BYTES, SHARD_SIZE, Stored, TargetStore
+from .paths import atomic_path, cache_root, remove
+from .store import SHARD_BYTES, SHARD_SIZE, CorruptEntry, Stored, TargetStore
 from .store import write as store_write
 from .taps import Tap
+
+log = logging.getLogger(__name__)
+TENSOR_NAMES = ("tokens", "acts", "top_ids", "top_logp")
+PATH_FIELDS = frozenset({"_name_or_path"})  # where the config was read from: not part of the model
 
 
 @dataclass
@@ -38,9 +44,18 @@ class Targets:
     top_logp: list[torch.Tensor | Stored] | None = None
 
 
+def _without_paths(config: object) -> object:
+    """A config dict (and its sub-configs) without the fields naming where it was loaded from."""
+    if isinstance(config, dict):
+        return {k: _without_paths(v) for k, v in config.items() if k not in PATH_FIELDS}
+    return config
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """A cheap hash of a model's config and a slice of every weight: it changes when the weights do."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A cheap hash of a model's config and a slice of every weight: it changes when the weights do, not when the
+    model folder or the cache holding it moves."""
+    config = _without_paths(json.loads(model.config.to_json_string(use_diff=False)))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, param in model.named_parameters():
         digest.update(name.encode())
         digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
@@ -182,10 +197,31 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
         save_file(tensors, str(tmp), metadata={"fields": json.dumps(fields, sort_keys=True), "n": str(len(targets.tokens))})
 
 
+def _incomplete(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """Why a targets file's tensors are not the `n` complete examples its metadata promises, or None when they are:
+    every example has answer tokens, and each other tensor is kept for every example or for none."""
+    n = metadata.get("n", "")
+    if not n.isdigit():
+        return f"metadata 'n' = {n!r}, not an example count"
+    for name in TENSOR_NAMES:
+        have = sum(f"{name}.{i}" in data for i in range(int(n)))
+        if have != int(n) and (have or name == "tokens"):
+            return f"{have} of {n} examples have {name!r} tensors"
+    return None
+
+
 def load(path: Path) -> Targets:
-    """Read targets written by `save` (acts None where none were kept)."""
-    data = load_file(str(path))
-    n = len([k for k in data if k.startswith("tokens.")])
+    """Read targets written by `save` (acts None where none were kept); `CorruptEntry` when the file is unreadable
+    or incomplete."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            data, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
+    except (OSError, SafetensorError) as exc:
+        raise CorruptEntry(path, str(exc)) from None
+    problem = _incomplete(data, metadata)
+    if problem:
+        raise CorruptEntry(path, problem)
+    n = int(metadata["n"])
     optional = {name: [data[f"{name}.{i}"] for i in range(n)] if f"{name}.0" in data else None
                 for name in ("top_ids", "top_logp")}
     return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data.get(f"acts.{i}") for i in range(n)], **optional)
@@ -218,11 +254,19 @@ def key_fields(fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, di
 
 
 def cached(root: Path, key: str) -> Targets | None:
-    """A cache entry in either format, or None: one file `<key>.safetensors` (loaded wholly) or a store `<key>/`."""
-    if (root / f"{key}.safetensors").exists():
-        return load(root / f"{key}.safetensors")
-    if TargetStore.exists(root / key):
-        return open_store(root / key)
+    """A cache entry in either format, or None: one file `<key>.safetensors` (loaded wholly) or a store `<key>/`.
+
+    A corrupt entry (a truncated file, a missing shard) is logged, removed and reported as None, so the caller
+    recomputes it instead of every later run failing on it.
+    """
+    try:
+        if (root / f"{key}.safetensors").exists():
+            return load(root / f"{key}.safetensors")
+        if TargetStore.exists(root / key):
+            return open_store(root / key)
+    except CorruptEntry as exc:
+        log.warning("%s; recomputing", exc)
+        remove(exc.path)
     return None
 
 

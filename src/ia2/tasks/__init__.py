@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import IA2Error
 from . import benchmarks, bigbench, jsonl
-from .base import Example, Task
+from .base import Example, Task, check_sizes
 from .benchmarks import OOD_PAIRS, check_transfer
 
-__all__ = ["Example", "Task", "OOD_PAIRS", "check_transfer", "load_task"]
+__all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "load_task"]
 
 
 def _bigbench(name: str, labels: tuple[str, ...] | None) -> Task:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field, replace
+
+from ..errors import IA2Error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,19 @@ class Task:
         """The answer text as it follows a question."""
         return self.answer_prefix + answer
 
+    def first_where(self, answer: str) -> str:
+        """Where `answer` is first a gold answer (FILE:LINE for a JSONL task), or the task's name when it never is."""
+        return next((e.where for e in self.examples if e.answer == answer), self.name)
+
+    def check_label_case(self) -> None:
+        """Refuse labels that differ only in case ('Positive', 'positive'): they would be scored as two classes."""
+        seen: dict[str, str] = {}
+        for label in self.labels:
+            other = seen.setdefault(label.casefold(), label)
+            if other != label:
+                raise IA2Error(f"labels {other!r} ({self.first_where(other)}) and {label!r} ({self.first_where(label)}) "
+                               "differ only in case: normalise them")
+
     def data_hash(self) -> str:
         """A hash of the examples, labels and template: it changes whenever the data or its rendering does."""
         payload = json.dumps(
@@ -63,8 +81,41 @@ class Task:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def unique(self) -> Task:
-        """The task without examples whose question repeats an earlier one (first kept), so that no test query can
-        also be a training example or a demonstration (BIG-bench's sports_understanding repeats 14 inputs)."""
-        seen: set[str] = set()
-        kept = [e for e in self.examples if not (e.question in seen or seen.add(e.question))]
-        return self if len(kept) == len(self.examples) else replace(self, examples=tuple(kept))
+        """The task without examples whose question repeats an earlier one, so that no test query can also be a
+        training example or a demonstration; the first is kept, and one log line gives the number dropped.
+
+        A user's JSONL file may not repeat a question with a different answer (`jsonl.load` refuses it), but
+        BIG-bench and benchmark data cannot be edited, so there the first answer wins and the log line is a warning
+        counting the repeats that disagreed (BIG-bench's sports_understanding repeats 14 inputs).
+        """
+        first: dict[str, Example] = {}
+        conflicts = 0
+        for e in self.examples:
+            if e.question in first:
+                conflicts += first[e.question].answer != e.answer
+            else:
+                first[e.question] = e
+        if len(first) == len(self.examples):
+            return self
+        dropped = len(self.examples) - len(first)
+        if conflicts:
+            log.warning("%s: %d repeated questions dropped (the first of each kept), %d of them with a different answer",
+                        self.name, dropped, conflicts)
+        else:
+            log.info("%s: %d repeated questions dropped (the first of each kept)", self.name, dropped)
+        return replace(self, examples=tuple(first.values()))
+
+
+def check_sizes(task: Task, n: int, n_dev: int, n_test: int, unlabelled: int = 0) -> None:
+    """Refuse a task too small for n training, n_dev dev (and `unlabelled` low-data) examples plus n_test test ones,
+    naming the part that is short: with rows marked `split: test`, those and the rest separately, else all examples."""
+    need = n + n_dev + unlabelled
+    parts = f"N={n} + dev={n_dev}" + (f" + unlabelled={unlabelled}" if unlabelled else "")
+    marked = sum(e.split == "test" for e in task.examples)
+    if not marked and len(task.examples) < need + n_test:
+        raise IA2Error(f"{task.name}: {len(task.examples)} examples, but {parts} + test={n_test} need {need + n_test}")
+    if marked and marked < n_test:
+        raise IA2Error(f"{task.name}: {marked} examples have split 'test' but n_test={n_test}")
+    if marked and len(task.examples) - marked < need:
+        rest = len(task.examples) - marked
+        raise IA2Error(f"{task.name}: {rest} examples outside the test split, but {parts} need {need}")

@@ -3,49 +3,90 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import IA2Error
 from .base import Example, Task
 
+# `split` values: "test" rows are the held-out test set; absent or "train" rows are the pool each seed draws its
+# training and dev examples from, so "dev" (or "validation") is refused rather than taken as training data.
+SPLITS = ("train", "test")
 
-def read_jsonl(path: Path) -> list[Example]:
-    """Read examples, failing with the file, line and field of the first bad row."""
-    if not path.is_file():
-        raise IA2Error(f"{path}: no such file")
-    examples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+
+def _lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(FILE:LINE, text) of each non-blank line, decoded line by line so a bad byte is reported where it is."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
-        for key in ("question", "answer"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
-        split = row.get("split")
-        if split is not None and not isinstance(split, str):
-            raise IA2Error(f"{where}: field 'split' must be a string")
-        examples.append(Example(row["question"], row["answer"].strip(), where, split))
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IA2Error(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        if line.strip():
+            yield where, line
+
+
+def _example(where: str, line: str) -> Example:
+    """One line's example, failing with its FILE:LINE and the first bad field."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise IA2Error(f"{where}: field 'split' = {split!r} is not one of {list(SPLITS)} (or absent)")
+    return Example(row["question"], row["answer"].strip(), where, split)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Read examples, failing with the file, line and field of the first bad row. A row's `split` is absent or
+    "train" (the training pool) or "test" (the held-out test set); any other value is an error."""
+    if not path.is_file():
+        raise IA2Error(f"{path}: no such file")
+    examples = [_example(where, line) for where, line in _lines(path)]
     if not examples:
         raise IA2Error(f"{path}: no examples")
     return examples
 
 
+def _check_given_labels(file: Path, examples: list[Example], labels: tuple[str, ...]) -> None:
+    """Given labels must be the answers: an answer outside them, or a label no row answers (a typo, or a class the
+    file lacks), is an error."""
+    for e in examples:
+        if e.answer not in labels:
+            raise IA2Error(f"{e.where}: field 'answer' = {e.answer!r} is not one of --labels {list(labels)}")
+    absent = [label for label in labels if label not in {e.answer for e in examples}]
+    if absent:
+        one = len(absent) == 1
+        raise IA2Error(f"label{'' if one else 's'} {', '.join(map(repr, absent))} given in labels never "
+                       f"occur{'s' if one else ''} as an answer in {file}")
+
+
+def _check_repeats(examples: list[Example]) -> None:
+    """Refuse a question asked twice with different answers, since which one is gold would be arbitrary (exact
+    repeats are dropped by `Task.unique`)."""
+    first: dict[str, Example] = {}
+    for e in examples:
+        seen = first.setdefault(e.question, e)
+        if seen.answer != e.answer:
+            raise IA2Error(f"{e.where}: field 'question' repeats {seen.where} with answer {e.answer!r}, not "
+                           f"{seen.answer!r}: keep one of them")
+
+
 def load(path: str, labels: tuple[str, ...] | None = None) -> Task:
-    """A task from a JSONL file; labels are the distinct answers unless given."""
+    """A task from a JSONL file; labels are the distinct answers unless given, and then each must occur as one."""
     file = Path(path).expanduser()
     examples = read_jsonl(file)
     if labels is None:
         labels = tuple(sorted({e.answer for e in examples}))
     else:
-        for e in examples:
-            if e.answer not in labels:
-                raise IA2Error(f"{e.where}: field 'answer' = {e.answer!r} is not one of --labels {list(labels)}")
+        _check_given_labels(file, examples, labels)
+    _check_repeats(examples)
     if len(labels) < 2:
         raise IA2Error(f"{file}: field 'answer' has fewer than two distinct labels {list(labels)}")
     return Task(name=f"jsonl:{path}", examples=tuple(examples), labels=labels, source=str(file))
