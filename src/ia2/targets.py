@@ -20,7 +20,7 @@ from .batching import forward, length_sorted_chunks, make_batch
 from .paths import atomic_path, cache_root
 from .store import SHARD_BYTES, SHARD_SIZE, Stored, TargetStore
 from .store import write as store_write
-from .taps import Tap
+from .taps import SITES, Tap
 
 
 @dataclass
@@ -202,12 +202,18 @@ def open_store(folder: Path, max_open: int = 4) -> Targets:
 def key_fields(fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None,
                dtype: str = "float32") -> dict:
     """The cache key's fields: the caller's, the tap's site and layers (or no activations), T, the stop rule, the
-    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions)."""
+    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions).
+
+    A site that reads a sublayer's output norm (`attn` and `mlp` on Gemma 3) also names that module, so targets
+    cached when those sites read the output before the norm are never reused; other keys are unchanged.
+    """
     fields = {**fields, "max_new_tokens": max_new_tokens, "stop": stop}
     if tap is None:
         fields["activations"] = False
     else:
         fields["site"] = tap.site
+        if tap.module != SITES[tap.site][0]:
+            fields["module"] = tap.module
         if not tap.all_layers:
             fields["layers"] = list(tap.layers)
     if distribution is not None:
