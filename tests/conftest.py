@@ -184,13 +184,16 @@ def icl_prompts(task, encoder, indices, pool, k: int, seed: int = 0) -> list[lis
 
 
 def full_attn_outputs(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one unpadded sequence (batch of 1) with plain hooks on every layer's self_attn.
+    """Run one unpadded sequence (batch of 1) with plain hooks on what every layer's attention adds to the residual:
+    self_attn's output, or on Gemma 3 that of post_attention_layernorm, which it applies before the add.
 
     Returns (activations [L, S, H], logits [S, V]). Independent of ia2.taps.
     """
     outs: list[torch.Tensor] = []
     layers = model.get_base_model().model.layers if hasattr(model, "get_base_model") else model.model.layers
-    handles = [layer.self_attn.register_forward_hook(lambda m, a, o: outs.append(o[0].detach()))
+    gemma = model.config.model_type.startswith("gemma3")
+    handles = [(layer.post_attention_layernorm if gemma else layer.self_attn).register_forward_hook(
+                   lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
                for layer in layers]
     try:
         with torch.no_grad():

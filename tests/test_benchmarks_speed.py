@@ -29,10 +29,12 @@ def _prompts(model, tok, toy_jsonl, n: int = 6) -> list[list[int]]:
 
 @pytest.mark.parametrize("max_new_tokens", [1, 4])
 def test_reference_teacher_equals_collect(loaded, toy_jsonl, max_new_tokens):
-    """Same greedy tokens and activations (fp32, within 1e-4) as our batched, KV-cached collection."""
+    """Same greedy tokens and activations (fp32, within 1e-4) as our batched, KV-cached collection (at self_attn's
+    output, which the reference reads)."""
     model, tok = loaded
     prompts = _prompts(model, tok, toy_jsonl)
-    ours = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=max_new_tokens, stop="", batch_size=4)
+    ours = targets.collect(model, Tap(model, "attn_pre_norm"), tok, prompts, max_new_tokens=max_new_tokens, stop="",
+                           batch_size=4)
     tokens, acts = reference_loop.collect(model, prompts, max_new_tokens)
     assert tokens == ours.tokens
     if max_new_tokens > 1:

@@ -119,7 +119,7 @@ def test_collected_distribution_is_the_unpadded_teacher_forced_one(loaded, toy_j
 
 
 @pytest.mark.parametrize("distribution", [0, 5])
-def test_cached_distribution_round_trips(loaded, toy_jsonl, tmp_path, monkeypatch, distribution):
+def test_cached_distribution_round_trips(loaded, arch, toy_jsonl, tmp_path, monkeypatch, distribution):
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok = loaded
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
@@ -136,8 +136,10 @@ def test_cached_distribution_round_trips(loaded, toy_jsonl, tmp_path, monkeypatc
         a, b = getattr(first, name), getattr(second, name)
         assert (a is None) == (b is None) == (name == "top_ids" and distribution == 0)
         assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a or [], b or []))
-    # without a distribution the key is the one it always was; each distribution has its own
+    # without a distribution the key is the one it always was (on Gemma 3, since `attn` reads the post-attention
+    # norm); each distribution has its own
     base = {**fields, "site": tap.site, "max_new_tokens": 2, "stop": "\n\n"}
+    base |= {"module": "post_attention_layernorm"} if arch == "gemma3" else {}
     names = {f.name for f in (tmp_path / "cache" / "targets").glob("*.safetensors")}
     assert names == {f"{targets.cache_key({**base, 'distribution': distribution}, prompts)}.safetensors"}
     assert targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2).top_logp is None

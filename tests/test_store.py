@@ -155,6 +155,12 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
     assert got.shape[2] == keep
     for row, act in enumerate(teacher.acts):
         torch.testing.assert_close(got[row, :, keep - act.shape[1]:], act, rtol=1e-5, atol=1e-5)
+    # the dev set's per-layer teacher scale, read in batches of 3, is the whole set's, online or stored
+    cfg, stored = TrainConfig(per_layer_norm=True, eval_batch_size=3), [Item(p, t, a) for p, t, a in
+                                                                      zip(plain, teacher.tokens, teacher.acts)]
+    want = train.teacher_scale(stored, IA2, cfg)
+    torch.testing.assert_close(train.dev_scale(peft, tap, stored, IA2, cfg, tok.pad_token_id), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(train.dev_scale(peft, tap, items, IA2, cfg, tok.pad_token_id), want, rtol=1e-5, atol=0)
 
 
 def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs, toy64, tmp_path, monkeypatch):

@@ -116,6 +116,7 @@ def test_report_files_and_cells(swept):
     assert list(out.glob("figures/subspace_overlap__*.png"))
     md = (out / "report.md").read_text()
     assert "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md and "Means over tasks" in md
+    assert md.count("| p (one-sided, IA2→SFT better) | p (two-sided) |") == 2, "per setting and pooled, both labelled"
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
     assert summary.write(out) == md, "the report is a pure function of the rows"
 

@@ -1,11 +1,12 @@
-"""Taps read the self-attention output of every layer; batches are left-padded with the answer right-aligned."""
+"""Taps read what each layer's attention sublayer adds to the residual stream; batches are left-padded with the
+answer right-aligned."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ia2 import batching
+from ia2 import batching, targets
 from ia2.batching import forward, make_batch
 from ia2.errors import IA2Error
 from ia2.taps import Tap, layer_modules
@@ -21,14 +22,16 @@ TEXTS = ["Question: is the cat big?\nAnswer:", "Question: is the sad happy horse
 ANSWERS = [" yes", " yes please", " no maybe long"]
 
 
-def test_tap_finds_one_attention_module_per_layer(loaded):
+def test_tap_finds_one_attention_module_per_layer(loaded, arch):
     model, _ = loaded
     n_layers = model.config.num_hidden_layers
     tap = Tap(model)
     assert len(tap.modules) == n_layers
     names = {id(m): name for name, m in model.named_modules()}
-    assert [names[id(m)] for m in tap.modules] == [f"model.layers.{i}.self_attn" for i in range(n_layers)]
-    for site, suffix in (("mlp", ".mlp"), ("residual", "")):
+    attn, mlp = ("post_attention_layernorm", "post_feedforward_layernorm") if arch == "gemma3" else ("self_attn", "mlp")
+    assert tap.module == attn
+    assert [names[id(m)] for m in tap.modules] == [f"model.layers.{i}.{attn}" for i in range(n_layers)]
+    for site, suffix in (("mlp", f".{mlp}"), ("attn_pre_norm", ".self_attn"), ("mlp_pre_norm", ".mlp"), ("residual", "")):
         mods = layer_modules(model, site)
         assert [names[id(m)] for m in mods] == [f"model.layers.{i}{suffix}" for i in range(n_layers)]
     with pytest.raises(IA2Error, match="tap site"):
@@ -46,7 +49,8 @@ def test_tap_skips_a_vision_encoder_whose_layers_come_first():
                                           image_size=28, patch_size=14), mm_tokens_per_image=4)
     model = Gemma3ForConditionalGeneration(cfg)
     names = {id(m): name for name, m in model.named_modules()}
-    assert [names[id(m)] for m in layer_modules(model)] == [f"model.language_model.layers.{i}.self_attn" for i in range(2)]
+    assert [names[id(m)] for m in layer_modules(model, "attn_pre_norm")] == [f"model.language_model.layers.{i}.self_attn"
+                                                                            for i in range(2)]
 
 
 def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
@@ -54,7 +58,7 @@ def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
     prompts, answers = _batch_for(tok, TEXTS, ANSWERS)
     assert [len(a) for a in answers] == [1, 2, 3]
     batch = batching.make_batch(prompts, answers, tok.pad_token_id)
-    tap = Tap(model)
+    tap = Tap(model, "attn_pre_norm")
     layer = 1
     attn = model.model.layers[layer].self_attn
     seen: dict[str, torch.Tensor] = {}
@@ -84,6 +88,51 @@ def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
     if arch in ("llama", "qwen3"):
         torch.testing.assert_close(seen["post_attn_norm_in"], seen["layer_in"] + seen["attn"], rtol=0, atol=1e-6)
         assert not torch.allclose(acts[:, layer], seen["post_attn_norm_in"][:, -3:])
+
+
+def test_attn_and_mlp_sites_read_what_each_sublayer_adds_to_the_residual(loaded, arch):
+    """`attn` is (residual after the attention add) − (layer input) and `mlp` is (layer output) − (residual after the
+    attention add), on every architecture; the `_pre_norm` sites differ from them only where an output norm exists."""
+    model, tok = loaded
+    ids = tok(TEXTS[1])["input_ids"]
+    layer = model.model.layers[1]
+    pre_mlp_norm = layer.pre_feedforward_layernorm if arch == "gemma3" else layer.post_attention_layernorm
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, a, kw: seen.__setitem__("in", (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True),
+        pre_mlp_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("mid", a[0].detach())),
+        layer.register_forward_hook(
+            lambda m, a, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple) else o).detach())),
+    ]
+    taps = {site: Tap(model, site) for site in ("attn", "mlp", "attn_pre_norm", "mlp_pre_norm")}
+    try:
+        for tap in taps.values():
+            tap.keep = len(ids)
+            tap.__enter__()
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+    finally:
+        for tap in taps.values():
+            tap.__exit__()
+        for h in handles:
+            h.remove()
+    acts = {site: tap.take()[0, 1] for site, tap in taps.items()}
+    torch.testing.assert_close(acts["attn"], (seen["mid"] - seen["in"])[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(acts["mlp"], (seen["out"] - seen["mid"])[0], rtol=0, atol=1e-5)
+    for site in ("attn", "mlp"):
+        assert torch.equal(acts[site], acts[f"{site}_pre_norm"]) == (arch != "gemma3")
+
+
+def test_target_key_names_the_module_only_where_a_site_reads_an_output_norm(loaded, arch):
+    """Gemma 3 targets cached when `attn` read the output before its norm are not reused; other keys are as before."""
+    model, _ = loaded
+    base = {"model": "m", "max_new_tokens": 1, "stop": ""}
+    want = {"attn": {**base, "site": "attn"}, "attn_pre_norm": {**base, "site": "attn_pre_norm"}}
+    if arch == "gemma3":
+        want["attn"]["module"] = "post_attention_layernorm"
+    for site, fields in want.items():
+        assert targets.key_fields({"model": "m"}, Tap(model, site), 1, "", None) == fields
 
 
 def test_tap_raises_when_a_layer_did_not_record(loaded):

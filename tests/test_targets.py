@@ -132,6 +132,25 @@ def test_cut_stops_at_eos_or_separator(loaded):
     assert targets._cut([yes, no, yes], tok, "\n\n", {eos}) == [yes, no, yes]
 
 
+def test_a_row_stops_as_alone_when_its_prompt_ends_with_part_of_the_stop_string(loaded):
+    """A prompt ending in "\n" and stop "\n\n": the first generated "\n" completes the stop string only across the
+    prompt's end, which does not count. Alone or batched with a longer prompt (so padded), the row is the same."""
+    model, tok = loaded
+    newline = tok.convert_tokens_to_ids("Ċ")
+    bias = torch.zeros(len(tok))
+    bias[newline] = 1e4  # the model always writes "\n"
+    short, long = tok("Answer:\n")["input_ids"], tok("Question: is the sad happy horse quiet?\nAnswer:")["input_ids"]
+    assert short[-1] == newline
+    handle = model.lm_head.register_forward_hook(lambda m, a, o: o + bias)
+    try:
+        alone = targets.generate(model, tok, [short], 5, "\n\n")
+        batched = targets.generate(model, tok, [long, short], 5, "\n\n")
+    finally:
+        handle.remove()
+    assert alone == [[newline, newline]]
+    assert batched == [[newline, newline], alone[0]]
+
+
 def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypatch):
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok = loaded

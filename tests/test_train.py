@@ -75,12 +75,15 @@ def test_only_adapter_weights_change(trained):
     assert any("lora_B" in n for n in changed)
 
 
-def test_dev_loss_does_not_depend_on_its_batch_size(trained):
+@pytest.mark.parametrize("per_layer_norm", [False, True])
+def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
+    """With --per-layer-norm too: every dev batch is normalised by the whole dev set's teacher scale."""
     s, cfg, _ = trained
+    cfg = replace(cfg, per_layer_norm=per_layer_norm)
     losses = [train.dev_loss(s.model, s.tap, s.dev_items, IA2, replace(cfg, eval_batch_size=size),
-                             s.tokenizer.pad_token_id) for size in (1, 3, len(s.dev_items))]
-    assert len(s.dev_items) > 3
-    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
+                             s.tokenizer.pad_token_id) for size in (1, 3, 16)]
+    assert 3 < len(s.dev_items) < 16
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
 
 
 def test_best_dev_state_is_restored(trained):

@@ -15,6 +15,7 @@ from .errors import IA2Error
 from .methods import BASELINES
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
+LOWER_IS_BETTER = frozenset({"ece", "ece_equal_mass", "brier", "nll", "parse_failure_rate"})
 
 
 def load_rows(folder: Path) -> list[dict]:
@@ -112,20 +113,30 @@ def cells(rows: Iterable[dict]) -> list[dict]:
 def paired_test(rows: Iterable[dict], a: str = "ia2-sft", b: str = "sft", metric: str = "accuracy",
                 by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition")) -> list[dict]:
     """Paired t-tests of method a against method b on `metric`, pairing rows by seed (and task when pooled); one
-    test per `by` group, in the groups' order."""
+    test per `by` group, in the groups' order. Each reports t (of a − b), the two-sided p and the one-sided p of
+    "a is better than b" (`alternative`: a − b greater for accuracy, less for ECE and other lower-is-better metrics);
+    t and both p are None for fewer than two pairs or differences all equal."""
     pairs: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r["method"] in (a, b) and r.get(metric) is not None:
             unit = (r["task"], r["eval_task"], r["seed"], r["condition"])
             pairs[tuple(r[k] for k in by)][unit][r["method"]] = r[metric]
+    alternative = "less" if metric in LOWER_IS_BETTER else "greater"
     out = []
     for group, units in sorted(pairs.items()):
         both = [(u[a], u[b]) for u in units.values() if a in u and b in u]
         if not both:
             continue
         x, y = np.array(both).T
-        diff = x - y
-        p = float(stats.ttest_rel(x, y).pvalue) if len(both) > 1 and np.std(diff) > 0 else None
         out.append({**dict(zip(by, group)), "metric": metric, "a": a, "b": b, "pairs": len(both),
-                    "mean_difference": float(diff.mean()), "p_value": p})
+                    "mean_difference": float((x - y).mean()), "alternative": alternative, **_t_test(x, y, alternative)})
     return out
+
+
+def _t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:
+    """t of the paired x − y with its two-sided and one-sided (`alternative`) p; all None when t is undefined."""
+    if len(x) < 2 or np.std(x - y) == 0:
+        return {"t": None, "p_two_sided": None, "p_one_sided": None}
+    two_sided, one_sided = stats.ttest_rel(x, y), stats.ttest_rel(x, y, alternative=alternative)
+    return {"t": float(two_sided.statistic), "p_two_sided": float(two_sided.pvalue),
+            "p_one_sided": float(one_sided.pvalue)}

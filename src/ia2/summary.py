@@ -108,10 +108,12 @@ def _sweep_setting(folder: Path, key: str, default: object) -> object:
 
 
 def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
-    by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t["p_value"] for t in tests}
+    """Give each ia2-sft cell its test against SFT: `p_one_sided` (IA2 → SFT better) and `p_two_sided`."""
+    by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t for t in tests}
     for c in cells:
         if c["method"] == "ia2-sft":
-            c["p_value"] = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]))
+            test = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]), {})
+            c.update({key: test.get(key) for key in ("p_one_sided", "p_two_sided")})
 
 
 def _by_table(cells: list[dict], keys: dict[str, str]) -> dict[tuple, list[dict]]:
@@ -155,11 +157,13 @@ def _tables(cells: list[dict], methods: list[str], select_by: str, pooled: list[
         text += ("\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
                  "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n")
         named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
-        text += "| model | N | metric | pairs | mean difference | p |\n|---|---|---|---|---|---|\n"
+        text += ("| model | N | metric | pairs | mean difference | t | p (one-sided, IA2→SFT better) | p (two-sided) |\n"
+                 + "|---" * 8 + "|\n")
         for t in pooled:
-            p = "–" if t["p_value"] is None else f"{t['p_value']:.3g}"
+            stat, one, two = ("–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "p_one_sided", "p_two_sided"))
             model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
-            text += f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {p} |\n"
+            text += (f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {stat} "
+                     f"| {one} | {two} |\n")
     return text
 
 

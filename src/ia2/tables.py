@@ -150,17 +150,19 @@ def _sft_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
 
 
 def significance_table(cells: Sequence[dict]) -> str:
-    """SFT only vs IA2 → SFT per (model, task, eval_task, N): accuracies, their difference in points, the p-value."""
-    lines = ["| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p |", "|---" * 8 + "|"]
+    """SFT only vs IA2 → SFT per (model, task, eval_task, N): accuracies, their difference in points and the paired
+    test's p-values (the ia2-sft cell's `p_one_sided`, IA2 → SFT more accurate, and `p_two_sided`)."""
+    lines = ["| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p (one-sided, IA2→SFT better) "
+             "| p (two-sided) |", "|---" * 9 + "|"]
     for (model, task, ev, n), pair in _sft_pairs(cells).items():
         if len(pair) < 2:
             continue
         sft, both = pair["sft"], pair["ia2-sft"]
-        p = both.get("p_value") if both.get("p_value") is not None else sft.get("p_value")
         accs = [_part(c["accuracy_mean"], c.get("accuracy_std"), _pct, None, str) for c in (sft, both)]
         delta = f"{100 * (both['accuracy_mean'] - sft['accuracy_mean']):+.1f}"
         ood = "*" if ev != task else ""
-        lines.append(f"| {model} | {task} | {ev}{ood} | {n} | {' | '.join(accs)} | {delta} | {_p(p)} |")
+        ps = " | ".join(_p(both.get(key)) for key in ("p_one_sided", "p_two_sided"))
+        lines.append(f"| {model} | {task} | {ev}{ood} | {n} | {' | '.join(accs)} | {delta} | {ps} |")
     if len(lines) == 2:
         raise IA2Error("no (model, task, eval_task, N) has both an sft and an ia2-sft cell")
     return "\n".join(lines) + "\n"

@@ -8,36 +8,71 @@ from torch import nn
 
 from .errors import IA2Error
 
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
+
+# Per site, the submodule of a decoder layer whose output is read: (without output norms, with them); "" is the
+# layer itself. `attn` and `mlp` read what the sublayer adds to the residual stream; the `_pre_norm` sites read the
+# sublayer's own output, before a post-sublayer norm (the same module on architectures without one).
 SITES = {
-    "attn": r"(?:^|\.)layers\.(\d+)\.self_attn$",
-    "mlp": r"(?:^|\.)layers\.(\d+)\.mlp$",
-    "residual": r"(?:^|\.)layers\.(\d+)$",
+    "attn": ("self_attn", "post_attention_layernorm"),
+    "attn_pre_norm": ("self_attn", "self_attn"),
+    "mlp": ("mlp", "post_feedforward_layernorm"),
+    "mlp_pre_norm": ("mlp", "mlp"),
+    "residual": ("", ""),
 }
 
 
-def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
-    """The module whose output is read at `site`, for every decoder layer in order; searched inside the text
-    decoder, so that a multimodal model's vision-encoder layers are never taken for it."""
-    if site not in SITES:
-        raise IA2Error(f"unknown tap site {site!r}: choose from {', '.join(SITES)}")
-    pattern = re.compile(SITES[site])
+def has_output_norms(layer: nn.Module) -> bool:
+    """Whether a decoder layer normalises each sublayer's output before the residual add (Gemma 2/3, Olmo 2).
+
+    The sign is a `post_feedforward_layernorm`: layers with one also apply `post_attention_layernorm` to the
+    attention output, while in layers without one (Llama, Qwen3, Mistral) `post_attention_layernorm` is the pre-MLP
+    norm and the sublayer outputs are added to the residual as they are.
+    """
+    return isinstance(getattr(layer, "post_feedforward_layernorm", None), nn.Module)
+
+
+def site_module(layer: nn.Module, site: str) -> str:
+    """The path, inside a decoder layer, of the module read at `site` ("" for the layer itself)."""
+    return SITES[site][has_output_norms(layer)]
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """Every decoder layer in order; searched inside the text decoder, so that a multimodal model's vision-encoder
+    layers are never taken for it."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     found = {}
     for name, module in decoder.named_modules():
-        match = pattern.search(name)
+        match = LAYER.search(name)
         if match:
             found.setdefault(int(match.group(1)), module)
     n_layers = model.config.get_text_config().num_hidden_layers
     if sorted(found) != list(range(n_layers)):
-        raise IA2Error(f"tap site {site!r}: found layers {sorted(found)}, expected 0..{n_layers - 1}")
+        raise IA2Error(f"decoder layers: found {sorted(found)}, expected 0..{n_layers - 1}")
     return [found[i] for i in range(n_layers)]
+
+
+def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
+    """The module whose output is read at `site`, for every decoder layer in order."""
+    if site not in SITES:
+        raise IA2Error(f"unknown tap site {site!r}: choose from {', '.join(SITES)}")
+    modules = []
+    for layer in decoder_layers(model):
+        path = site_module(layer, site)
+        try:
+            modules.append(layer.get_submodule(path))
+        except AttributeError:
+            raise IA2Error(f"tap site {site!r}: decoder layer {type(layer).__name__} has no module {path!r}") from None
+    return modules
 
 
 class Tap:
     """Records, per layer, the module output at the last `keep` positions of each forward pass.
 
-    For `attn` that is the self-attention output after o_proj and before the residual add. `layers` restricts the
-    record to a subset of decoder layers (default: all), e.g. to align only the upper half.
+    For `attn` that is what the self-attention sublayer adds to the residual stream: its output after o_proj and,
+    on architectures with output norms (Gemma 3), after `post_attention_layernorm`; `module` names the module read,
+    inside each decoder layer. `layers` restricts the record to a subset of decoder layers (default: all), e.g. to
+    align only the upper half.
     """
 
     def __init__(self, model: nn.Module, site: str = "attn", layers: tuple[int, ...] | None = None) -> None:
@@ -46,6 +81,7 @@ class Tap:
             raise IA2Error(f"--layers {list(layers)}: expected distinct layer indices in 0..{len(modules) - 1}")
         self.site, self.layers = site, tuple(range(len(modules))) if layers is None else tuple(sorted(layers))
         self.modules, self.all_layers = [modules[i] for i in self.layers], len(self.layers) == len(modules)
+        self.module = site_module(decoder_layers(model)[0], site)
         self.keep, self._outputs, self._handles = 1, [], []
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:

@@ -15,14 +15,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from . import distributed
 from .batching import forward, length_sorted_chunks, make_batch
 from .paths import atomic_path, cache_root, remove
 from .store import SHARD_BYTES, SHARD_SIZE, CorruptEntry, Stored, TargetStore
 from .store import write as store_write
-from .taps import Tap
+from .taps import SITES, Tap
 
 log = logging.getLogger(__name__)
 TENSOR_NAMES = ("tokens", "acts", "top_ids", "top_logp")
@@ -63,32 +63,49 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def _cut(tokens: list[int], tokenizer: PreTrainedTokenizerBase, stop: str, eos_ids: set[int]) -> list[int]:
-    """Keep tokens up to and including the first EOS or the token that completes the stop string."""
+    """Keep generated tokens up to and including the first EOS or the token that completes the stop string in the
+    generated text (the prompt's end never counts towards it)."""
     for i, token in enumerate(tokens):
         if token in eos_ids or (stop and stop in tokenizer.decode(tokens[: i + 1])):
             return tokens[: i + 1]
     return tokens
 
 
+class StopInGenerated(StoppingCriteria):
+    """Stops a row once the text it generated contains the stop string, so that a row stops where it stops alone:
+    transformers' `stop_strings` also matches across the prompt's end (a prompt ending in "\n", stop "\n\n")."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: str, prompt_width: int) -> None:
+        self.tokenizer, self.stop, self.width, self.done = tokenizer, stop, prompt_width, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor | None, **kwargs: object) -> torch.BoolTensor:
+        """Per row, whether its generated text contains the stop string; rows found done are not decoded again."""
+        if self.done is None:
+            self.done = [False] * input_ids.shape[0]
+        for row, tokens in enumerate(input_ids[:, self.width:].tolist()):
+            self.done[row] = self.done[row] or self.stop in self.tokenizer.decode(tokens)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: str) -> list[list[int]]:
-    """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string; generation ends as
-    soon as every row has stopped (with a sharded model, every row of every process: each step is a collective)."""
+    """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string in the generated text,
+    so each row is what it is alone; generation ends as soon as every row has stopped (with a sharded model, every
+    row of every process: each step is a collective)."""
     batch = make_batch(prompts, [[0]] * len(prompts), tokenizer.pad_token_id, model.device.type)
+    width = batch.input_ids.shape[1]
     out = model.generate(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=[stop] if stop else None,
-        tokenizer=tokenizer,
+        stopping_criteria=StoppingCriteriaList([StopInGenerated(tokenizer, stop, width)] if stop else []),
         synced_gpus=distributed.sharded(model),
     )
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    new = out[:, batch.input_ids.shape[1]:].tolist()
-    return [_cut(row, tokenizer, stop, eos_ids) for row in new]
+    return [_cut(row, tokenizer, stop, eos_ids) for row in out[:, width:].tolist()]
 
 
 def distribution_at(logits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -238,12 +255,18 @@ def open_store(folder: Path, max_open: int = 4) -> Targets:
 def key_fields(fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None,
                dtype: str = "float32") -> dict:
     """The cache key's fields: the caller's, the tap's site and layers (or no activations), T, the stop rule, the
-    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions)."""
+    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions).
+
+    A site that reads a sublayer's output norm (`attn` and `mlp` on Gemma 3) also names that module, so targets
+    cached when those sites read the output before the norm are never reused; other keys are unchanged.
+    """
     fields = {**fields, "max_new_tokens": max_new_tokens, "stop": stop}
     if tap is None:
         fields["activations"] = False
     else:
         fields["site"] = tap.site
+        if tap.module != SITES[tap.site][0]:
+            fields["module"] = tap.module
         if not tap.all_layers:
             fields["layers"] = list(tap.layers)
     if distribution is not None:

@@ -91,21 +91,47 @@ def teacher_distribution(items: Sequence[Item], keep: int, device: torch.device)
 
 
 @torch.no_grad()
-def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int) -> float:
+def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
+             layer_scale: torch.Tensor | None = None) -> float:
     """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
     positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
     every process gets the number one process gets. Batches of `eval_batch_size`: no gradients are kept, so a dev pass
-    can take larger batches than training, and its per-pass overhead does not grow with the dev set."""
+    can take larger batches than training, and its per-pass overhead does not grow with the dev set.
+
+    With --per-layer-norm every batch is normalised by the whole dev set's teacher scale, `layer_scale` (computed
+    here when not given: see `dev_scale`), so that the dev loss does not depend on `eval_batch_size`.
+    """
     model.eval()
     size = cfg.eval_batch_size
     chunks = [items[start:start + size] for start in range(0, len(items), size)]
-    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id).item() * answer_positions(chunk)
+    scale = dev_scale(model, tap, items, stage, cfg, pad_id) if layer_scale is None else layer_scale
+    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id, scale).item() * answer_positions(chunk)
                 for chunk in distributed.shard(chunks)]
-    distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id))
+    distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id, scale))
     total = 0.0
     for value in distributed.gather(weighted):
         total += value
     return total / answer_positions(items)
+
+
+@torch.no_grad()
+def dev_scale(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig,
+              pad_id: int) -> torch.Tensor | None:
+    """With --per-layer-norm on an activation loss, the teacher mean square per layer [L] over all the dev items
+    (stored or online, read in batches of `eval_batch_size`), as `losses.ia2` computes it for one batch; else None.
+
+    The teacher is frozen, so a stage computes it once for all its dev evaluations.
+    """
+    if not (cfg.per_layer_norm and stage.loss in ("ia2", "joint")):
+        return None
+    total = torch.zeros(())
+    for start in range(0, len(items), cfg.eval_batch_size):
+        chunk = items[start:start + cfg.eval_batch_size]
+        keep = max(max(len(i.answer), 1) for i in chunk)
+        acts = teacher_acts(model, tap, chunk, keep, pad_id)
+        for row, item in enumerate(chunk):
+            total = total + acts[row, :, keep - max(len(item.answer), 1):].pow(2).sum(dim=(1, 2)).cpu()
+    return total / (answer_positions(items) * acts.shape[-1])
 
 
 def answer_positions(items: Sequence[Item]) -> int:
@@ -169,7 +195,8 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
-    best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id), adapter_state(model)
+    scale = dev_scale(model, tap, dev, stage, cfg, pad_id)
+    best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id, scale), adapter_state(model)
     history = [{"step": 0, "dev_loss": best}]
     step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.train_batch_size)
     total = cfg.max_epochs * steps_per_epoch
@@ -191,7 +218,7 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
             step += 1
             bar.update()
             if step % cfg.eval_every == 0 or step >= limit:  # the last steps are checked too, never dropped unseen
-                current = dev_loss(model, tap, dev, stage, cfg, pad_id)
+                current = dev_loss(model, tap, dev, stage, cfg, pad_id, scale)
                 history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
                 bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
                 if current < best:

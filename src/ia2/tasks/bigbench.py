@@ -1,4 +1,4 @@
-"""BIG-bench classification tasks, read from the `bigbench` sdist fetched once from PyPI.
+"""BIG-bench classification tasks, read from the `bigbench` sdist fetched once with pip.
 
 Only the requested task's JSON is extracted from the tarball and cached; the sdist is never installed
 (it would pull TensorFlow).
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
 from ..errors import IA2Error
@@ -17,10 +18,6 @@ from ..paths import atomic_path, cache_root
 from .base import Example, Task
 
 SDIST = "bigbench-1.0.0.tar.gz"
-SDIST_URL = (
-    "https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/"
-    + SDIST
-)
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 TASKS_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks"
 
@@ -33,16 +30,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def pip_download(folder: Path) -> None:
+    """Save the bigbench sdist into `folder` with `pip download`, so the user's pip configuration (index, mirror,
+    proxy, certificates) applies; without its dependencies, and never a wheel."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "bigbench", "bigbench==1.0.0",
+               "-d", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {result.returncode}"
+        raise IA2Error(f"cannot download the bigbench sdist: `pip {' '.join(command[3:])}` failed: {last}")
+
+
 def sdist_path() -> Path:
-    """The bigbench sdist in the cache, downloaded from PyPI (358 MB) and checked on first use."""
+    """The bigbench sdist in the cache, downloaded by pip (358 MB) into a temporary folder and checked on first use."""
     target = cache_root() / "bigbench" / SDIST
     if target.exists():
         return target
     with atomic_path(target) as tmp:
-        try:
-            urllib.request.urlretrieve(SDIST_URL, tmp)
-        except OSError as exc:
-            raise IA2Error(f"cannot download the bigbench sdist from PyPI: {exc}") from exc
+        pip_download(tmp.parent)
+        if not tmp.is_file():
+            raise IA2Error(f"cannot download the bigbench sdist: the download saved no {SDIST}")
         if _sha256(tmp) != SDIST_SHA256:
             raise IA2Error(f"{SDIST}: sha256 mismatch after download")
     return target

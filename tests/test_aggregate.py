@@ -1,0 +1,63 @@
+"""Paired tests of IA2 → SFT against SFT on hand-made rows: which rows pair, and t with both p-values as scipy's."""
+
+from __future__ import annotations
+
+import pytest
+from scipy import stats
+
+from ia2 import aggregate
+
+# (task, seed) -> (ia2-sft accuracy, sft accuracy, ia2-sft ECE, sft ECE)
+VALUES = {
+    ("t1", 0): (0.80, 0.70, 0.10, 0.20), ("t1", 1): (0.75, 0.72, 0.12, 0.15), ("t1", 2): (0.90, 0.71, 0.08, 0.09),
+    ("t2", 0): (0.60, 0.62, 0.30, 0.25), ("t2", 1): (0.66, 0.58, 0.22, 0.28), ("t2", 2): (0.70, 0.61, 0.20, 0.26),
+}
+
+
+def row(method: str, task: str, seed: int, accuracy: float | None, ece: float | None) -> dict:
+    """One result row as `aggregate.load_rows` yields it (the fields a paired test reads)."""
+    return {"model": "m", "task": task, "eval_task": task, "n_train": 4, "condition": "c", "method": method,
+            "seed": seed, "accuracy": accuracy, "ece": ece}
+
+
+def rows() -> list[dict]:
+    """Every pair of VALUES, plus rows that must not pair: a seed without SFT, an SFT row without the metric, and a
+    third method."""
+    out = []
+    for (task, seed), (acc_a, acc_b, ece_a, ece_b) in VALUES.items():
+        out += [row("ia2-sft", task, seed, acc_a, ece_a), row("sft", task, seed, acc_b, ece_b)]
+    return out + [row("ia2-sft", "t1", 3, 0.99, 0.01), row("ia2-sft", "t2", 3, 0.5, 0.5),
+                  row("sft", "t2", 3, None, None), row("icl", "t1", 0, 0.1, 0.9)]
+
+
+def expected(tasks: tuple[str, ...], metric: int) -> tuple[list[float], list[float]]:
+    """The ia2-sft and sft values of the expected pairs of `tasks`, for metric column 0 (accuracy) or 2 (ECE)."""
+    keys = [k for k in VALUES if k[0] in tasks]
+    return [VALUES[k][metric] for k in keys], [VALUES[k][metric + 1] for k in keys]
+
+
+@pytest.mark.parametrize(("metric", "column", "alternative"), [("accuracy", 0, "greater"), ("ece", 2, "less")])
+def test_paired_test_pairs_by_seed_and_matches_scipy(metric, column, alternative):
+    """Per task and pooled over tasks, in the paper's direction: IA2 → SFT more accurate, lower ECE."""
+    per_task = aggregate.paired_test(rows(), metric=metric)
+    pooled = aggregate.paired_test(rows(), metric=metric, by=("model",))
+    assert [(t["task"], t["pairs"]) for t in per_task] == [("t1", 3), ("t2", 3)]
+    assert [t["pairs"] for t in pooled] == [6]
+    for test, tasks in zip(per_task + pooled, (("t1",), ("t2",), ("t1", "t2"))):
+        x, y = expected(tasks, column)
+        two, one = stats.ttest_rel(x, y), stats.ttest_rel(x, y, alternative=alternative)
+        assert (test["a"], test["b"], test["metric"], test["alternative"]) == ("ia2-sft", "sft", metric, alternative)
+        assert test["mean_difference"] == pytest.approx(sum(x) / len(x) - sum(y) / len(y))
+        assert test["t"] == pytest.approx(two.statistic, rel=1e-12)
+        assert test["p_two_sided"] == pytest.approx(two.pvalue, rel=1e-12)
+        assert test["p_one_sided"] == pytest.approx(one.pvalue, rel=1e-12)
+        assert "p_value" not in test
+
+
+def test_paired_test_without_two_pairs_has_no_statistic():
+    """One pair: the group is reported with its difference, but t and p are undefined."""
+    one = [row("ia2-sft", "t1", 0, 0.8, 0.1), row("sft", "t1", 0, 0.7, 0.2), row("ia2-sft", "t2", 0, 0.8, 0.1)]
+    [test] = aggregate.paired_test(one)
+    assert (test["task"], test["pairs"]) == ("t1", 1)
+    assert (test["t"], test["p_one_sided"], test["p_two_sided"]) == (None, None, None)
+    assert test["mean_difference"] == pytest.approx(0.1)
