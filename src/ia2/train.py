@@ -122,7 +122,7 @@ def dev_scale(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, c
 
     The teacher is frozen, so a stage computes it once for all its dev evaluations.
     """
-    if not (cfg.per_layer_norm and stage.loss in ("ia2", "joint")):
+    if not (cfg.per_layer_norm and LOSSES[stage.loss].needs_acts):
         return None
     total = torch.zeros(())
     for start in range(0, len(items), cfg.eval_batch_size):
