@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,22 +55,48 @@ def measure(folder: Path, n: int, shape: tuple[int, int, int], batch: int, dtype
     host = SimpleNamespace(device=torch.device("cpu"))  # teacher_acts only asks the model for its device
     start, total = time.perf_counter(), 0.0
     for i in range(0, n, batch):
-        chunk = [items[j] for j in order[i:i + batch]]
+        chunk = [items[j] for j in order[i : i + batch]]
         total += float(teacher_acts(host, None, chunk, shape[1], 0)[:, :, -1, 0].sum())
     read = time.perf_counter() - start
     size = sum(f.stat().st_size for f in folder.iterdir())
-    return {"n": n, "store_gib": size / GIB, "per_example_mib": size / n / (1 << 20), "write_s": written,
-            "write_peak_rss_gib": write_peak, "read_s": read, "read_examples_per_s": n / read,
-            "peak_rss_gib": peak_rss_gib(), "shards": len(stored.index["shards"]), "max_open": stored.max_open,
-            "peak_open": stored.peak_open, "checksum": total}
+    return {
+        "n": n,
+        "store_gib": size / GIB,
+        "per_example_mib": size / n / (1 << 20),
+        "write_s": written,
+        "write_peak_rss_gib": write_peak,
+        "read_s": read,
+        "read_examples_per_s": n / read,
+        "peak_rss_gib": peak_rss_gib(),
+        "shards": len(stored.index["shards"]),
+        "max_open": stored.max_open,
+        "peak_open": stored.peak_open,
+        "checksum": total,
+    }
 
 
 def child(args: argparse.Namespace, n: int) -> dict:
     """`measure` in a fresh process (its own peak RSS); the store is deleted afterwards."""
     root = Path(tempfile.mkdtemp(dir=args.dir))
     try:
-        cmd = [sys.executable, __file__, "--one", str(n), "--layers", str(args.layers), "--t", str(args.t),
-               "--hidden", str(args.hidden), "--batch", str(args.batch), "--dtype", args.dtype, "--dir", str(root)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--layers",
+            str(args.layers),
+            "--t",
+            str(args.t),
+            "--hidden",
+            str(args.hidden),
+            "--batch",
+            str(args.batch),
+            "--dtype",
+            args.dtype,
+            "--dir",
+            str(root),
+        ]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -78,17 +104,24 @@ def child(args: argparse.Namespace, n: int) -> dict:
 
 def report(args: argparse.Namespace, rows: list[dict]) -> str:
     """The markdown table, with the setting and command."""
-    lines = [f"# Host memory of sharded teacher targets ({datetime.now(timezone.utc).isoformat(timespec='seconds')})", "",
-             f"Targets [{args.layers} layers, T={args.t}, hidden {args.hidden}] in {args.dtype}, shards of "
-             f"{store.SHARD_SIZE} examples or {store.SHARD_BYTES >> 20} MiB, read in shuffled batches of {args.batch} "
-             f"by `ia2.train.teacher_acts`; torch {torch.__version__}, {os.cpu_count()} CPUs.",
-             f"Command: `python benchmarks/memory.py {' '.join(sys.argv[1:])}`", "",
-             "| N | store | per example | write | peak RSS writing | read (epoch) | peak RSS (write + read) | shards (open at most) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Host memory of sharded teacher targets ({datetime.now(UTC).isoformat(timespec='seconds')})",
+        "",
+        f"Targets [{args.layers} layers, T={args.t}, hidden {args.hidden}] in {args.dtype}, shards of "
+        f"{store.SHARD_SIZE} examples or {store.SHARD_BYTES >> 20} MiB, read in shuffled batches of {args.batch} "
+        f"by `ia2.train.teacher_acts`; torch {torch.__version__}, {os.cpu_count()} CPUs.",
+        f"Command: `python benchmarks/memory.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| N | store | per example | write | peak RSS writing | read (epoch) | peak RSS (write + read) "
+        "| shards (open at most) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['store_gib']:.1f} GiB | {r['per_example_mib']:.1f} MiB | {r['write_s']:.0f} s "
-                     f"| {r['write_peak_rss_gib']:.2f} GiB | {r['read_s']:.0f} s ({r['read_examples_per_s']:.0f} ex/s) "
-                     f"| {r['peak_rss_gib']:.2f} GiB | {r['shards']} ({r['peak_open']}) |")
+        lines.append(
+            f"| {r['n']} | {r['store_gib']:.1f} GiB | {r['per_example_mib']:.1f} MiB | {r['write_s']:.0f} s "
+            f"| {r['write_peak_rss_gib']:.2f} GiB | {r['read_s']:.0f} s ({r['read_examples_per_s']:.0f} ex/s) "
+            f"| {r['peak_rss_gib']:.2f} GiB | {r['shards']} ({r['peak_open']}) |"
+        )
     return "\n".join(lines) + "\n"
 
 

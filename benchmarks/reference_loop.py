@@ -64,9 +64,11 @@ def eos_ids(model: nn.Module) -> set[int]:
 
 
 @torch.no_grad()
-def collect_one(model: nn.Module, recorder: AttentionRecorder, prompt: Sequence[int], max_new_tokens: int,
-                stop_ids: set[int]) -> tuple[list[int], torch.Tensor]:
-    """Greedy answer and activations [L, T′, H] (model dtype, CPU) of one ICL prompt, re-running the prefix per token."""
+def collect_one(
+    model: nn.Module, recorder: AttentionRecorder, prompt: Sequence[int], max_new_tokens: int, stop_ids: set[int]
+) -> tuple[list[int], torch.Tensor]:
+    """Greedy answer and activations [L, T′, H] (model dtype, CPU) of one ICL prompt, re-running the prefix per
+    token."""
     ids = torch.tensor([list(prompt)], device=model.device)
     tokens: list[int] = []
     steps: list[torch.Tensor] = []
@@ -82,8 +84,9 @@ def collect_one(model: nn.Module, recorder: AttentionRecorder, prompt: Sequence[
     return tokens, torch.stack(steps, dim=1)
 
 
-def collect(model: nn.Module, prompts: Sequence[Sequence[int]],
-            max_new_tokens: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+def collect(
+    model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Teacher tokens and activations for every prompt, one example at a time."""
     model.eval()
     recorder, stop_ids = AttentionRecorder(model), eos_ids(model)
@@ -106,7 +109,7 @@ def ia2_loss(model: nn.Module, recorder: AttentionRecorder, ex: Example) -> torc
     with recorder:
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     start = len(ex.prompt) - 1
-    current = torch.stack([out[0, start:start + len(ex.answer)] for out in recorder.take()])
+    current = torch.stack([out[0, start : start + len(ex.answer)] for out in recorder.take()])
     target = ex.acts.to(device=current.device, dtype=current.dtype)
     return ((current - target) ** 2).mean() * current.shape[0]
 

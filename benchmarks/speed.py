@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
 import random
@@ -31,36 +30,54 @@ from tokenizers import models as tok_models
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+import reference_loop
 from ia2 import adapters, models, targets
+from ia2.config import TrainConfig
 from ia2.methods import IA2, SFT, Stage
 from ia2.paths import write_json, write_text
 from ia2.prompts import Encoder, draw_demos
 from ia2.taps import Tap
 from ia2.tasks import Example, Task
-from ia2.config import TrainConfig
 from ia2.train import Item, train_stage
-
-import reference_loop
 
 # Qwen3-4B's shape, from the config.json on its Hugging Face model card (Qwen/Qwen3-4B-Base; Qwen/Qwen3-4B has the same
 # shape): 4.02B parameters (3.6B without the tied embedding), built here with random weights, nothing downloaded.
-QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-                rope_theta=1_000_000.0, rms_norm_eps=1e-6)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-            intermediate_size=128, max_position_embeddings=1024)
+QWEN3_4B = dict(
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    max_position_embeddings=1024,
+)
 MODELS = ("tiny", "smollm2-135m", "qwen3-4b-shape")
 
 # NVIDIA's H100 SXM datasheet: 989 TFLOP/s dense bf16 tensor-core peak (1,979 is the 2:4-sparsity figure).
 H100_SXM_BF16_TFLOPS = 989.0
 
-WORDS = tuple("time year people way day man thing woman life child world school state family student group country "
-              "problem hand part place case week company system program question work government number night point "
-              "home water room mother area money story fact month lot right study book eye job word business issue "
-              "side kind head house service friend father power hour game line end member law car city community name "
-              "president team minute idea kid body information back parent face others level office door health "
-              "person art war history party result change morning reason research girl guy moment air teacher force "
-              "education".split())
+WORDS = tuple(
+    "time year people way day man thing woman life child world school state family student group country "
+    "problem hand part place case week company system program question work government number night point "
+    "home water room mother area money story fact month lot right study book eye job word business issue "
+    "side kind head house service friend father power hour game line end member law car city community name "
+    "president team minute idea kid body information back parent face others level office door health "
+    "person art war history party result change morning reason research girl guy moment air teacher force "
+    "education".split()
+)
 LABELS = ("red", "blue", "green", "black")
 
 PHASES = ("teacher_t1", "teacher_tlong", "ia2_epoch", "ia2_steps", "sft_epoch", "pipeline")
@@ -73,18 +90,24 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     corpus = [f"Question: {w} {w}\nAnswer: {w}\n\nQuestion: {w}" for w in WORDS + LABELS]
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"]))
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A",
-                                                       special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                 unk_token="<unk>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     hf.padding_side = "left"
     return hf
 
 
 def random_model(shape: dict, tok: PreTrainedTokenizerBase, device: str, dtype: torch.dtype) -> nn.Module:
     """A frozen Qwen3 of this shape with random weights, initialised directly on the device in `dtype`."""
-    config = Qwen3Config(**{"vocab_size": len(tok), **shape}, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = Qwen3Config(
+        **{"vocab_size": len(tok), **shape},
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
@@ -212,8 +235,14 @@ def examples_seen(steps: int, n: int, batch: int) -> int:
 class Bench:
     """Runs every phase for both sides on one model and one data set, and keeps the rows."""
 
-    def __init__(self, args: argparse.Namespace, model: nn.Module, tok: PreTrainedTokenizerBase, data: Data,
-                 report: Callable[[list[Row]], object]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        data: Data,
+        report: Callable[[list[Row]], object],
+    ) -> None:
         self.args, self.model, self.tok, self.data, self.report = args, model, tok, data, report
         self.tap, self.rows = Tap(model), []
         self.params = matmul_params(model)
@@ -242,12 +271,12 @@ class Bench:
     def items(self, teacher: targets.Targets) -> tuple[list[Item], list[Item]]:
         """IA2 items (plain prompt, teacher answer, activations), split into training and dev."""
         items = [Item(p, t, a) for p, t, a in zip(self.data.plain, teacher.tokens, teacher.acts)]
-        return items[:self.data.n], items[self.data.n:]
+        return items[: self.data.n], items[self.data.n :]
 
     def gold(self) -> tuple[list[Item], list[Item]]:
         """SFT items (plain prompt, gold answer), split into training and dev."""
         items = [Item(p, a) for p, a in zip(self.data.plain, self.data.gold)]
-        return items[:self.data.n], items[self.data.n:]
+        return items[: self.data.n], items[self.data.n :]
 
     def cfg(self, **changes: Any) -> TrainConfig:
         """Our trainer's settings: the paper's defaults at --train-batch and --lr."""
@@ -259,8 +288,9 @@ class Bench:
 
     def ours_train(self, train: list[Item], dev: list[Item], stage: Stage, cfg: TrainConfig) -> dict:
         """Our trainer on the current student."""
-        return train_stage(self.model, self.tap, train, dev, stage, cfg, self.args.seed, self.tok.pad_token_id,
-                           stage.loss)
+        return train_stage(
+            self.model, self.tap, train, dev, stage, cfg, self.args.seed, self.tok.pad_token_id, stage.loss
+        )
 
     def add(self, row: Row) -> None:
         """Complete a row, keep it and rewrite the report, so that an interrupted run keeps its finished phases."""
@@ -286,12 +316,27 @@ class Bench:
         ref, ref_s, ref_peak = timed(lambda: self.ref_collect(prompts[:ref_n], max_new_tokens), self.device)
         answers = [len(t) for t in ours.tokens]
         flops = 2 * self.params * (total_tokens(prompts) + sum(answers) - len(answers))
-        note = (f"answers: ours {sum(answers) / len(answers):.1f} tokens, reference "
-                f"{sum(len(t) for t in ref[0]) / ref_n:.1f} (EOS is the only stop)")
+        note = (
+            f"answers: ours {sum(answers) / len(answers):.1f} tokens, reference "
+            f"{sum(len(t) for t in ref[0]) / ref_n:.1f} (EOS is the only stop)"
+        )
         label = f"teacher activations, T={max_new_tokens}"
         self.per_example[phase] = ref_s / ref_n
-        self.add(Row(phase, label, len(prompts), ours_s, ref_s * len(prompts) / ref_n, ref_n, flops, ours_peak,
-                     ref_peak, host_peak_rss(), note))
+        self.add(
+            Row(
+                phase,
+                label,
+                len(prompts),
+                ours_s,
+                ref_s * len(prompts) / ref_n,
+                ref_n,
+                flops,
+                ours_peak,
+                ref_peak,
+                host_peak_rss(),
+                note,
+            )
+        )
         return ours
 
     def work(self, train: Sequence[Item], dev: Sequence[Item], seen: int, dev_passes: int) -> float:
@@ -301,7 +346,9 @@ class Bench:
         dev_tokens = sum(len(i.prompt) + len(i.answer) - 1 for i in dev)
         return 6 * self.params * train_tokens * seen + 2 * self.params * dev_tokens * dev_passes
 
-    def epoch_row(self, phase: str, label: str, stage: Stage, train: list[Item], dev: list[Item], with_dev: bool) -> None:
+    def epoch_row(
+        self, phase: str, label: str, stage: Stage, train: list[Item], dev: list[Item], with_dev: bool
+    ) -> None:
         """One epoch of `stage` on both sides, dev passes every 2 steps or none; the reference on a prefix, scaled."""
         limit = min(self.args.ref_train_n or len(train), len(train))
         ours_dev = dev if with_dev else dev[:1]
@@ -312,15 +359,32 @@ class Bench:
         ref_train, ref_dev = reference_examples(train), reference_examples(dev)
         loop = self.loop_cfg(max_epochs=1, patience=None, limit=limit, eval_every=2 if with_dev else None)
         self.student()
-        ref_log, ref_s, ref_peak = timed(lambda: reference_loop.train(self.model, ref_train, ref_dev, stage.loss, loop),
-                                         self.device)
+        ref_log, ref_s, ref_peak = timed(
+            lambda: reference_loop.train(self.model, ref_train, ref_dev, stage.loss, loop), self.device
+        )
         passes = math.ceil(len(train) / 4) // 2 if with_dev else 0
-        note = (f"dev passes: ours {len(log['history'])} (batch {TrainConfig.eval_batch_size}, one before training), "
-                f"reference {len(ref_log.dev_losses)} in its {ref_log.examples} timed examples (batch 1)"
-                if with_dev else "no dev passes")
+        note = (
+            f"dev passes: ours {len(log['history'])} (batch {TrainConfig.eval_batch_size}, one before training), "
+            f"reference {len(ref_log.dev_losses)} in its {ref_log.examples} timed examples (batch 1)"
+            if with_dev
+            else "no dev passes"
+        )
         self.per_example[phase] = ref_s / ref_log.examples
-        self.add(Row(phase, label, len(train), ours_s, ref_s * len(train) / ref_log.examples, ref_log.examples,
-                     self.work(train, dev, len(train), passes), ours_peak, ref_peak, host_peak_rss(), note))
+        self.add(
+            Row(
+                phase,
+                label,
+                len(train),
+                ours_s,
+                ref_s * len(train) / ref_log.examples,
+                ref_log.examples,
+                self.work(train, dev, len(train), passes),
+                ours_peak,
+                ref_peak,
+                host_peak_rss(),
+                note,
+            )
+        )
 
     def ours_pipeline(self) -> list[dict]:
         """Our collection, then IA2 and SFT each to early stop (patience 5) or --max-epochs, best state restored."""
@@ -337,8 +401,10 @@ class Bench:
         gold = reference_examples([Item(p, a) for p, a in zip(self.data.plain, self.data.gold)])
         self.student()
         cfg = self.loop_cfg(max_epochs=self.args.max_epochs)
-        return [reference_loop.train(self.model, icl[:n], icl[n:], "ia2", cfg),
-                reference_loop.train(self.model, gold[:n], gold[n:], "ce", cfg)]
+        return [
+            reference_loop.train(self.model, icl[:n], icl[n:], "ia2", cfg),
+            reference_loop.train(self.model, gold[:n], gold[n:], "ce", cfg),
+        ]
 
     def pipeline_row(self, ia2_items: tuple[list[Item], list[Item]]) -> None:
         """The whole IA2 → SFT pipeline; with --quick the reference's time is estimated from its measured phases."""
@@ -347,20 +413,51 @@ class Bench:
         seen = [examples_seen(log["steps"], n, batch) for log in logs]
         stages = zip(logs, seen, (ia2_items, self.gold()))
         flops = 2 * self.params * total_tokens(self.data.icl) + sum(
-            self.work(*items, stage_seen, len(log["history"])) for log, stage_seen, items in stages)
+            self.work(*items, stage_seen, len(log["history"])) for log, stage_seen, items in stages
+        )
         ours_note = "ours " + ", ".join(f"{log['stage']} {log['steps']} steps/{log['epochs']} ep" for log in logs)
         if self.args.quick:
-            ref_s = (self.per_example["teacher_t1"] * len(self.data.icl) + self.per_example["ia2_epoch"] * seen[0]
-                     + self.per_example["sft_epoch"] * seen[1])
+            ref_s = (
+                self.per_example["teacher_t1"] * len(self.data.icl)
+                + self.per_example["ia2_epoch"] * seen[0]
+                + self.per_example["sft_epoch"] * seen[1]
+            )
             note = f"{ours_note}; reference estimated: the same steps at its measured per-example rates"
-            self.add(Row("pipeline", f"IA2 → SFT pipeline, N={n}", n, ours_s, ref_s, 0, flops, ours_peak, None,
-                         host_peak_rss(), note))
+            self.add(
+                Row(
+                    "pipeline",
+                    f"IA2 → SFT pipeline, N={n}",
+                    n,
+                    ours_s,
+                    ref_s,
+                    0,
+                    flops,
+                    ours_peak,
+                    None,
+                    host_peak_rss(),
+                    note,
+                )
+            )
             return
         ref_logs, ref_s, ref_peak = timed(self.ref_pipeline, self.device)
-        ref_note = "reference " + ", ".join(f"{name} {log.steps} steps/{log.epochs} ep"
-                                            for name, log in zip(("ia2", "ce"), ref_logs))
-        self.add(Row("pipeline", f"IA2 → SFT pipeline, N={n}", n, ours_s, ref_s, n, flops, ours_peak, ref_peak,
-                     host_peak_rss(), f"{ours_note}; {ref_note}"))
+        ref_note = "reference " + ", ".join(
+            f"{name} {log.steps} steps/{log.epochs} ep" for name, log in zip(("ia2", "ce"), ref_logs)
+        )
+        self.add(
+            Row(
+                "pipeline",
+                f"IA2 → SFT pipeline, N={n}",
+                n,
+                ours_s,
+                ref_s,
+                n,
+                flops,
+                ours_peak,
+                ref_peak,
+                host_peak_rss(),
+                f"{ours_note}; {ref_note}",
+            )
+        )
 
     def run(self) -> list[Row]:
         """Every phase in order, after one warm-up."""
@@ -389,12 +486,20 @@ def percent(fraction: float | None) -> str:
 def model_shape(model: nn.Module) -> dict:
     """The model's class, shape and parameter counts."""
     c = model.config.get_text_config()
-    return {"class": type(model).__name__, "layers": c.num_hidden_layers, "hidden": c.hidden_size,
-            "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-            "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-            "intermediate": c.intermediate_size, "vocab": c.vocab_size, "tied_embeddings": bool(c.tie_word_embeddings),
-            "params": sum(p.numel() for p in model.parameters()), "matmul_params": matmul_params(model),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    return {
+        "class": type(model).__name__,
+        "layers": c.num_hidden_layers,
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "intermediate": c.intermediate_size,
+        "vocab": c.vocab_size,
+        "tied_embeddings": bool(c.tie_word_embeddings),
+        "params": sum(p.numel() for p in model.parameters()),
+        "matmul_params": matmul_params(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
 
 
 def device_name(device: str) -> str:
@@ -402,8 +507,11 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
+    names = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
     return names[0] if names else platform.processor() or platform.machine()
 
 
@@ -412,13 +520,23 @@ def meta(args: argparse.Namespace, argv: Sequence[str], model: nn.Module, data: 
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/speed.py", *argv]),
-        "device": device, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "device": device,
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
         "model": {"name": args.model, **model_shape(model)},
-        "data": {"n": data.n, "dev": len(data.icl) - data.n, "demos": min(args.demos, data.n - 1),
-                 "icl_prompt_tokens": round(total_tokens(data.icl) / len(data.icl), 1),
-                 "plain_prompt_tokens": round(total_tokens(data.plain) / len(data.plain), 1)},
+        "data": {
+            "n": data.n,
+            "dev": len(data.icl) - data.n,
+            "demos": min(args.demos, data.n - 1),
+            "icl_prompt_tokens": round(total_tokens(data.icl) / len(data.icl), 1),
+            "plain_prompt_tokens": round(total_tokens(data.plain) / len(data.plain), 1),
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device", "model")},
         "peak_tflops": args.peak_tflops if device.startswith("cuda") else None,
     }
@@ -453,13 +571,18 @@ def markdown(info: dict, rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         measured = "estimate" if r.ref_measured == 0 else f"{r.ref_measured} of {r.examples}"
-        lines.append(f"| {r.label} (`{r.phase}`) | {r.examples} | {r.ours_rate:.3g} | {r.ref_rate:.3g} | "
-                     f"{r.speedup:.2f}× | {measured} | {percent(r.ours_floor_fraction)} | "
-                     f"{percent(r.ref_floor_fraction)} "
-                     f"| {gib(r.ours_device_peak)} | {gib(r.ref_device_peak)} | {gib(r.host_peak_rss)} | {r.note} |")
+        lines.append(
+            f"| {r.label} (`{r.phase}`) | {r.examples} | {r.ours_rate:.3g} | {r.ref_rate:.3g} | "
+            f"{r.speedup:.2f}× | {measured} | {percent(r.ours_floor_fraction)} | "
+            f"{percent(r.ref_floor_fraction)} "
+            f"| {gib(r.ours_device_peak)} | {gib(r.ref_device_peak)} | {gib(r.host_peak_rss)} | {r.note} |"
+        )
     if info["peak_tflops"]:
-        lines += ["", f"Compute floor: 2·P·tokens FLOPs forward, 6·P·tokens training, at {info['peak_tflops']} "
-                      f"TFLOP/s (P = {m['matmul_params'] / 1e9:.2f}B matmul parameters)."]
+        lines += [
+            "",
+            f"Compute floor: 2·P·tokens FLOPs forward, 6·P·tokens training, at {info['peak_tflops']} "
+            f"TFLOP/s (P = {m['matmul_params'] / 1e9:.2f}B matmul parameters).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -483,17 +606,27 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--words", type=int, default=15, help="words per question (about 21-token plain prompts)")
     p.add_argument("--t-long", type=int, default=32, help="answer tokens in the long teacher row")
     p.add_argument("--collect-batch", type=int, default=32, help="our teacher collection's batch size")
-    p.add_argument("--train-batch", type=int, default=4, help="our training batch (the reference's effective batch is 4)")
+    p.add_argument(
+        "--train-batch", type=int, default=4, help="our training batch (the reference's effective batch is 4)"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-epochs", type=int, default=5, help="epoch cap of each pipeline stage, both sides")
-    p.add_argument("--quick", action="store_true",
-                   help="time the reference on subsets and scale; estimate its pipeline from its measured phases")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="time the reference on subsets and scale; estimate its pipeline from its measured phases",
+    )
     p.add_argument("--ref-t1-n", type=int, help="reference T=1 queries timed (default: all; --quick: 32)")
     p.add_argument("--ref-long-n", type=int, help="reference long-answer queries timed (default 32; --quick: 8)")
-    p.add_argument("--ref-train-n", type=int,
-                   help="reference training examples timed per epoch (default: all; --quick: 24)")
-    p.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_TFLOPS,
-                   help="peak bf16 TFLOP/s for the compute floor (H100 SXM dense: 989; H100 PCIe: 756)")
+    p.add_argument(
+        "--ref-train-n", type=int, help="reference training examples timed per epoch (default: all; --quick: 24)"
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_SXM_BF16_TFLOPS,
+        help="peak bf16 TFLOP/s for the compute floor (H100 SXM dense: 989; H100 PCIe: 756)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output path without suffix (default benchmarks/results/<device>-<model>)")
     args = p.parse_args(argv)
@@ -514,8 +647,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = models.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     model, tok = build(args.model, device, dtype)
-    data = make_data(tok, model.config.get_text_config().max_position_embeddings, args.n, args.dev, args.demos,
-                     args.words, args.seed)
+    data = make_data(
+        tok, model.config.get_text_config().max_position_embeddings, args.n, args.dev, args.demos, args.words, args.seed
+    )
     out = args.out or Path(__file__).resolve().parent / "results" / f"{device.split(':')[0]}-{args.model}"
     info = meta(args, argv, model, data, device)
     rows = Bench(args, model, tok, data, lambda done: write(out, info, done)).run()

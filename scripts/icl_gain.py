@@ -22,13 +22,19 @@ def gain(model, tokenizer, task_name: str, n_test: int, k: int) -> dict:
     encoder = Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings)
     order = list(range(len(task.examples)))
     random.Random(0).shuffle(order)
-    test, pool = order[:n_test], order[n_test:n_test + k]
+    test, pool = order[:n_test], order[n_test : n_test + k]
     gold = np.array([encoder.encode(task.examples[i]).label for i in test])
     rng, out = random.Random(1), {}
     for shots in (0, k):
-        prompts = [encoder.encode(task.examples[i], [task.examples[j] for j in draw_demos(pool, shots, rng)]).prompt for i in test]
-        metrics = summarise(score(model, prompts, encoder.label_ids, tokenizer.pad_token_id), gold,
-                            [ids[0] for ids in encoder.label_ids])
+        prompts = [
+            encoder.encode(task.examples[i], [task.examples[j] for j in draw_demos(pool, shots, rng)]).prompt
+            for i in test
+        ]
+        metrics = summarise(
+            score(model, prompts, encoder.label_ids, tokenizer.pad_token_id),
+            gold,
+            [ids[0] for ids in encoder.label_ids],
+        )
         out[shots] = (metrics["accuracy"], metrics["ece"], float(np.mean([len(p) for p in prompts])))
     return out
 

@@ -64,7 +64,9 @@ def _corpus() -> list[str]:
         # every word both after a space and at the start of a line, so both byte-level forms are in the vocabulary
         text.append(f"{w} {w}\n{w}\n\n{w}?")
     for r in toy_rows(200, seed=1):
-        text.append(f"Question: {r['question']}\nAnswer: {r['answer']}\n\nQuestion: {r['question']}\nAnswer: yes please\n\n")
+        text.append(
+            f"Question: {r['question']}\nAnswer: {r['answer']}\n\nQuestion: {r['question']}\nAnswer: yes please\n\n"
+        )
     text.append("Question:\nAnswer:\n\n")
     return text
 
@@ -78,17 +80,27 @@ def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
     )
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                 unk_token="<unk>")
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     hf.save_pretrained(folder)
     return hf
 
 
 def build_model(arch: str, tokenizer, max_positions: int = 512):
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
@@ -98,8 +110,14 @@ def build_model(arch: str, tokenizer, max_positions: int = 512):
         model = Qwen3ForCausalLM(Qwen3Config(**common))
     elif arch == "gemma3":
         # one sliding layer with a window shorter than the ICL prompts, one global layer, as in Gemma 3
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=16, query_pre_attn_scalar=16,
-                                                   layer_types=["sliding_attention", "full_attention"]))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                **common,
+                sliding_window=16,
+                query_pre_attn_scalar=16,
+                layer_types=["sliding_attention", "full_attention"],
+            )
+        )
     else:
         raise ValueError(arch)
     return model
@@ -192,9 +210,12 @@ def full_attn_outputs(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor
     outs: list[torch.Tensor] = []
     layers = model.get_base_model().model.layers if hasattr(model, "get_base_model") else model.model.layers
     gemma = model.config.model_type.startswith("gemma3")
-    handles = [(layer.post_attention_layernorm if gemma else layer.self_attn).register_forward_hook(
-                   lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
-               for layer in layers]
+    handles = [
+        (layer.post_attention_layernorm if gemma else layer.self_attn).register_forward_hook(
+            lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach())
+        )
+        for layer in layers
+    ]
     try:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]

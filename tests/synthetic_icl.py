@@ -17,9 +17,9 @@ probe of fresh tasks shows ICL has been learned (after 1,000-1,200 steps for the
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,13 @@ class World:
         self.label_ids = [self.vocab[w] for w in self.label_words]
         rng = random.Random(f"world-{seed}")
         shuffled = rng.sample(self.word_ids, n_words)  # the hidden clusters: nothing in a word's id reveals its own
-        self.cluster_words = [shuffled[c * cfg.words_per_cluster:(c + 1) * cfg.words_per_cluster] for c in range(cfg.n_clusters)]
-        self.held_out = Mapping(tuple(rng.sample(range(cfg.n_clusters), held_out_classes)),
-                                tuple(rng.sample(range(cfg.n_labels), held_out_classes)))
+        self.cluster_words = [
+            shuffled[c * cfg.words_per_cluster : (c + 1) * cfg.words_per_cluster] for c in range(cfg.n_clusters)
+        ]
+        self.held_out = Mapping(
+            tuple(rng.sample(range(cfg.n_clusters), held_out_classes)),
+            tuple(rng.sample(range(cfg.n_labels), held_out_classes)),
+        )
         self._held_pairs = set(zip(self.held_out.clusters, self.held_out.labels))
 
     # ---------------------------------------------------------------- pre-training data
@@ -77,12 +81,15 @@ class World:
     def random_mapping(self, rng: random.Random) -> Mapping:
         while True:
             n = rng.choice(self.cfg.classes)
-            mapping = Mapping(tuple(rng.sample(range(self.cfg.n_clusters), n)), tuple(rng.sample(range(self.cfg.n_labels), n)))
+            mapping = Mapping(
+                tuple(rng.sample(range(self.cfg.n_clusters), n)), tuple(rng.sample(range(self.cfg.n_labels), n))
+            )
             if self._allowed(mapping):
                 return mapping
 
     def icl_sequence(self, rng: random.Random) -> tuple[list[int], list[int], Mapping]:
-        """`<bos> x1 y1 … xk yk` with next-token targets: each y after its x, except a class's first (IGNORE elsewhere)."""
+        """`<bos> x1 y1 … xk yk` with next-token targets: each y after its x, except a class's first (IGNORE
+        elsewhere)."""
         mapping, cfg = self.random_mapping(rng), self.cfg
         ids, targets = [self.bos_id], [IGNORE]
         seen: dict[int, list[int]] = {}
@@ -110,21 +117,33 @@ class World:
 
     def batch(self, rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded input ids, attention mask and next-token targets (IGNORE where no loss)."""
-        rows = [self.repeat_sequence(rng) if rng.random() < self.cfg.p_repeat else self.icl_sequence(rng)[:2] for _ in range(size)]
+        rows = [
+            self.repeat_sequence(rng) if rng.random() < self.cfg.p_repeat else self.icl_sequence(rng)[:2]
+            for _ in range(size)
+        ]
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((size, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((size, width), dtype=torch.long)
         targets = torch.full((size, width), IGNORE, dtype=torch.long)
         for r, (seq, tgt) in enumerate(rows):
-            ids[r, :len(seq)], mask[r, :len(seq)], targets[r, :len(tgt)] = torch.tensor(seq), 1, torch.tensor(tgt)
+            ids[r, : len(seq)], mask[r, : len(seq)], targets[r, : len(tgt)] = torch.tensor(seq), 1, torch.tensor(tgt)
         return ids, mask, targets
 
     # ---------------------------------------------------------------- model and tokenizer
     def model_config(self) -> LlamaConfig:
-        return LlamaConfig(vocab_size=len(self.vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                           pad_token_id=self.pad_id, bos_token_id=self.bos_id, eos_token_id=None,
-                           tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=len(self.vocab),
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.bos_id,
+            eos_token_id=None,
+            tie_word_embeddings=True,
+        )
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         """A word-level tokenizer over the world's vocabulary (whitespace-separated tokens)."""
@@ -156,7 +175,9 @@ class PretrainConfig:
 K_PROBE = 8
 
 
-def pretrain(world: World, cfg: PretrainConfig = PretrainConfig(), seed: int = 0) -> tuple[LlamaForCausalLM, list[dict]]:
+def pretrain(
+    world: World, cfg: PretrainConfig = PretrainConfig(), seed: int = 0
+) -> tuple[LlamaForCausalLM, list[dict]]:
     """Pre-train a fresh tiny Llama on the world's sequences until it learns in context; deterministic for a given
     seed and thread count. Returns the model (in eval mode) and the probe log."""
     torch.manual_seed(seed)
@@ -197,11 +218,15 @@ def probe_accuracy(world: World, model: LlamaForCausalLM, k: int, n_tasks: int =
         n = len(mapping.clusters)
         classes = list(range(n)) + [rng.randrange(n) for _ in range(k - n)] if k else []
         rng.shuffle(classes)
-        demos = [(rng.choice(world.cluster_words[mapping.clusters[c]]), world.label_ids[mapping.labels[c]]) for c in classes]
+        demos = [
+            (rng.choice(world.cluster_words[mapping.clusters[c]]), world.label_ids[mapping.labels[c]]) for c in classes
+        ]
         c, shown = rng.randrange(n), {x for x, _ in demos}
-        prompts.append(world.prompt(demos, rng.choice([w for w in world.cluster_words[mapping.clusters[c]] if w not in shown])))
+        prompts.append(
+            world.prompt(demos, rng.choice([w for w in world.cluster_words[mapping.clusters[c]] if w not in shown]))
+        )
         gold.append(c)
-        options.append([world.label_ids[l] for l in mapping.labels])
+        options.append([world.label_ids[label] for label in mapping.labels])
     was_training = model.training
     model.eval()
     last = model(input_ids=torch.tensor(prompts)).logits[:, -1]  # every prompt has the same length

@@ -19,16 +19,20 @@ from peft import (
 )
 from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
-from ia2 import adapters, batching, models, targets, train
+from ia2 import adapters, forward_pass, generation, models, padding, train
+from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.evaluate import MIN_SHARED_PREFIX, common_prefix, score
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item
 
-TEXTS = ["Question: is the cat big?\nAnswer:", "Question: is the sad happy horse quiet?\nAnswer:", "Answer:",
-         "Question: is the small red fast loud green slow happy mouse sad?\nAnswer:"]
+TEXTS = [
+    "Question: is the cat big?\nAnswer:",
+    "Question: is the sad happy horse quiet?\nAnswer:",
+    "Answer:",
+    "Question: is the small red fast loud green slow happy mouse sad?\nAnswer:",
+]
 ANSWERS = [" yes", " yes please", " no maybe long", " no"]
 DEMO = "Question: is the dog big?\nAnswer: yes\n\nQuestion: is the fish slow?\nAnswer: no\n\n"
 LR = {"lora": 1e-2, "ia3": 1e-1, "prompt": 1e-1, "prefix": 1e-2}
@@ -41,7 +45,7 @@ def kind(request) -> str:
 
 def _prompts_answers(tok, texts=TEXTS, answers=ANSWERS) -> tuple[list[list[int]], list[list[int]]]:
     prompts = [tok(t)["input_ids"] for t in texts]
-    return prompts, [tok(t + a)["input_ids"][len(p):] for t, a, p in zip(texts, answers, prompts)]
+    return prompts, [tok(t + a)["input_ids"][len(p) :] for t, a, p in zip(texts, answers, prompts)]
 
 
 def _perturbed(model, cfg: str | dict, seed: int = 0) -> PeftModel:
@@ -57,7 +61,7 @@ def _perturbed(model, cfg: str | dict, seed: int = 0) -> PeftModel:
 
 def _run(model, batch, tap=True):
     with torch.no_grad():
-        return batching.forward(model, batch, Tap(model) if tap else None)
+        return forward_pass.forward(model, batch, Tap(model) if tap else None)
 
 
 def test_defaults_are_the_papers_lora():
@@ -70,8 +74,11 @@ def test_each_kind_builds_its_peft_config():
     ia3 = adapters.peft_config(adapters.normalise("ia3"))
     assert isinstance(ia3, IA3Config)
     assert set(ia3.target_modules) == {"q_proj", "k_proj", "o_proj"} and not ia3.feedforward_modules
-    with_ff = adapters.peft_config(adapters.normalise(
-        {"peft_type": "IA3", "target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]}))
+    with_ff = adapters.peft_config(
+        adapters.normalise(
+            {"peft_type": "IA3", "target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]}
+        )
+    )
     assert with_ff.feedforward_modules == {"down_proj"}
     prompt = adapters.peft_config(adapters.normalise("prompt"))
     assert isinstance(prompt, PromptTuningConfig) and prompt.num_virtual_tokens == 20
@@ -95,17 +102,23 @@ def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
     assert any("hada" in name for name, p in peft.named_parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("bitfit", "unknown adapter 'bitfit'"),
-    ({"peft_type": "BITFIT"}, "unknown peft_type 'BITFIT'"),
-    ({"peft_type": "LORA", "rr": 2}, "LORA adapter: .*unexpected keyword argument 'rr'"),
-    ({"peft_type": "LORA", "r": 0}, "LORA adapter: r must be an integer of at least 1"),
-    ({"peft_type": "LORA", "lora_dropout": 1.0}, "lora_dropout must be in"),
-    ({"peft_type": "IA3", "target_modules": []}, "target_modules names no module"),
-    ({"peft_type": "IA3", "feedforward_modules": ["down_proj"]}, "subset of `target_modules`"),
-    ({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 0}, "num_virtual_tokens must be an integer of at least 1"),
-    ({"peft_type": "LORA"}, None),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("bitfit", "unknown adapter 'bitfit'"),
+        ({"peft_type": "BITFIT"}, "unknown peft_type 'BITFIT'"),
+        ({"peft_type": "LORA", "rr": 2}, "LORA adapter: .*unexpected keyword argument 'rr'"),
+        ({"peft_type": "LORA", "r": 0}, "LORA adapter: r must be an integer of at least 1"),
+        ({"peft_type": "LORA", "lora_dropout": 1.0}, "lora_dropout must be in"),
+        ({"peft_type": "IA3", "target_modules": []}, "target_modules names no module"),
+        ({"peft_type": "IA3", "feedforward_modules": ["down_proj"]}, "subset of `target_modules`"),
+        (
+            {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 0},
+            "num_virtual_tokens must be an integer of at least 1",
+        ),
+        ({"peft_type": "LORA"}, None),
+    ],
+)
 def test_bad_settings_are_one_line_errors(spec, message, llama_dir):
     if message is None:
         assert adapters.normalise(spec) == adapters.PRESETS["lora"]
@@ -128,14 +141,30 @@ def test_missing_target_modules_fail_at_fresh(kind_, llama_dir):
 
 def test_prefix_tuning_refuses_layers_without_a_kv_cache():
     """Qwen3-Next mixes linear-attention layers (a recurrent state, no key/value cache) with attention layers."""
-    config = Qwen3NextConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                             layer_types=["linear_attention", "full_attention"], num_experts=2, num_experts_per_tok=1,
-                             moe_intermediate_size=16, shared_expert_intermediate_size=16, linear_num_value_heads=2,
-                             linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8)
+    config = Qwen3NextConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        layer_types=["linear_attention", "full_attention"],
+        num_experts=2,
+        num_experts_per_tok=1,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        linear_num_value_heads=2,
+        linear_num_key_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+    )
     model = Qwen3NextForCausalLM(config).eval()
-    with pytest.raises(IA2Error, match="prefix tuning needs a key/value cache in every layer; Qwen3NextForCausalLM "
-                                       "also has linear_attention layers"):
+    with pytest.raises(
+        IA2Error,
+        match="prefix tuning needs a key/value cache in every layer; Qwen3NextForCausalLM "
+        "also has linear_attention layers",
+    ):
         adapters.fresh(model, "prefix", 0)
     assert isinstance(adapters.fresh(model, "prompt", 0), PeftModel)
 
@@ -145,14 +174,14 @@ def test_left_padding_does_not_change_a_row(model_dir, arch, kind):
     model, tok = models.load(str(model_dir))
     peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     assert not batch.attention_mask.all(), "setup: the batch must be padded"
     logits, acts = _run(peft, batch)
     n_layers = model.config.num_hidden_layers
     assert logits.shape[:2] == (len(prompts), batch.keep) and acts.shape[:3] == (len(prompts), n_layers, batch.keep)
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         n = len(answer)
-        alone_logits, alone_acts = _run(peft, batching.make_batch([prompt], [answer], tok.pad_token_id))
+        alone_logits, alone_acts = _run(peft, forward_pass.make_batch([prompt], [answer], tok.pad_token_id))
         torch.testing.assert_close(logits[row, -n:], alone_logits[0, -n:], rtol=0, atol=1e-5)
         torch.testing.assert_close(acts[row, :, -n:], alone_acts[0, :, -n:], rtol=0, atol=1e-5)
         with torch.no_grad():  # PEFT's own forward on the unpadded row, with no position ids to lose
@@ -171,7 +200,9 @@ def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
     assert all(len(ids) == 1 for ids in labels), "setup: single-token labels (the cached path)"
     together = score(peft, prompts, labels, tok.pad_token_id, batch_size=4).label_logp
     for i, prompt in enumerate(prompts):
-        torch.testing.assert_close(together[i], score(peft, [prompt], labels, tok.pad_token_id).label_logp[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            together[i], score(peft, [prompt], labels, tok.pad_token_id).label_logp[0], rtol=0, atol=1e-5
+        )
 
 
 def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
@@ -179,14 +210,14 @@ def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
     model, tok = models.load(str(llama_dir))
     peft = _perturbed(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3})
     prompts, answers = _prompts_answers(tok)
-    logits, _ = _run(peft, batching.make_batch(prompts, answers, tok.pad_token_id), tap=False)
+    logits, _ = _run(peft, forward_pass.make_batch(prompts, answers, tok.pad_token_id), tap=False)
     base = peft.get_base_model()
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         ids = torch.tensor([prompt + answer[:-1]])
         with torch.no_grad():
             embeds = torch.cat([peft.get_prompt(1), base.get_input_embeddings()(ids)], dim=1)
-            want = base(inputs_embeds=embeds).logits[0, -len(answer):]
-        torch.testing.assert_close(logits[row, -len(answer):], want, rtol=0, atol=1e-5)
+            want = base(inputs_embeds=embeds).logits[0, -len(answer) :]
+        torch.testing.assert_close(logits[row, -len(answer) :], want, rtol=0, atol=1e-5)
 
 
 def test_prefix_on_sliding_window_batches_while_the_window_holds(model_dirs):
@@ -194,15 +225,15 @@ def test_prefix_on_sliding_window_batches_while_the_window_holds(model_dirs):
     model, tok = models.load(str(model_dirs["gemma3"]))
     peft = _perturbed(model, {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2})
     prompts, answers = _prompts_answers(tok, TEXTS[::2], ANSWERS[::2])
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
-    assert 2 + batch.input_ids.shape[1] <= 16 and not adapters.rows_alone(peft, batch.input_ids.shape[1])
-    assert adapters.rows_alone(peft, 15)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
+    assert 2 + batch.input_ids.shape[1] <= 16 and not padding.rows_alone(peft, batch.input_ids.shape[1])
+    assert padding.rows_alone(peft, 15)
     with peft.disable_adapter():
-        assert not adapters.rows_alone(peft, 15)
+        assert not padding.rows_alone(peft, 15)
     logits, acts = _run(peft, batch)
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         n = len(answer)
-        alone_logits, alone_acts = _run(peft, batching.make_batch([prompt], [answer], tok.pad_token_id))
+        alone_logits, alone_acts = _run(peft, forward_pass.make_batch([prompt], [answer], tok.pad_token_id))
         torch.testing.assert_close(logits[row, -n:], alone_logits[0, -n:], rtol=0, atol=1e-5)
         torch.testing.assert_close(acts[row, :, -n:], alone_acts[0, :, -n:], rtol=0, atol=1e-5)
 
@@ -213,13 +244,13 @@ def test_disabled_adapter_is_exactly_the_base_model(model_dir, kind):
     model, _ = models.load(str(model_dir))
     peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
-    batch = batching.make_batch([tok(DEMO)["input_ids"] + p for p in prompts], answers, tok.pad_token_id)
+    batch = forward_pass.make_batch([tok(DEMO)["input_ids"] + p for p in prompts], answers, tok.pad_token_id)
     want_logits, want_acts = _run(base, batch)
     with peft.disable_adapter():
         logits, acts = _run(peft, batch)
-        generated = targets.generate(peft, tok, prompts, max_new_tokens=3, stop="\n\n")
+        generated = generation.generate(peft, tok, prompts, max_new_tokens=3, stop="\n\n")
     assert torch.equal(logits, want_logits) and torch.equal(acts, want_acts)
-    assert generated == targets.generate(base, tok, prompts, max_new_tokens=3, stop="\n\n")
+    assert generated == generation.generate(base, tok, prompts, max_new_tokens=3, stop="\n\n")
     enabled, _ = _run(peft, batch, tap=False)
     assert not torch.allclose(enabled, want_logits, atol=1e-4), "the perturbed adapter should change the logits"
 
@@ -231,8 +262,8 @@ def _items(peft, tok, with_acts: bool) -> list[Item]:
         return [Item(p, a) for p, a in zip(prompts, answers)]
     demo = tok(DEMO)["input_ids"]
     with peft.disable_adapter():
-        _, acts = _run(peft, batching.make_batch([demo + p for p in prompts], answers, tok.pad_token_id))
-    return [Item(p, a, acts[row, :, -len(a):]) for row, (p, a) in enumerate(zip(prompts, answers))]
+        _, acts = _run(peft, forward_pass.make_batch([demo + p for p in prompts], answers, tok.pad_token_id))
+    return [Item(p, a, acts[row, :, -len(a) :]) for row, (p, a) in enumerate(zip(prompts, answers))]
 
 
 @pytest.mark.parametrize("stage", [SFT, IA2], ids=["ce", "ia2"])
@@ -266,7 +297,7 @@ def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
     fresh_base, _ = models.load(str(model_dir))
     reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "adapter")).eval()
     prompts, answers = _prompts_answers(tok)
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     want_logits, want_acts = _run(peft, batch)
     logits, acts = _run(reloaded, batch)
     torch.testing.assert_close(logits, want_logits, rtol=0, atol=1e-6)
@@ -278,7 +309,7 @@ def test_adapter_state_round_trips(model_dir, kind):
     model, tok = models.load(str(model_dir))
     peft = adapters.fresh(model, kind, 0)
     prompts, answers = _prompts_answers(tok)
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     state, (want, _) = train.adapter_state(peft), _run(peft, batch, tap=False)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # random, not uniform: Gemma 3 normalises right after q, k and o, undoing a uniform scale
@@ -315,7 +346,7 @@ def test_rewrapping_replaces_an_adapter_of_any_kind(llama_dir, first, second):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     base, _ = models.load(str(llama_dir))
     prompts, answers = _prompts_answers(tok)
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     with again.disable_adapter():
         logits, _ = _run(again, batch, tap=False)
     assert torch.equal(logits, _run(base, batch, tap=False)[0])

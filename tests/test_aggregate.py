@@ -9,15 +9,28 @@ from ia2 import aggregate
 
 # (task, seed) -> (ia2-sft accuracy, sft accuracy, ia2-sft ECE, sft ECE)
 VALUES = {
-    ("t1", 0): (0.80, 0.70, 0.10, 0.20), ("t1", 1): (0.75, 0.72, 0.12, 0.15), ("t1", 2): (0.90, 0.71, 0.08, 0.09),
-    ("t2", 0): (0.60, 0.62, 0.30, 0.25), ("t2", 1): (0.66, 0.58, 0.22, 0.28), ("t2", 2): (0.70, 0.61, 0.20, 0.26),
+    ("t1", 0): (0.80, 0.70, 0.10, 0.20),
+    ("t1", 1): (0.75, 0.72, 0.12, 0.15),
+    ("t1", 2): (0.90, 0.71, 0.08, 0.09),
+    ("t2", 0): (0.60, 0.62, 0.30, 0.25),
+    ("t2", 1): (0.66, 0.58, 0.22, 0.28),
+    ("t2", 2): (0.70, 0.61, 0.20, 0.26),
 }
 
 
 def row(method: str, task: str, seed: int, accuracy: float | None, ece: float | None) -> dict:
     """One result row as `aggregate.load_rows` yields it (the fields a paired test reads)."""
-    return {"model": "m", "task": task, "eval_task": task, "n_train": 4, "condition": "c", "method": method,
-            "seed": seed, "accuracy": accuracy, "ece": ece}
+    return {
+        "model": "m",
+        "task": task,
+        "eval_task": task,
+        "n_train": 4,
+        "condition": "c",
+        "method": method,
+        "seed": seed,
+        "accuracy": accuracy,
+        "ece": ece,
+    }
 
 
 def rows() -> list[dict]:
@@ -26,8 +39,12 @@ def rows() -> list[dict]:
     out = []
     for (task, seed), (acc_a, acc_b, ece_a, ece_b) in VALUES.items():
         out += [row("ia2-sft", task, seed, acc_a, ece_a), row("sft", task, seed, acc_b, ece_b)]
-    return out + [row("ia2-sft", "t1", 3, 0.99, 0.01), row("ia2-sft", "t2", 3, 0.5, 0.5),
-                  row("sft", "t2", 3, None, None), row("icl", "t1", 0, 0.1, 0.9)]
+    return out + [
+        row("ia2-sft", "t1", 3, 0.99, 0.01),
+        row("ia2-sft", "t2", 3, 0.5, 0.5),
+        row("sft", "t2", 3, None, None),
+        row("icl", "t1", 0, 0.1, 0.9),
+    ]
 
 
 def expected(tasks: tuple[str, ...], metric: int) -> tuple[list[float], list[float]]:

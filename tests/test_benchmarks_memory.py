@@ -1,4 +1,5 @@
-"""benchmarks/memory.py: the sharded-target memory benchmark reads back exactly what it wrote, a few shards at a time."""
+"""benchmarks/memory.py: the sharded-target memory benchmark reads back exactly what it wrote, a few shards at a
+time."""
 
 from __future__ import annotations
 
@@ -25,8 +26,25 @@ def test_measure_reads_every_example_once_with_few_shards_open(tmp_path):
 
 def test_script_writes_its_report(tmp_path, monkeypatch):
     out = tmp_path / "mem"
-    monkeypatch.setattr(sys, "argv", ["memory.py", "--n", "8,16", "--layers", "2", "--t", "3", "--hidden", "8",
-                                      "--dir", str(tmp_path), "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "memory.py",
+            "--n",
+            "8,16",
+            "--layers",
+            "2",
+            "--t",
+            "3",
+            "--hidden",
+            "8",
+            "--dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+    )
     memory.main()
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["n"] for r in rows] == [8, 16]

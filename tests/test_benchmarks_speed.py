@@ -1,4 +1,5 @@
-"""The speed benchmark: its reference loop reproduces our teacher targets and trains, and the script writes its report."""
+"""The speed benchmark: its reference loop reproduces our teacher targets and trains, and the script writes its
+report."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import icl_prompts, toy_task_and_encoder
 
+from conftest import icl_prompts, toy_task_and_encoder
 from ia2 import adapters, models, targets
+from ia2.config import TrainConfig
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item, batch_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -33,8 +34,9 @@ def test_reference_teacher_equals_collect(loaded, toy_jsonl, max_new_tokens):
     output, which the reference reads)."""
     model, tok = loaded
     prompts = _prompts(model, tok, toy_jsonl)
-    ours = targets.collect(model, Tap(model, "attn_pre_norm"), tok, prompts, max_new_tokens=max_new_tokens, stop="",
-                           batch_size=4)
+    ours = targets.collect(
+        model, Tap(model, "attn_pre_norm"), tok, prompts, max_new_tokens=max_new_tokens, stop="", batch_size=4
+    )
     tokens, acts = reference_loop.collect(model, prompts, max_new_tokens)
     assert tokens == ours.tokens
     if max_new_tokens > 1:
@@ -54,8 +56,9 @@ def test_reference_ia2_epoch_lowers_the_loss(model_dirs, toy_jsonl):
     student = adapters.fresh(model, "lora", seed=0)
     recorder = reference_loop.AttentionRecorder(student)
     before = reference_loop.dev_pass(student, recorder, examples, "ia2")
-    log = reference_loop.train(student, examples, examples, "ia2",
-                               reference_loop.LoopConfig(lr=1e-2, max_epochs=1, patience=None))
+    log = reference_loop.train(
+        student, examples, examples, "ia2", reference_loop.LoopConfig(lr=1e-2, max_epochs=1, patience=None)
+    )
     after = reference_loop.dev_pass(student, recorder, examples, "ia2")
     assert (log.examples, log.steps, len(log.dev_losses)) == (8, 2, 1)
     assert after < before
@@ -88,8 +91,22 @@ def test_reference_losses_equal_the_library_s_on_one_example(model_dirs, toy_jso
 @pytest.mark.parametrize("quick", [False, True])
 def test_speed_script_smoke(tmp_path, quick):
     out = tmp_path / "result"
-    argv = ["--device", "cpu", "--model", "tiny", "--n", "8", "--dev", "4", "--t-long", "3", "--max-epochs", "1",
-            "--out", str(out)] + (["--quick"] if quick else [])
+    argv = [
+        "--device",
+        "cpu",
+        "--model",
+        "tiny",
+        "--n",
+        "8",
+        "--dev",
+        "4",
+        "--t-long",
+        "3",
+        "--max-epochs",
+        "1",
+        "--out",
+        str(out),
+    ] + (["--quick"] if quick else [])
     speed.main(argv)
     report = json.loads((tmp_path / "result.json").read_text())
     table = (tmp_path / "result.md").read_text()
@@ -107,8 +124,23 @@ def test_an_interrupted_speed_run_keeps_its_finished_phases(tmp_path, monkeypatc
     monkeypatch.setattr(speed.Bench, "epoch_row", stop)
     out = tmp_path / "result"
     with pytest.raises(KeyboardInterrupt):
-        speed.main(["--device", "cpu", "--model", "tiny", "--n", "8", "--dev", "4", "--t-long", "3", "--quick",
-                    "--out", str(out)])
+        speed.main(
+            [
+                "--device",
+                "cpu",
+                "--model",
+                "tiny",
+                "--n",
+                "8",
+                "--dev",
+                "4",
+                "--t-long",
+                "3",
+                "--quick",
+                "--out",
+                str(out),
+            ]
+        )
     report = json.loads((tmp_path / "result.json").read_text())
     assert [r["phase"] for r in report["rows"]] == ["teacher_t1", "teacher_tlong"]
     assert "teacher_tlong" in (tmp_path / "result.md").read_text()

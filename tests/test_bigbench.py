@@ -17,8 +17,12 @@ from ia2.errors import IA2Error
 from ia2.paths import cache_root
 from ia2.tasks import bigbench
 
-TASK = {"examples": [{"input": "Is water wet?", "target_scores": {"Yes": 1, "No": 0}},
-                     {"input": "Is fire cold?", "target_scores": {"Yes": 0, "No": 1}}]}
+TASK = {
+    "examples": [
+        {"input": "Is water wet?", "target_scores": {"Yes": 1, "No": 0}},
+        {"input": "Is fire cold?", "target_scores": {"Yes": 0, "No": 1}},
+    ]
+}
 
 
 def tarball() -> bytes:
@@ -66,9 +70,11 @@ def test_a_sdist_with_the_wrong_sha256_is_refused_and_not_cached(monkeypatch):
 
 
 def test_a_failing_pip_is_one_line_naming_its_last_error(monkeypatch):
-    stderr = ("WARNING: Retrying after connection broken\n"
-              "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0\n"
-              "ERROR: No matching distribution found for bigbench==1.0.0\n\n")
+    stderr = (
+        "WARNING: Retrying after connection broken\n"
+        "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0\n"
+        "ERROR: No matching distribution found for bigbench==1.0.0\n\n"
+    )
     fake_pip(monkeypatch, returncode=1, stderr=stderr, saves=False)
     with pytest.raises(IA2Error) as err:
         bigbench.sdist_path()

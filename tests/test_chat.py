@@ -13,8 +13,10 @@ from ia2.errors import IA2Error
 from ia2.prompts import Encoder
 from ia2.tasks import load_task
 
-TEMPLATE = ("{% for m in messages %}{% if m.role == 'user' %}Question: {{ m.content }}\n{% else %}Answer: {{ m.content }}"
-            "\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'user' %}Question: {{ m.content }}\n{% else %}Answer: {{ m.content }}"
+    "\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}"
+)
 
 
 @pytest.fixture
@@ -50,9 +52,31 @@ def test_chat_needs_a_template(llama_dir, toy_jsonl):
 def test_chat_run_end_to_end(tmp_path, chat_model_dir):
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     out = tmp_path / "out"
-    assert cli.main(["run", "--model", str(chat_model_dir), "--task", f"jsonl:{task}", "--chat", "--methods",
-                     "zero-shot,icl,ia2", "--n-train", "4", "--seeds", "0", "--n-test", "10", "--max-epochs", "2",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "--model",
+                str(chat_model_dir),
+                "--task",
+                f"jsonl:{task}",
+                "--chat",
+                "--methods",
+                "zero-shot,icl,ia2",
+                "--n-train",
+                "4",
+                "--seeds",
+                "0",
+                "--n-test",
+                "10",
+                "--max-epochs",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "icl", "zero-shot"]
     assert json.loads((out / "results.json").read_text())["config"]["prompt"]["chat"] is True

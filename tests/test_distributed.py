@@ -28,12 +28,12 @@ from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 from conftest import toy_rows, toy_task_and_encoder, write_jsonl
-from ia2 import adapters, cli, config, distributed, evaluate, models, paths, plots, store, targets
+from ia2 import adapters, cli, config, distributed, evaluate, generation, models, paths, plots, store, targets
+from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.store import resolve
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item, adapter_state, train_stage
 
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
@@ -49,9 +49,29 @@ FORWARD_ATOL = {"two": 0.0, "fsdp": 1e-5}
 
 def run_argv(model: Path, task: Path, out: Path) -> list[str]:
     """A small run whose batches split unevenly over two processes (training 3 + 1, test 4 + 4 + 2)."""
-    return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", METHODS, "--n-train", "4",
-            "--seeds", "0", "--n-test", "10", "--max-epochs", "3", "--train-batch-size", "3", "--batch-size", "4",
-            "--out", str(out)]
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--task",
+        f"jsonl:{task}",
+        "--methods",
+        METHODS,
+        "--n-train",
+        "4",
+        "--seeds",
+        "0",
+        "--n-test",
+        "10",
+        "--max-epochs",
+        "3",
+        "--train-batch-size",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    ]
 
 
 def recording(log: list[str]):
@@ -91,11 +111,13 @@ def probe(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     for name, prompts in (("plain", plain), ("shared", shared)):
         scores = evaluate.score(model, prompts, encoder.label_ids, tok.pad_token_id, tap, batch_size=3)
         out[name] = dict(vars(scores))
-    out["generated"] = evaluate.generate_texts(model, tok, plain, replace(task, max_new_tokens=3), batch_size=3)
-    teacher = targets.cached_collect(model, tap, tok, shared, {"model": "probe"}, max_new_tokens=2, batch_size=3,
-                                     distribution=4, store="shards")
-    out["teacher"] = [teacher.tokens] + [[resolve(t) for t in getattr(teacher, name)]
-                                         for name in ("acts", "top_ids", "top_logp")]
+    out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=3), batch_size=3)
+    teacher = targets.cached_collect(
+        model, tap, tok, shared, {"model": "probe"}, max_new_tokens=2, batch_size=3, distribution=4, store="shards"
+    )
+    out["teacher"] = [teacher.tokens] + [
+        [resolve(t) for t in getattr(teacher, name)] for name in ("acts", "top_ids", "top_logp")
+    ]
     model = adapters.fresh(model, "lora", 0)
     items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
     cfg = TrainConfig(train_batch_size=3, max_epochs=2, eval_every=1, per_layer_norm=True)
@@ -115,9 +137,10 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(5)]
     out = {"held": held(model), "sharded": distributed.sharded(model)}
     out["scores"] = dict(vars(evaluate.score(model, shared, encoder.label_ids, tok.pad_token_id, tap, batch_size=2)))
-    out["generated"] = evaluate.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
-    out["teacher"] = targets.cached_collect(model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8,
-                                            batch_size=2, store="shards").tokens
+    out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
+    out["teacher"] = targets.cached_collect(
+        model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8, batch_size=2, store="shards"
+    ).tokens
     model = adapters.fresh(model, "ia3", 0)
     items = [Item(p, t, icl_prompt=s) for p, t, s in zip(plain, out["teacher"], shared)]
     cfg = TrainConfig(lr=1e-2, train_batch_size=3, max_epochs=2, eval_every=1)
@@ -132,17 +155,30 @@ def primitives() -> dict:
     flag = torch.tensor([distributed.rank() + 1.0, 2.0])
     distributed.all_reduce_sum_([flag])
     distributed.barrier()
-    return {"world": distributed.world_size(), "main": distributed.is_main(), "shard": local,
-            "gather": distributed.gather([x * x for x in local]), "everyone": distributed.everyone(distributed.rank()),
-            "from_main": distributed.from_main(distributed.rank()), "agree": distributed.agree(distributed.rank() == 0),
-            "sum": flag.tolist()}
+    return {
+        "world": distributed.world_size(),
+        "main": distributed.is_main(),
+        "shard": local,
+        "gather": distributed.gather([x * x for x in local]),
+        "everyone": distributed.everyone(distributed.rank()),
+        "from_main": distributed.from_main(distributed.rank()),
+        "agree": distributed.agree(distributed.rank() == 0),
+        "sum": flag.tolist(),
+    }
 
 
 def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str) -> None:
     """One of two processes, set up as torchrun would: exchanges, the probes, then a whole run through the CLI, the
     model whole on each process (mode "two") or sharded over both ("fsdp")."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), IA2_CACHE=str(root / f"cache-{mode}"))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        IA2_CACHE=str(root / f"cache-{mode}"),
+    )
     written: list[str] = []
     record = recording(written)
     for module in WRITERS:
@@ -161,8 +197,10 @@ def free_port() -> int:
 
 def spawned(root: Path, model: Path, task: Path, mode: str) -> list[dict]:
     """What each of two spawned processes returned."""
-    processes, deadline = mp.spawn(worker, args=(free_port(), model, task, root, mode), nprocs=2, join=False), \
-        time.monotonic() + 600
+    processes, deadline = (
+        mp.spawn(worker, args=(free_port(), model, task, root, mode), nprocs=2, join=False),
+        time.monotonic() + 600,
+    )
     while not processes.join(timeout=5):
         if time.monotonic() > deadline:
             for process in processes.processes:
@@ -182,8 +220,12 @@ def runs(tmp_path_factory, model_dirs) -> dict:
         patch.setenv("IA2_CACHE", str(root / "cache-one"))
         for module in WRITERS:
             patch.setattr(module, "atomic_path", record)
-        one = {"primitives": primitives(), "probe": probe(model, task), "uneven": uneven(model, task),
-               "code": cli.main(run_argv(model, task, root / "one"))}
+        one = {
+            "primitives": primitives(),
+            "probe": probe(model, task),
+            "uneven": uneven(model, task),
+            "code": cli.main(run_argv(model, task, root / "one")),
+        }
     parallel = {mode: spawned(root, model, task, mode) for mode in PARALLEL}
     return {"root": root, "one": {**one, "written": written}, **parallel}
 
@@ -193,8 +235,16 @@ def relative(written: list[str], root: Path, mode: str) -> list[str]:
 
 
 def test_exchanges_in_one_process(runs):
-    assert runs["one"]["primitives"] == {"world": 1, "main": True, "shard": [0, 1, 2, 3, 4], "gather": [0, 1, 4, 9, 16],
-                                         "everyone": [0], "from_main": 0, "agree": True, "sum": [1.0, 2.0]}
+    assert runs["one"]["primitives"] == {
+        "world": 1,
+        "main": True,
+        "shard": [0, 1, 2, 3, 4],
+        "gather": [0, 1, 4, 9, 16],
+        "everyone": [0],
+        "from_main": 0,
+        "agree": True,
+        "sum": [1.0, 2.0],
+    }
     assert distributed.device("auto") == models.device("auto")
 
 
@@ -281,8 +331,9 @@ def test_run_matches_one_process(runs, mode):
         for name in a:
             torch.testing.assert_close(b[name], a[name], atol=WEIGHTS_ATOL, rtol=0)
     logs = [json.loads((root / out / "train_logs.json").read_text()) for out in ("one", mode)]
-    assert [[(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[0]] == \
-        [[(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[1]]
+    assert [[(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[0]] == [
+        [(s["steps"], s["best_step"]) for s in e["stages"]] for e in logs[1]
+    ]
     (file_one,), (file_two,) = ((root / f"cache-{out}" / "targets").glob("*.safetensors") for out in ("one", mode))
     assert same(load_file(str(file_one)), load_file(str(file_two)), FORWARD_ATOL[mode]), "teacher targets are identical"
 
@@ -309,16 +360,21 @@ def test_only_the_main_process_writes_each_file_once(runs, mode):
 
 
 def test_fsdp_needs_a_launcher(llama_dir, toy_jsonl, tmp_path, capsys):
-    code = cli.main(["run", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--out", str(tmp_path), "--fsdp"])
+    code = cli.main(
+        ["run", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--out", str(tmp_path), "--fsdp"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--fsdp shards the model over several processes" in err
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"adapter": "prompt"}, "^fsdp supports LoRA and IA3 adapters, not PROMPT_TUNING"),
-    ({"adapter": "prefix"}, "not PREFIX_TUNING"),
-    ({"merge_bf16": True}, "^merge_bf16 merges the adapter into a whole copy"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"adapter": "prompt"}, "^fsdp supports LoRA and IA3 adapters, not PROMPT_TUNING"),
+        ({"adapter": "prefix"}, "not PREFIX_TUNING"),
+        ({"merge_bf16": True}, "^merge_bf16 merges the adapter into a whole copy"),
+    ],
+)
 def test_fsdp_rejects_what_it_cannot_shard(change, needle):
     """Checked from the config alone, whatever the launcher: no process count is needed to know it."""
     with pytest.raises(IA2Error, match=needle):

@@ -29,13 +29,34 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 def error_lines(err: str) -> list[str]:
     """Non-empty stderr lines, ignoring progress-bar redraws (tqdm writes '\r'-separated frames)."""
-    return [line for line in err.splitlines() if line.strip() and "\r" not in line and "it/s]" not in line
-            and "s/it]" not in line]
+    return [
+        line
+        for line in err.splitlines()
+        if line.strip() and "\r" not in line and "it/s]" not in line and "s/it]" not in line
+    ]
 
 
 def cli_args(model: Path | str, task: str, out: Path, *extra: str) -> list[str]:
-    return ["run", "--model", str(model), "--task", task, "--methods", "zero-shot,icl,ia2", "--n-train", "4",
-            "--seeds", "0", "--n-test", "10", "--max-epochs", "1", "--out", str(out), *extra]
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--task",
+        task,
+        "--methods",
+        "zero-shot,icl,ia2",
+        "--n-train",
+        "4",
+        "--seeds",
+        "0",
+        "--n-test",
+        "10",
+        "--max-epochs",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def assert_cli_fails(argv, capsys, *needles: str) -> str:
@@ -76,12 +97,17 @@ def test_blank_lines_do_not_shift_line_numbers(tmp_path):
         load_task(f"jsonl:{path}")
 
 
-@pytest.mark.parametrize("bad, field", [({"question": "is the cat big?"}, "answer"),
-                                        ({"answer": "yes"}, "question"),
-                                        ({"question": "is it?", "answer": ""}, "answer"),
-                                        ({"question": "is it?", "answer": 3}, "answer"),
-                                        ({"question": "is it?", "answer": "yes", "split": 1}, "split"),
-                                        (["is it?", "yes"], "object")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"question": "is the cat big?"}, "answer"),
+        ({"answer": "yes"}, "question"),
+        ({"question": "is it?", "answer": ""}, "answer"),
+        ({"question": "is it?", "answer": 3}, "answer"),
+        ({"question": "is it?", "answer": "yes", "split": 1}, "split"),
+        (["is it?", "yes"], "object"),
+    ],
+)
 def test_missing_or_bad_field(tmp_path, llama_dir, capsys, bad, field):
     rows = toy_rows(30)
     rows[3] = bad  # line 4
@@ -134,8 +160,9 @@ def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path, 
         task = load_task(f"jsonl:{path}")
     assert len(task.examples) == 28 and [e.question for e in task.examples].count(rows[3]["question"]) == 1
     assert task.examples[3].where.endswith(":4") and task.examples[20].where.endswith(":22"), "first kept"
-    assert [r.getMessage() for r in caplog.records] == [f"jsonl:{path}: 2 repeated questions dropped (the first of "
-                                                        "each kept)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"jsonl:{path}: 2 repeated questions dropped (the first of each kept)"
+    ]
 
 
 def test_repeated_question_with_another_answer_is_an_error_in_jsonl(tmp_path):
@@ -152,14 +179,19 @@ def test_repeated_question_with_another_answer_is_an_error_in_jsonl(tmp_path):
 
 def test_repeats_with_another_answer_keep_the_first_in_fixed_data(caplog):
     """BIG-bench and benchmark data cannot be edited: the first answer wins and a warning counts the disagreements."""
-    examples = tuple(Example(q, a, f"bigbench:t:example {i}")
-                     for i, (q, a) in enumerate([("q1", "yes"), ("q2", "no"), ("q1", "no"), ("q2", "no")]))
+    examples = tuple(
+        Example(q, a, f"bigbench:t:example {i}")
+        for i, (q, a) in enumerate([("q1", "yes"), ("q2", "no"), ("q1", "no"), ("q2", "no")])
+    )
     with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
         task = Task("bigbench:t", examples, labels=("no", "yes")).unique()
     assert task.examples == examples[:2]
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "bigbench:t: 2 repeated questions dropped (the first of each kept), 1 of them with a "
-                          "different answer")]
+        (
+            logging.WARNING,
+            "bigbench:t: 2 repeated questions dropped (the first of each kept), 1 of them with a different answer",
+        )
+    ]
 
 
 def test_labels_differing_only_in_case(tmp_path, llama_dir, capsys):
@@ -180,7 +212,9 @@ def test_given_labels_must_occur_in_the_data(tmp_path):
     path = write_jsonl(tmp_path / "labels.jsonl", toy_rows(10))
     with pytest.raises(IA2Error, match=rf"^label 'maybe' given in labels never occurs as an answer in {path}$"):
         load_task(f"jsonl:{path}", labels=("no", "yes", "maybe"))
-    with pytest.raises(IA2Error, match=rf"^labels 'maybe', 'unsure' given in labels never occur as an answer in {path}$"):
+    with pytest.raises(
+        IA2Error, match=rf"^labels 'maybe', 'unsure' given in labels never occur as an answer in {path}$"
+    ):
         load_task(f"jsonl:{path}", labels=("maybe", "no", "unsure", "yes"))
     assert load_task(f"jsonl:{path}", labels=("yes", "no")).labels == ("yes", "no")
 
@@ -213,22 +247,31 @@ def test_unknown_model_name(tmp_path, toy_jsonl, capsys):
     assert_cli_fails(cli_args("no-such-model", f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, "no-such-model")
 
 
-@pytest.mark.parametrize("config, fault", [("{}", "field 'model_type' missing"),
-                                           ('{"model_type": ""}', "field 'model_type' missing"),
-                                           ('{"model_type": "llama",', "not valid JSON"),
-                                           ("[]", "expected a JSON object, got list"),
-                                           (b"\xff\xfe", "not valid JSON")])
+@pytest.mark.parametrize(
+    "config, fault",
+    [
+        ("{}", "field 'model_type' missing"),
+        ('{"model_type": ""}', "field 'model_type' missing"),
+        ('{"model_type": "llama",', "not valid JSON"),
+        ("[]", "expected a JSON object, got list"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
 def test_model_folder_with_a_bad_config(tmp_path, toy_jsonl, capsys, config, fault):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
     with pytest.raises(IA2Error, match=rf"^{folder / 'config.json'}: {fault}.*; not a transformers model folder$"):
         models.resolve(str(folder))
-    assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder / "config.json"), fault)
+    assert_cli_fails(
+        cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder / "config.json"), fault
+    )
 
 
-@pytest.mark.parametrize("change, needle", [({"model_type": "nonexistent_arch"}, "nonexistent_arch"),
-                                           ({"hidden_size": "wide"}, "hidden_size")])
+@pytest.mark.parametrize(
+    "change, needle",
+    [({"model_type": "nonexistent_arch"}, "nonexistent_arch"), ({"hidden_size": "wide"}, "hidden_size")],
+)
 def test_model_config_transformers_refuses(tmp_path, llama_dir, toy_jsonl, capsys, change, needle):
     folder = tmp_path / "model"
     shutil.copytree(llama_dir, folder)
@@ -279,10 +322,15 @@ def _marked(path: Path, n: int, n_test_rows: int) -> Task:
 
 def test_check_sizes_names_the_short_part(tmp_path):
     task = _marked(tmp_path / "marked.jsonl", 30, 3)
-    with pytest.raises(IA2Error, match=rf"^jsonl:{tmp_path}/marked\.jsonl: 3 examples have split 'test' but n_test=10$"):
+    with pytest.raises(
+        IA2Error, match=rf"^jsonl:{tmp_path}/marked\.jsonl: 3 examples have split 'test' but n_test=10$"
+    ):
         check_sizes(task, 4, 2, 10)
-    with pytest.raises(IA2Error, match=r"marked\.jsonl: 27 examples outside the test split, but N=16 \+ dev=8 "
-                                       r"\+ unlabelled=4 need 28$"):
+    with pytest.raises(
+        IA2Error,
+        match=r"marked\.jsonl: 27 examples outside the test split, but N=16 \+ dev=8 "
+        r"\+ unlabelled=4 need 28$",
+    ):
         check_sizes(task, 16, 8, 3, unlabelled=4)
     check_sizes(task, 16, 8, 3, unlabelled=3)
     plain = load_task(f"jsonl:{write_jsonl(tmp_path / 'plain.jsonl', toy_rows(15))}")
@@ -308,7 +356,9 @@ def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
     task = load_task(f"jsonl:{path}")
     encoder = Encoder(task, tok, model.config.max_position_embeddings)
     encoder.encode(task.examples[4])
-    with pytest.raises(IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens \+ 1 answer tokens exceed the model's context of 512"):
+    with pytest.raises(
+        IA2Error, match=r"long\.jsonl:6: prompt of \d+ tokens \+ 1 answer tokens exceed the model's context of 512"
+    ):
         encoder.encode(task.examples[5])
 
 
@@ -349,13 +399,15 @@ def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, lla
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "method_rows", boom)
-    cfg = config.make(str(llama_dir), f"jsonl:{toy_jsonl}", methods=["zero-shot", "icl", "ia2"], n_train=4,
-                      seeds=[0], n_test=10)
+    cfg = config.make(
+        str(llama_dir), f"jsonl:{toy_jsonl}", methods=["zero-shot", "icl", "ia2"], n_train=4, seeds=[0], n_test=10
+    )
     with pytest.raises(KeyboardInterrupt):
         experiment.run(cfg, out)
     assert not (out / "results.json").exists() and not (out / "results.md").exists()
-    assert sorted(p.name for p in out.rglob("rows/*/seed0/*.json")) == ["icl.json", "zero-shot.json"], \
+    assert sorted(p.name for p in out.rglob("rows/*/seed0/*.json")) == ["icl.json", "zero-shot.json"], (
         "rows measured before the interrupt are kept; the unfinished method has none"
+    )
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temporary files left behind"
     kept = {p: p.stat().st_mtime_ns for p in out.rglob("rows/*/seed0/*.json")}
     monkeypatch.undo()
@@ -364,8 +416,17 @@ def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, lla
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the resume writes only the missing method's rows"
 
 
-@pytest.mark.parametrize("option, value", [("--n-train", "0"), ("--n-dev", "0"), ("--n-test", "0"), ("--train-batch-size", "0"),
-                                           ("--eval-every", "0"), ("--max-epochs", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--n-train", "0"),
+        ("--n-dev", "0"),
+        ("--n-test", "0"),
+        ("--train-batch-size", "0"),
+        ("--eval-every", "0"),
+        ("--max-epochs", "0"),
+    ],
+)
 def test_degenerate_numbers_fail_cleanly(tmp_path, llama_dir, toy_jsonl, capsys, option, value):
     """Out-of-range numbers end in a one-line error and a non-zero exit, never an uncaught exception."""
     args = cli_args(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out")

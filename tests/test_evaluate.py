@@ -83,16 +83,20 @@ def test_encoder_prompt_layout_and_answer_ids(loaded, toy_jsonl):
     ex = task.examples
     demos = [ex[1], ex[2]]
     text = encoder.text(ex[0], demos)
-    assert text == (f"Question: {ex[1].question}\nAnswer: {ex[1].answer}\n\n"
-                    f"Question: {ex[2].question}\nAnswer: {ex[2].answer}\n\n"
-                    f"Question: {ex[0].question}\nAnswer:")
+    assert text == (
+        f"Question: {ex[1].question}\nAnswer: {ex[1].answer}\n\n"
+        f"Question: {ex[2].question}\nAnswer: {ex[2].answer}\n\n"
+        f"Question: {ex[0].question}\nAnswer:"
+    )
     enc = encoder.encode(ex[0], demos)
     assert enc.prompt == tok(text)["input_ids"]
     assert enc.prompt + enc.answer == tok(text + " " + ex[0].answer)["input_ids"]
     assert enc.label == task.labels.index(ex[0].answer)
     assert tok.decode(enc.answer) == " " + ex[0].answer
-    assert encoder.label_ids == [tok(" no", add_special_tokens=False)["input_ids"],
-                                 tok(" yes", add_special_tokens=False)["input_ids"]]
+    assert encoder.label_ids == [
+        tok(" no", add_special_tokens=False)["input_ids"],
+        tok(" yes", add_special_tokens=False)["input_ids"],
+    ]
 
 
 def test_draw_demos_leave_one_out():

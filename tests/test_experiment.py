@@ -16,8 +16,7 @@ from conftest import toy_rows, write_jsonl
 from ia2 import cli, config, evaluate, measure, models, prompts, splits, stages, targets
 from ia2.context import declared, load_context
 from ia2.errors import IA2Error
-from ia2.prompts import teacher_prompts, teacher_queries
-from ia2.prompts import Encoder
+from ia2.prompts import Encoder, teacher_prompts, teacher_queries
 from ia2.tasks import load_task
 
 CONTRACT = {"task", "model", "method", "n_train", "seed", "accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"}
@@ -26,8 +25,25 @@ NUMBERS = ["accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"]
 
 
 def argv(model: Path, task: Path, out: Path, seeds: str = "0,1", methods: list[str] = METHODS) -> list[str]:
-    return ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", ",".join(methods), "--n-train", "4",
-            "--seeds", seeds, "--n-test", "10", "--out", str(out), "--max-epochs", "2"]
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--task",
+        f"jsonl:{task}",
+        "--methods",
+        ",".join(methods),
+        "--n-train",
+        "4",
+        "--seeds",
+        seeds,
+        "--n-test",
+        "10",
+        "--out",
+        str(out),
+        "--max-epochs",
+        "2",
+    ]
 
 
 def run_with_cache(args: list[str], cache: Path) -> int:
@@ -110,8 +126,10 @@ def test_same_seed_same_numbers_across_runs(runs):
         for metric in NUMBERS:
             assert a[key][metric] == b[key][metric], (key, metric)
     # the two seeds really differ (different training sets)
-    assert any(a[(0, m)]["accuracy"] != a[(1, m)]["accuracy"] or a[(0, m)]["nll"] != a[(1, m)]["nll"]
-               for m in ("sft", "ia2", "ia2-sft"))
+    assert any(
+        a[(0, m)]["accuracy"] != a[(1, m)]["accuracy"] or a[(0, m)]["nll"] != a[(1, m)]["nll"]
+        for m in ("sft", "ia2", "ia2-sft")
+    )
 
 
 def test_saved_adapter_reproduces_its_row(runs):
@@ -154,10 +172,14 @@ def test_rerun_with_other_methods_gives_exactly_those_methods(runs, tmp_path):
     out = tmp_path / "methods"
     cache = runs["root"] / "cache_a"
     assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0", methods=["zero-shot", "icl"]), cache) == 0
-    assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0,1", methods=["zero-shot", "icl", "sft"]),
-                          cache) == 0
+    assert (
+        run_with_cache(argv(runs["model"], runs["task"], out, seeds="0,1", methods=["zero-shot", "icl", "sft"]), cache)
+        == 0
+    )
     rows = results(out)["rows"]
-    assert sorted((r["seed"], r["method"]) for r in rows) == [(s, m) for s in (0, 1) for m in ("icl", "sft", "zero-shot")]
+    assert sorted((r["seed"], r["method"]) for r in rows) == [
+        (s, m) for s in (0, 1) for m in ("icl", "sft", "zero-shot")
+    ]
     assert run_with_cache(argv(runs["model"], runs["task"], out, seeds="0,1,2", methods=["icl"]), cache) == 0
     assert sorted((r["seed"], r["method"]) for r in results(out)["rows"]) == [(0, "icl"), (1, "icl"), (2, "icl")]
 
@@ -185,8 +207,9 @@ def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, mo
     teacher = targets.load(target_file)
     assert len(teacher.tokens) == 10 + 2, "M unlabelled queries + N/2 dev queries"
     assert all(ids.shape == (1, 4) for ids in teacher.top_ids)
-    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10,
-                      unlabelled=10, permutations=3)
+    cfg = config.make(
+        str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10, unlabelled=10, permutations=3
+    )
     ctx = load_context(cfg)
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     assert set(split.unlabelled).isdisjoint(split.train + split.dev + split.test) and len(split.unlabelled) == 10
@@ -206,18 +229,23 @@ def test_icl_demo_policies(tmp_path, model_dirs, policy, monkeypatch):
     """shared: one draw from the training examples for every query; per-query: a draw per query from them;
     pool (reference parity): a draw per query from the pool outside train and dev."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
-    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["icl"], n_train=4, n_test=6,
-                      icl_demos=policy)
+    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["icl"], n_train=4, n_test=6, icl_demos=policy)
     ctx = load_context(cfg)
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     drawn = []
     real = prompts.draw_demos
-    monkeypatch.setattr(prompts, "draw_demos", lambda pool, k, rng, exclude=None: drawn.append(list(pool)) or real(pool, k, rng, exclude))
+    monkeypatch.setattr(
+        prompts,
+        "draw_demos",
+        lambda pool, k, rng, exclude=None: drawn.append(list(pool)) or real(pool, k, rng, exclude),
+    )
     se = measure.seed_eval(ctx, ctx.evals[0], split, 0)
-    prefixes = {tuple(p.prompt[:-len(q.prompt) + 1]) for p, q in zip(se.icl_prompts, se.plain)}
+    prefixes = {tuple(p.prompt[: -len(q.prompt) + 1]) for p, q in zip(se.icl_prompts, se.plain)}
     assert len(drawn) == 1 + (0 if policy == "shared" else len(ctx.test))
     if policy == "pool":
-        assert all(set(pool).isdisjoint(split.train + split.dev) and len(pool) == len(ctx.pool) - 6 for pool in drawn[1:])
+        assert all(
+            set(pool).isdisjoint(split.train + split.dev) and len(pool) == len(ctx.pool) - 6 for pool in drawn[1:]
+        )
     else:
         assert all(sorted(pool) == sorted(split.train) for pool in drawn)
     assert (len(prefixes) == 1) == (policy == "shared")
@@ -238,7 +266,9 @@ def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
 
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     out = tmp_path / "out"
-    assert cli.main(argv(model_dirs["llama"], task, out, seeds="0", methods=["icl", "ia2"]) + ["--dtype", "bfloat16"]) == 0
+    assert (
+        cli.main(argv(model_dirs["llama"], task, out, seeds="0", methods=["icl", "ia2"]) + ["--dtype", "bfloat16"]) == 0
+    )
     weights = load_file(str(out / "adapters" / "seed0" / "ia2" / "adapter_model.safetensors"))
     assert weights and all(w.dtype == torch.float32 for w in weights.values())
     assert results(out)["config"]["runtime"]["dtype"] == "bfloat16"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ADJECTIVES, ANIMALS, write_jsonl
-from ia2 import cli, config, evaluate, models, summary, targets
-from ia2.errors import IA2Error
+from ia2 import cli, config, evaluate, models, report, targets
 from ia2.context import declared
+from ia2.errors import IA2Error
 from ia2.prompts import Encoder
 
 
@@ -28,7 +28,9 @@ def copy_rows(n: int = 40) -> list[dict]:
 
 
 def test_generation_metrics_count_parse_failures_as_wrong():
-    got = evaluate.generation_metrics(["#### cat", "no answer here", "#### dog"], ["x\n#### cat", "#### cow", "#### cow"], "sciq")
+    got = evaluate.generation_metrics(
+        ["#### cat", "no answer here", "#### dog"], ["x\n#### cat", "#### cow", "#### cow"], "sciq"
+    )
     assert got == {"accuracy": pytest.approx(1 / 3), "parse_failure_rate": pytest.approx(1 / 3)}
     with pytest.raises(IA2Error, match="gold answer has no parsable answer"):
         evaluate.generation_metrics(["#### cat"], ["no marker"], "sciq")
@@ -50,9 +52,29 @@ def test_gold_answers_end_with_the_stop_string(tmp_path, llama_dir):
 def test_generative_run_end_to_end(tmp_path, llama_dir):
     task_path = write_jsonl(tmp_path / "copy.jsonl", copy_rows())
     out = tmp_path / "out"
-    args = ["run", "--model", str(llama_dir), "--task", f"jsonl:{task_path}", "--parser", "text", "--max-new-tokens", "5",
-            "--methods", "zero-shot,icl,sft,ia2,ia2-sft", "--n-train", "4", "--seeds", "0", "--n-test", "8", "--max-epochs", "3",
-            "--out", str(out)]
+    args = [
+        "run",
+        "--model",
+        str(llama_dir),
+        "--task",
+        f"jsonl:{task_path}",
+        "--parser",
+        "text",
+        "--max-new-tokens",
+        "5",
+        "--methods",
+        "zero-shot,icl,sft,ia2,ia2-sft",
+        "--n-train",
+        "4",
+        "--seeds",
+        "0",
+        "--n-test",
+        "8",
+        "--max-epochs",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "ia2-sft", "icl", "sft", "zero-shot"]
@@ -65,10 +87,10 @@ def test_generative_run_end_to_end(tmp_path, llama_dir):
     ia2_stage = next(s for entry in logs if entry["method"] == "ia2" for s in entry["stages"])
     assert ia2_stage["stage"] == "ia2:icl" and ia2_stage["best_dev_loss"] < ia2_stage["history"][0]["dev_loss"]
     assert "parse failures" in (out / "results.md").read_text()
-    report = summary.write(out)
-    assert "IA2 → SFT" in report and not list(out.glob("figures/reliability__*")), "reported without reliability plots"
+    text = report.write(out)
+    assert "IA2 → SFT" in text and not list(out.glob("figures/reliability__*")), "reported without reliability plots"
     with pytest.raises(IA2Error, match="no dev accuracy.*select on dev_loss"):
-        summary.write(out, "dev_accuracy")
+        report.write(out, "dev_accuracy")
     (target_file,) = (Path(os.environ["IA2_CACHE"]) / "targets").glob("*.safetensors")
     teacher = targets.load(target_file)
     _, tok = models.load(str(llama_dir))

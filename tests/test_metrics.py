@@ -115,15 +115,27 @@ def test_vocab_metrics_by_hand():
 
 
 def test_scores_label_probs_renormalise_over_labels():
-    scores = evaluate.Scores(np.log(np.array([[0.2, 0.3], [0.01, 0.04]])), np.zeros(2), np.zeros(2, dtype=int),
-                             np.zeros((2, 2)), np.ones(2), None)
+    scores = evaluate.Scores(
+        np.log(np.array([[0.2, 0.3], [0.01, 0.04]])),
+        np.zeros(2),
+        np.zeros(2, dtype=int),
+        np.zeros((2, 2)),
+        np.ones(2),
+        None,
+    )
     np.testing.assert_allclose(scores.label_probs(), [[0.4, 0.6], [0.2, 0.8]], rtol=1e-12)
 
 
 def test_summarise_combines_label_and_vocab_metrics():
     label_logp = np.log(np.array([[0.6, 0.2], [0.1, 0.3]]))
-    scores = evaluate.Scores(label_logp, np.array([0.6, 0.5]), np.array([11, 99]), np.array([[0.6, 0.2], [0.1, 0.3]]),
-                             np.array([0.9, 0.8]), None)
+    scores = evaluate.Scores(
+        label_logp,
+        np.array([0.6, 0.5]),
+        np.array([11, 99]),
+        np.array([[0.6, 0.2], [0.1, 0.3]]),
+        np.array([0.9, 0.8]),
+        None,
+    )
     out = evaluate.summarise(scores, np.array([0, 1]), label_first=[11, 12])
     # label-renormalised: [.75, .25] right, [.25, .75] right
     assert out["accuracy"] == 1.0
@@ -163,5 +175,5 @@ def test_reference_metrics_reproduce_the_softmax_on_probabilities_defect():
 
 def test_sample_std_is_bessel_corrected_per_column_and_zero_for_one_seed():
     assert metrics.sample_std([1.0, 2.0, 4.0]) == pytest.approx(statistics.stdev([1.0, 2.0, 4.0]))
-    assert metrics.sample_std([[1.0, 10.0], [3.0, 10.0]]).tolist() == pytest.approx([2 ** 0.5, 0.0])
+    assert metrics.sample_std([[1.0, 10.0], [3.0, 10.0]]).tolist() == pytest.approx([2**0.5, 0.0])
     assert metrics.sample_std([0.7]) == 0.0

@@ -156,5 +156,7 @@ def test_unparsable_gold_raises():
 
 
 def test_unknown_parser_raises_listing_known_names():
-    with pytest.raises(IA2Error, match="unknown answer parser 'math'; known: text, gsm8k, gsm8k-reference, boxed, sciq"):
+    with pytest.raises(
+        IA2Error, match="unknown answer parser 'math'; known: text, gsm8k, gsm8k-reference, boxed, sciq"
+    ):
         extract("math", "\\boxed{1}")

@@ -14,18 +14,48 @@ from ia2.prompts import Encoder
 from ia2.tasks import load_task
 
 POSITIVE = [
-    "I loved this film", "What a wonderful day", "The food was delicious", "She has a lovely smile",
-    "This book is fantastic", "The concert was amazing", "I am so happy today", "The staff were very kind",
-    "What a beautiful garden", "This is the best coffee ever", "The hotel room was perfect", "I enjoyed every minute",
-    "The movie made me laugh", "Our trip was great fun", "The cake tastes great", "He did an excellent job",
-    "The weather is lovely", "I really like this song", "The service was superb", "What a pleasant surprise",
+    "I loved this film",
+    "What a wonderful day",
+    "The food was delicious",
+    "She has a lovely smile",
+    "This book is fantastic",
+    "The concert was amazing",
+    "I am so happy today",
+    "The staff were very kind",
+    "What a beautiful garden",
+    "This is the best coffee ever",
+    "The hotel room was perfect",
+    "I enjoyed every minute",
+    "The movie made me laugh",
+    "Our trip was great fun",
+    "The cake tastes great",
+    "He did an excellent job",
+    "The weather is lovely",
+    "I really like this song",
+    "The service was superb",
+    "What a pleasant surprise",
 ]
 NEGATIVE = [
-    "I hated this film", "What a terrible day", "The food was awful", "He was rude to everyone",
-    "This book is boring", "The concert was a disaster", "I am so sad today", "The staff were very unfriendly",
-    "The garden looks ugly", "This is the worst coffee ever", "The hotel room was dirty", "I regret every minute",
-    "The movie was a waste of time", "Our trip was a nightmare", "The cake tastes horrible", "He did a poor job",
-    "The weather is miserable", "I really dislike this song", "The service was dreadful", "What a nasty surprise",
+    "I hated this film",
+    "What a terrible day",
+    "The food was awful",
+    "He was rude to everyone",
+    "This book is boring",
+    "The concert was a disaster",
+    "I am so sad today",
+    "The staff were very unfriendly",
+    "The garden looks ugly",
+    "This is the worst coffee ever",
+    "The hotel room was dirty",
+    "I regret every minute",
+    "The movie was a waste of time",
+    "Our trip was a nightmare",
+    "The cake tastes horrible",
+    "He did a poor job",
+    "The weather is miserable",
+    "I really dislike this song",
+    "The service was dreadful",
+    "What a nasty surprise",
 ]
 
 
@@ -39,11 +69,32 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
         (cache / "models").mkdir(parents=True)
         os.symlink(converted, cache / "models" / "smollm2-135m")
     monkeypatch.setenv("IA2_CACHE", str(cache))
-    rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [{"question": s, "answer": "negative"} for s in NEGATIVE]
+    rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [
+        {"question": s, "answer": "negative"} for s in NEGATIVE
+    ]
     task = write_jsonl(tmp_path / "sentiment.jsonl", rows)
     out = tmp_path / "out"
-    code = cli.main(["run", "--model", "smollm2-135m", "--task", f"jsonl:{task}", "--methods", "zero-shot,icl,ia2",
-                     "--n-train", "4", "--seeds", "0", "--n-test", "10", "--max-epochs", "3", "--out", str(out)])
+    code = cli.main(
+        [
+            "run",
+            "--model",
+            "smollm2-135m",
+            "--task",
+            f"jsonl:{task}",
+            "--methods",
+            "zero-shot,icl,ia2",
+            "--n-train",
+            "4",
+            "--seeds",
+            "0",
+            "--n-test",
+            "10",
+            "--max-epochs",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     by = {r["method"]: r for r in result["rows"]}
@@ -66,7 +117,9 @@ def test_smollm2_chat_template_prompts(tmp_path, monkeypatch):
     if not (ORIGINAL_CACHE / "models" / "smollm2-135m" / "config.json").exists():
         pytest.skip("smollm2-135m is not converted in the cache")
     _, tok = models.load(str(ORIGINAL_CACHE / "models" / "smollm2-135m"))
-    rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [{"question": s, "answer": "negative"} for s in NEGATIVE]
+    rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [
+        {"question": s, "answer": "negative"} for s in NEGATIVE
+    ]
     task = load_task(f"jsonl:{write_jsonl(tmp_path / 'sentiment.jsonl', rows)}")
     encoder = Encoder(task, tok, 2048, chat=True)
     prompted = encoder.encode(task.examples[0], [task.examples[25], task.examples[1]])

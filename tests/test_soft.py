@@ -1,4 +1,5 @@
-"""Soft-label SFT: the KL loss to the teacher's next-token distribution, its collection and cache, and training on it."""
+"""Soft-label SFT: the KL loss to the teacher's next-token distribution, its collection and cache, and training on
+it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch.nn.functional as F
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
 from ia2 import adapters, losses, targets, train
+from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item
 
 SOFT = Stage("soft", "icl")
@@ -104,7 +105,7 @@ def test_collected_distribution_is_the_unpadded_teacher_forced_one(loaded, toy_j
     vocab = model.config.vocab_size
     for i, (p, answer) in enumerate(zip(prompts, got.tokens)):
         _, logits = full_attn_outputs(model, p + answer)
-        want = F.log_softmax(logits[len(p) - 1:len(p) - 1 + len(answer)].float(), dim=-1)
+        want = F.log_softmax(logits[len(p) - 1 : len(p) - 1 + len(answer)].float(), dim=-1)
         logp = got.top_logp[i]
         assert logp.dtype == torch.float32
         if distribution == 0:
@@ -143,16 +144,21 @@ def test_cached_distribution_round_trips(loaded, arch, toy_jsonl, tmp_path, monk
     names = {f.name for f in (tmp_path / "cache" / "targets").glob("*.safetensors")}
     assert names == {f"{targets.cache_key({**base, 'distribution': distribution}, prompts)}.safetensors"}
     assert targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2).top_logp is None
-    assert f"{targets.cache_key(base, prompts)}.safetensors" in {f.name for f in (tmp_path / "cache" / "targets").iterdir()}
+    assert f"{targets.cache_key(base, prompts)}.safetensors" in {
+        f.name for f in (tmp_path / "cache" / "targets").iterdir()
+    }
 
 
 @pytest.mark.parametrize("distribution", [0, 5])
 def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_jsonl, distribution):
-    """Teacher without demos = the fresh student: batched, right-aligned soft loss vanishes, and is positive once LoRA moves."""
+    """Teacher without demos = the fresh student: batched, right-aligned soft loss vanishes, and is positive once LoRA
+    moves."""
     model, tok = loaded
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = [encoder.encode(task.examples[i]).prompt for i in range(9)]
-    teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3, batch_size=3, distribution=distribution)
+    teacher = targets.collect(
+        model, Tap(model), tok, prompts, max_new_tokens=3, batch_size=3, distribution=distribution
+    )
     ids = teacher.top_ids or [None] * len(prompts)
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(prompts, teacher.tokens, ids, teacher.top_logp)]
     student = adapters.fresh(model, "lora", seed=0)
@@ -164,8 +170,9 @@ def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_json
                 param.normal_(0, 0.1)
         assert train.batch_loss(student, tap, items, SOFT, cfg, tok.pad_token_id).item() > 1e-4
         with pytest.raises(IA2Error, match="distribution"):
-            train.batch_loss(student, tap, [Item(p, t) for p, t in zip(prompts, teacher.tokens)], SOFT, cfg,
-                             tok.pad_token_id)
+            train.batch_loss(
+                student, tap, [Item(p, t) for p, t in zip(prompts, teacher.tokens)], SOFT, cfg, tok.pad_token_id
+            )
 
 
 @pytest.mark.parametrize("distribution", [0, 5])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from safetensors import safe_open
 
 from conftest import icl_prompts, toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, config, models, targets, train
+from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.store import Stored, TargetStore
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
@@ -42,8 +41,9 @@ def _prompts(folder: Path, task_path: Path, n: int = N):
 def _train(model, items: list[Item], cfg: TrainConfig) -> tuple[dict, dict]:
     """An IA2 stage on a fresh seeded LoRA (replacing the model's earlier one): (log, adapter state)."""
     peft = adapters.fresh(model, "lora", 0)
-    log = train.train_stage(peft, Tap(peft), items[:N_TRAIN], items[N_TRAIN:], IA2, cfg, seed=0,
-                            pad_id=peft.config.pad_token_id)
+    log = train.train_stage(
+        peft, Tap(peft), items[:N_TRAIN], items[N_TRAIN:], IA2, cfg, seed=0, pad_id=peft.config.pad_token_id
+    )
     return log, train.adapter_state(peft)
 
 
@@ -54,8 +54,15 @@ def test_store_keeps_what_collect_returns(model_dirs, toy64, tmp_path):
     want = targets.collect(model, tap, tok, prompts, max_new_tokens=3, batch_size=4, distribution=5)
     for dtype, size, budget in (("float32", SHARD, 1 << 30), ("bfloat16", 100, 3000)):
         folder = tmp_path / dtype
-        targets.write_store(folder, targets.rows(model, tap, tok, prompts, 3, "\n\n", 4, "t", 5), len(prompts),
-                            {"seed": 0}, dtype, size, budget)
+        targets.write_store(
+            folder,
+            targets.rows(model, tap, tok, prompts, 3, "\n\n", 4, "t", 5),
+            len(prompts),
+            {"seed": 0},
+            dtype,
+            size,
+            budget,
+        )
         index = json.loads((folder / "index.json").read_text())
         assert sorted(p.name for p in folder.iterdir()) == sorted(index["shards"] + ["index.json"])
         assert len(index["shards"]) > 1 and index["dtype"] == dtype and index["fields"] == {"seed": 0}
@@ -81,9 +88,17 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
     with torch.no_grad():
         for param in (p for n, p in peft.named_parameters() if "lora_B" in n):
             param.normal_(0, 0.1)
-        losses = [train.batch_loss(peft, Tap(peft), [Item(p, t, None, i, lp) for p, t, i, lp in
-                                                    zip(plain, t.tokens, t.top_ids, t.top_logp)], Stage("soft", "icl"),
-                                   TrainConfig(), tok.pad_token_id) for t in (want, got)]
+        losses = [
+            train.batch_loss(
+                peft,
+                Tap(peft),
+                [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, t.tokens, t.top_ids, t.top_logp)],
+                Stage("soft", "icl"),
+                TrainConfig(),
+                tok.pad_token_id,
+            )
+            for t in (want, got)
+        ]
     assert losses[0].item() > 0 and torch.equal(losses[0], losses[1])
 
 
@@ -106,7 +121,9 @@ def test_training_from_shards_matches_memory_with_few_shards_open(model_dirs, to
     for dtype in ("float32", "bfloat16"):
         targets.write_store(tmp_path / dtype, targets.rows(model, tap, tok, prompts), N, {}, dtype, SHARD)
     cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=2, eval_every=4, patience=10)
-    memory_log, memory_state = _train(model, [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)], cfg)
+    memory_log, memory_state = _train(
+        model, [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)], cfg
+    )
     logs = {}
     for dtype in ("float32", "bfloat16"):
         lazy = targets.open_store(tmp_path / dtype, max_open=2)
@@ -139,8 +156,9 @@ def test_online_teacher_matches_cached_targets(model_dirs, toy64):
         assert ours.keys() == theirs.keys()
         assert ours == pytest.approx(theirs, abs=1e-5, rel=1e-5)
     with pytest.raises(IA2Error, match="needs teacher activations"):
-        train.batch_loss(model, Tap(model), [Item(p, t) for p, t in zip(plain[:2], answers.tokens)], IA2, cfg,
-                         tok.pad_token_id)
+        train.batch_loss(
+            model, Tap(model), [Item(p, t) for p, t in zip(plain[:2], answers.tokens)], IA2, cfg, tok.pad_token_id
+        )
 
 
 def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
@@ -154,10 +172,12 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
     got = train.online_acts(peft, tap, items, tok.pad_token_id)
     assert got.shape[2] == keep
     for row, act in enumerate(teacher.acts):
-        torch.testing.assert_close(got[row, :, keep - act.shape[1]:], act, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[row, :, keep - act.shape[1] :], act, rtol=1e-5, atol=1e-5)
     # the dev set's per-layer teacher scale, read in batches of 3, is the whole set's, online or stored
-    cfg, stored = TrainConfig(per_layer_norm=True, eval_batch_size=3), [Item(p, t, a) for p, t, a in
-                                                                      zip(plain, teacher.tokens, teacher.acts)]
+    cfg, stored = (
+        TrainConfig(per_layer_norm=True, eval_batch_size=3),
+        [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)],
+    )
     want = train.teacher_scale(stored, IA2, cfg)
     torch.testing.assert_close(train.dev_scale(peft, tap, stored, IA2, cfg, tok.pad_token_id), want, rtol=1e-6, atol=0)
     torch.testing.assert_close(train.dev_scale(peft, tap, items, IA2, cfg, tok.pad_token_id), want, rtol=1e-5, atol=0)
@@ -167,8 +187,12 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 6)
     tap, fields = Tap(model), {"model": targets.model_fingerprint(model), "seed": 0}
-    assert targets.key_fields(fields, tap, 2, "\n\n", None) == {**fields, "site": "attn", "max_new_tokens": 2,
-                                                                  "stop": "\n\n"}
+    assert targets.key_fields(fields, tap, 2, "\n\n", None) == {
+        **fields,
+        "site": "attn",
+        "max_new_tokens": 2,
+        "stop": "\n\n",
+    }
     root = tmp_path / "cache" / "targets"
     old = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
     calls = []
@@ -177,7 +201,9 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
     assert calls == [] and all(isinstance(a, torch.Tensor) for a in reused.acts), "an old single file is reused"
     monkeypatch.undo()
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
-    sharded = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16", store="shards")
+    sharded = targets.cached_collect(
+        model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16", store="shards"
+    )
     key = targets.cache_key(targets.key_fields(fields, tap, 2, "\n\n", None, "bfloat16"), prompts)
     assert (root / key / "index.json").is_file() and sharded.tokens == old.tokens
     assert all(a.load().dtype == torch.bfloat16 for a in sharded.acts)
@@ -190,12 +216,16 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-50])
 
 
-@pytest.mark.parametrize("damage", [lambda f: _truncate(f / "shard-00001.safetensors"),
-                                    lambda f: (f / "shard-00000.safetensors").unlink(),
-                                    lambda f: (f / "index.json").write_text('{"n": 6, "shards": ['),
-                                    lambda f: (f / "index.json").write_text(json.dumps(
-                                        {**json.loads((f / "index.json").read_text()), "n": 7}))],
-                         ids=["truncated-shard", "missing-shard", "truncated-index", "inconsistent-index"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda f: _truncate(f / "shard-00001.safetensors"),
+        lambda f: (f / "shard-00000.safetensors").unlink(),
+        lambda f: (f / "index.json").write_text('{"n": 6, "shards": ['),
+        lambda f: (f / "index.json").write_text(json.dumps({**json.loads((f / "index.json").read_text()), "n": 7})),
+    ],
+    ids=["truncated-shard", "missing-shard", "truncated-index", "inconsistent-index"],
+)
 def test_corrupt_store_is_recomputed(model_dirs, toy64, tmp_path, monkeypatch, caplog, damage):
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(targets, "write_store", partial(targets.write_store, shard_size=4))
@@ -225,26 +255,47 @@ def test_bf16_file_returns_what_it_reloads(model_dirs, toy64, tmp_path, monkeypa
 
 def test_run_config_validation():
     cfg = config.make("m", "t", methods=["ia2"])
-    explicit = config.make("m", "t", methods=["ia2"], teacher_mode="cached", target_dtype="float32",
-                           target_store="file")
+    explicit = config.make(
+        "m", "t", methods=["ia2"], teacher_mode="cached", target_dtype="float32", target_store="file"
+    )
     assert config.key(explicit) == config.key(cfg), "defaults given explicitly keep the key"
-    for change, message in (({"teacher_mode": "live"}, "^teacher_mode must be one of cached, online"),
-                            ({"target_dtype": "float16"}, "^target_dtype must be one of float32, bfloat16"),
-                            ({"target_store": "disk"}, "^target_store must be one of file, shards"),
-                            ({"teacher_mode": "online", "target_dtype": "bfloat16"}, "drop --target-dtype")):
+    for change, message in (
+        ({"teacher_mode": "live"}, "^teacher_mode must be one of cached, online"),
+        ({"target_dtype": "float16"}, "^target_dtype must be one of float32, bfloat16"),
+        ({"target_store": "disk"}, "^target_store must be one of file, shards"),
+        ({"teacher_mode": "online", "target_dtype": "bfloat16"}, "drop --target-dtype"),
+    ):
         with pytest.raises(IA2Error, match=message):
             config.make("m", "t", methods=["ia2"], **change)
     args = cli.parser().parse_args(["run", "--model", "m", "--task", "t", "--teacher-mode", "online"])
     assert cli.config_from_args(args)[0].teacher.teacher_mode == "online"
-    args = cli.parser().parse_args(["run", "--model", "m", "--task", "t", "--target-dtype", "bfloat16",
-                                    "--target-store", "shards"])
+    args = cli.parser().parse_args(
+        ["run", "--model", "m", "--task", "t", "--target-dtype", "bfloat16", "--target-store", "shards"]
+    )
     got = cli.config_from_args(args)[0].teacher
     assert (got.target_dtype, got.target_store, got.teacher_mode) == ("bfloat16", "shards", "cached")
 
 
 def _run(model: Path, task: Path, out: Path, cache: Path, extra: list[str]) -> list[dict]:
-    argv = ["run", "--model", str(model), "--task", f"jsonl:{task}", "--methods", "ia2,ia2-sft", "--n-train", "4",
-            "--seeds", "0", "--n-test", "10", "--out", str(out), "--max-epochs", "2"] + extra
+    argv = [
+        "run",
+        "--model",
+        str(model),
+        "--task",
+        f"jsonl:{task}",
+        "--methods",
+        "ia2,ia2-sft",
+        "--n-train",
+        "4",
+        "--seeds",
+        "0",
+        "--n-test",
+        "10",
+        "--out",
+        str(out),
+        "--max-epochs",
+        "2",
+    ] + extra
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_CACHE", str(cache))
         assert cli.main(argv) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import adapters, aggregate, cli, config, stages, summary, sweep, train
+from ia2 import adapters, aggregate, cli, config, report, stages, sweep, train
 from ia2.errors import IA2Error
 
 
@@ -70,8 +70,9 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     for path in specs:
         path.write_text(json.dumps({"recorded": "by an earlier version"}))
     sweep.execute(plan)
-    assert all(json.loads(p.read_text()) == {"recorded": "by an earlier version"} for p in specs), \
+    assert all(json.loads(p.read_text()) == {"recorded": "by an earlier version"} for p in specs), (
         "a finished run keeps the spec it ran under"
+    )
     for path, data in zip(specs, recorded):
         path.write_text(json.dumps(data))
     monkeypatch.undo()
@@ -107,7 +108,8 @@ def test_report_files_and_cells(swept):
     data = json.loads((out / "summary.json").read_text())
     cells = data["cells"]
     assert sorted({(c["n"], c["method"]) for c in cells}) == sorted(
-        (n, m) for n in (4, 6) for m in ("zero-shot", "icl", "sft", "ia2", "ia2-sft"))
+        (n, m) for n in (4, 6) for m in ("zero-shot", "icl", "sft", "ia2", "ia2-sft")
+    )
     assert all(c["n_seeds"] == 2 for c in cells)
     assert {t["n_train"] for t in data["tests"]} == {4, 6} and all(t["pairs"] == 2 for t in data["tests"])
     pooled = [(t["metric"], t["n_train"], t["pairs"]) for t in data["pooled_tests"]]
@@ -115,26 +117,49 @@ def test_report_files_and_cells(swept):
     assert list(out.glob("figures/accuracy_vs_n__*.png")) and list(out.glob("figures/reliability__*.png"))
     assert list(out.glob("figures/subspace_overlap__*.png"))
     md = (out / "report.md").read_text()
-    assert "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md and "Means over tasks" in md
+    assert (
+        "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md and "Means over tasks" in md
+    )
     assert md.count("| p (one-sided, IA2→SFT better) | p (two-sided) |") == 2, "per setting and pooled, both labelled"
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
-    assert summary.write(out) == md, "the report is a pure function of the rows"
+    assert report.write(out) == md, "the report is a pure function of the rows"
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("methods: [sft]\nseeds: [0]\ngrid: {model: [m], task: [t]}\nbogus: 1\n", "unknown key 'bogus'"),
-    ("methods: []\nseeds: [0]\n", "field 'methods' must be a non-empty list"),
-    ("methods: [sft]\nseeds: [0]\ngrid: {n_train: 4}\n", "grid.n_train must be a non-empty list"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n", "bad.yaml: fixed.train.lrr: unknown setting 'lrr'"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: -1}}\n", "bad.yaml: fixed.train.lr must be positive"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\ngrid: {n: [4]}\n", "bad.yaml: grid.n: setting 'n' is now called 'n_train'"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, epochs: 3}\n", "setting 'epochs' is now called 'max_epochs'"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, adapter: {kind: ia3}}\n", "adapter: .*peft_type"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {k_max: 3}}\n", "'k_max' is a setting of prompt, not train"),
-    ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
-    ("methods: [sft\n", "malformed YAML"),
-    ("methods: [ia2+sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {w: [0.1, 0.9]}\n", "tuning w rescales the training loss"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("methods: [sft]\nseeds: [0]\ngrid: {model: [m], task: [t]}\nbogus: 1\n", "unknown key 'bogus'"),
+        ("methods: []\nseeds: [0]\n", "field 'methods' must be a non-empty list"),
+        ("methods: [sft]\nseeds: [0]\ngrid: {n_train: 4}\n", "grid.n_train must be a non-empty list"),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lrr: 1}}\n",
+            "bad.yaml: fixed.train.lrr: unknown setting 'lrr'",
+        ),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: -1}}\n",
+            "bad.yaml: fixed.train.lr must be positive",
+        ),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\ngrid: {n: [4]}\n",
+            "bad.yaml: grid.n: setting 'n' is now called 'n_train'",
+        ),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, epochs: 3}\n",
+            "setting 'epochs' is now called 'max_epochs'",
+        ),
+        ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, adapter: {kind: ia3}}\n", "adapter: .*peft_type"),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {k_max: 3}}\n",
+            "'k_max' is a setting of prompt, not train",
+        ),
+        ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
+        ("methods: [sft\n", "malformed YAML"),
+        (
+            "methods: [ia2+sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {w: [0.1, 0.9]}\n",
+            "tuning w rescales the training loss",
+        ),
+    ],
+)
 def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -145,12 +170,18 @@ def test_bad_sweep_files_name_the_problem(tmp_path, text, needle):
 def test_a_grid_value_can_set_several_fields(tmp_path):
     """A task with its own out-of-distribution sets, as the paper pairs them."""
     path = tmp_path / "ood.yaml"
-    path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m}\ngrid:\n  task:\n"
-                    "    - {task: sst2, eval_tasks: [finsen, poems]}\n    - {task: agnews, eval_tasks: [bbcnews]}\n"
-                    "  n_train: [2, 4]\n")
+    path.write_text(
+        "methods: [sft]\nseeds: [0]\nfixed: {model: m}\ngrid:\n  task:\n"
+        "    - {task: sst2, eval_tasks: [finsen, poems]}\n    - {task: agnews, eval_tasks: [bbcnews]}\n"
+        "  n_train: [2, 4]\n"
+    )
     configs = sweep.load(path).configs()
     assert sorted((c.data.task, c.data.eval_tasks, c.data.n_train) for c in configs) == [
-        ("agnews", ("bbcnews",), 2), ("agnews", ("bbcnews",), 4), ("sst2", ("finsen", "poems"), 2), ("sst2", ("finsen", "poems"), 4)]
+        ("agnews", ("bbcnews",), 2),
+        ("agnews", ("bbcnews",), 4),
+        ("sst2", ("finsen", "poems"), 2),
+        ("sst2", ("finsen", "poems"), 4),
+    ]
 
 
 def test_runs_recorded_before_an_option_existed_group_with_later_ones():
@@ -162,8 +193,16 @@ def test_runs_recorded_before_an_option_existed_group_with_later_ones():
 def test_configs_of_the_earlier_flat_layout_upgrade_to_todays():
     """spec.json and results.json of ia2 0.1 (flat fields, train.batch_size, adapter kind/r/targets) read as
     today's nested config, so earlier sweeps report and group with new ones."""
-    old = {"model": "m", "task": "t", "n": 4, "k_max": 16, "teacher": "online", "batch_size": 32,
-           "train": {"lr": 0.001, "batch_size": 2}, "adapter": {"kind": "lora", "r": 16, "targets": ["q_proj"]}}
+    old = {
+        "model": "m",
+        "task": "t",
+        "n": 4,
+        "k_max": 16,
+        "teacher": "online",
+        "batch_size": 32,
+        "train": {"lr": 0.001, "batch_size": 2},
+        "adapter": {"kind": "lora", "r": 16, "targets": ["q_proj"]},
+    }
     got = config.from_dict(old)
     assert (got.data.task, got.data.n_train, got.prompt.k_max, got.teacher.teacher_mode) == ("t", 4, 16, "online")
     assert (got.runtime.batch_size, got.train.train_batch_size, got.train.lr) == (32, 2, 0.001)
@@ -173,22 +212,43 @@ def test_configs_of_the_earlier_flat_layout_upgrade_to_todays():
 
 def test_a_setting_given_with_one_task_describes_the_task_not_a_variant():
     """StrategyQA with its own answer prefix pools with the other tasks; a varied adapter still separates."""
+
     def condition(task: str, prefix: str | None, kind: str = "LORA") -> str:
-        return json.dumps({"model": "m", "data": {"task": task, "n_train": 4, "eval_tasks": [], "answer_prefix": prefix},
-                           "adapter": {"peft_type": kind}, "train": {}}, sort_keys=True)
+        return json.dumps(
+            {
+                "model": "m",
+                "data": {"task": task, "n_train": 4, "eval_tasks": [], "answer_prefix": prefix},
+                "adapter": {"peft_type": kind},
+                "train": {},
+            },
+            sort_keys=True,
+        )
 
     same = [condition("a", None), condition("b", None), condition("strategyqa", "")]
-    assert len(set(summary.variant_keys(same).values())) == 1
-    assert set(summary.variants(same).values()) == {""}
+    assert len(set(report.variant_keys(same).values())) == 1
+    assert set(report.variants(same).values()) == {""}
     varied = same + [condition("a", None, "IA3"), condition("b", None, "IA3"), condition("strategyqa", "", "IA3")]
-    assert len(set(summary.variant_keys(varied).values())) == 2
-    assert summary.variants(varied)[condition("a", None, "IA3")] == "adapter.peft_type=IA3"
+    assert len(set(report.variant_keys(varied).values())) == 2
+    assert report.variants(varied)[condition("a", None, "IA3")] == "adapter.peft_type=IA3"
 
 
 def test_cells_and_tests_order_n_as_a_number():
     """Run folders sort n16 before n4; tables must not: N=4, then 8, then 16."""
-    rows = [{"model": "m", "task": "t", "eval_task": "t", "n_train": n, "method": method, "condition": f"c{n}",
-             "seed": seed, "accuracy": 0.5 + 0.01 * seed + (method == "ia2-sft") * 0.02 * (seed + 1), "ece": 0.1}
-            for n in (16, 4, 8) for method in ("sft", "ia2-sft") for seed in (0, 1)]
+    rows = [
+        {
+            "model": "m",
+            "task": "t",
+            "eval_task": "t",
+            "n_train": n,
+            "method": method,
+            "condition": f"c{n}",
+            "seed": seed,
+            "accuracy": 0.5 + 0.01 * seed + (method == "ia2-sft") * 0.02 * (seed + 1),
+            "ece": 0.1,
+        }
+        for n in (16, 4, 8)
+        for method in ("sft", "ia2-sft")
+        for seed in (0, 1)
+    ]
     assert [c["n"] for c in aggregate.cells(rows)][::2] == [4, 8, 16]
     assert [t["n_train"] for t in aggregate.paired_test(rows, by=("model", "n_train"))] == [4, 8, 16]

@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from ia2 import adapters, targets
+from ia2.config import TrainConfig
 from ia2.evaluate import layer_cosine, score, summarise
 from ia2.methods import IA2
 from ia2.prompts import draw_demos
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item, train_stage
-
 from synthetic_icl import PretrainConfig, World, load, pretrain, save
 
 WORLD_SEED = 0
@@ -65,8 +64,9 @@ def test_pretraining_never_shows_the_held_out_mapping(world):
         assert len(held & set(zip(mapping.clusters, mapping.labels))) < 2
 
 
-def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter_cfg: str | dict = "lora",
-                 seed: int = 0) -> dict:
+def held_out_run(
+    world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter_cfg: str | dict = "lora", seed: int = 0
+) -> dict:
     """Zero-shot, ICL and IA2 on the world's held-out mapping, through the library's own pieces."""
     tokenizer = world.tokenizer()
     pad_id = tokenizer.pad_token_id
@@ -77,9 +77,9 @@ def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter
     for c, cluster in enumerate(mapping.clusters):
         words, start = rng.sample(world.cluster_words[cluster], sum(PER_CLASS.values())), 0
         for name, n in PER_CLASS.items():
-            split[name] += [(w, c) for w in words[start:start + n]]
+            split[name] += [(w, c) for w in words[start : start + n]]
             start += n
-    label_ids = [[world.label_ids[l]] for l in mapping.labels]
+    label_ids = [[world.label_ids[label]] for label in mapping.labels]
     pair = lambda ex: (ex[0], label_ids[ex[1]][0])  # noqa: E731  (word, label token)
     train, dev, test = split["train"], split["dev"], split["test"]
     gold = np.array([c for _, c in test])
@@ -87,7 +87,9 @@ def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter
     # Prompts as token ids: `<bos> x1 y1 … xk yk xq`; demonstrations only ever come from the training queries.
     demo_rng = random.Random(f"demos-{seed}")
     pool = list(range(len(train)))
-    teacher_prompts = [world.prompt([pair(train[d]) for d in draw_demos(pool, K, demo_rng, exclude=i)], train[i][0]) for i in pool]
+    teacher_prompts = [
+        world.prompt([pair(train[d]) for d in draw_demos(pool, K, demo_rng, exclude=i)], train[i][0]) for i in pool
+    ]
     teacher_prompts += [world.prompt([pair(train[d]) for d in draw_demos(pool, K, demo_rng)], x) for x, _ in dev]
     icl_test = [world.prompt([pair(train[d]) for d in draw_demos(pool, K, demo_rng)], x) for x, _ in test]
     plain = lambda examples: [world.prompt([], x) for x, _ in examples]  # noqa: E731
@@ -106,8 +108,12 @@ def held_out_run(world: World, base, train_cfg: TrainConfig = IA2_TRAIN, adapter
 
     first = [ids[0] for ids in label_ids]
     return {
-        "teacher_correct": float(np.mean([tok == [label_ids[c][0]] for tok, (_, c) in zip(teacher.tokens, train + dev)])),
-        "accuracy": {name: summarise(s, gold, first)["accuracy"] for name, s in (("zero", zero), ("icl", icl), ("ia2", student))},
+        "teacher_correct": float(
+            np.mean([tok == [label_ids[c][0]] for tok, (_, c) in zip(teacher.tokens, train + dev)])
+        ),
+        "accuracy": {
+            name: summarise(s, gold, first)["accuracy"] for name, s in (("zero", zero), ("icl", icl), ("ia2", student))
+        },
         "cosine": {"zero": layer_cosine(zero.acts, icl.acts), "ia2": layer_cosine(student.acts, icl.acts)},
         "log": log,
     }
@@ -119,8 +125,10 @@ def test_icl_beats_zero_shot_and_ia2_carries_it_into_the_weights(world, pretrain
     with torch.random.fork_rng():
         run = held_out_run(world, load(path))
     acc, cos, log = run["accuracy"], run["cosine"], run["log"]
-    print(f"pre-training {pretrain_log[-1]}; accuracy {acc}; cosine to ICL {cos}; "
-          f"teacher correct {run['teacher_correct']}; IA2 steps {log['steps']}")
+    print(
+        f"pre-training {pretrain_log[-1]}; accuracy {acc}; cosine to ICL {cos}; "
+        f"teacher correct {run['teacher_correct']}; IA2 steps {log['steps']}"
+    )
 
     assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
     # (a) the model learns the held-out mapping from demonstrations, and could not without them.

@@ -12,8 +12,18 @@ METHODS = ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft"]
 
 def cell(task, eval_task, method, acc, acc_std, ece=None, ece_std=None, n=8, p=None, model="m") -> dict:
     """A cell; `p` is (one-sided, two-sided) p-values."""
-    c = {"model": model, "task": task, "eval_task": eval_task, "n": n, "method": method, "accuracy_mean": acc,
-         "accuracy_std": acc_std, "ece_mean": ece, "ece_std": ece_std, "n_seeds": 3}
+    c = {
+        "model": model,
+        "task": task,
+        "eval_task": eval_task,
+        "n": n,
+        "method": method,
+        "accuracy_mean": acc,
+        "accuracy_std": acc_std,
+        "ece_mean": ece,
+        "ece_std": ece_std,
+        "n_seeds": 3,
+    }
     return c if p is None else {**c, "p_one_sided": p[0], "p_two_sided": p[1]}
 
 
@@ -80,26 +90,42 @@ def test_latex_table():
 
 def test_column_order_follows_methods():
     text = tables.markdown_table(CELLS, ["ia2-sft", "sft"], 16)
-    assert text == ("| source | eval | IA2 → SFT | SFT only |\n|---|---|---|---|\n"
-                    "| ag_news | ag_news | **86.0** (1.0) / **0.10** (0.01) | 81.0 (1.0) / 0.20 (0.01) |\n")
+    assert text == (
+        "| source | eval | IA2 → SFT | SFT only |\n|---|---|---|---|\n"
+        "| ag_news | ag_news | **86.0** (1.0) / **0.10** (0.01) | 81.0 (1.0) / 0.20 (0.01) |\n"
+    )
 
 
 def test_all_display_names():
-    names = [tables.method_name(m) for m in ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft", "sft-ia2",
-                                            "sft-icl", "soft"]]
-    assert names == ["w/o ICL", "ICL", "SFT only", "IA2 only", "IA2 → SFT", "IA2 + SFT", "SFT → IA2",
-                     "SFT (ICL labels)", "SFT (soft)"]
+    names = [
+        tables.method_name(m)
+        for m in ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft", "sft-ia2", "sft-icl", "soft"]
+    ]
+    assert names == [
+        "w/o ICL",
+        "ICL",
+        "SFT only",
+        "IA2 only",
+        "IA2 → SFT",
+        "IA2 + SFT",
+        "SFT → IA2",
+        "SFT (ICL labels)",
+        "SFT (soft)",
+    ]
 
 
 def test_significance_table():
     assert tables.significance_table(CELLS) == SIGNIFICANCE
 
 
-@pytest.mark.parametrize(("cells", "n", "match"), [
-    (CELLS, 32, "no cells"),
-    (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0, model="other")], 8, "span models"),
-    (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0)], 8, "two cells"),
-])
+@pytest.mark.parametrize(
+    ("cells", "n", "match"),
+    [
+        (CELLS, 32, "no cells"),
+        (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0, model="other")], 8, "span models"),
+        (CELLS + [cell("ag_news", "ag_news", "sft", 0.5, 0.0)], 8, "two cells"),
+    ],
+)
 def test_tables_reject_ambiguous_input(cells, n, match):
     with pytest.raises(IA2Error, match=match):
         tables.markdown_table(cells, METHODS, n)
@@ -118,10 +144,13 @@ def test_a_baseline_tied_with_the_best_trained_method_is_not_bold():
 
 def test_means_table_averages_rows_every_method_has():
     cells = [{**c, "asim_mean": 0.5} for c in CELLS if c["method"] != "icl"]
-    text = tables.means_table(cells + [cell("ag_news", "ag_news", "icl", 0.90, 0.01, 0.02, 0.01)], ["icl", "sft", "ia2-sft"])
+    text = tables.means_table(
+        cells + [cell("ag_news", "ag_news", "icl", 0.90, 0.01, 0.02, 0.01)], ["icl", "sft", "ia2-sft"]
+    )
     assert text == (
         "| model | N | rows | ICL | SFT only | IA2 → SFT |\n|---|---|---|---|---|---|\n"
-        "| m | 8 | 1 | 90.0 / 0.02 / – | 80.0 / 0.20 / 0.50 | 85.0 / 0.15 / 0.50 |\n")
+        "| m | 8 | 1 | 90.0 / 0.02 / – | 80.0 / 0.20 / 0.50 | 85.0 / 0.15 / 0.50 |\n"
+    )
     both = tables.means_table(cells, ["sft", "ia2-sft"])
     assert "| m | 8 | 2 | 55.0 / – / 0.50 | 60.0 / – / 0.50 |" in both, "gsm8k has no ECE: the mean has none"
     assert "| m | 8 | 1 OOD* | 70.0 / 0.30 / 0.50 | 70.0 / 0.25 / 0.50 |" in both

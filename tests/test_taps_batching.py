@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ia2 import batching, targets
-from ia2.batching import forward, make_batch
+from ia2 import forward_pass, targets
 from ia2.errors import IA2Error
+from ia2.forward_pass import forward, make_batch
 from ia2.taps import Tap, layer_modules
 
 
 def _batch_for(tokenizer, texts, answers):
     prompts = [tokenizer(t)["input_ids"] for t in texts]
-    answer_ids = [tokenizer(t + a)["input_ids"][len(p):] for t, a, p in zip(texts, answers, prompts)]
+    answer_ids = [tokenizer(t + a)["input_ids"][len(p) :] for t, a, p in zip(texts, answers, prompts)]
     return prompts, answer_ids
 
 
@@ -31,7 +31,12 @@ def test_tap_finds_one_attention_module_per_layer(loaded, arch):
     attn, mlp = ("post_attention_layernorm", "post_feedforward_layernorm") if arch == "gemma3" else ("self_attn", "mlp")
     assert tap.module == attn
     assert [names[id(m)] for m in tap.modules] == [f"model.layers.{i}.{attn}" for i in range(n_layers)]
-    for site, suffix in (("mlp", f".{mlp}"), ("attn_pre_norm", ".self_attn"), ("mlp_pre_norm", ".mlp"), ("residual", "")):
+    for site, suffix in (
+        ("mlp", f".{mlp}"),
+        ("attn_pre_norm", ".self_attn"),
+        ("mlp_pre_norm", ".mlp"),
+        ("residual", ""),
+    ):
         mods = layer_modules(model, site)
         assert [names[id(m)] for m in mods] == [f"model.layers.{i}{suffix}" for i in range(n_layers)]
     with pytest.raises(IA2Error, match="tap site"):
@@ -43,21 +48,38 @@ def test_tap_skips_a_vision_encoder_whose_layers_come_first():
     decoder's: the tap must take the decoder's."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    cfg = Gemma3Config(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                        num_key_value_heads=1, head_dim=16, vocab_size=300),
-                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                                          image_size=28, patch_size=14), mm_tokens_per_image=4)
+    cfg = Gemma3Config(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            vocab_size=300,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+    )
     model = Gemma3ForConditionalGeneration(cfg)
     names = {id(m): name for name, m in model.named_modules()}
-    assert [names[id(m)] for m in layer_modules(model, "attn_pre_norm")] == [f"model.language_model.layers.{i}.self_attn"
-                                                                            for i in range(2)]
+    assert [names[id(m)] for m in layer_modules(model, "attn_pre_norm")] == [
+        f"model.language_model.layers.{i}.self_attn" for i in range(2)
+    ]
 
 
 def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
     model, tok = loaded
     prompts, answers = _batch_for(tok, TEXTS, ANSWERS)
     assert [len(a) for a in answers] == [1, 2, 3]
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     tap = Tap(model, "attn_pre_norm")
     layer = 1
     attn = model.model.layers[layer].self_attn
@@ -66,13 +88,16 @@ def test_tap_shape_and_value_is_attention_output_before_residual(loaded, arch):
         attn.register_forward_hook(lambda m, a, o: seen.__setitem__("attn", o[0].detach())),
         attn.o_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("o_proj", o.detach())),
         model.model.layers[layer].register_forward_pre_hook(
-            lambda m, a, kw: seen.__setitem__("layer_in", (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True),
+            lambda m, a, kw: seen.__setitem__("layer_in", (a[0] if a else kw["hidden_states"]).detach()),
+            with_kwargs=True,
+        ),
         model.model.layers[layer].post_attention_layernorm.register_forward_pre_hook(
-            lambda m, a: seen.__setitem__("post_attn_norm_in", a[0].detach())),
+            lambda m, a: seen.__setitem__("post_attn_norm_in", a[0].detach())
+        ),
     ]
     try:
         with torch.no_grad():
-            logits, acts = batching.forward(model, batch, tap)
+            logits, acts = forward_pass.forward(model, batch, tap)
     finally:
         for h in handles:
             h.remove()
@@ -100,10 +125,12 @@ def test_attn_and_mlp_sites_read_what_each_sublayer_adds_to_the_residual(loaded,
     seen: dict[str, torch.Tensor] = {}
     handles = [
         layer.register_forward_pre_hook(
-            lambda m, a, kw: seen.__setitem__("in", (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True),
+            lambda m, a, kw: seen.__setitem__("in", (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True
+        ),
         pre_mlp_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("mid", a[0].detach())),
         layer.register_forward_hook(
-            lambda m, a, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple) else o).detach())),
+            lambda m, a, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple) else o).detach())
+        ),
     ]
     taps = {site: Tap(model, site) for site in ("attn", "mlp", "attn_pre_norm", "mlp_pre_norm")}
     try:
@@ -148,7 +175,7 @@ def test_make_batch_left_pads_with_restarting_positions():
     pad = 0
     prompts = [[5, 6, 7], [8], [9, 10]]
     answers = [[11, 12], [13], [14, 15, 16]]
-    batch = batching.make_batch(prompts, answers, pad)
+    batch = forward_pass.make_batch(prompts, answers, pad)
     # rows are prompt ⊕ answer[:-1]
     seqs = [[5, 6, 7, 11], [8], [9, 10, 14, 15]]
     width = 4
@@ -165,7 +192,7 @@ def test_make_batch_left_pads_with_restarting_positions():
 
 
 def test_make_batch_empty_answer_still_reads_the_last_prompt_position():
-    batch = batching.make_batch([[1, 2, 3]], [[]], 0)
+    batch = forward_pass.make_batch([[1, 2, 3]], [[]], 0)
     assert batch.input_ids.tolist() == [[1, 2, 3]]
     assert batch.keep == 1
     assert batch.answer_mask().tolist() == [[True]]
@@ -175,19 +202,19 @@ def test_padded_batch_matches_unpadded_rows(loaded):
     """Left padding with explicit position ids gives each row the logits it gets alone."""
     model, tok = loaded
     prompts, answers = _batch_for(tok, TEXTS, ANSWERS)
-    batch = batching.make_batch(prompts, answers, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     with torch.no_grad():
-        logits, _ = batching.forward(model, batch)
+        logits, _ = forward_pass.forward(model, batch)
         for row, (p, a) in enumerate(zip(prompts, answers)):
-            alone = model(input_ids=torch.tensor([p + a[:-1]]), use_cache=False).logits[0, -len(a):]
-            torch.testing.assert_close(logits[row, -len(a):], alone, rtol=1e-5, atol=1e-5)
+            alone = model(input_ids=torch.tensor([p + a[:-1]]), use_cache=False).logits[0, -len(a) :]
+            torch.testing.assert_close(logits[row, -len(a) :], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_right_align():
     rows = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 5, 6])]
-    assert batching.right_align(rows, 3).tolist() == [[0, 1, 2], [0, 0, 3], [4, 5, 6]]
+    assert forward_pass.right_align(rows, 3).tolist() == [[0, 1, 2], [0, 0, 3], [4, 5, 6]]
     acts = [torch.ones(2, 1, 4), torch.full((2, 2, 4), 2.0)]
-    out = batching.right_align(acts, 2, dim=1)
+    out = forward_pass.right_align(acts, 2, dim=1)
     assert out.shape == (2, 2, 2, 4)
     assert torch.equal(out[0, :, 0], torch.zeros(2, 4)) and torch.equal(out[0, :, 1], torch.ones(2, 4))
     assert torch.equal(out[1], acts[1])
@@ -195,7 +222,7 @@ def test_right_align():
 
 def test_length_sorted_chunks_cover_every_index_once():
     lengths = [5, 1, 9, 3, 3, 7, 2]
-    chunks = batching.length_sorted_chunks(lengths, 3)
+    chunks = forward_pass.length_sorted_chunks(lengths, 3)
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
     assert all(len(c) <= 3 for c in chunks)
     flat = [lengths[i] for c in chunks for i in c]

@@ -11,10 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, batching, losses, models, targets, train
+from ia2 import adapters, forward_pass, generation, losses, models, targets, train
+from ia2.config import TrainConfig
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
@@ -35,12 +35,12 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
     student = adapters.fresh(model, "lora", seed=0)
     tap = Tap(student)
     assert any("lora_" in n for n, _ in student.named_parameters())
-    batch = batching.make_batch(prompts, teacher.tokens, tok.pad_token_id)
+    batch = forward_pass.make_batch(prompts, teacher.tokens, tok.pad_token_id)
     with torch.no_grad():
-        _, acts = batching.forward(student, batch, tap)
+        _, acts = forward_pass.forward(student, batch, tap)
     for row, act in enumerate(teacher.acts):
         assert act.shape == (model.config.num_hidden_layers, 1, model.config.hidden_size)
-        assert torch.equal(acts[row, :, -act.shape[1]:], act)
+        assert torch.equal(acts[row, :, -act.shape[1] :], act)
 
     items = [Item(p, t, a) for p, t, a in zip(prompts, teacher.tokens, teacher.acts)]
     cfg = TrainConfig()
@@ -58,7 +58,8 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
 
 @pytest.mark.parametrize("max_new_tokens", [1, 3])
 def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, max_new_tokens):
-    """Teacher acts sit at len(prompt)-1+t of ICL prompt ⊕ answer; the student's at the same offsets of plain prompts."""
+    """Teacher acts sit at len(prompt)-1+t of ICL prompt ⊕ answer; the student's at the same offsets of plain
+    prompts."""
     model, tok = loaded
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     indices, pool = list(range(6)), list(range(12))
@@ -74,24 +75,24 @@ def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, ma
         assert act.shape == (L, len(answer), H)
         full, logits = full_attn_outputs(model, p + answer)
         # greedy: each answer token is the argmax at the position producing it
-        assert logits[len(p) - 1:len(p) - 1 + len(answer)].argmax(-1).tolist() == answer
+        assert logits[len(p) - 1 : len(p) - 1 + len(answer)].argmax(-1).tolist() == answer
         for t in range(len(answer)):
             torch.testing.assert_close(act[:, t], full[:, len(p) - 1 + t], rtol=1e-5, atol=1e-5)
 
     # student: plain prompts ⊕ teacher answer[:-1], answer-producing positions are the last |answer| ones
     plain = [encoder.encode(task.examples[i]).prompt for i in indices]
-    batch = batching.make_batch(plain, teacher.tokens, tok.pad_token_id)
+    batch = forward_pass.make_batch(plain, teacher.tokens, tok.pad_token_id)
     tap = Tap(model)
     with torch.no_grad():
-        _, acts = batching.forward(model, batch, tap)
+        _, acts = forward_pass.forward(model, batch, tap)
     expected_loss_terms = torch.zeros(L)
     n_positions = 0
     for row, (p, answer, target) in enumerate(zip(plain, teacher.tokens, teacher.acts)):
         full, _ = full_attn_outputs(model, p + answer[:-1])
-        mine = acts[row, :, acts.shape[2] - len(answer):]
-        torch.testing.assert_close(mine, full[:, -len(answer):], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(mine, full[:, len(p) - 1:len(p) - 1 + len(answer)], rtol=1e-5, atol=1e-5)
-        expected_loss_terms += ((full[:, -len(answer):] - target) ** 2).sum(dim=(1, 2))
+        mine = acts[row, :, acts.shape[2] - len(answer) :]
+        torch.testing.assert_close(mine, full[:, -len(answer) :], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine, full[:, len(p) - 1 : len(p) - 1 + len(answer)], rtol=1e-5, atol=1e-5)
+        expected_loss_terms += ((full[:, -len(answer) :] - target) ** 2).sum(dim=(1, 2))
         n_positions += len(answer)
     # and the IA2 loss is Σ_layers mean over (answer position, hidden) of the squared difference
     expected = (expected_loss_terms / (n_positions * H)).sum()
@@ -105,8 +106,8 @@ def test_batched_cached_generation_equals_one_by_one_and_uncached_greedy(loaded,
     model, tok = loaded
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, list(range(6)), list(range(12)), k=2)
-    batched = targets.generate(model, tok, prompts, 3, "\n\n")
-    alone = [targets.generate(model, tok, [p], 3, "\n\n")[0] for p in prompts]
+    batched = generation.generate(model, tok, prompts, 3, "\n\n")
+    alone = [generation.generate(model, tok, [p], 3, "\n\n")[0] for p in prompts]
     assert batched == alone
     assert any(len(a) > 1 for a in batched)
     eos = tok.eos_token_id
@@ -127,9 +128,9 @@ def test_cut_stops_at_eos_or_separator(loaded):
     _, tok = loaded
     yes, nl2, eos = tok.convert_tokens_to_ids(["Ġyes", "ĊĊ", "<eos>"])
     no = tok.convert_tokens_to_ids("Ġno")
-    assert targets._cut([yes, nl2, no], tok, "\n\n", {eos}) == [yes, nl2]
-    assert targets._cut([yes, eos, no], tok, "\n\n", {eos}) == [yes, eos]
-    assert targets._cut([yes, no, yes], tok, "\n\n", {eos}) == [yes, no, yes]
+    assert generation._cut([yes, nl2, no], tok, "\n\n", {eos}) == [yes, nl2]
+    assert generation._cut([yes, eos, no], tok, "\n\n", {eos}) == [yes, eos]
+    assert generation._cut([yes, no, yes], tok, "\n\n", {eos}) == [yes, no, yes]
 
 
 def test_a_row_stops_as_alone_when_its_prompt_ends_with_part_of_the_stop_string(loaded):
@@ -143,8 +144,8 @@ def test_a_row_stops_as_alone_when_its_prompt_ends_with_part_of_the_stop_string(
     assert short[-1] == newline
     handle = model.lm_head.register_forward_hook(lambda m, a, o: o + bias)
     try:
-        alone = targets.generate(model, tok, [short], 5, "\n\n")
-        batched = targets.generate(model, tok, [long, short], 5, "\n\n")
+        alone = generation.generate(model, tok, [short], 5, "\n\n")
+        batched = generation.generate(model, tok, [long, short], 5, "\n\n")
     finally:
         handle.remove()
     assert alone == [[newline, newline]]
@@ -196,8 +197,11 @@ def _drop_one_tensor(path):
     save_file(data, str(path), metadata=metadata)
 
 
-@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""),
-                                    _drop_one_tensor], ids=["truncated", "empty", "tensor-missing"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""), _drop_one_tensor],
+    ids=["truncated", "empty", "tensor-missing"],
+)
 def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok = models.load(str(llama_dir))
@@ -245,8 +249,14 @@ def test_losses_by_hand():
     tgt = torch.tensor([[1, 0], [1, 1]])
     mask = torch.tensor([[False, True], [True, True]])
     ln = torch.log
-    want = -(ln(torch.tensor(torch.e ** 2 / (torch.e ** 2 + 1))) + ln(torch.tensor(torch.e ** 3 / (torch.e + torch.e ** 3)))
-             + ln(torch.tensor(torch.e / (1 + torch.e)))) / 3
+    want = (
+        -(
+            ln(torch.tensor(torch.e**2 / (torch.e**2 + 1)))
+            + ln(torch.tensor(torch.e**3 / (torch.e + torch.e**3)))
+            + ln(torch.tensor(torch.e / (1 + torch.e)))
+        )
+        / 3
+    )
     torch.testing.assert_close(losses.ce(logits, tgt, mask), want)
     # ia2: one row, 2 layers, 2 positions (first masked), hidden 2
     acts = torch.tensor([[[[9.0, 9.0], [1.0, 2.0]], [[9.0, 9.0], [0.0, 0.0]]]])

@@ -10,10 +10,10 @@ import torch
 from peft import PeftModel
 
 from conftest import ARCHS, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, batching, models, targets, train
+from ia2 import adapters, forward_pass, models, targets, train
+from ia2.config import TrainConfig
 from ia2.methods import Stage
 from ia2.taps import Tap
-from ia2.config import TrainConfig
 from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
@@ -53,7 +53,9 @@ def _setup(folder, toy_jsonl, seed=0) -> Setup:
 def trained(request, model_dirs, toy_jsonl):
     s = _setup(model_dirs[request.param], toy_jsonl)
     cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=15, eval_every=2, patience=3)
-    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    log = train.train_stage(
+        s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
+    )
     return s, cfg, log
 
 
@@ -80,8 +82,10 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
     """With --per-layer-norm too: every dev batch is normalised by the whole dev set's teacher scale."""
     s, cfg, _ = trained
     cfg = replace(cfg, per_layer_norm=per_layer_norm)
-    losses = [train.dev_loss(s.model, s.tap, s.dev_items, IA2, replace(cfg, eval_batch_size=size),
-                             s.tokenizer.pad_token_id) for size in (1, 3, 16)]
+    losses = [
+        train.dev_loss(s.model, s.tap, s.dev_items, IA2, replace(cfg, eval_batch_size=size), s.tokenizer.pad_token_id)
+        for size in (1, 3, 16)
+    ]
     assert 3 < len(s.dev_items) < 16
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
 
@@ -112,7 +116,9 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
     the best one, not the last one."""
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4)
-    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    log = train.train_stage(
+        s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
+    )
     worse_later = [h for h in log["history"] if h["step"] > log["best_step"] and h["dev_loss"] > log["best_dev_loss"]]
     assert worse_later, "setup: the run should have worsened after its best point"
     again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
@@ -120,10 +126,13 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
 
 
 def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
-    """restore_best=False (the reference code's behaviour) leaves the last state: its dev loss is the last one logged."""
+    """restore_best=False (the reference code's behaviour) leaves the last state: its dev loss is the last one
+    logged."""
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4, restore_best=False)
-    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    log = train.train_stage(
+        s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
+    )
     assert log["history"][-1]["dev_loss"] > log["best_dev_loss"], "setup: the last state should be worse than the best"
     again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
     assert again == pytest.approx(log["history"][-1]["dev_loss"], abs=1e-6, rel=1e-6)
@@ -132,7 +141,9 @@ def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
 def test_max_steps_caps_a_stage(model_dirs, toy_jsonl):
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=1e-3, train_batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
-    log = train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    log = train.train_stage(
+        s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
+    )
     assert log["steps"] == 5 and log["epochs"] == 3
     assert [h["step"] for h in log["history"]] == [0, 2, 4, 5], "the last step's state is checked on dev, not dropped"
 
@@ -142,8 +153,11 @@ def test_training_is_deterministic_for_a_seed(model_dirs, toy_jsonl):
     for _ in range(2):
         s = _setup(model_dirs["llama"], toy_jsonl)
         cfg = TrainConfig(lr=3e-3, max_epochs=4, eval_every=1)
-        logs.append(train.train_stage(s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=5,
-                                      pad_id=s.tokenizer.pad_token_id))
+        logs.append(
+            train.train_stage(
+                s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=5, pad_id=s.tokenizer.pad_token_id
+            )
+        )
         states.append(train.adapter_state(s.model))
     assert logs[0] == logs[1]
     assert states[0].keys() == states[1].keys()
@@ -155,16 +169,20 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
     gold = [Item(i.prompt, i.answer) for i in s.train_items]  # ce needs no activations
     dev = [Item(i.prompt, i.answer) for i in s.dev_items]
     cfg = TrainConfig(lr=1e-2, max_epochs=6, eval_every=1, patience=6)
-    log = train.train_stage(s.model, s.tap, gold, dev, Stage("ce", "gold"), cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
+    log = train.train_stage(
+        s.model, s.tap, gold, dev, Stage("ce", "gold"), cfg, seed=0, pad_id=s.tokenizer.pad_token_id
+    )
     assert log["stage"] == "ce:gold"
     assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
     # the ce dev loss is the mean −log p of the dev answers
-    batch = batching.make_batch([i.prompt for i in dev], [i.answer for i in dev], s.tokenizer.pad_token_id)
+    batch = forward_pass.make_batch([i.prompt for i in dev], [i.answer for i in dev], s.tokenizer.pad_token_id)
     with torch.no_grad():
-        logits, _ = batching.forward(s.model, batch)
+        logits, _ = forward_pass.forward(s.model, batch)
     logp = torch.log_softmax(logits[:, -1].float(), -1)
     want = -logp[torch.arange(len(dev)), torch.tensor([i.answer[0] for i in dev])].mean().item()
-    assert train.dev_loss(s.model, s.tap, dev, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id) == pytest.approx(want, rel=1e-5)
+    assert train.dev_loss(s.model, s.tap, dev, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id) == pytest.approx(
+        want, rel=1e-5
+    )
 
 
 def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
@@ -176,13 +194,13 @@ def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
     base, _ = models.load(str(s.folder))
     reloaded = PeftModel.from_pretrained(base, str(path)).eval()
     prompts = [i.prompt for i in s.dev_items + s.train_items]
-    batch = batching.make_batch(prompts, [[0]] * len(prompts), s.tokenizer.pad_token_id)
+    batch = forward_pass.make_batch(prompts, [[0]] * len(prompts), s.tokenizer.pad_token_id)
     with torch.no_grad():
-        want, _ = batching.forward(s.model, batch)
-        got, _ = batching.forward(reloaded, batch)
+        want, _ = forward_pass.forward(s.model, batch)
+        got, _ = forward_pass.forward(reloaded, batch)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     with reloaded.disable_adapter(), torch.no_grad():
-        without, _ = batching.forward(reloaded, batch)
+        without, _ = forward_pass.forward(reloaded, batch)
     assert not torch.allclose(without, want, atol=1e-4), "the trained adapter should change the logits"
 
 

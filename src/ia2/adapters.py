@@ -5,8 +5,6 @@ prompt-learning adapters."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,13 @@ from .paths import atomic_path
 
 # The paper's adapters by name; a mapping with one of their peft_types starts from its preset.
 PRESETS: dict[str, dict[str, Any]] = {
-    "lora": {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "o_proj"],
-             "lora_dropout": 0.0},
+    "lora": {
+        "peft_type": "LORA",
+        "r": 8,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "k_proj", "o_proj"],
+        "lora_dropout": 0.0,
+    },
     "ia3": {"peft_type": "IA3", "target_modules": ["q_proj", "k_proj", "o_proj"], "feedforward_modules": []},
     "prompt": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20},
     "prefix": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20},
@@ -47,14 +50,20 @@ class Capability:
 
 
 # Tested kinds by PEFT type; other injected-layer kinds merge, other prompt-learning kinds have virtual tokens.
-CAPABILITIES = {"LORA": Capability(True, True, False), "IA3": Capability(True, True, False),
-                "PROMPT_TUNING": Capability(False, False, True), "PREFIX_TUNING": Capability(False, False, True)}
+CAPABILITIES = {
+    "LORA": Capability(True, True, False),
+    "IA3": Capability(True, True, False),
+    "PROMPT_TUNING": Capability(False, False, True),
+    "PREFIX_TUNING": Capability(False, False, True),
+}
 
 
 def _config_class(peft_type: str) -> type[PeftConfig]:
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        raise IA2Error(f"unknown peft_type {peft_type!r}: a PEFT type such as LORA, IA3, LOHA, PROMPT_TUNING, "
-                       f"or a preset ({', '.join(PRESETS)})")
+        raise IA2Error(
+            f"unknown peft_type {peft_type!r}: a PEFT type such as LORA, IA3, LOHA, PROMPT_TUNING, "
+            f"or a preset ({', '.join(PRESETS)})"
+        )
     return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
 
 
@@ -118,12 +127,17 @@ def from_old(old: Mapping[str, Any]) -> dict[str, Any]:
     """The adapter mapping of a config recorded by ia2 0.1 (kind, r, alpha, targets, dropout, feedforward,
     num_virtual_tokens)."""
     kind = old.get("kind", "lora")
-    fields = {"lora": {"r": "r", "lora_alpha": "alpha", "target_modules": "targets", "lora_dropout": "dropout"},
-              "ia3": {"target_modules": "targets", "feedforward_modules": "feedforward"},
-              "prompt": {"num_virtual_tokens": "num_virtual_tokens"},
-              "prefix": {"num_virtual_tokens": "num_virtual_tokens"}}[kind]
-    given = {new: list(old[was]) if isinstance(old[was], (list, tuple)) else old[was]
-             for new, was in fields.items() if was in old}
+    fields = {
+        "lora": {"r": "r", "lora_alpha": "alpha", "target_modules": "targets", "lora_dropout": "dropout"},
+        "ia3": {"target_modules": "targets", "feedforward_modules": "feedforward"},
+        "prompt": {"num_virtual_tokens": "num_virtual_tokens"},
+        "prefix": {"num_virtual_tokens": "num_virtual_tokens"},
+    }[kind]
+    given = {
+        new: list(old[was]) if isinstance(old[was], (list, tuple)) else old[was]
+        for new, was in fields.items()
+        if was in old
+    }
     return normalise({"peft_type": PRESETS[kind]["peft_type"], **given})
 
 
@@ -139,8 +153,10 @@ def _check_architecture(model: nn.Module, peft_type: str) -> None:
     types = getattr(model.config.get_text_config(), "layer_types", None) or []
     other = sorted(set(types) - {"full_attention", "sliding_attention"})
     if peft_type == "PREFIX_TUNING" and other:
-        raise IA2Error(f"prefix tuning needs a key/value cache in every layer; {type(model).__name__} also has "
-                       f"{', '.join(other)} layers")
+        raise IA2Error(
+            f"prefix tuning needs a key/value cache in every layer; {type(model).__name__} also has "
+            f"{', '.join(other)} layers"
+        )
 
 
 def fresh(model: nn.Module, spec: str | Mapping[str, Any], seed: int) -> PeftModel:
@@ -154,7 +170,9 @@ def fresh(model: nn.Module, spec: str | Mapping[str, Any], seed: int) -> PeftMod
     try:
         wrapped = get_peft_model(base, peft_cfg)
     except ValueError as exc:
-        raise IA2Error(f"cannot add a {spec['peft_type']} adapter to {type(base).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise IA2Error(
+            f"cannot add a {spec['peft_type']} adapter to {type(base).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
     wrapped.eval()
     return wrapped
 
@@ -180,52 +198,3 @@ def merged_bf16(model: PeftModel) -> nn.Module:
         raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind.value}")
     merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()
     return merged.eval()
-
-
-def _active(model: nn.Module, peft_type: PeftType) -> bool:
-    """Whether `model` has an enabled adapter of this PEFT type (`disable_adapter()` turns it off for the teacher)."""
-    return (isinstance(model, PeftModel) and model.has_active_enabled_adapter
-            and model.active_peft_config.peft_type == peft_type)
-
-
-def prompt_tuning_active(model: nn.Module) -> bool:
-    """Whether an enabled prompt-tuning adapter will prepend virtual tokens (PEFT then drops explicit position ids)."""
-    return _active(model, PeftType.PROMPT_TUNING)
-
-
-def _sliding_window(model: nn.Module) -> int | None:
-    """The sliding attention window if some layer has one (assumed so when the config names no layer types)."""
-    config = model.config.get_text_config()
-    window, types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None) or []
-    return window if window and (not types or any("sliding" in t for t in types)) else None
-
-
-def rows_alone(model: nn.Module, width: int) -> bool:
-    """Whether padded rows of this width must run one at a time: an enabled prefix adapter's virtual tokens sit before
-    the pads, and a sliding attention window counts the pads, so a row that reaches past it would see less prefix."""
-    if not _active(model, PeftType.PREFIX_TUNING):
-        return False
-    window = _sliding_window(model)
-    return window is not None and model.active_peft_config.num_virtual_tokens + width > window
-
-
-def _positions_from_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Pre-hook for a cache-less forward: each row's pads moved before the virtual tokens, so that these sit next to the
-    row as in an unpadded one (sliding windows count pads), and position ids counted over the unmasked tokens."""
-    mask, embeds = kwargs["attention_mask"], kwargs["inputs_embeds"]
-    order = mask.argsort(dim=-1, stable=True)
-    mask = mask.gather(-1, order)
-    embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return args, {**kwargs, "attention_mask": mask, "inputs_embeds": embeds, "position_ids": positions}
-
-
-@contextmanager
-def positions_from_mask(model: PeftModel) -> Iterator[None]:
-    """While open, a prompt-tuned model's cache-less forward puts the virtual tokens right before each left-padded row,
-    at positions 0..n-1, and the row after them, as if unpadded (PEFT puts them before the pads, drops positions)."""
-    handle = model.base_model.register_forward_pre_hook(_positions_from_mask, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from scipy import stats
@@ -82,8 +82,14 @@ def select(rows: list[dict], by: str = "dev_loss") -> tuple[list[dict], list[dic
             continue
         best = min(by_value, key=lambda v: _mean_dev(by_value[v], by))
         kept += by_value[best]
-        choices.append({"condition": condition, "method": method, "tuned": json.loads(best),
-                        "dev_scores": {v: _mean_dev(r, by) for v, r in by_value.items()}})
+        choices.append(
+            {
+                "condition": condition,
+                "method": method,
+                "tuned": json.loads(best),
+                "dev_scores": {v: _mean_dev(r, by) for v, r in by_value.items()},
+            }
+        )
     return kept, choices
 
 
@@ -100,8 +106,16 @@ def cells(rows: Iterable[dict]) -> list[dict]:
         groups[r["model"], r["task"], r["eval_task"], r["n_train"], r["method"], r["condition"]].append(r)
     out = []
     for (model, task, eval_task, n, method, condition), mine in sorted(groups.items()):
-        cell = {"model": model, "task": task, "eval_task": eval_task, "n": n, "method": method,
-                "condition": condition, "n_seeds": len(mine), "seeds": sorted(r["seed"] for r in mine)}
+        cell = {
+            "model": model,
+            "task": task,
+            "eval_task": eval_task,
+            "n": n,
+            "method": method,
+            "condition": condition,
+            "n_seeds": len(mine),
+            "seeds": sorted(r["seed"] for r in mine),
+        }
         for metric in METRICS:
             values = [r[metric] for r in mine if r.get(metric) is not None]
             cell[f"{metric}_mean"] = float(np.mean(values)) if values else None
@@ -110,8 +124,13 @@ def cells(rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-def paired_test(rows: Iterable[dict], a: str = "ia2-sft", b: str = "sft", metric: str = "accuracy",
-                by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition")) -> list[dict]:
+def paired_test(
+    rows: Iterable[dict],
+    a: str = "ia2-sft",
+    b: str = "sft",
+    metric: str = "accuracy",
+    by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition"),
+) -> list[dict]:
     """Paired t-tests of method a against method b on `metric`, pairing rows by seed (and task when pooled); one
     test per `by` group, in the groups' order. Each reports t (of a − b), the two-sided p and the one-sided p of
     "a is better than b" (`alternative`: a − b greater for accuracy, less for ECE and other lower-is-better metrics);
@@ -128,8 +147,18 @@ def paired_test(rows: Iterable[dict], a: str = "ia2-sft", b: str = "sft", metric
         if not both:
             continue
         x, y = np.array(both).T
-        out.append({**dict(zip(by, group)), "metric": metric, "a": a, "b": b, "pairs": len(both),
-                    "mean_difference": float((x - y).mean()), "alternative": alternative, **_t_test(x, y, alternative)})
+        out.append(
+            {
+                **dict(zip(by, group)),
+                "metric": metric,
+                "a": a,
+                "b": b,
+                "pairs": len(both),
+                "mean_difference": float((x - y).mean()),
+                "alternative": alternative,
+                **_t_test(x, y, alternative),
+            }
+        )
     return out
 
 
@@ -138,5 +167,8 @@ def _t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:
     if len(x) < 2 or np.std(x - y) == 0:
         return {"t": None, "p_two_sided": None, "p_one_sided": None}
     two_sided, one_sided = stats.ttest_rel(x, y), stats.ttest_rel(x, y, alternative=alternative)
-    return {"t": float(two_sided.statistic), "p_two_sided": float(two_sided.pvalue),
-            "p_one_sided": float(one_sided.pvalue)}
+    return {
+        "t": float(two_sided.statistic),
+        "p_two_sided": float(two_sided.pvalue),
+        "p_one_sided": float(one_sided.pvalue),
+    }

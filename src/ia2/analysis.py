@@ -75,11 +75,20 @@ def adapter_overlap(dir1: Path, dir2: Path) -> dict:
     """Subspace overlap of two adapters per (layer, projection), with its mean: {"modules": [...], "mean": float}."""
     b1, b2 = lora_bases(dir1), lora_bases(dir2)
     if b1.keys() != b2.keys():
-        raise IA2Error(f"adapters adapt different modules: only in {dir1}: {sorted(b1.keys() - b2.keys())}, "
-                       f"only in {dir2}: {sorted(b2.keys() - b1.keys())}")
-    modules = [{"layer": layer, "projection": proj, "dim": b1[layer, proj].shape[0],
-                "rank": max(b1[layer, proj].shape[1], b2[layer, proj].shape[1]),
-                "overlap": subspace_overlap(b1[layer, proj], b2[layer, proj])} for layer, proj in b1]
+        raise IA2Error(
+            f"adapters adapt different modules: only in {dir1}: {sorted(b1.keys() - b2.keys())}, "
+            f"only in {dir2}: {sorted(b2.keys() - b1.keys())}"
+        )
+    modules = [
+        {
+            "layer": layer,
+            "projection": proj,
+            "dim": b1[layer, proj].shape[0],
+            "rank": max(b1[layer, proj].shape[1], b2[layer, proj].shape[1]),
+            "overlap": subspace_overlap(b1[layer, proj], b2[layer, proj]),
+        }
+        for layer, proj in b1
+    ]
     return {"modules": modules, "mean": float(np.mean([m["overlap"] for m in modules]))}
 
 
@@ -96,7 +105,8 @@ def random_overlap(d: int, r: int, samples: int = 200, seed: int = 0) -> float:
 
 
 def layer_similarity(rows: Sequence[dict]) -> dict[str, dict]:
-    """Per method, mean and sample std over rows (seeds) of each layer's cosine similarity to ICL: {method: {mean, std, n}}."""
+    """Per method, mean and sample std over rows (seeds) of each layer's cosine similarity to ICL: {method: {mean, std,
+    n}}."""
     per_method: dict[str, list[list[float]]] = {}
     for row in rows:
         if row.get("asim_layers") is not None:

@@ -17,7 +17,9 @@ def model_card(cfg: RunConfig, task: Task, method: str, seed: int, rows: list[di
     """The card's markdown, with YAML front matter naming the base model as the user named it."""
     labels = ", ".join(f"`{label}`" for label in task.labels) or f"generated, parsed by `{task.parser}`"
     metrics = "\n".join(f"| {r['eval_task']} | " + " | ".join(_number(r.get(m)) for m in METRICS) + " |" for r in rows)
-    stages = ", ".join(f"{log['stage']} ({log['steps']} steps, best dev loss {log['best_dev_loss']:.4g})" for log in logs)
+    stages = ", ".join(
+        f"{log['stage']} ({log['steps']} steps, best dev loss {log['best_dev_loss']:.4g})" for log in logs
+    )
     return f"""---
 base_model: {cfg.model}
 library_name: peft
@@ -41,15 +43,24 @@ Labels: {labels}.
 
 ## Test metrics
 
-| evaluation set | {' | '.join(METRICS)} |
-|---{'|---' * len(METRICS)}|
+| evaluation set | {" | ".join(METRICS)} |
+|---{"|---" * len(METRICS)}|
 {metrics}
 
 ## Training settings
 
 ```json
-{json.dumps({"train": asdict(cfg.train), "adapter": cfg.adapter, "teacher": asdict(cfg.teacher),
-             "prompt": asdict(cfg.prompt)}, indent=2)}
+{
+        json.dumps(
+            {
+                "train": asdict(cfg.train),
+                "adapter": cfg.adapter,
+                "teacher": asdict(cfg.teacher),
+                "prompt": asdict(cfg.prompt),
+            },
+            indent=2,
+        )
+    }
 ```
 
 Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), PATH)`, where BASE is the base

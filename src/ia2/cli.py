@@ -11,21 +11,34 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, summary, sweep
+from . import adapters, config, distributed, report, sweep
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
 
-DEMO = config.make("gemma3-270m", "bigbench:metaphor_boolean", n_train=8, seeds=[0, 1, 2], n_test=100,
-                   icl_demos="per-query", max_epochs=20)
+DEMO = config.make(
+    "gemma3-270m",
+    "bigbench:metaphor_boolean",
+    n_train=8,
+    seeds=[0, 1, 2],
+    n_test=100,
+    icl_demos="per-query",
+    max_epochs=20,
+)
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
 # Flags of ia2 0.1, each answered with today's spelling.
-OLD_FLAGS = {"--n": "--n-train", "--epochs": "--max-epochs", "--teacher": "--teacher-mode", "--eval-task": "--eval-tasks",
-             "--keep-last": "--no-restore-best", "--lora-r": "--adapter '{\"peft_type\": \"LORA\", \"r\": 16}'",
-             "--lora-alpha": "--adapter '{\"peft_type\": \"LORA\", \"lora_alpha\": 16}'",
-             "--lora-targets": "--adapter '{\"peft_type\": \"LORA\", \"target_modules\": [\"q_proj\"]}'",
-             "--ia3-feedforward": "--adapter '{\"peft_type\": \"IA3\", \"feedforward_modules\": [...]}'",
-             "--num-virtual-tokens": "--adapter '{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 8}'"}
+OLD_FLAGS = {
+    "--n": "--n-train",
+    "--epochs": "--max-epochs",
+    "--teacher": "--teacher-mode",
+    "--eval-task": "--eval-tasks",
+    "--keep-last": "--no-restore-best",
+    "--lora-r": '--adapter \'{"peft_type": "LORA", "r": 16}\'',
+    "--lora-alpha": '--adapter \'{"peft_type": "LORA", "lora_alpha": 16}\'',
+    "--lora-targets": '--adapter \'{"peft_type": "LORA", "target_modules": ["q_proj"]}\'',
+    "--ia3-feedforward": '--adapter \'{"peft_type": "IA3", "feedforward_modules": [...]}\'',
+    "--num-virtual-tokens": '--adapter \'{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}\'',
+}
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -58,18 +71,35 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         help_text += f" [default: {_shown(value)}]" if path not in config.REQUIRED else " [required]"
         kind = config.annotation(path)
         if kind is bool:
-            group.add_argument(config.flag(path), dest=path, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                config.flag(path),
+                dest=path,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
-            group.add_argument(config.flag(path), dest=path, default=argparse.SUPPRESS, metavar=_metavar(kind),
-                               help=help_text.replace("%", "%%"))
+            group.add_argument(
+                config.flag(path),
+                dest=path,
+                default=argparse.SUPPRESS,
+                metavar=_metavar(kind),
+                help=help_text.replace("%", "%%"),
+            )
 
 
 def _metavar(kind: Any) -> str:
     """What a flag takes, from the setting's type."""
     text = str(kind)
-    return "A,B,..." if "tuple" in text else "INT" if "int" in text else "X" if "float" in text else (
-        "NAME|MAPPING" if "dict" in text else "TEXT")
+    return (
+        "A,B,..."
+        if "tuple" in text
+        else "INT"
+        if "int" in text
+        else "X"
+        if "float" in text
+        else ("NAME|MAPPING" if "dict" in text else "TEXT")
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
@@ -86,15 +116,18 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ia2", allow_abbrev=False,
-                                description="ICL Activation Alignment: distil demonstrations into an adapter")
+    p = argparse.ArgumentParser(
+        prog="ia2", allow_abbrev=False, description="ICL Activation Alignment: distil demonstrations into an adapter"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="compare methods on one model and task", allow_abbrev=False)
     run_p.add_argument("--config", type=Path, default=None, help="a YAML file of settings; flags override it")
-    run_p.add_argument("--out", type=Path, default=None, help="output folder [default: the file's `out`, else "
-                       "runs/latest]")
-    run_p.add_argument("--overwrite", action="store_true",
-                       help="replace the output folder's run when it holds another configuration's")
+    run_p.add_argument(
+        "--out", type=Path, default=None, help="output folder [default: the file's `out`, else runs/latest]"
+    )
+    run_p.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder's run when it holds another configuration's"
+    )
     add_settings(run_p)
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}")
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
@@ -104,13 +137,22 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    sw.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/K",
-                    help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes")
+    sw.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/K",
+        help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
+    )
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder")
     rep.add_argument("folder", type=Path)
-    rep.add_argument("--select", choices=["dev_loss", "dev_accuracy", "test_accuracy"], default=None,
-                     help="hyperparameter choice on dev data (default: the sweep's); test_accuracy only for parity "
-                     "with the reference code, which selects on the test set")
+    rep.add_argument(
+        "--select",
+        choices=["dev_loss", "dev_accuracy", "test_accuracy"],
+        default=None,
+        help="hyperparameter choice on dev data (default: the sweep's); test_accuracy only for parity "
+        "with the reference code, which selects on the test set",
+    )
     return p
 
 
@@ -141,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return run_sweep(args)
         if args.command == "report":
-            print(summary.write(args.folder, args.select))
+            print(report.write(args.folder, args.select))
             return 0
         cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
         run(cfg, out, overwrite=getattr(args, "overwrite", False))
@@ -166,7 +208,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     sweep.execute(plan, args.shard)
     if args.shard[1] == 1 and distributed.is_main():
-        print(summary.write(plan.out))
+        print(report.write(plan.out))
     return 0
 
 

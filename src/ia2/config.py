@@ -34,8 +34,14 @@ class SettingError(IA2Error):
         self.path, self.reason = path, reason
 
 
-def setting(help: str, default: Any = MISSING, *, choices: Callable[[], tuple] | tuple | None = None,
-            least: float | None = None, factory: Callable[[], Any] | None = None) -> Any:
+def setting(
+    help: str,
+    default: Any = MISSING,
+    *,
+    choices: Callable[[], tuple] | tuple | None = None,
+    least: float | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A config field with its help text, allowed values (or a function giving them) and least value."""
     meta = {"help": help, "choices": choices, "least": least}
     if factory is not None:
@@ -53,13 +59,18 @@ class DataConfig:
     n_test: int = setting("held-out test examples", 100, least=1)
     eval_tasks: tuple[str, ...] = setting("out-of-distribution test sets, scored beside the task's own", ())
     labels: tuple[str, ...] | None = setting("label words (jsonl tasks; default: the distinct answers)", None)
-    parser: str | None = setting("score generated answers with this extractor: makes the task generative", None,
-                                 choices=lambda: tuple(PARSERS))
+    parser: str | None = setting(
+        "score generated answers with this extractor: makes the task generative", None, choices=lambda: tuple(PARSERS)
+    )
     max_new_tokens: int | None = setting("answer length T (generative tasks)", None, least=1)
-    answer_prefix: str | None = setting("text between prompt and answer (default the task's; '' as the reference)",
-                                        None)
-    unlabelled: int | None = setting("low-data mode: the N labelled examples are only demonstrations; IA2 trains "
-                                     "on M unlabelled queries", None, least=1)
+    answer_prefix: str | None = setting(
+        "text between prompt and answer (default the task's; '' as the reference)", None
+    )
+    unlabelled: int | None = setting(
+        "low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries",
+        None,
+        least=1,
+    )
     data_seed: int = setting("seed of the held-out test draw", 1234)
 
     @property
@@ -72,9 +83,12 @@ class PromptConfig:
     """How prompts and demonstrations are built."""
 
     k_max: int = setting("most demonstrations per prompt", 8, least=1)
-    icl_demos: str = setting("ICL baseline demos: one draw from the training examples shared by all queries, one "
-                             "draw per query, or (reference parity) per query from the pool outside train and dev",
-                             "shared", choices=("shared", "per-query", "pool"))
+    icl_demos: str = setting(
+        "ICL baseline demos: one draw from the training examples shared by all queries, one "
+        "draw per query, or (reference parity) per query from the pool outside train and dev",
+        "shared",
+        choices=("shared", "per-query", "pool"),
+    )
     permutations: int = setting("low-data mode: demonstration orders, query j gets order j mod K", 1, least=1)
     chat: bool = setting("wrap prompts in the tokenizer's chat template (instruct models)", False)
 
@@ -85,15 +99,25 @@ class TeacherConfig:
 
     site: str = setting("where activations are aligned", "attn", choices=lambda: tuple(SITES))
     layers: tuple[int, ...] | None = setting("decoder layers to align (default: all)", None)
-    teacher_mode: str = setting("teacher activations cached on disk, or computed per batch (adapter disabled) and "
-                                "never stored", "cached", choices=("cached", "online"))
-    soft_top_k: int = setting("teacher next-token probabilities kept for the soft method: 0 = whole vocabulary",
-                              0, least=0)
+    teacher_mode: str = setting(
+        "teacher activations cached on disk, or computed per batch (adapter disabled) and never stored",
+        "cached",
+        choices=("cached", "online"),
+    )
+    soft_top_k: int = setting(
+        "teacher next-token probabilities kept for the soft method: 0 = whole vocabulary", 0, least=0
+    )
     target_dtype: str = setting("dtype of cached teacher activations", "float32", choices=("float32", "bfloat16"))
-    target_store: str = setting("cached activations in one file, or in shards read back batch by batch (large N x T)",
-                                "file", choices=("file", "shards"))
-    teacher_stop: str = setting("cut teacher answers at the task's stop string, or at EOS only (reference parity)",
-                                "task", choices=("task", "eos"))
+    target_store: str = setting(
+        "cached activations in one file, or in shards read back batch by batch (large N x T)",
+        "file",
+        choices=("file", "shards"),
+    )
+    teacher_stop: str = setting(
+        "cut teacher answers at the task's stop string, or at EOS only (reference parity)",
+        "task",
+        choices=("task", "eos"),
+    )
 
 
 @dataclass(frozen=True)
@@ -107,8 +131,9 @@ class TrainConfig:
     max_steps: int | None = setting("most optimizer steps per stage", None, least=1)
     eval_every: int = setting("optimizer steps between dev-loss checks", 2, least=1)
     patience: int = setting("dev checks without improvement before stopping", 5, least=1)
-    restore_best: bool = setting("restore the best adapter state on dev (--no-restore-best: the last, as the "
-                                 "reference code)", True)
+    restore_best: bool = setting(
+        "restore the best adapter state on dev (--no-restore-best: the last, as the reference code)", True
+    )
     w: float = setting("CE weight of the joint ia2+sft loss", 0.5)
     per_layer_norm: bool = setting("normalise each layer's MSE by the teacher's scale", False)
 
@@ -118,11 +143,11 @@ class RuntimeConfig:
     """Where and how the work runs; none of it changes what is computed, except dtype and merge_bf16."""
 
     device: str = setting("auto (CUDA when available), cpu, cuda, cuda:1, ...", "auto")
-    dtype: str = setting("base model weights (losses and adapters stay fp32)", "float32",
-                         choices=("float32", "bfloat16", "float16"))
+    dtype: str = setting(
+        "base model weights (losses and adapters stay fp32)", "float32", choices=("float32", "bfloat16", "float16")
+    )
     batch_size: int = setting("inference batch size (teacher collection, evaluation)", 8, least=1)
-    fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)",
-                         False)
+    fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)", False)
     merge_bf16: bool = setting("evaluate adapters merged into bf16 weights (reference parity)", False)
     save_adapters: bool = setting("save every trained adapter in PEFT format", True)
 
@@ -132,12 +157,15 @@ class RunConfig:
     """Everything a run depends on; written next to its results."""
 
     model: str = setting("hub id, local folder, or embedded name (smollm2-135m, gemma3-270m)", "")
-    methods: tuple[str, ...] = setting("methods to compare", ("zero-shot", "icl", "sft", "ia2", "ia2-sft"),
-                                       choices=lambda: tuple(METHODS))
+    methods: tuple[str, ...] = setting(
+        "methods to compare", ("zero-shot", "icl", "sft", "ia2", "ia2-sft"), choices=lambda: tuple(METHODS)
+    )
     seeds: tuple[int, ...] = setting("seeds: one training set, demo draw and adapter init each", (0, 1, 2))
-    adapter: dict = setting("a PEFT adapter: a preset (" + ", ".join(adapters.PRESETS) + "), or a PEFT config "
-                            "mapping with peft_type (fields not given take the preset's)",
-                            factory=lambda: adapters.normalise("lora"))
+    adapter: dict = setting(
+        "a PEFT adapter: a preset (" + ", ".join(adapters.PRESETS) + "), or a PEFT config "
+        "mapping with peft_type (fields not given take the preset's)",
+        factory=lambda: adapters.normalise("lora"),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -145,11 +173,17 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig) if f.name in
-                             ("data", "prompt", "teacher", "train", "runtime")}
+SECTIONS: dict[str, type] = {
+    f.name: f.type for f in fields(RunConfig) if f.name in ("data", "prompt", "teacher", "train", "runtime")
+}
 # Names of earlier versions: a file that uses one gets a one-line message naming today's.
-RENAMED = {"n": "n_train", "epochs": "max_epochs", "train.batch_size": "train_batch_size", "eval_task": "eval_tasks",
-           "teacher": "teacher_mode"}
+RENAMED = {
+    "n": "n_train",
+    "epochs": "max_epochs",
+    "train.batch_size": "train_batch_size",
+    "eval_task": "eval_tasks",
+    "teacher": "teacher_mode",
+}
 NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp")
 REQUIRED = ("model", "data.task")
 
@@ -213,8 +247,10 @@ def resolve(key: str, shown: str) -> str:
     if key in RENAMED:
         raise IA2Error(f"{shown}: setting {key!r} is now called {RENAMED[key]!r}")
     if key.startswith("adapter."):
-        raise IA2Error(f"{shown}: adapter settings are now a PEFT config: write `adapter: ia3` (a preset) or "
-                       "`adapter: {peft_type: LORA, r: 16}`")
+        raise IA2Error(
+            f"{shown}: adapter settings are now a PEFT config: write `adapter: ia3` (a preset) or "
+            "`adapter: {peft_type: LORA, r: 16}`"
+        )
     raise IA2Error(f"{shown}: unknown setting {key!r} (known: {', '.join(leaves())})")
 
 
@@ -345,7 +381,7 @@ def validate(cfg: RunConfig) -> None:
     for path, f in paths().items():
         value, meta = _get(cfg, path), f.metadata
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
-        for item in (value if isinstance(value, tuple) else (value,)):
+        for item in value if isinstance(value, tuple) else (value,):
             if choices and item is not None and item not in choices:
                 raise SettingError(path, f"must be one of {', '.join(map(str, choices))}, got {item!r}")
             if meta["least"] is not None and item is not None and item < meta["least"]:
@@ -373,17 +409,28 @@ def _validate_combinations(cfg: RunConfig) -> None:
     layers = cfg.teacher.layers
     if layers is not None and (not layers or len(set(layers)) != len(layers) or min(layers) < 0):
         raise SettingError("teacher.layers", f"{list(layers)}: expected distinct layer indices from 0")
-    if cfg.teacher.teacher_mode == "online" and (cfg.teacher.target_dtype, cfg.teacher.target_store) != ("float32", "file"):
-        raise SettingError("teacher.teacher_mode", "online stores no activations: drop --target-dtype and "
-                           "--target-store")
+    if cfg.teacher.teacher_mode == "online" and (cfg.teacher.target_dtype, cfg.teacher.target_store) != (
+        "float32",
+        "file",
+    ):
+        raise SettingError(
+            "teacher.teacher_mode", "online stores no activations: drop --target-dtype and --target-store"
+        )
     capability = adapters.capabilities(cfg.adapter)
     if cfg.runtime.merge_bf16 and not capability.merge:
-        raise SettingError("runtime.merge_bf16", f"needs an adapter that merges (LoRA, IA3), not {cfg.adapter['peft_type']}")
+        raise SettingError(
+            "runtime.merge_bf16", f"needs an adapter that merges (LoRA, IA3), not {cfg.adapter['peft_type']}"
+        )
     if cfg.runtime.fsdp and not capability.fsdp:
-        raise SettingError("runtime.fsdp", f"supports LoRA and IA3 adapters, not {cfg.adapter['peft_type']} (its "
-                           "virtual tokens are embedded outside the sharded model)")
+        raise SettingError(
+            "runtime.fsdp",
+            f"supports LoRA and IA3 adapters, not {cfg.adapter['peft_type']} (its "
+            "virtual tokens are embedded outside the sharded model)",
+        )
     if cfg.runtime.fsdp and cfg.runtime.merge_bf16:
-        raise SettingError("runtime.merge_bf16", "merges the adapter into a whole copy of the model: drop it with --fsdp")
+        raise SettingError(
+            "runtime.merge_bf16", "merges the adapter into a whole copy of the model: drop it with --fsdp"
+        )
 
 
 def changed(obj: object) -> dict:
@@ -429,16 +476,36 @@ def from_dict(data: Mapping[str, Any], where: str = "config") -> RunConfig:
 
 
 # Where each field of the flat config of earlier versions (ia2 0.1) lives now.
-_OLD_FLAT = {"n": "data.n_train", "task": "data.task", "n_dev": "data.n_dev", "n_test": "data.n_test",
-             "eval_tasks": "data.eval_tasks", "labels": "data.labels", "parser": "data.parser",
-             "max_new_tokens": "data.max_new_tokens", "answer_prefix": "data.answer_prefix",
-             "unlabelled": "data.unlabelled", "data_seed": "data.data_seed", "k_max": "prompt.k_max",
-             "icl_demos": "prompt.icl_demos", "permutations": "prompt.permutations", "chat": "prompt.chat",
-             "site": "teacher.site", "layers": "teacher.layers", "teacher": "teacher.teacher_mode",
-             "soft_top_k": "teacher.soft_top_k", "target_dtype": "teacher.target_dtype",
-             "target_store": "teacher.target_store", "teacher_stop": "teacher.teacher_stop",
-             "device": "runtime.device", "dtype": "runtime.dtype", "batch_size": "runtime.batch_size",
-             "fsdp": "runtime.fsdp", "merge_bf16": "runtime.merge_bf16", "save_adapters": "runtime.save_adapters"}
+_OLD_FLAT = {
+    "n": "data.n_train",
+    "task": "data.task",
+    "n_dev": "data.n_dev",
+    "n_test": "data.n_test",
+    "eval_tasks": "data.eval_tasks",
+    "labels": "data.labels",
+    "parser": "data.parser",
+    "max_new_tokens": "data.max_new_tokens",
+    "answer_prefix": "data.answer_prefix",
+    "unlabelled": "data.unlabelled",
+    "data_seed": "data.data_seed",
+    "k_max": "prompt.k_max",
+    "icl_demos": "prompt.icl_demos",
+    "permutations": "prompt.permutations",
+    "chat": "prompt.chat",
+    "site": "teacher.site",
+    "layers": "teacher.layers",
+    "teacher": "teacher.teacher_mode",
+    "soft_top_k": "teacher.soft_top_k",
+    "target_dtype": "teacher.target_dtype",
+    "target_store": "teacher.target_store",
+    "teacher_stop": "teacher.teacher_stop",
+    "device": "runtime.device",
+    "dtype": "runtime.dtype",
+    "batch_size": "runtime.batch_size",
+    "fsdp": "runtime.fsdp",
+    "merge_bf16": "runtime.merge_bf16",
+    "save_adapters": "runtime.save_adapters",
+}
 
 
 def upgrade(data: dict) -> dict:

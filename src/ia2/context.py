@@ -68,12 +68,14 @@ def load_context(cfg: RunConfig) -> RunContext:
     with distributed.main_first():
         task = declared(cfg.data.task, cfg)
         test, pool = test_and_pool(task, cfg.data)
-        model, tokenizer = models.load(cfg.model, getattr(torch, cfg.runtime.dtype),
-                                       "cpu" if cfg.runtime.fsdp else device)
+        model, tokenizer = models.load(
+            cfg.model, getattr(torch, cfg.runtime.dtype), "cpu" if cfg.runtime.fsdp else device
+        )
         context = model.config.get_text_config().max_position_embeddings
         encoder = Encoder(task, tokenizer, context, cfg.prompt.chat)
-        evals = [EvalSet(task, encoder, test)] + [_ood_set(name, task, tokenizer, context, cfg)
-                                                  for name in cfg.data.eval_tasks]
+        evals = [EvalSet(task, encoder, test)] + [
+            _ood_set(name, task, tokenizer, context, cfg) for name in cfg.data.eval_tasks
+        ]
     fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)

@@ -1,4 +1,5 @@
-"""Several processes (`torchrun`, `accelerate launch`): which process this is, its device, and the few exchanges ia2 needs.
+"""Several processes (`torchrun`, `accelerate launch`): which process this is, its device, and the few exchanges ia2
+needs.
 
 Everything goes through `accelerate.PartialState`, which reads either launcher's environment and joins the process
 group: gloo on CPUs (no CUDA, or `accelerate launch --cpu`), NCCL with one GPU per process otherwise. Without a
@@ -67,8 +68,10 @@ def device(spec: str = "auto") -> str:
         return models.device(spec)
     own = _state().device
     if spec not in ("auto", own.type, str(own)):
-        raise IA2Error(f"--device {spec}: under a launcher each process takes its own device ({own} here); leave "
-                       "--device auto (use `accelerate launch --cpu` for CPU processes on a GPU machine)")
+        raise IA2Error(
+            f"--device {spec}: under a launcher each process takes its own device ({own} here); leave "
+            "--device auto (use `accelerate launch --cpu` for CPU processes on a GPU machine)"
+        )
     return str(own)
 
 
@@ -77,19 +80,24 @@ def check_launch(cfg: RunConfig) -> None:
     accelerate's own FSDP (which ia2 does not read, and under which transformers may load the weights on the main
     process only), and per-layer-norm with the online teacher over several processes."""
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        raise IA2Error("accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "
-                       "launch with --multi_gpu and give ia2 --fsdp")
+        raise IA2Error(
+            "accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "
+            "launch with --multi_gpu and give ia2 --fsdp"
+        )
     if cfg.runtime.fsdp and world_size() < 2:
-        raise IA2Error("--fsdp shards the model over several processes: start ia2 with torchrun or accelerate "
-                       "launch (two processes or more)")
+        raise IA2Error(
+            "--fsdp shards the model over several processes: start ia2 with torchrun or accelerate "
+            "launch (two processes or more)"
+        )
     if cfg.teacher.teacher_mode == "online" and cfg.train.per_layer_norm and world_size() > 1:
-        raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop "
-                       "--teacher-mode online")
+        raise IA2Error(
+            "--per-layer-norm with several processes needs stored teacher activations: drop --teacher-mode online"
+        )
 
 
 def shard(items: Sequence[T]) -> list[T]:
     """This process's share of `items`: every world_size-th one from its rank (all of them in one process)."""
-    return list(items[rank()::world_size()])
+    return list(items[rank() :: world_size()])
 
 
 def gather(local: Sequence[T]) -> list[T]:

@@ -1,28 +1,27 @@
-"""Scoring label words on held-out prompts: label log-probabilities, full-vocabulary first-token probabilities, activations."""
+"""Scoring label words on held-out prompts: label log-probabilities, full-vocabulary first-token probabilities,
+activations."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
-from . import adapters, distributed, metrics, parsers
-from .batching import forward, length_sorted_chunks, make_batch
-from .targets import generate
-from .tasks import Task
+from . import distributed, metrics, padding, parsers
+from .forward_pass import forward, length_sorted_chunks, make_batch
 from .taps import Tap
 
 
 @dataclass
 class Scores:
     """Per example: log p(label) summed over its tokens [n, C]; the full-vocabulary first-token distribution's
-    top probability, top token and label-first-token probabilities; and activations at the last prompt token [n, L, H]."""
+    top probability, top token and label-first-token probabilities; and activations at the last prompt token [n, L,
+    H]."""
 
     label_logp: np.ndarray
     vocab_top_prob: np.ndarray
@@ -52,12 +51,20 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequence[Sequence[int]], pad_id: int,
-          tap: Tap | None = None, batch_size: int = 8, desc: str = "eval") -> Scores:
+def score(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    label_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    tap: Tap | None = None,
+    batch_size: int = 8,
+    desc: str = "eval",
+) -> Scores:
     """Score every label after every prompt; multi-token labels cost one extra forward per label and batch.
 
     Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
-    reuse its KV cache (not under prompt tuning); the results are those of full forward passes. With several processes each scores every
+    reuse its KV cache (not under prompt tuning); the results are those of full forward passes. With several processes
+    each scores every
     world_size-th batch, exactly as one process would, and every process returns every example's scores.
     """
     shared = common_prefix(prompts) if len(prompts) > 1 else 0
@@ -65,18 +72,32 @@ def score(model: nn.Module, prompts: Sequence[Sequence[int]], label_ids: Sequenc
     every = length_sorted_chunks([len(p) for p in prompts], batch_size)
     chunks = distributed.shard(every)
     # prompt tuning inserts its virtual tokens before whatever it is fed, the cached tail included: no prefix cache
-    cacheable = single and shared >= MIN_SHARED_PREFIX and not adapters.prompt_tuning_active(model)
+    cacheable = single and shared >= MIN_SHARED_PREFIX and not padding.prompt_tuning_active(model)
     cache = _prefix_cache(model, prompts[0][:shared]) if cacheable else None
     out = _Collector(len(prompts), label_ids)
     for chunk in tqdm(chunks, desc=desc, leave=False):
         _score_chunk(model, out, chunk, prompts, label_ids, pad_id, tap, cache, shared)
-    distributed.in_step(model, len(every), lambda: _score_chunk(model, _Collector(len(prompts), label_ids), every[0],
-                                                                prompts, label_ids, pad_id, tap, cache, shared))
+    distributed.in_step(
+        model,
+        len(every),
+        lambda: _score_chunk(
+            model, _Collector(len(prompts), label_ids), every[0], prompts, label_ids, pad_id, tap, cache, shared
+        ),
+    )
     return _merged(out, chunks).scores(tap is not None)
 
 
-def _score_chunk(model: nn.Module, out: _Collector, chunk: list[int], prompts: Sequence[Sequence[int]],
-                 label_ids: Sequence[Sequence[int]], pad_id: int, tap: Tap | None, cache, shared: int) -> None:
+def _score_chunk(
+    model: nn.Module,
+    out: _Collector,
+    chunk: list[int],
+    prompts: Sequence[Sequence[int]],
+    label_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    tap: Tap | None,
+    cache,
+    shared: int,
+) -> None:
     """Score one batch of examples (indices `chunk` into `prompts`) into `out`, after the cached prefix if any."""
     chunk_prompts = [prompts[i] for i in chunk]
     if cache is not None:
@@ -84,7 +105,10 @@ def _score_chunk(model: nn.Module, out: _Collector, chunk: list[int], prompts: S
     else:
         batch = make_batch(chunk_prompts, [[0]] * len(chunk), pad_id, model.device.type)
         logits, acts = forward(model, batch, tap)
-        logp, chunk_acts = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(), acts[:, :, -1] if acts is not None else None
+        logp, chunk_acts = (
+            torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
+            acts[:, :, -1] if acts is not None else None,
+        )
     out.add(chunk, logp, chunk_acts)
     for c, ids in enumerate(label_ids):
         if len(ids) > 1:
@@ -136,12 +160,14 @@ def _prefix_cache(model: nn.Module, prefix: Sequence[int]):
     """The KV cache of one pass over the shared prefix."""
     ids = torch.tensor([list(prefix)], device=model.device)
     positions = torch.arange(len(prefix), device=model.device).unsqueeze(0)
-    return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
-                 logits_to_keep=1).cache
+    return model(
+        input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True, logits_to_keep=1
+    ).cache
 
 
-def _tail_forward(model: nn.Module, cache, shared: int, tails: Sequence[Sequence[int]], pad_id: int,
-                  tap: Tap | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _tail_forward(
+    model: nn.Module, cache, shared: int, tails: Sequence[Sequence[int]], pad_id: int, tap: Tap | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next-token log-probabilities [B, V] and activations [B, L, H] at each tail's last token, after the cached prefix.
 
     Tails are padded on the right, so no padding sits between prefix and query (sliding-window attention counts cache
@@ -155,16 +181,23 @@ def _tail_forward(model: nn.Module, cache, shared: int, tails: Sequence[Sequence
     last = torch.tensor([len(t) - 1 for t in tails])
     past = copy.deepcopy(cache)
     past.batch_repeat_interleave(len(tails))
-    inputs = dict(input_ids=ids.to(device), attention_mask=torch.cat([torch.ones(len(tails), shared, dtype=torch.long), mask], 1).to(device),
-                  position_ids=(shared + torch.arange(width)).expand(len(tails), -1).to(device), cache=past,
-                  use_cache=True, logits_to_keep=last.unsqueeze(1).to(device))
+    inputs = dict(
+        input_ids=ids.to(device),
+        attention_mask=torch.cat([torch.ones(len(tails), shared, dtype=torch.long), mask], 1).to(device),
+        position_ids=(shared + torch.arange(width)).expand(len(tails), -1).to(device),
+        cache=past,
+        use_cache=True,
+        logits_to_keep=last.unsqueeze(1).to(device),
+    )
     if tap is None:
         return torch.log_softmax(model(**inputs).logits[:, 0].float(), dim=-1).cpu(), None
     tap.keep = width
     with tap:
         logits = model(**inputs).logits
     acts = tap.take()
-    return torch.log_softmax(logits[:, 0].float(), dim=-1).cpu(), acts[torch.arange(len(tails)), :, last.to(acts.device)]
+    return torch.log_softmax(logits[:, 0].float(), dim=-1).cpu(), acts[
+        torch.arange(len(tails)), :, last.to(acts.device)
+    ]
 
 
 def _sequence_logp(model: nn.Module, prompts: Sequence[Sequence[int]], ids: Sequence[int], pad_id: int) -> np.ndarray:
@@ -181,30 +214,18 @@ def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int]) -> d
     first = np.asarray(label_first)
     top_correct = scores.vocab_top_token == first[gold]
     gold_prob = scores.vocab_label_prob[np.arange(len(gold)), gold]
-    return {**metrics.label_metrics(scores.label_probs(), gold), **metrics.vocab_metrics(scores.vocab_top_prob, top_correct, gold_prob),
-            **metrics.reference_metrics(scores.vocab_top_prob / scores.vocab_top10_mass, top_correct, scores.vocab_label_prob, gold)}
+    return {
+        **metrics.label_metrics(scores.label_probs(), gold),
+        **metrics.vocab_metrics(scores.vocab_top_prob, top_correct, gold_prob),
+        **metrics.reference_metrics(
+            scores.vocab_top_prob / scores.vocab_top10_mass, top_correct, scores.vocab_label_prob, gold
+        ),
+    }
 
 
 def layer_cosine(student: torch.Tensor, teacher: torch.Tensor) -> list[float]:
     """Per-layer cosine similarity of activations [n, L, H], averaged over examples."""
     return torch.nn.functional.cosine_similarity(student, teacher, dim=-1).mean(dim=0).tolist()
-
-
-def generate_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], task: Task,
-                   batch_size: int = 8, desc: str = "generate") -> list[str]:
-    """Greedy answers of a generative task, cut at its stop rule exactly as teacher answers are, as text (with
-    several processes, each generates every world_size-th batch and every process returns all answers)."""
-    answers: list[list[int]] = [[] for _ in prompts]
-    stop = task.stop[0] if task.stop else ""
-    chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
-    mine = [generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)
-            for chunk in tqdm(distributed.shard(chunks), desc=desc, leave=False)]
-    distributed.in_step(model, len(chunks), lambda: generate(model, tokenizer, [prompts[i] for i in chunks[0]],
-                                                             task.max_new_tokens, stop))
-    for chunk, generated in zip(chunks, distributed.gather(mine)):
-        for i, tokens in zip(chunk, generated):
-            answers[i] = tokens
-    return [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
 
 
 def generation_metrics(texts: Sequence[str], golds: Sequence[str], parser: str) -> dict:

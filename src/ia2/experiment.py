@@ -20,7 +20,7 @@ from .measure import SeedEval, dev_accuracy, evaluate, result_row, seed_eval
 from .methods import METHODS
 from .paths import write_json
 from .prompts import Prompted
-from .report import write_reports
+from .results import write_reports
 from .splits import draw_split, majority
 from .stages import StageRunner, stage_data
 from .taps import Tap
@@ -41,8 +41,11 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
     names = [ev.task.name for ev in ctx.evals]
     rows = []
     for seed in tqdm(cfg.seeds, desc="seeds"):
-        paths = {(m, e): outdir.rows_dir(out, cfg) / outdir.row_file(seed, m, e, ctx.task.name)
-                 for m in cfg.methods for e in names}
+        paths = {
+            (m, e): outdir.rows_dir(out, cfg) / outdir.row_file(seed, m, e, ctx.task.name)
+            for m in cfg.methods
+            for e in names
+        }
         todo = distributed.from_main(list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists())))
         reused = [m for m in cfg.methods if m not in todo]
         if reused:
@@ -54,10 +57,12 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
                         write_json(paths[row["method"], row["eval_task"]], row)
             distributed.barrier()
         rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
-    result = {"config": {**config.to_dict(cfg), "resolved_model": models.resolve(cfg.model), "key": config.key(cfg)},
-              "majority_accuracy": {ev.task.name: majority(ev.task, ev.test) for ev in ctx.evals},
-              "n_test": {ev.task.name: len(ev.test) for ev in ctx.evals},
-              "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows]}
+    result = {
+        "config": {**config.to_dict(cfg), "resolved_model": models.resolve(cfg.model), "key": config.key(cfg)},
+        "majority_accuracy": {ev.task.name: majority(ev.task, ev.test) for ev in ctx.evals},
+        "n_test": {ev.task.name: len(ev.test) for ev in ctx.evals},
+        "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows],
+    }
     if distributed.is_main():
         write_outputs(result, rows, ctx, out)
     distributed.barrier()
@@ -87,12 +92,15 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
         icl, se.icl = evaluate(ctx, se, se.icl_prompts, f"icl s{seed}")
         if name not in ctx.zero_shot:
             ctx.zero_shot[name] = evaluate(ctx, se, se.plain, "zero-shot")
-    return [result_row(ctx, "icl", seed, se, icl, se.icl, se.k),
-            result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0)]
+    return [
+        result_row(ctx, "icl", seed, se, icl, se.icl, se.k),
+        result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0),
+    ]
 
 
-def method_rows(ctx: RunContext, method: str, seed: int, evals: list[SeedEval], logs: list[dict],
-                dev: list[Prompted], out: Path) -> list[dict]:
+def method_rows(
+    ctx: RunContext, method: str, seed: int, evals: list[SeedEval], logs: list[dict], dev: list[Prompted], out: Path
+) -> list[dict]:
     """A trained method's rows on the dev set and every evaluation set without demonstrations, then its adapter
     and model card."""
     with evaluated(ctx):
@@ -126,6 +134,12 @@ def evaluated(ctx: RunContext) -> Iterator[None]:
 def write_outputs(result: dict, rows: list[dict], ctx: RunContext, out: Path) -> None:
     """The run's manifest, training logs and reports."""
     write_json(out / "manifest.json", manifest(ctx.cfg, ctx))
-    write_json(out / "train_logs.json", [{"seed": r["seed"], "method": r["method"], "stages": r["train"]}
-                                         for r in rows if "train" in r and r["eval_task"] == ctx.task.name])
+    write_json(
+        out / "train_logs.json",
+        [
+            {"seed": r["seed"], "method": r["method"], "stages": r["train"]}
+            for r in rows
+            if "train" in r and r["eval_task"] == ctx.task.name
+        ],
+    )
     write_reports(result, out)

@@ -39,7 +39,9 @@ def joint(ia2_loss: torch.Tensor, ce_loss: torch.Tensor, w: float) -> torch.Tens
     return (1 - w) * ia2_loss + w * ce_loss
 
 
-def soft(logits: torch.Tensor, top_ids: torch.Tensor | None, top_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def soft(
+    logits: torch.Tensor, top_ids: torch.Tensor | None, top_logp: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over answer positions of KL(teacher ‖ student) over next tokens: soft-label SFT (knowledge distillation).
 
     logits [B,T,V]; top_logp [B,T,k] the teacher's log-probs of tokens `top_ids` [B,T,k], or of the whole vocabulary
@@ -122,6 +124,10 @@ def register(loss: Loss) -> Loss:
     return loss
 
 
-for _loss in (Loss("ce", _ce), Loss("ia2", _ia2, needs_acts=True), Loss("joint", _joint, needs_acts=True),
-              Loss("soft", _soft, needs_distribution=True)):
+for _loss in (
+    Loss("ce", _ce),
+    Loss("ia2", _ia2, needs_acts=True),
+    Loss("joint", _joint, needs_acts=True),
+    Loss("soft", _soft, needs_distribution=True),
+):
     register(_loss)

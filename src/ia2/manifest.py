@@ -28,8 +28,9 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     """The commit of the ia2 source tree, when it is a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -39,9 +40,14 @@ def manifest(cfg: Any, exp: Any) -> dict:
     return {
         "config": asdict(cfg),
         "seeds": list(cfg.seeds),
-        "task": {"name": exp.task.name, "source": exp.task.source, "data_hash": exp.task.data_hash(),
-                 "n_examples": len(exp.task.examples), "labels": list(exp.task.labels),
-                 "test_indices": exp.test},
+        "task": {
+            "name": exp.task.name,
+            "source": exp.task.source,
+            "data_hash": exp.task.data_hash(),
+            "n_examples": len(exp.task.examples),
+            "labels": list(exp.task.labels),
+            "test_indices": exp.test,
+        },
         "model": {"spec": cfg.model, "fingerprint": exp.fingerprint, "class": exp.model_class},
         "versions": versions(),
         "git_commit": git_commit(),

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .context import EvalSet, RunContext
-from .evaluate import Scores, generate_texts, generation_metrics, layer_cosine, score, summarise
+from .evaluate import Scores, generation_metrics, layer_cosine, score, summarise
+from .generation import generate_texts
 from .prompts import Prompted, icl_demos
 from .splits import Split
 
@@ -40,8 +41,9 @@ def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval
 
 def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:
     """Label scores and last-prompt-token activations of the current model."""
-    return score(ctx.model, [p.prompt for p in prompts], label_ids, ctx.pad_id, ctx.tap, ctx.cfg.runtime.batch_size,
-                 desc)
+    return score(
+        ctx.model, [p.prompt for p in prompts], label_ids, ctx.pad_id, ctx.tap, ctx.cfg.runtime.batch_size, desc
+    )
 
 
 def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: str) -> tuple[dict, torch.Tensor]:
@@ -52,15 +54,18 @@ def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: s
     """
     task, encoder = se.eval.task, se.eval.encoder
     if task.generative:
-        texts = generate_texts(ctx.model, ctx.tokenizer, [p.prompt for p in prompts], task,
-                               ctx.cfg.runtime.batch_size, desc)
+        texts = generate_texts(
+            ctx.model, ctx.tokenizer, [p.prompt for p in prompts], task, ctx.cfg.runtime.batch_size, desc
+        )
         golds = [task.examples[i].answer for i in se.eval.test]
         acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
     measured = scores(ctx, prompts, encoder.label_ids, desc)
     probs = measured.label_probs()
-    reliability = {"confidence": probs.max(axis=1).tolist(),
-                   "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist()}
+    reliability = {
+        "confidence": probs.max(axis=1).tolist(),
+        "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist(),
+    }
     first = [ids[0] for ids in encoder.label_ids]
     return {**summarise(measured, se.gold, first), "reliability": reliability}, measured.acts
 
@@ -74,13 +79,21 @@ def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float |
     return float((measured.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
 
 
-def result_row(ctx: RunContext, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor,
-               demos: int) -> dict:
+def result_row(
+    ctx: RunContext, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor, demos: int
+) -> dict:
     """One (method, seed, evaluation set) result: the metrics and the per-layer cosine to the ICL teacher's
     activations on the same test queries (None for ICL itself)."""
     cos = layer_cosine(acts, se.icl) if method != "icl" else None
     return {
-        "task": ctx.task.name, "eval_task": se.eval.task.name, "model": ctx.cfg.model, "method": method,
-        "n_train": ctx.cfg.data.n_train, "seed": seed, **measured,
-        "asim": float(np.mean(cos)) if cos is not None else None, "asim_layers": cos, "eval_demos": demos,
+        "task": ctx.task.name,
+        "eval_task": se.eval.task.name,
+        "model": ctx.cfg.model,
+        "method": method,
+        "n_train": ctx.cfg.data.n_train,
+        "seed": seed,
+        **measured,
+        "asim": float(np.mean(cos)) if cos is not None else None,
+        "asim_layers": cos,
+        "eval_demos": demos,
     }

@@ -41,17 +41,20 @@ class Method:
 IA2 = Stage("ia2", "icl")
 SFT = Stage("ce", "gold")
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("zero-shot", "w/o ICL"),
-    Method("icl", "ICL"),
-    Method("sft", "SFT only", (SFT,)),
-    Method("sft-icl", "SFT (ICL labels)", (Stage("ce", "icl"),)),
-    Method("soft", "SFT (soft)", (Stage("soft", "icl"),)),
-    Method("ia2", "IA2 only", (IA2,), tested_against=("sft",)),
-    Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2")),
-    Method("ia2+sft", "IA2 + SFT", (Stage("joint", "icl"),)),
-    Method("sft-ia2", "SFT → IA2", (SFT, IA2)),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("zero-shot", "w/o ICL"),
+        Method("icl", "ICL"),
+        Method("sft", "SFT only", (SFT,)),
+        Method("sft-icl", "SFT (ICL labels)", (Stage("ce", "icl"),)),
+        Method("soft", "SFT (soft)", (Stage("soft", "icl"),)),
+        Method("ia2", "IA2 only", (IA2,), tested_against=("sft",)),
+        Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2")),
+        Method("ia2+sft", "IA2 + SFT", (Stage("joint", "icl"),)),
+        Method("sft-ia2", "SFT → IA2", (SFT, IA2)),
+    )
+}
 
 BASELINES = tuple(name for name, m in METHODS.items() if m.baseline)
 

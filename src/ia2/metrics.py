@@ -22,7 +22,7 @@ def _bins(confidence: np.ndarray, n_bins: int, scheme: str) -> list[np.ndarray]:
         order, size = np.argsort(confidence, kind="stable"), len(confidence) // n_bins
         if size == 0:
             return [order]
-        return [order[i * size:(i + 1) * size] for i in range(n_bins - 1)] + [order[(n_bins - 1) * size:]]
+        return [order[i * size : (i + 1) * size] for i in range(n_bins - 1)] + [order[(n_bins - 1) * size :]]
     if scheme == "mass":
         return [b for b in np.array_split(np.argsort(confidence, kind="stable"), n_bins) if len(b)]
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -41,7 +41,12 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BIN
 def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS, scheme: str = "width") -> float:
     """Expected calibration error: Σ_bins |bin| / n · |accuracy − confidence|."""
     n = len(confidence)
-    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability(confidence, correct, n_bins, scheme)))
+    return float(
+        sum(
+            b["count"] / n * abs(b["accuracy"] - b["confidence"])
+            for b in reliability(confidence, correct, n_bins, scheme)
+        )
+    )
 
 
 def brier(probs: np.ndarray, gold: np.ndarray) -> float:
@@ -68,7 +73,8 @@ def label_metrics(probs: np.ndarray, gold: np.ndarray) -> dict:
 
 
 def vocab_metrics(top_prob: np.ndarray, top_correct: np.ndarray, gold_prob: np.ndarray) -> dict:
-    """Full-vocabulary first-token metrics: the argmax token over the whole vocabulary must be the gold label's first token."""
+    """Full-vocabulary first-token metrics: the argmax token over the whole vocabulary must be the gold label's first
+    token."""
     return {
         "accuracy_vocab": float(top_correct.mean()),
         "ece_vocab": ece(top_prob, top_correct.astype(float), scheme="width"),
@@ -77,7 +83,9 @@ def vocab_metrics(top_prob: np.ndarray, top_correct: np.ndarray, gold_prob: np.n
     }
 
 
-def reference_metrics(top1_of_top10: np.ndarray, top_correct: np.ndarray, label_first_probs: np.ndarray, gold: np.ndarray) -> dict:
+def reference_metrics(
+    top1_of_top10: np.ndarray, top_correct: np.ndarray, label_first_probs: np.ndarray, gold: np.ndarray
+) -> dict:
     """The reference code's calibration numbers, for parity only (reference.md §3.6): 15 equal-mass bins, with
     confidence = the top-1 probability renormalised over the top 10 tokens, and the label-set confidence taken from a
     softmax applied to the label probabilities themselves (a defect that confines it to [1/K, e/(e+K−1)])."""

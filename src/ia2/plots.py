@@ -44,14 +44,22 @@ def plot_accuracy_vs_n(cells: Sequence[dict], path: Path, metric: str = "accurac
     ax = fig.subplots()
     for method in dict.fromkeys(c["method"] for c in cells):
         mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["n"])
-        ax.errorbar([c["n"] for c in mine], [c[f"{metric}_mean"] for c in mine],
-                    yerr=[c.get(f"{metric}_std") or 0.0 for c in mine], marker="o", capsize=3,
-                    label=method_name(method))
+        ax.errorbar(
+            [c["n"] for c in mine],
+            [c[f"{metric}_mean"] for c in mine],
+            yerr=[c.get(f"{metric}_std") or 0.0 for c in mine],
+            marker="o",
+            capsize=3,
+            label=method_name(method),
+        )
     ns = sorted({c["n"] for c in cells})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set(xlabel="N (training examples)", ylabel=metric,
-           title=f"{model}: {task}" + ("" if eval_task == task else f" → {eval_task} (OOD)"))
+    ax.set(
+        xlabel="N (training examples)",
+        ylabel=metric,
+        title=f"{model}: {task}" + ("" if eval_task == task else f" → {eval_task} (OOD)"),
+    )
     ax.legend()
     _save(fig, path)
 
@@ -84,8 +92,9 @@ def plot_reliability(per_method: Mapping[str, tuple[np.ndarray, np.ndarray]], pa
         if confidence.shape != correct.shape:
             raise IA2Error(f"{method}: {len(confidence)} confidences but {len(correct)} correctness values")
         bins = metrics.reliability(confidence, correct, metrics.N_BINS, "width")
-        (line,) = top.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
-                           label=method_name(method))
+        (line,) = top.plot(
+            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=method_name(method)
+        )
         bottom.hist(confidence, bins=np.linspace(0, 1, metrics.N_BINS + 1), histtype="step", color=line.get_color())
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability, {metrics.N_BINS} equal-width bins")
     top.legend()

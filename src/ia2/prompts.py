@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -66,11 +66,14 @@ class Encoder:
         """tokens(prompt + answer) minus tokens(prompt); the prompt's tokens must be a stable prefix."""
         head, full = self._tokens(prompt), self._tokens(prompt + answer)
         if full[: len(head)] != head or len(full) == len(head):
-            raise IA2Error(f"{example.where}: answer {answer!r} does not tokenise as a clean continuation of its prompt")
-        return full[len(head):]
+            raise IA2Error(
+                f"{example.where}: answer {answer!r} does not tokenise as a clean continuation of its prompt"
+            )
+        return full[len(head) :]
 
     def _check_labels(self) -> None:
-        """Reject label sets whose first tokens collide: first-token scoring and T=1 targets could not tell them apart."""
+        """Reject label sets whose first tokens collide: first-token scoring and T=1 targets could not tell them
+        apart."""
         seen: dict[int, str] = {}
         for label, ids in zip(self.task.labels, self.label_ids):
             first = ids[0]
@@ -91,7 +94,9 @@ class Encoder:
         task, shown = self.task, demo_task or self.task
         if self.chat:
             turns = [(shown.question(d), d.answer) for d in demos]
-            messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+            messages = [
+                m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+            ]
             messages.append({"role": "user", "content": task.question(example)})
             messages[0]["content"] = task.instruction + messages[0]["content"]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -110,9 +115,11 @@ class Encoder:
         texts = [shown.question(d) + shown.render_answer(d.answer) for d in demos]
         sizes = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         longest = max(range(len(demos)), key=sizes.__getitem__)
-        return IA2Error(f"{demos[longest].where}: demonstrations too long: this one has {sizes[longest]} tokens, the "
-                        f"most of the {len(demos)} before {example.where}, whose prompt of {over} (the query alone has "
-                        f"{alone} tokens): use fewer demonstrations (--k-max)")
+        return IA2Error(
+            f"{demos[longest].where}: demonstrations too long: this one has {sizes[longest]} tokens, the "
+            f"most of the {len(demos)} before {example.where}, whose prompt of {over} (the query alone has "
+            f"{alone} tokens): use fewer demonstrations (--k-max)"
+        )
 
     def encode(self, example: Example, demos: Sequence[Example] = (), demo_task: Task | None = None) -> Prompted:
         """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
@@ -131,8 +138,9 @@ class Encoder:
         return Prompted(prompt, answer, label)
 
 
-def teacher_prompts(encoder: Encoder, split: Split, prompt: PromptConfig, n_train: int, unlabelled: bool,
-                    seed: int) -> tuple[list[Prompted], str]:
+def teacher_prompts(
+    encoder: Encoder, split: Split, prompt: PromptConfig, n_train: int, unlabelled: bool, seed: int
+) -> tuple[list[Prompted], str]:
     """ICL prompts of the teacher's queries (`teacher_queries`) and the demo policy's name.
 
     Normally each training query gets k = min(k_max, N−1) leave-one-out demos (dev queries draw from the training

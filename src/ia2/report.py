@@ -1,69 +1,308 @@
-"""results.json, results.md (mean ± std per method) and reliability diagrams from a run's rows."""
+"""`ia2 report DIR`: tables, curves, significance tests and analyses of a sweep or run, regenerated from its rows."""
 
 from __future__ import annotations
 
+import functools
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from . import metrics, plots
+from . import aggregate, analysis, metrics, plots, tables
+from .methods import METHODS
 from .paths import write_json, write_text
 
-COLUMNS = (("accuracy", "accuracy"), ("ece", "ECE (15 equal-width)"), ("ece_equal_mass", "ECE (15 equal-mass)"),
-           ("brier", "Brier"), ("nll", "NLL"), ("parse_failure_rate", "parse failures"), ("asim", "asim"))
+PAIRS = (("sft", "ia2"), ("sft", "ia2-sft"), ("ia2", "ia2-sft"))
+SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
 
 
-def _cell(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {metrics.sample_std(values):.3f}"
+def _flat(condition: str) -> dict:
+    """A condition's settings by dotted path (sections and the adapter mapping flattened)."""
+    out = {}
+    for k, v in json.loads(condition).items():
+        out.update({f"{k}.{inner}": x for inner, x in v.items()} if isinstance(v, dict) else {k: v})
+    return out
 
 
-def methods_in_order(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["method"] for r in rows))
+def _task_bound(flat: dict[str, dict]) -> set[str]:
+    """Settings that go with the task: within each task every condition has the same value (a grid value such as
+    `{task: strategyqa@bigbench, answer_prefix: ""}`), so they describe the task, not a variant of the method."""
+    values: dict[tuple, set[str]] = defaultdict(set)
+    for f in flat.values():
+        for k, v in f.items():
+            values[f["data.task"], k].add(json.dumps(v, sort_keys=True))
+    keys, tasks = {k for f in flat.values() for k in f}, {f["data.task"] for f in flat.values()}
+    return {k for k in keys if all(len(values[task, k]) == 1 for task in tasks)}
 
 
-def table(rows: list[dict]) -> str:
-    """A markdown table, one line per method, mean ± std over seeds of each metric that any row has."""
-    columns = [(key, label) for key, label in COLUMNS if any(r.get(key) is not None for r in rows)]
-    lines = ["| method | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for method in methods_in_order(rows):
-        mine = [r for r in rows if r["method"] == method]
-        lines.append(f"| {method} | " + " | ".join(_cell([r.get(key) for r in mine]) for key, _ in columns) + " |")
-    return "\n".join(lines)
+def _distinct(conditions: Iterable[str]) -> dict[str, dict]:
+    """Each condition's settings besides model, task, N and the settings that go with the task."""
+    flat = {c: _flat(c) for c in set(conditions)}
+    skip = set(SETTING) | _task_bound(flat)
+    return {c: {k: v for k, v in f.items() if k not in skip} for c, f in flat.items()}
 
 
-def markdown(result: dict) -> str:
-    """The run's tables: one per evaluation set (the task's own test set first, then out-of-distribution ones)."""
-    cfg, rows = result["config"], result["rows"]
-    seeds = sorted({r["seed"] for r in rows})
-    text = (f"# {cfg['data']['task']} on {cfg['model']}\n\nN = {cfg['data']['n_train']} training examples, seeds {seeds}. "
-            f"Mean ± sample std (ddof 1) over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
-            f"`icl` is evaluated with demonstrations from the training examples, every other method without.\n")
-    for eval_task, majority in result["majority_accuracy"].items():
-        mine = [r for r in rows if r["eval_task"] == eval_task]
-        ood = "" if eval_task == cfg["data"]["task"] else " (out of distribution)"
-        prior = "" if majority is None else f", majority-class accuracy {majority:.3f}"
-        text += f"\n## {eval_task}{ood}\n\n{result['n_test'][eval_task]} test examples{prior}.\n\n" + table(mine) + "\n"
+def variant_keys(conditions: Iterable[str]) -> dict[str, str]:
+    """For each condition, as JSON, what separates it from otherwise identical settings (adapter kind, demo policy,
+    …): the key that groups conditions into one table and one pooled test."""
+    return {c: json.dumps(f, sort_keys=True) for c, f in _distinct(conditions).items()}
+
+
+def variants(conditions: Iterable[str]) -> dict[str, str]:
+    """The same as short text naming only the settings that differ between conditions; "" when nothing does."""
+    distinct = _distinct(conditions)
+    keys = sorted({k for f in distinct.values() for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in distinct.values()}) > 1]
+    return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in distinct.items()}
+
+
+def _slug(*parts: object) -> str:
+    return "__".join(str(p).replace("/", "_").replace(":", "_").replace("@", "_") for p in parts)
+
+
+def write(folder: Path, select_by: str | None = None) -> str:
+    """Write report.md, tables.tex, summary.json and figures/ under `folder`; return the markdown."""
+    select_by = select_by or _sweep_setting(folder, "select", "dev_loss")
+    rows = aggregate.load_rows(folder)
+    kept, choices = aggregate.select(rows, select_by)
+    cells = aggregate.cells(kept)
+    tests = aggregate.paired_test(kept)
+    keys = variant_keys(r["condition"] for r in rows)
+    pooled = _pooled(kept, keys)
+    _attach_p_values(cells, tests)
+    present = {c["method"] for c in cells}
+    methods = [m for m in METHODS if m in present]
+    figures = folder / "figures"
+    runs = {r["condition"]: r["run"] for r in kept}
+    md, tex = _tables(cells, methods, select_by, pooled, runs, keys), _latex(cells, methods, keys)
+    md += _figures(kept, cells, figures, folder, keys)
+    md += _overlaps(kept, folder, figures)
+    write_text(folder / "report.md", md)
+    write_text(folder / "tables.tex", tex)
+    write_json(
+        folder / "summary.json",
+        {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled},
+    )
+    return md
+
+
+def _pooled(kept: list[dict], keys: dict[str, str]) -> list[dict]:
+    """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant, then over all its N
+    (n_train "all") where several were tested: evaluations of the same adapters on out-of-distribution sets are not
+    independent pairs, so they are left out."""
+    own = [{**r, "variant": keys[r["condition"]]} for r in kept if r["eval_task"] == r["task"]]
+    tests = []
+    for metric in ("accuracy", "ece"):
+        per_n = aggregate.paired_test(own, metric=metric, by=("model", "variant", "n_train"))
+        several = Counter((t["model"], t["variant"]) for t in per_n)
+        all_n = [
+            {**t, "n_train": "all"}
+            for t in aggregate.paired_test(own, metric=metric, by=("model", "variant"))
+            if several[t["model"], t["variant"]] > 1
+        ]
+        tests += sorted(
+            per_n + all_n,
+            key=lambda t: (
+                t["model"],
+                t["variant"],
+                t["n_train"] == "all",
+                0 if t["n_train"] == "all" else t["n_train"],
+            ),
+        )
+    return tests
+
+
+def _sweep_setting(folder: Path, key: str, default: object) -> object:
+    path = folder / "sweep.json"
+    return json.loads(path.read_text()).get(key, default) if path.exists() else default
+
+
+def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
+    """Give each ia2-sft cell its test against SFT: `p_one_sided` (IA2 → SFT better) and `p_two_sided`."""
+    by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t for t in tests}
+    for c in cells:
+        if c["method"] == "ia2-sft":
+            test = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]), {})
+            c.update({key: test.get(key) for key in ("p_one_sided", "p_two_sided")})
+
+
+def _by_table(cells: list[dict], keys: dict[str, str]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        groups[c["model"], keys[c["condition"]], c["n"]].append(c)
+    return dict(sorted(groups.items()))
+
+
+def _majority(cells: list[dict], runs: dict[str, str]) -> dict[str, float]:
+    """Each evaluation set's majority-class rate as its runs recorded it in results.json (written when a run
+    finishes; None for generative tasks)."""
+    rates: dict[str, float] = {}
+    for run in dict.fromkeys(runs[c["condition"]] for c in cells):
+        path = Path(run) / "results.json"
+        recorded = json.loads(path.read_text())["majority_accuracy"] if path.is_file() else {}
+        rates.update({task: rate for task, rate in recorded.items() if rate is not None and task not in rates})
+    return {c["eval_task"]: rates[c["eval_task"]] for c in cells if c["eval_task"] in rates}
+
+
+def _tables(
+    cells: list[dict],
+    methods: list[str],
+    select_by: str,
+    pooled: list[dict],
+    runs: dict[str, str],
+    keys: dict[str, str],
+) -> str:
+    text = (
+        f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
+        f"best trained method in bold, `*` out of distribution. Hyperparameters chosen per method on "
+        f"{select_by.replace('_', ' ')} (mean over seeds)"
+        + (
+            " — ON TEST DATA, for parity with the reference code only.\n"
+            if select_by == "test_accuracy"
+            else ", never on test data.\n"
+        )
+    )
+    names = variants([c["condition"] for c in cells])
+    for (model, var, n), group in _by_table(cells, keys).items():
+        extra = names[group[0]["condition"]]
+        text += (
+            f"\n## {model}, N = {n}{', ' + extra if extra else ''}\n\n"
+            + tables.markdown_table(group, methods, n)
+            + "\n"
+        )
+        known = [f"{t} {r:.1%}" for t, r in _majority(group, runs).items()]
+        text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
+        text += _incomplete(group, max(c["n_seeds"] for c in cells))
+    means = tables.means_table(cells, methods)
+    if means:
+        text += (
+            "\n## Means over tasks\n\nAccuracy in percent / ECE / asim (mean cosine to ICL's activations over "
+            "layers), each a mean over the rows where every method has a result.\n\n" + means
+        )
+    if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
+        text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
+    if pooled:
+        text += (
+            "\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
+            "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n"
+        )
+        named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
+        text += (
+            "| model | N | metric | pairs | mean difference | t | p (one-sided, IA2→SFT better) | p (two-sided) |\n"
+            + "|---" * 8
+            + "|\n"
+        )
+        for t in pooled:
+            stat, one, two = ("–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "p_one_sided", "p_two_sided"))
+            model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
+            text += (
+                f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {stat} "
+                f"| {one} | {two} |\n"
+            )
     return text
 
 
-def write_reports(result: dict, out: Path) -> str:
-    """Write results.json, results.md, reliability.json and reliability.png; return the markdown."""
-    reliability: dict = {}
-    text = markdown(result)
-    for row in result["rows"]:
-        if row["eval_task"] == result["config"]["data"]["task"] and row["reliability"] is not None:
-            reliability.setdefault(row["method"], {})[str(row["seed"])] = row["reliability"]
-        del row["reliability"]
-    write_json(out / "results.json", result)
-    write_json(out / "reliability.json", reliability)
-    if reliability:
-        pooled = {m: (np.concatenate([v["confidence"] for v in per_seed.values()]),
-                      np.concatenate([v["correct"] for v in per_seed.values()])) for m, per_seed in reliability.items()}
-        plots.plot_reliability(pooled, out / "reliability.png")
-    write_text(out / "results.md", text)
+def _incomplete(group: list[dict], most: int) -> str:
+    """A note naming the cells that have fewer seeds than the fullest cell of the report (a sweep still running)."""
+    short = sorted({(c["eval_task"], c["n_seeds"]) for c in group if c["n_seeds"] < most})
+    if not short:
+        return ""
+    return f"\nFewer than {most} seeds so far: " + "; ".join(f"{t} ({k})" for t, k in short) + ".\n"
+
+
+def _latex(cells: list[dict], methods: list[str], keys: dict[str, str]) -> str:
+    parts = []
+    for (model, var, n), group in _by_table(cells, keys).items():
+        caption = f"{model.replace('_', chr(92) + '_')}, $N={n}$: accuracy (std) / ECE (std); $^*$ out of distribution."
+        parts.append(tables.latex_table(group, methods, n, caption))
+    return "\n\n".join(parts) + "\n"
+
+
+def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path, keys: dict[str, str]) -> str:
+    text = "\n## Figures\n\n"
+    settings: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        settings[c["model"], c["task"], c["eval_task"], keys[c["condition"]]].append(c)
+    for (model, task, eval_task, var), group in sorted(settings.items()):
+        if len({c["n"] for c in group}) > 1:
+            path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task)}.png"
+            plots.plot_accuracy_vs_n(group, path)
+            text += f"- accuracy against N, {model}, {eval_task}: `{path.relative_to(folder)}`\n"
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        runs[r["model"], r["task"], r["eval_task"], r["n_train"], keys[r["condition"]]].append(r)
+    for (model, task, eval_task, n, var), mine in sorted(runs.items()):
+        stem = _slug(model, eval_task, f"n{n}")
+        if any(r.get("asim_layers") for r in mine):
+            plots.plot_layer_similarity(analysis.layer_similarity(mine), figures / f"layer_similarity__{stem}.png")
+        scored = [r for r in mine if r.get("reliability")]  # generative rows have no answer distribution
+        per_method = {
+            m: _pooled_reliability([r for r in scored if r["method"] == m])
+            for m in dict.fromkeys(r["method"] for r in scored)
+        }
+        if per_method:
+            plots.plot_reliability(per_method, figures / f"reliability__{stem}.png")
+    text += "- per run: `figures/layer_similarity__*.png` (cosine to ICL per layer), `figures/reliability__*.png`\n"
     return text
+
+
+def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.concatenate([r["reliability"]["confidence"] for r in rows])
+    correct = np.concatenate([r["reliability"]["correct"] for r in rows])
+    return conf, correct
+
+
+def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
+    """LoRA subspace overlap between methods trained on the same seed of the reported (dev-selected) runs, per base
+    model, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
+    overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    baselines: dict[str, float] = {}
+    skipped = {"untrained": 0, "not LoRA": 0}
+    chosen: dict[tuple, dict[str, Path]] = defaultdict(dict)  # each method's adapter from its own selected run
+    for r in kept:
+        chosen[r["condition"], r["seed"]][r["method"]] = Path(r["run"]) / "adapters" / f"seed{r['seed']}" / r["method"]
+    for adapters in chosen.values():
+        for a, b in PAIRS:
+            if not all(m in adapters and (adapters[m] / "adapter_config.json").exists() for m in (a, b)):
+                continue
+            config = json.loads((adapters[a] / "adapter_config.json").read_text())
+            if config.get("peft_type") != "LORA":
+                skipped["not LoRA"] += 1
+                continue
+            try:
+                result = analysis.adapter_overlap(adapters[a], adapters[b])
+            except analysis.EmptySubspace:
+                skipped["untrained"] += 1
+                continue
+            model = config["base_model_name_or_path"]
+            overlaps[model][f"{a} vs {b}"].append(result["mean"])
+            if model not in baselines:
+                baselines[model] = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
+    text = ""
+    for i, (model, pairs) in enumerate(sorted(overlaps.items())):
+        path = figures / f"subspace_overlap__{i}.png"
+        plots.plot_overlap(pairs, baselines[model], path)
+        lines = "\n".join(
+            f"| {pair} | {np.mean(v):.3f} ± {metrics.sample_std(v):.3f} | {len(v)} |" for pair, v in pairs.items()
+        )
+        text += (
+            f"\n## LoRA subspace overlap, {Path(model).name}\n\n(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
+            f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. "
+            f"`{path.relative_to(folder)}`"
+            f"\n\n| pair | overlap | adapters |\n|---|---|---|\n{lines}\n"
+        )
+    if skipped["untrained"]:
+        text += (
+            f"\n{skipped['untrained']} pairs skipped: an adapter kept its initial state (no dev improvement), so it "
+            "has no update.\n"
+        )
+    if skipped["not LoRA"]:
+        text += f"\n{skipped['not LoRA']} pairs skipped: subspace overlap is defined for LoRA adapters only.\n"
+    return text
+
+
+@functools.cache
+def _random(dim: int, rank: int) -> float:
+    return analysis.random_overlap(dim, rank, samples=50)

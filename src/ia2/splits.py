@@ -41,7 +41,7 @@ def draw_split(test: list[int], pool: list[int], data: DataConfig, seed: int) ->
     chosen = random.Random(f"split-{seed}").sample(pool, data.n_train + data.dev_size)
     rest = sorted(set(pool) - set(chosen))
     unlabelled = random.Random(f"unlabelled-{seed}").sample(rest, data.unlabelled) if data.unlabelled else []
-    return Split(chosen[: data.n_train], chosen[data.n_train:], test, unlabelled)
+    return Split(chosen[: data.n_train], chosen[data.n_train :], test, unlabelled)
 
 
 def majority(task: Task, test: list[int]) -> float | None:

@@ -36,29 +36,47 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     plain = [ctx.encoder.encode(examples[i]) for i in teacher_queries(split, unlabelled)]
     ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
     online = cfg.teacher.teacher_mode == "online"
-    icl = [Item(p.prompt, tokens, acts, top_ids, top_logp, q.prompt if online else None)
-           for p, q, tokens, acts, top_ids, top_logp in zip(plain, prompts, teacher.tokens, teacher.acts, ids, logp)]
-    dev = plain[len(plain) - len(split.dev):]
+    icl = [
+        Item(p.prompt, tokens, acts, top_ids, top_logp, q.prompt if online else None)
+        for p, q, tokens, acts, top_ids, top_logp in zip(plain, prompts, teacher.tokens, teacher.acts, ids, logp)
+    ]
+    dev = plain[len(plain) - len(split.dev) :]
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
     n, m = cfg.data.n_train, len(plain) - len(split.dev)
     return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev)
 
 
-def teacher_targets(ctx: RunContext, prompts: Sequence[Prompted], policy: str, seed: int,
-                    methods: Sequence[str]) -> targets.Targets:
+def teacher_targets(
+    ctx: RunContext, prompts: Sequence[Prompted], policy: str, seed: int, methods: Sequence[str]
+) -> targets.Targets:
     """The ICL teacher's answers, activations (none for the online teacher) and, when some method's loss needs them,
     next-token distributions, from the cache or collected now with the adapter disabled."""
     teacher = ctx.cfg.teacher
     distribution = any(LOSSES[stage.loss].needs_distribution for m in methods for stage in METHODS[m].stages)
-    fields = {"model": ctx.fingerprint, "task": ctx.task.name, "data": ctx.task.data_hash(), "seed": seed,
-              "demos": policy}
+    fields = {
+        "model": ctx.fingerprint,
+        "task": ctx.task.name,
+        "data": ctx.task.data_hash(),
+        "seed": seed,
+        "demos": policy,
+    }
     tap = ctx.tap if teacher.teacher_mode == "cached" else None
     stop = ctx.task.stop[0] if ctx.task.stop and teacher.teacher_stop == "task" else ""
     with ctx.model.disable_adapter():
-        return targets.cached_collect(ctx.model, tap, ctx.tokenizer, [p.prompt for p in prompts], fields,
-                                      ctx.task.max_new_tokens, stop, ctx.cfg.runtime.batch_size, f"teacher s{seed}",
-                                      teacher.soft_top_k if distribution else None, teacher.target_dtype,
-                                      teacher.target_store)
+        return targets.cached_collect(
+            ctx.model,
+            tap,
+            ctx.tokenizer,
+            [p.prompt for p in prompts],
+            fields,
+            ctx.task.max_new_tokens,
+            stop,
+            ctx.cfg.runtime.batch_size,
+            f"teacher s{seed}",
+            teacher.soft_top_k if distribution else None,
+            teacher.target_dtype,
+            teacher.target_store,
+        )
 
 
 class StageRunner:
@@ -76,8 +94,17 @@ class StageRunner:
         for depth in range(len(done), len(stages)):
             stage = stages[depth]
             train, dev = self.data.items[stage.labels]
-            log = train_stage(self.ctx.model, self.ctx.tap, train, dev, stage, self.ctx.cfg.train,
-                              self.seed * 1000 + depth, self.ctx.pad_id, f"{stage.loss}:{stage.labels} s{self.seed}")
+            log = train_stage(
+                self.ctx.model,
+                self.ctx.tap,
+                train,
+                dev,
+                stage,
+                self.ctx.cfg.train,
+                self.seed * 1000 + depth,
+                self.ctx.pad_id,
+                f"{stage.loss}:{stage.labels} s{self.seed}",
+            )
             logs = logs + [log]
             self.memo[stages[: depth + 1]] = (adapter_state(self.ctx.model), logs)
         return logs

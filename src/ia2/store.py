@@ -70,8 +70,14 @@ class _Writer:
         self.buffer, self.count, self.bytes, self.shards = {}, 0, 0, self.shards + 1
 
 
-def write(folder: Path, entries: Iterable[Entry], n: int, metadata: dict[str, Any], shard_size: int = SHARD_SIZE,
-          shard_bytes: int = SHARD_BYTES) -> None:
+def write(
+    folder: Path,
+    entries: Iterable[Entry],
+    n: int,
+    metadata: dict[str, Any],
+    shard_size: int = SHARD_SIZE,
+    shard_bytes: int = SHARD_BYTES,
+) -> None:
     """Write n entries as a store, shard by shard as they arrive (atomically: the folder appears only when complete)."""
     tokens: list[list[int] | None] = [None] * n
     names: set[str] = set()
@@ -85,9 +91,14 @@ def write(folder: Path, entries: Iterable[Entry], n: int, metadata: dict[str, An
         writer.flush()
         if any(t is None for t in tokens):
             raise ValueError(f"store {folder.name}: entries for {tokens.count(None)} of {n} examples are missing")
-        index = {"n": n, "shards": [shard_name(s) for s in range(writer.shards)],
-                 "shard_of": [writer.shard_of[i] for i in range(n)], "names": sorted(names), "tokens": tokens,
-                 **metadata}
+        index = {
+            "n": n,
+            "shards": [shard_name(s) for s in range(writer.shards)],
+            "shard_of": [writer.shard_of[i] for i in range(n)],
+            "names": sorted(names),
+            "tokens": tokens,
+            **metadata,
+        }
         (tmp / INDEX).write_text(json.dumps(index))
 
 

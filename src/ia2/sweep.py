@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 from . import config, distributed, outdir
 from .config import RunConfig
 from .errors import IA2Error
@@ -58,8 +57,10 @@ class Sweep:
     def configs(self) -> list[RunConfig]:
         """One RunConfig per point, ordered by N first so that every task has results at small N early."""
         fixed = config.flatten(self.fixed, str(self.source), "fixed")
-        listed = {"methods": (list(self.methods), f"{self.source}: methods"),
-                  "seeds": (list(self.seeds), f"{self.source}: seeds")}
+        listed = {
+            "methods": (list(self.methods), f"{self.source}: methods"),
+            "seeds": (list(self.seeds), f"{self.source}: seeds"),
+        }
         out = [config.build({**fixed, **point, **listed})[0] for point in self.points()]
         return sorted(out, key=lambda c: c.data.n_train)
 
@@ -85,13 +86,22 @@ def load(path: Path, out: Path | None = None) -> Sweep:
     if data.get("select", "dev_loss") not in SELECT:
         raise IA2Error(f"{path}: field 'select' must be one of {', '.join(SELECT)}")
     target = out or Path(data.get("out", "runs/sweep"))
-    sweep = Sweep(source=path, out=target, methods=tuple(data["methods"]), seeds=tuple(data["seeds"]),
-                  grid=data.get("grid") or {}, tune=data.get("tune") or {}, fixed=data.get("fixed") or {},
-                  select=data.get("select", "dev_loss"))
+    sweep = Sweep(
+        source=path,
+        out=target,
+        methods=tuple(data["methods"]),
+        seeds=tuple(data["seeds"]),
+        grid=data.get("grid") or {},
+        tune=data.get("tune") or {},
+        fixed=data.get("fixed") or {},
+        select=data.get("select", "dev_loss"),
+    )
     scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
     if scaling and sweep.select == "dev_loss":
-        raise IA2Error(f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
-                       "across its values: use select: dev_accuracy")
+        raise IA2Error(
+            f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
+            "across its values: use select: dev_accuracy"
+        )
     sweep.configs()
     return sweep
 
@@ -106,8 +116,9 @@ def finished(cfg: RunConfig, folder: Path) -> bool:
     """True when every (seed, method, evaluation set) row of the run is on disk."""
     rows = outdir.rows_dir(folder, cfg)
     names = [cfg.data.task, *cfg.data.eval_tasks]
-    return all((rows / outdir.row_file(s, m, e, cfg.data.task)).exists()
-               for s in cfg.seeds for m in cfg.methods for e in names)
+    return all(
+        (rows / outdir.row_file(s, m, e, cfg.data.task)).exists() for s in cfg.seeds for m in cfg.methods for e in names
+    )
 
 
 def spec(cfg: RunConfig, tuned: list[str]) -> dict:
@@ -138,8 +149,13 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
         log.info("[%d/%d] running %s", i, len(configs), folder)
         run(cfg, folder)
     if distributed.is_main():
-        write_json(sweep.out / "sweep.json", {**{k: v for k, v in asdict(sweep).items() if k not in ("out", "source")},
-                                              "runs": [str(f.relative_to(sweep.out)) for f in folders]})
+        write_json(
+            sweep.out / "sweep.json",
+            {
+                **{k: v for k, v in asdict(sweep).items() if k not in ("out", "source")},
+                "runs": [str(f.relative_to(sweep.out)) for f in folders],
+            },
+        )
     return folders
 
 
@@ -147,6 +163,8 @@ def dump_points(sweep: Sweep) -> str:
     """The expanded grid as text, one run per line (for --dry-run)."""
     lines = []
     for cfg in sweep.configs():
-        changed = {k: v for k, v in config.flat(cfg).items() if k not in ("methods", "seeds") and v != config.default(k)}
+        changed = {
+            k: v for k, v in config.flat(cfg).items() if k not in ("methods", "seeds") and v != config.default(k)
+        }
         lines.append(f"{run_dir(sweep.out, cfg)}  " + json.dumps(changed, default=str))
     return "\n".join(lines)

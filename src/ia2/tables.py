@@ -8,12 +8,19 @@ from .errors import IA2Error
 from .methods import BASELINES
 
 METHOD_NAMES = {
-    "zero-shot": "w/o ICL", "icl": "ICL", "sft": "SFT only", "ia2": "IA2 only", "ia2-sft": "IA2 → SFT",
-    "ia2+sft": "IA2 + SFT", "sft-ia2": "SFT → IA2", "sft-icl": "SFT (ICL labels)", "soft": "SFT (soft)",
+    "zero-shot": "w/o ICL",
+    "icl": "ICL",
+    "sft": "SFT only",
+    "ia2": "IA2 only",
+    "ia2-sft": "IA2 → SFT",
+    "ia2+sft": "IA2 + SFT",
+    "sft-ia2": "SFT → IA2",
+    "sft-icl": "SFT (ICL labels)",
+    "soft": "SFT (soft)",
 }
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"}
 
-Row = tuple[str, str, dict[str, dict]]
+TableLine = tuple[str, str, dict[str, dict]]
 
 
 def method_name(method: str) -> str:
@@ -37,7 +44,7 @@ def _dec(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _rows(cells: Sequence[dict], methods: Sequence[str], n: int) -> list[Row]:
+def _rows(cells: Sequence[dict], methods: Sequence[str], n: int) -> list[TableLine]:
     """(task, eval_task, {method: cell}) per table row; sources in first-seen order, in-distribution row first."""
     chosen = [c for c in cells if c["n"] == n and c["method"] in methods]
     if not chosen:
@@ -52,13 +59,16 @@ def _rows(cells: Sequence[dict], methods: Sequence[str], n: int) -> list[Row]:
             raise IA2Error(f"two cells for {c['method']} on {c['task']} → {c['eval_task']} at N={n}")
         row[c["method"]] = c
     sources = dict.fromkeys(task for task, _ in table)
-    return [(task, ev, table[task, ev]) for task in sources
-            for ev in sorted((e for t, e in table if t == task), key=lambda e: e != task)]
+    return [
+        (task, ev, table[task, ev])
+        for task in sources
+        for ev in sorted((e for t, e in table if t == task), key=lambda e: e != task)
+    ]
 
 
-def _groups(rows: list[Row]) -> list[list[Row]]:
+def _groups(rows: list[TableLine]) -> list[list[TableLine]]:
     """Consecutive rows of the same source task."""
-    groups: list[list[Row]] = []
+    groups: list[list[TableLine]] = []
     for row in rows:
         if groups and groups[-1][0][0] == row[0]:
             groups[-1].append(row)
@@ -73,14 +83,16 @@ def _best(row: dict[str, dict], key: str, fmt: Callable[[float], str], pick: Cal
     return fmt(pick(values)) if values else None
 
 
-def _part(mean: float, std: float | None, fmt: Callable[[float], str], best: str | None,
-          bold: Callable[[str], str]) -> str:
+def _part(
+    mean: float, std: float | None, fmt: Callable[[float], str], best: str | None, bold: Callable[[str], str]
+) -> str:
     text = bold(fmt(mean)) if fmt(mean) == best else fmt(mean)
     return text if std is None else f"{text} ({fmt(std)})"
 
 
-def _cell(cell: dict | None, best_acc: str | None, best_ece: str | None, bold: Callable[[str], str],
-          missing: str) -> str:
+def _cell(
+    cell: dict | None, best_acc: str | None, best_ece: str | None, bold: Callable[[str], str], missing: str
+) -> str:
     """'acc (std) / ECE (std)', accuracy in percent, the best trained values in bold; 'acc (std)' without ECE."""
     if cell is None or cell.get("accuracy_mean") is None:
         return missing
@@ -92,14 +104,18 @@ def _cell(cell: dict | None, best_acc: str | None, best_ece: str | None, bold: C
 
 def _row_cells(row: dict[str, dict], methods: Sequence[str], bold: Callable[[str], str], missing: str) -> list[str]:
     best_acc, best_ece = _best(row, "accuracy_mean", _pct, max), _best(row, "ece_mean", _dec, min)
-    return [_cell(row.get(m), None if m in BASELINES else best_acc, None if m in BASELINES else best_ece, bold, missing)
-            for m in methods]
+    return [
+        _cell(row.get(m), None if m in BASELINES else best_acc, None if m in BASELINES else best_ece, bold, missing)
+        for m in methods
+    ]
 
 
 def markdown_table(cells: Sequence[dict], methods: Sequence[str], n: int) -> str:
     """One model's results at N: a row per (source, eval) task, a column per method; * marks OOD evaluation."""
-    lines = ["| source | eval | " + " | ".join(method_name(m) for m in methods) + " |",
-             "|---" * (len(methods) + 2) + "|"]
+    lines = [
+        "| source | eval | " + " | ".join(method_name(m) for m in methods) + " |",
+        "|---" * (len(methods) + 2) + "|",
+    ]
     for group in _groups(_rows(cells, methods, n)):
         for i, (task, ev, row) in enumerate(group):
             label = [task if i == 0 else "", ev + ("*" if ev != task else "")]
@@ -107,7 +123,7 @@ def markdown_table(cells: Sequence[dict], methods: Sequence[str], n: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def _latex_group(group: list[Row], methods: Sequence[str]) -> list[str]:
+def _latex_group(group: list[TableLine], methods: Sequence[str]) -> list[str]:
     """Body lines of one source task; its name spans the group's rows with \\multirow."""
     lines = []
     for i, (task, ev, row) in enumerate(group):
@@ -120,14 +136,30 @@ def _latex_group(group: list[Row], methods: Sequence[str]) -> list[str]:
 
 def latex_table(cells: Sequence[dict], methods: Sequence[str], n: int, caption: str) -> str:
     """The markdown table as a booktabs `table*` (needs booktabs, multirow, graphicx); `caption` is raw LaTeX."""
-    body = [line for i, group in enumerate(_groups(_rows(cells, methods, n)))
-            for line in ([r"\midrule"] if i else []) + _latex_group(group, methods)]
-    return "\n".join([
-        r"\begin{table*}[t]", r"\centering", rf"\caption{{{caption}}}", r"\resizebox{\textwidth}{!}{%",
-        rf"\begin{{tabular}}{{ll{'c' * len(methods)}}}", r"\toprule",
-        "Source & Eval & " + " & ".join(_latex_name(m) for m in methods) + r" \\", r"\midrule",
-        *body, r"\bottomrule", r"\end{tabular}}", r"\end{table*}",
-    ]) + "\n"
+    body = [
+        line
+        for i, group in enumerate(_groups(_rows(cells, methods, n)))
+        for line in ([r"\midrule"] if i else []) + _latex_group(group, methods)
+    ]
+    return (
+        "\n".join(
+            [
+                r"\begin{table*}[t]",
+                r"\centering",
+                rf"\caption{{{caption}}}",
+                r"\resizebox{\textwidth}{!}{%",
+                rf"\begin{{tabular}}{{ll{'c' * len(methods)}}}",
+                r"\toprule",
+                "Source & Eval & " + " & ".join(_latex_name(m) for m in methods) + r" \\",
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}}",
+                r"\end{table*}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _p(value: float | None) -> str:
@@ -152,8 +184,11 @@ def _sft_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
 def significance_table(cells: Sequence[dict]) -> str:
     """SFT only vs IA2 → SFT per (model, task, eval_task, N): accuracies, their difference in points and the paired
     test's p-values (the ia2-sft cell's `p_one_sided`, IA2 → SFT more accurate, and `p_two_sided`)."""
-    lines = ["| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p (one-sided, IA2→SFT better) "
-             "| p (two-sided) |", "|---" * 9 + "|"]
+    lines = [
+        "| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p (one-sided, IA2→SFT better) "
+        "| p (two-sided) |",
+        "|---" * 9 + "|",
+    ]
     for (model, task, ev, n), pair in _sft_pairs(cells).items():
         if len(pair) < 2:
             continue
@@ -181,12 +216,20 @@ def means_table(cells: Sequence[dict], methods: Sequence[str]) -> str:
         if c["method"] in methods and c.get("accuracy_mean") is not None:
             key = (c["model"], c["n"], c["eval_task"] != c["task"])
             groups.setdefault(key, {}).setdefault((c["task"], c["eval_task"]), {})[c["method"]] = c
-    lines = ["| model | N | rows | " + " | ".join(method_name(m) for m in methods) + " |", "|---" * (len(methods) + 3) + "|"]
+    lines = [
+        "| model | N | rows | " + " | ".join(method_name(m) for m in methods) + " |",
+        "|---" * (len(methods) + 3) + "|",
+    ]
     for (model, n, ood), rows in sorted(groups.items()):
         full = [row for row in rows.values() if all(m in row for m in methods)]
         if not full:
             continue
-        parts = [" / ".join(_mean_part([row[m].get(k) for row in full], f) for k, f in
-                            (("accuracy_mean", _pct), ("ece_mean", _dec), ("asim_mean", _dec))) for m in methods]
+        parts = [
+            " / ".join(
+                _mean_part([row[m].get(k) for row in full], f)
+                for k, f in (("accuracy_mean", _pct), ("ece_mean", _dec), ("asim_mean", _dec))
+            )
+            for m in methods
+        ]
         lines.append(f"| {model} | {n} | {len(full)}{' OOD*' if ood else ''} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import torch
 from torch import nn
 
@@ -77,7 +78,9 @@ class Tap:
 
     def __init__(self, model: nn.Module, site: str = "attn", layers: tuple[int, ...] | None = None) -> None:
         modules = layer_modules(model, site)
-        if layers is not None and (not layers or any(not 0 <= i < len(modules) for i in layers) or len(set(layers)) != len(layers)):
+        if layers is not None and (
+            not layers or any(not 0 <= i < len(modules) for i in layers) or len(set(layers)) != len(layers)
+        ):
             raise IA2Error(f"--layers {list(layers)}: expected distinct layer indices in 0..{len(modules) - 1}")
         self.site, self.layers = site, tuple(range(len(modules))) if layers is None else tuple(sorted(layers))
         self.modules, self.all_layers = [modules[i] for i in self.layers], len(self.layers) == len(modules)
@@ -86,9 +89,9 @@ class Tap:
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
         out = output[0] if isinstance(output, tuple) else output
-        self._outputs.append(out[:, -self.keep:, :])
+        self._outputs.append(out[:, -self.keep :, :])
 
-    def __enter__(self) -> "Tap":
+    def __enter__(self) -> Tap:
         self._outputs = []
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
         return self
@@ -105,4 +108,3 @@ class Tap:
         stacked = torch.stack(self._outputs, dim=1)
         self._outputs = []
         return stacked
-

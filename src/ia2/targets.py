@@ -15,10 +15,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import PreTrainedTokenizerBase
 
 from . import distributed
-from .batching import forward, length_sorted_chunks, make_batch
+from .forward_pass import forward, length_sorted_chunks, make_batch
+from .generation import generate
 from .paths import atomic_path, cache_root, remove
 from .store import SHARD_BYTES, SHARD_SIZE, CorruptEntry, Stored, TargetStore
 from .store import write as store_write
@@ -62,54 +63,9 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cut(tokens: list[int], tokenizer: PreTrainedTokenizerBase, stop: str, eos_ids: set[int]) -> list[int]:
-    """Keep generated tokens up to and including the first EOS or the token that completes the stop string in the
-    generated text (the prompt's end never counts towards it)."""
-    for i, token in enumerate(tokens):
-        if token in eos_ids or (stop and stop in tokenizer.decode(tokens[: i + 1])):
-            return tokens[: i + 1]
-    return tokens
-
-
-class StopInGenerated(StoppingCriteria):
-    """Stops a row once the text it generated contains the stop string, so that a row stops where it stops alone:
-    transformers' `stop_strings` also matches across the prompt's end (a prompt ending in "\n", stop "\n\n")."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: str, prompt_width: int) -> None:
-        self.tokenizer, self.stop, self.width, self.done = tokenizer, stop, prompt_width, None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor | None, **kwargs: object) -> torch.BoolTensor:
-        """Per row, whether its generated text contains the stop string; rows found done are not decoded again."""
-        if self.done is None:
-            self.done = [False] * input_ids.shape[0]
-        for row, tokens in enumerate(input_ids[:, self.width:].tolist()):
-            self.done[row] = self.done[row] or self.stop in self.tokenizer.decode(tokens)
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
-def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: str) -> list[list[int]]:
-    """Greedy answers for a batch of prompts, with the KV cache, cut at EOS or the stop string in the generated text,
-    so each row is what it is alone; generation ends as soon as every row has stopped (with a sharded model, every
-    row of every process: each step is a collective)."""
-    batch = make_batch(prompts, [[0]] * len(prompts), tokenizer.pad_token_id, model.device.type)
-    width = batch.input_ids.shape[1]
-    out = model.generate(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        stopping_criteria=StoppingCriteriaList([StopInGenerated(tokenizer, stop, width)] if stop else []),
-        synced_gpus=distributed.sharded(model),
-    )
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return [_cut(row, tokenizer, stop, eos_ids) for row in out[:, width:].tolist()]
-
-
 def distribution_at(logits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Next-token fp32 log-probs on the CPU from logits [T, V]: (None, all V) for k = 0, else the top k's (ids, log-probs)."""
+    """Next-token fp32 log-probs on the CPU from logits [T, V]: (None, all V) for k = 0, else the top k's (ids,
+    log-probs)."""
     if k < 0:
         raise ValueError(f"distribution must be None, 0 (full vocabulary) or a top-k size k > 0, got {k}")
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -120,7 +76,7 @@ def distribution_at(logits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, 
 
 
 @dataclass
-class Row:
+class TeacherRow:
     """One example's teacher output as collected: its index, answer tokens, activations [layers, |ŷ|, hidden] (None
     without a tap) and next-token distribution (see `Targets`)."""
 
@@ -132,9 +88,17 @@ class Row:
 
 
 @torch.no_grad()
-def rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-         max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
-         distribution: int | None = None) -> Iterator[Row]:
+def rows(
+    model: nn.Module,
+    tap: Tap | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 1,
+    stop: str = "\n\n",
+    batch_size: int = 8,
+    desc: str = "teacher",
+    distribution: int | None = None,
+) -> Iterator[TeacherRow]:
     """`collect`'s work one example at a time, in length-sorted batch order, so a caller can write them as they come.
 
     Without a tap and a distribution, multi-token answers are only generated (no teacher-forced pass). With several
@@ -143,17 +107,30 @@ def rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, 
     """
     chunks, world = length_sorted_chunks([len(p) for p in prompts], batch_size), distributed.world_size()
     for start in tqdm(range(0, len(chunks), world), desc=desc, leave=False):
-        batches = chunks[start:start + world]
-        computed = [_chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution)
-                    for chunk in distributed.shard(batches)]
-        distributed.in_step(model, len(batches), lambda: _chunk_rows(model, tap, tokenizer, prompts, batches[0],
-                                                                     max_new_tokens, stop, distribution))
+        batches = chunks[start : start + world]
+        computed = [
+            _chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution)
+            for chunk in distributed.shard(batches)
+        ]
+        distributed.in_step(
+            model,
+            len(batches),
+            lambda: _chunk_rows(model, tap, tokenizer, prompts, batches[0], max_new_tokens, stop, distribution),
+        )
         for chunk_rows in distributed.gather(computed):
             yield from chunk_rows
 
 
-def _chunk_rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-                chunk: list[int], max_new_tokens: int, stop: str, distribution: int | None) -> list[Row]:
+def _chunk_rows(
+    model: nn.Module,
+    tap: Tap | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    chunk: list[int],
+    max_new_tokens: int,
+    stop: str,
+    distribution: int | None,
+) -> list[TeacherRow]:
     """The rows of one batch of examples (indices `chunk` into `prompts`)."""
     chunk_prompts = [prompts[i] for i in chunk]
     if max_new_tokens == 1:
@@ -163,30 +140,42 @@ def _chunk_rows(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenize
     else:
         answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
         if tap is None and distribution is None:
-            return [Row(i, answers[row], None) for row, i in enumerate(chunk)]
+            return [TeacherRow(i, answers[row], None) for row, i in enumerate(chunk)]
         batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
         logits, chunk_acts = forward(model, batch, tap)
     out = []
     for row, i in enumerate(chunk):
-        out.append(Row(i, answers[row], None))
+        out.append(TeacherRow(i, answers[row], None))
         if chunk_acts is not None:
-            out[-1].acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]):].float().cpu().clone()
+            out[-1].acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]) :].float().cpu().clone()
         if distribution is not None:
-            out[-1].top_ids, out[-1].top_logp = distribution_at(logits[row, logits.shape[1] - len(answers[row]):], distribution)
+            out[-1].top_ids, out[-1].top_logp = distribution_at(
+                logits[row, logits.shape[1] - len(answers[row]) :], distribution
+            )
     return out
 
 
-def collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-            max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
-            distribution: int | None = None) -> Targets:
+def collect(
+    model: nn.Module,
+    tap: Tap | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 1,
+    stop: str = "\n\n",
+    batch_size: int = 8,
+    desc: str = "teacher",
+    distribution: int | None = None,
+) -> Targets:
     """Generate each ICL answer, then read activations in one teacher-forced pass over prompt ⊕ answer.
 
     With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
     also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
     per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts` are None.
     """
-    done = sorted(rows(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution),
-                  key=lambda r: r.index)
+    done = sorted(
+        rows(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution),
+        key=lambda r: r.index,
+    )
     tokens, acts = [r.tokens for r in done], [r.acts for r in done]
     if distribution is None:
         return Targets(tokens, acts)
@@ -211,7 +200,9 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
         for i, tensor in enumerate(getattr(targets, name) or []):
             tensors[f"{name}.{i}"] = tensor.contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"fields": json.dumps(fields, sort_keys=True), "n": str(len(targets.tokens))})
+        save_file(
+            tensors, str(tmp), metadata={"fields": json.dumps(fields, sort_keys=True), "n": str(len(targets.tokens))}
+        )
 
 
 def _incomplete(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
@@ -239,9 +230,13 @@ def load(path: Path) -> Targets:
     if problem:
         raise CorruptEntry(path, problem)
     n = int(metadata["n"])
-    optional = {name: [data[f"{name}.{i}"] for i in range(n)] if f"{name}.0" in data else None
-                for name in ("top_ids", "top_logp")}
-    return Targets([data[f"tokens.{i}"].tolist() for i in range(n)], [data.get(f"acts.{i}") for i in range(n)], **optional)
+    optional = {
+        name: [data[f"{name}.{i}"] for i in range(n)] if f"{name}.0" in data else None
+        for name in ("top_ids", "top_logp")
+    }
+    return Targets(
+        [data[f"tokens.{i}"].tolist() for i in range(n)], [data.get(f"acts.{i}") for i in range(n)], **optional
+    )
 
 
 def open_store(folder: Path, max_open: int = 4) -> Targets:
@@ -252,8 +247,9 @@ def open_store(folder: Path, max_open: int = 4) -> Targets:
     return Targets(shards.tokens, acts, shards.refs("top_ids"), shards.refs("top_logp"))
 
 
-def key_fields(fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None,
-               dtype: str = "float32") -> dict:
+def key_fields(
+    fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None, dtype: str = "float32"
+) -> dict:
     """The cache key's fields: the caller's, the tap's site and layers (or no activations), T, the stop rule, the
     distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions).
 
@@ -293,22 +289,40 @@ def cached(root: Path, key: str) -> Targets | None:
     return None
 
 
-def _tensors(row: Row, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _tensors(row: TeacherRow, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A row's tensors as a store keeps them: activations in `dtype`, distributions as collected."""
     out = {} if row.acts is None else {"acts": row.acts.to(dtype)}
     return out | {name: getattr(row, name) for name in ("top_ids", "top_logp") if getattr(row, name) is not None}
 
 
-def write_store(folder: Path, collected: Iterable[Row], n: int, fields: dict, dtype: str = "float32",
-                shard_size: int = SHARD_SIZE, shard_bytes: int = SHARD_BYTES) -> None:
+def write_store(
+    folder: Path,
+    collected: Iterable[TeacherRow],
+    n: int,
+    fields: dict,
+    dtype: str = "float32",
+    shard_size: int = SHARD_SIZE,
+    shard_bytes: int = SHARD_BYTES,
+) -> None:
     """Write n collected rows (from `rows`, as they come) as a shard store, activations in `dtype`."""
     stream = ((r.index, r.tokens, _tensors(r, getattr(torch, dtype))) for r in collected)
     store_write(folder, stream, n, {"fields": fields, "dtype": dtype}, shard_size, shard_bytes)
 
 
-def cached_collect(model: nn.Module, tap: Tap | None, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-                   fields: dict, max_new_tokens: int = 1, stop: str = "\n\n", batch_size: int = 8, desc: str = "teacher",
-                   distribution: int | None = None, dtype: str = "float32", store: str = "file") -> Targets:
+def cached_collect(
+    model: nn.Module,
+    tap: Tap | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    fields: dict,
+    max_new_tokens: int = 1,
+    stop: str = "\n\n",
+    batch_size: int = 8,
+    desc: str = "teacher",
+    distribution: int | None = None,
+    dtype: str = "float32",
+    store: str = "file",
+) -> Targets:
     """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
     (`model_fingerprint` of the base model) and may name task, split, seed and demo policy.
 

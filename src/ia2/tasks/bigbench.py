@@ -33,8 +33,18 @@ def _sha256(path: Path) -> str:
 def pip_download(folder: Path) -> None:
     """Save the bigbench sdist into `folder` with `pip download`, so the user's pip configuration (index, mirror,
     proxy, certificates) applies; without its dependencies, and never a wheel."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "bigbench", "bigbench==1.0.0",
-               "-d", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        "bigbench",
+        "bigbench==1.0.0",
+        "-d",
+        str(folder),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
@@ -78,12 +88,17 @@ def parse(name: str, data: dict, where: str) -> Task:
     for i, row in enumerate(data.get("examples", [])):
         scores = row.get("target_scores")
         if not isinstance(scores, dict) or not scores:
-            raise IA2Error(f"{where}: example {i}: field 'target_scores' missing; only multiple-choice tasks with fixed labels are supported")
+            raise IA2Error(
+                f"{where}: example {i}: field 'target_scores' missing; only multiple-choice tasks with fixed labels "
+                "are supported"
+            )
         keys = tuple(sorted(scores))
         if labels is None:
             labels = keys
         elif keys != labels:
-            raise IA2Error(f"{where}: example {i}: field 'target_scores' has labels {list(keys)}, not the task's {list(labels)}")
+            raise IA2Error(
+                f"{where}: example {i}: field 'target_scores' has labels {list(keys)}, not the task's {list(labels)}"
+            )
         answer = max(scores, key=lambda k: scores[k])
         examples.append(Example(row["input"].strip(), answer, f"{where}:example {i}"))
     if not examples:

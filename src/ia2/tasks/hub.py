@@ -15,10 +15,11 @@ Air-gapped clusters: set `IA2_HUB_MIRROR` to a folder holding each dataset at `<
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import IA2Error
 from .base import Example, Task
@@ -31,12 +32,12 @@ MIRROR_ENV = "IA2_HUB_MIRROR"
 QA = "Question: {question}\nAnswer:"
 ROW = "__ia2_row__"
 
-Row = Mapping[str, Any]
+Record = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class Fields:
-    """Row -> (question, answer) by field names.
+    """Record -> (question, answer) by field names.
 
     `relabel` maps the raw answer value before it becomes a string; `max_chars` cuts a longer question to that many
     characters and then drops the last, possibly partial, word (as the reference does for BBC News).
@@ -47,7 +48,7 @@ class Fields:
     relabel: Mapping[Any, Any] | None = None
     max_chars: int | None = None
 
-    def __call__(self, row: Row) -> tuple[str, str]:
+    def __call__(self, row: Record) -> tuple[str, str]:
         value = row[self.answer]
         if self.relabel is not None:
             if value not in self.relabel:
@@ -61,12 +62,12 @@ class Fields:
 
 @dataclass(frozen=True)
 class FieldIn:
-    """Row filter: keep rows whose `field` is one of `values`."""
+    """Record filter: keep rows whose `field` is one of `values`."""
 
     field: str
     values: frozenset
 
-    def __call__(self, row: Row) -> bool:
+    def __call__(self, row: Record) -> bool:
         return row[self.field] in self.values
 
 
@@ -77,12 +78,12 @@ class HubSpec:
     name: str
     path: str
     config: str | None
-    convert: Callable[[Row], tuple[str, str]]
+    convert: Callable[[Record], tuple[str, str]]
     test_split: str
     train_split: str | None = None
     revision: str = "main"
     data_dir: str | None = None
-    keep: Callable[[Row], bool] | None = None
+    keep: Callable[[Record], bool] | None = None
     pool_size: int = 2000
     test_size: int = 500
     template: str = QA
@@ -106,11 +107,12 @@ class HubSpec:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a declaration's rows come from: `origin` prefixes each Example's `where`, `detail` is the Task's `source`."""
+    """Where a declaration's rows come from: `origin` prefixes each Example's `where`, `detail` is the Task's
+    `source`."""
 
     origin: str
     detail: str
-    read: Callable[[str], "Dataset"]
+    read: Callable[[str], Dataset]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -133,15 +135,16 @@ def hub_source(spec: HubSpec) -> Source:
     """The spec's own hub dataset, or its copy under $IA2_HUB_MIRROR when that is set."""
     mirror = os.environ.get(MIRROR_ENV)
 
-    def read(split: str) -> "Dataset":
+    def read(split: str) -> Dataset:
         import datasets  # deferred: importing `datasets` costs seconds and only hub tasks need it
 
         try:
             if mirror:
                 path, config = _mirror_args(spec, mirror)
                 return datasets.load_dataset(path, config, split=split)
-            return datasets.load_dataset(spec.path, spec.config, data_dir=spec.data_dir, split=split,
-                                         revision=spec.revision)
+            return datasets.load_dataset(
+                spec.path, spec.config, data_dir=spec.data_dir, split=split, revision=spec.revision
+            )
         except IA2Error:
             raise
         except Exception as exc:  # datasets raises many types (hub, file, split, network); report them alike
@@ -161,7 +164,7 @@ def _kept_rows(spec: HubSpec, source: Source, split: str) -> Iterator[tuple[int,
             yield index, row
 
 
-def _guarded(spec: HubSpec, source: Source, split: str, index: int, fn: Callable[[Row], Any], row: Row) -> Any:
+def _guarded(spec: HubSpec, source: Source, split: str, index: int, fn: Callable[[Record], Any], row: Record) -> Any:
     """`fn(row)`, turning a missing field or a bad value into an IA2Error naming dataset, split, row and field."""
     present = {k: v for k, v in row.items() if v is not None}
     at = f"{spec.name} ({source.origin}) split {split!r} row {index}"
@@ -173,7 +176,7 @@ def _guarded(spec: HubSpec, source: Source, split: str, index: int, fn: Callable
         raise IA2Error(f"{at}: {exc}") from None
 
 
-def _example(spec: HubSpec, source: Source, split: str, index: int, row: Row, role: str) -> Example:
+def _example(spec: HubSpec, source: Source, split: str, index: int, row: Record, role: str) -> Example:
     """One converted row, its answer checked against the declared labels."""
     question, answer = _guarded(spec, source, split, index, spec.convert, row)
     where = f"{source.origin}:{split}:row {index}"
@@ -195,7 +198,9 @@ def examples(spec: HubSpec, source: Source) -> list[Example]:
     if spec.train_split == spec.test_split:
         rows = _take(spec, source, spec.test_split, None, "train")
         if len(rows) <= spec.test_size:
-            raise IA2Error(f"{spec.name}: split {spec.test_split!r} has only {len(rows)} rows; {spec.test_size} are held out")
+            raise IA2Error(
+                f"{spec.name}: split {spec.test_split!r} has only {len(rows)} rows; {spec.test_size} are held out"
+            )
         cut = len(rows) - spec.test_size
         test = [replace(e, split="test") for e in rows[cut:]]
         return rows[:cut][: spec.pool_size] + test

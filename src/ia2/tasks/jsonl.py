@@ -21,7 +21,9 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise IA2Error(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+            raise IA2Error(
+                f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            ) from None
         if line.strip():
             yield where, line
 
@@ -63,8 +65,10 @@ def _check_given_labels(file: Path, examples: list[Example], labels: tuple[str, 
     absent = [label for label in labels if label not in {e.answer for e in examples}]
     if absent:
         one = len(absent) == 1
-        raise IA2Error(f"label{'' if one else 's'} {', '.join(map(repr, absent))} given in labels never "
-                       f"occur{'s' if one else ''} as an answer in {file}")
+        raise IA2Error(
+            f"label{'' if one else 's'} {', '.join(map(repr, absent))} given in labels never "
+            f"occur{'s' if one else ''} as an answer in {file}"
+        )
 
 
 def _check_repeats(examples: list[Example]) -> None:
@@ -74,8 +78,10 @@ def _check_repeats(examples: list[Example]) -> None:
     for e in examples:
         seen = first.setdefault(e.question, e)
         if seen.answer != e.answer:
-            raise IA2Error(f"{e.where}: field 'question' repeats {seen.where} with answer {e.answer!r}, not "
-                           f"{seen.answer!r}: keep one of them")
+            raise IA2Error(
+                f"{e.where}: field 'question' repeats {seen.where} with answer {e.answer!r}, not "
+                f"{seen.answer!r}: keep one of them"
+            )
 
 
 def load(path: str, labels: tuple[str, ...] | None = None) -> Task:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from . import adapters
+from . import padding
 from .taps import Tap
 
 
@@ -32,15 +32,17 @@ class Batch:
         return steps.unsqueeze(0) >= (self.keep - self.n_answer).unsqueeze(1)
 
 
-def make_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu") -> Batch:
+def make_batch(
+    prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int, device: str = "cpu"
+) -> Batch:
     """Rows are prompt ⊕ answer[:-1]: the positions producing the answer are the row's last len(answer)."""
     seqs = [list(p) + list(a[:-1]) for p, a in zip(prompts, answers)]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     n_answer = torch.tensor([max(len(a), 1) for a in answers])
     return Batch(ids.to(device), mask.to(device), positions.to(device), n_answer)
@@ -62,12 +64,13 @@ def forward(model: nn.Module, batch: Batch, tap: Tap | None = None) -> tuple[tor
 
     Adapters that prepend virtual tokens keep these positions last; see `adapters` for how padding is kept harmless.
     """
-    if adapters.rows_alone(model, batch.input_ids.shape[1]) and not bool(batch.attention_mask.all()):
+    if padding.rows_alone(model, batch.input_ids.shape[1]) and not bool(batch.attention_mask.all()):
         return _row_by_row(model, batch, tap)
-    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep,
-                  use_cache=False)
-    if adapters.prompt_tuning_active(model):
-        context = adapters.positions_from_mask(model)
+    inputs = dict(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep, use_cache=False
+    )
+    if padding.prompt_tuning_active(model):
+        context = padding.positions_from_mask(model)
     else:
         inputs["position_ids"], context = batch.position_ids, nullcontext()
     if tap is not None:
@@ -81,10 +84,11 @@ def _row_by_row(model: nn.Module, batch: Batch, tap: Tap | None) -> tuple[torch.
     """`forward` on each row alone, unpadded, right-aligned back into the batch's shape (zeros where a row is short)."""
     logits, acts = [], []
     for row, length in enumerate(batch.attention_mask.sum(-1).tolist()):
-        ids = batch.input_ids[row:row + 1, -length:]
+        ids = batch.input_ids[row : row + 1, -length:]
         positions = torch.arange(length, device=ids.device).unsqueeze(0)
-        row_logits, row_acts = forward(model, Batch(ids, torch.ones_like(ids), positions,
-                                                    torch.tensor([min(batch.keep, length)])), tap)
+        row_logits, row_acts = forward(
+            model, Batch(ids, torch.ones_like(ids), positions, torch.tensor([min(batch.keep, length)])), tap
+        )
         logits.append(row_logits[0])
         if row_acts is not None:
             acts.append(row_acts[0])
@@ -94,4 +98,4 @@ def _row_by_row(model: nn.Module, batch: Batch, tap: Tap | None) -> tuple[torch.
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, to waste little compute on padding."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
