@@ -6,6 +6,7 @@ import pytest
 
 from ia2 import tables
 from ia2.errors import IA2Error
+from ia2.methods import HEADLINE, TESTED_PAIRS, display
 
 METHODS = ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft"]
 
@@ -96,11 +97,8 @@ def test_column_order_follows_methods():
     )
 
 
-def test_all_display_names():
-    names = [
-        tables.method_name(m)
-        for m in ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft", "sft-ia2", "sft-icl", "soft"]
-    ]
+def test_all_display_names_come_from_the_method_table():
+    names = [display(m) for m in ["zero-shot", "icl", "sft", "ia2", "ia2-sft", "ia2+sft", "sft-ia2", "sft-icl", "soft"]]
     assert names == [
         "w/o ICL",
         "ICL",
@@ -112,6 +110,13 @@ def test_all_display_names():
         "SFT (ICL labels)",
         "SFT (soft)",
     ]
+    assert display("custom") == "custom", "a method outside the table is shown by its name"
+
+
+def test_reports_test_the_pairs_the_method_table_declares():
+    """The headline test and the adapter-overlap pairs are read from the methods' `tested_against`."""
+    assert HEADLINE == ("ia2-sft", "sft")
+    assert TESTED_PAIRS == (("ia2", "sft"), ("ia2-sft", "sft"), ("ia2-sft", "ia2"))
 
 
 def test_significance_table():

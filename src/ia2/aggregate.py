@@ -12,7 +12,7 @@ from scipy import stats
 
 from . import config, metrics
 from .errors import IA2Error
-from .methods import BASELINES
+from .methods import BASELINES, HEADLINE
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
 LOWER_IS_BETTER = frozenset({"ece", "ece_equal_mass", "brier", "nll", "parse_failure_rate"})
@@ -126,8 +126,8 @@ def cells(rows: Iterable[dict]) -> list[dict]:
 
 def paired_test(
     rows: Iterable[dict],
-    a: str = "ia2-sft",
-    b: str = "sft",
+    a: str = HEADLINE[0],
+    b: str = HEADLINE[1],
     metric: str = "accuracy",
     by: tuple[str, ...] = ("model", "task", "eval_task", "n_train", "condition"),
 ) -> list[dict]:

@@ -15,6 +15,7 @@ from . import adapters, config, distributed, report, sweep
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
+from .legacy import OLD_FLAGS
 
 DEMO = config.make(
     "gemma3-270m",
@@ -26,19 +27,6 @@ DEMO = config.make(
     max_epochs=20,
 )
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
-# Flags of ia2 0.1, each answered with today's spelling.
-OLD_FLAGS = {
-    "--n": "--n-train",
-    "--epochs": "--max-epochs",
-    "--teacher": "--teacher-mode",
-    "--eval-task": "--eval-tasks",
-    "--keep-last": "--no-restore-best",
-    "--lora-r": '--adapter \'{"peft_type": "LORA", "r": 16}\'',
-    "--lora-alpha": '--adapter \'{"peft_type": "LORA", "lora_alpha": 16}\'',
-    "--lora-targets": '--adapter \'{"peft_type": "LORA", "target_modules": ["q_proj"]}\'',
-    "--ia3-feedforward": '--adapter \'{"peft_type": "IA3", "feedforward_modules": [...]}\'',
-    "--num-virtual-tokens": '--adapter \'{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}\'',
-}
 
 
 def _shard(text: str) -> tuple[int, int]:

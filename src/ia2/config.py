@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, replace
@@ -21,9 +20,11 @@ import yaml
 
 from . import adapters
 from .errors import IA2Error
+from .legacy import RENAMED, upgrade
 from .methods import METHODS
 from .parsers import PARSERS
 from .taps import SITES
+from .values import coerce
 
 
 class SettingError(IA2Error):
@@ -176,14 +177,6 @@ class RunConfig:
 SECTIONS: dict[str, type] = {
     f.name: f.type for f in fields(RunConfig) if f.name in ("data", "prompt", "teacher", "train", "runtime")
 }
-# Names of earlier versions: a file that uses one gets a one-line message naming today's.
-RENAMED = {
-    "n": "n_train",
-    "epochs": "max_epochs",
-    "train.batch_size": "train_batch_size",
-    "eval_task": "eval_tasks",
-    "teacher": "teacher_mode",
-}
 NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp")
 REQUIRED = ("model", "data.task")
 
@@ -284,65 +277,11 @@ def flatten(values: Mapping[str, Any], where: str, block: str = "") -> dict[str,
     return out
 
 
-def _is_tuple(kind: Any) -> bool:
-    return typing.get_origin(kind) is tuple
-
-
-def _optional(kind: Any) -> tuple[Any, bool]:
-    """The type inside `X | None`, and whether None is allowed."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        return inner[0], True
-    return kind, False
-
-
-def coerce(path: str, value: Any, shown: str) -> Any:
-    """A value from YAML or the command line as the setting's type (comma-separated text for a list on the command
-    line), or one line naming the setting."""
-    kind, nullable = _optional(annotation(path))
-    if value is None:
-        if nullable:
-            return None
-        raise IA2Error(f"{shown} must not be empty")
-    if kind is dict:
-        try:
-            return adapters.normalise(value)
-        except IA2Error as exc:
-            raise IA2Error(f"{shown}: {exc}") from None
-    if _is_tuple(kind):
-        item = typing.get_args(kind)[0]
-        parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
-        if not isinstance(parts, (list, tuple)):
-            raise IA2Error(f"{shown} must be a list, got {value!r}")
-        return tuple(_scalar(item, p, shown) for p in parts)
-    return _scalar(kind, value, shown)
-
-
-def _scalar(kind: type, value: Any, shown: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise IA2Error(f"{shown} must be true or false, got {value!r}")
-    if kind is str:
-        if isinstance(value, (dict, list, tuple)):
-            raise IA2Error(f"{shown} must be text, got {value!r}")
-        return str(value)
-    try:
-        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        noun = "an integer" if kind is int else "a number"
-        raise IA2Error(f"{shown} must be {noun}, got {value!r}") from None
-
-
 def build(given: Mapping[str, tuple[Any, str]], base: RunConfig | None = None) -> tuple[RunConfig, Origins]:
     """A validated RunConfig from {path: (value, origin)} over `base` (default: the defaults), and where each given
     setting came from; errors name the setting as its origin wrote it."""
     origins = Origins({path: origin for path, (_, origin) in given.items()})
-    values = {path: coerce(path, value, origin) for path, (value, origin) in given.items()}
+    values = {path: coerce(annotation(path), value, origin) for path, (value, origin) in given.items()}
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for path, value in values.items():
@@ -473,58 +412,6 @@ def to_dict(cfg: RunConfig) -> dict:
 def from_dict(data: Mapping[str, Any], where: str = "config") -> RunConfig:
     """A RunConfig from its recorded form (`to_dict`), or from a config of an earlier version (`upgrade`)."""
     return build(flatten(upgrade(dict(data)), where))[0]
-
-
-# Where each field of the flat config of earlier versions (ia2 0.1) lives now.
-_OLD_FLAT = {
-    "n": "data.n_train",
-    "task": "data.task",
-    "n_dev": "data.n_dev",
-    "n_test": "data.n_test",
-    "eval_tasks": "data.eval_tasks",
-    "labels": "data.labels",
-    "parser": "data.parser",
-    "max_new_tokens": "data.max_new_tokens",
-    "answer_prefix": "data.answer_prefix",
-    "unlabelled": "data.unlabelled",
-    "data_seed": "data.data_seed",
-    "k_max": "prompt.k_max",
-    "icl_demos": "prompt.icl_demos",
-    "permutations": "prompt.permutations",
-    "chat": "prompt.chat",
-    "site": "teacher.site",
-    "layers": "teacher.layers",
-    "teacher": "teacher.teacher_mode",
-    "soft_top_k": "teacher.soft_top_k",
-    "target_dtype": "teacher.target_dtype",
-    "target_store": "teacher.target_store",
-    "teacher_stop": "teacher.teacher_stop",
-    "device": "runtime.device",
-    "dtype": "runtime.dtype",
-    "batch_size": "runtime.batch_size",
-    "fsdp": "runtime.fsdp",
-    "merge_bf16": "runtime.merge_bf16",
-    "save_adapters": "runtime.save_adapters",
-}
-
-
-def upgrade(data: dict) -> dict:
-    """A recorded config in today's nested form: configs written by ia2 0.1 (flat, `train.batch_size`, an adapter
-    of kind/r/alpha/targets) are mapped field by field; today's pass through unchanged."""
-    if "data" in data:
-        return data
-    out: dict[str, Any] = {"data": {}, "prompt": {}, "teacher": {}, "runtime": {}}
-    for name, value in data.items():
-        if name in _OLD_FLAT:
-            head, _, tail = _OLD_FLAT[name].partition(".")
-            out[head][tail] = value
-        elif name == "train":
-            out["train"] = {("train_batch_size" if k == "batch_size" else k): v for k, v in value.items()}
-        elif name == "adapter":
-            out["adapter"] = adapters.from_old(value)
-        elif name in ("model", "methods", "seeds"):
-            out[name] = value
-    return out
 
 
 def with_defaults(data: Mapping[str, Any]) -> dict:

@@ -57,6 +57,16 @@ METHODS: dict[str, Method] = {
 }
 
 BASELINES = tuple(name for name, m in METHODS.items() if m.baseline)
+# (method, what it is tested against) for every pair the table declares, in table order.
+TESTED_PAIRS = tuple((name, other) for name, m in METHODS.items() for other in m.tested_against)
+# The recommended recipe against its first comparison: the paper's headline test.
+RECOMMENDED = "ia2-sft"
+HEADLINE = (RECOMMENDED, METHODS[RECOMMENDED].tested_against[0])
+
+
+def display(name: str) -> str:
+    """A method's name in reports (the name itself for one outside the table)."""
+    return METHODS[name].display if name in METHODS else name
 
 
 def check_methods(names: tuple[str, ...] | list[str]) -> None:

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 
 from . import metrics
 from .errors import IA2Error
+from .methods import display
 from .paths import atomic_path
-from .tables import method_name
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -50,7 +50,7 @@ def plot_accuracy_vs_n(cells: Sequence[dict], path: Path, metric: str = "accurac
             yerr=[c.get(f"{metric}_std") or 0.0 for c in mine],
             marker="o",
             capsize=3,
-            label=method_name(method),
+            label=display(method),
         )
     ns = sorted({c["n"] for c in cells})
     ax.set_xscale("log", base=2)
@@ -73,7 +73,7 @@ def plot_layer_similarity(agg: Mapping[str, dict], path: Path) -> None:
         mean, std = np.asarray(stats["mean"], dtype=float), np.asarray(stats["std"], dtype=float)
         _require(len(mean), f"layers for {method}")
         layers = np.arange(len(mean))
-        (line,) = ax.plot(layers, mean, marker=".", label=method_name(method))
+        (line,) = ax.plot(layers, mean, marker=".", label=display(method))
         ax.fill_between(layers, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="layer", ylabel="cosine similarity to ICL activations")
     ax.legend()
@@ -93,7 +93,7 @@ def plot_reliability(per_method: Mapping[str, tuple[np.ndarray, np.ndarray]], pa
             raise IA2Error(f"{method}: {len(confidence)} confidences but {len(correct)} correctness values")
         bins = metrics.reliability(confidence, correct, metrics.N_BINS, "width")
         (line,) = top.plot(
-            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=method_name(method)
+            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=display(method)
         )
         bottom.hist(confidence, bins=np.linspace(0, 1, metrics.N_BINS + 1), histtype="step", color=line.get_color())
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability, {metrics.N_BINS} equal-width bins")

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from . import aggregate, analysis, metrics, plots, tables
-from .methods import METHODS
+from .methods import HEADLINE, METHODS, TESTED_PAIRS, display
 from .paths import write_json, write_text
 
-PAIRS = (("sft", "ia2"), ("sft", "ia2-sft"), ("ia2", "ia2-sft"))
 SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
 
 
@@ -68,7 +67,7 @@ def write(folder: Path, select_by: str | None = None) -> str:
     rows = aggregate.load_rows(folder)
     kept, choices = aggregate.select(rows, select_by)
     cells = aggregate.cells(kept)
-    tests = aggregate.paired_test(kept)
+    tests = aggregate.paired_test(kept, *HEADLINE)
     keys = variant_keys(r["condition"] for r in rows)
     pooled = _pooled(kept, keys)
     _attach_p_values(cells, tests)
@@ -95,11 +94,11 @@ def _pooled(kept: list[dict], keys: dict[str, str]) -> list[dict]:
     own = [{**r, "variant": keys[r["condition"]]} for r in kept if r["eval_task"] == r["task"]]
     tests = []
     for metric in ("accuracy", "ece"):
-        per_n = aggregate.paired_test(own, metric=metric, by=("model", "variant", "n_train"))
+        per_n = aggregate.paired_test(own, *HEADLINE, metric=metric, by=("model", "variant", "n_train"))
         several = Counter((t["model"], t["variant"]) for t in per_n)
         all_n = [
             {**t, "n_train": "all"}
-            for t in aggregate.paired_test(own, metric=metric, by=("model", "variant"))
+            for t in aggregate.paired_test(own, *HEADLINE, metric=metric, by=("model", "variant"))
             if several[t["model"], t["variant"]] > 1
         ]
         tests += sorted(
@@ -120,10 +119,11 @@ def _sweep_setting(folder: Path, key: str, default: object) -> object:
 
 
 def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
-    """Give each ia2-sft cell its test against SFT: `p_one_sided` (IA2 → SFT better) and `p_two_sided`."""
+    """Give each cell of the headline's tested method (IA2 → SFT) its test against the other (SFT): `p_one_sided`
+    (the tested method better) and `p_two_sided`."""
     by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t for t in tests}
     for c in cells:
-        if c["method"] == "ia2-sft":
+        if c["method"] == HEADLINE[0]:
             test = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]), {})
             c.update({key: test.get(key) for key in ("p_one_sided", "p_two_sided")})
 
@@ -181,18 +181,19 @@ def _tables(
             "\n## Means over tasks\n\nAccuracy in percent / ECE / asim (mean cosine to ICL's activations over "
             "layers), each a mean over the rows where every method has a result.\n\n" + means
         )
-    if any(c["method"] == "ia2-sft" for c in cells) and any(c["method"] == "sft" for c in cells):
-        text += "\n## IA2 → SFT against SFT, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
+    if all(any(c["method"] == m for c in cells) for m in HEADLINE):
+        against = " against ".join(display(m) for m in HEADLINE)
+        text += f"\n## {against}, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
     if pooled:
         text += (
-            "\n## Pooled over tasks and seeds (paired t-test, IA2 → SFT minus SFT)\n\nIn-distribution rows only: "
+            f"\n## Pooled over tasks and seeds (paired t-test, {' minus '.join(map(display, HEADLINE))})\n\n"
+            "In-distribution rows only: "
             "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n"
         )
         named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
         text += (
-            "| model | N | metric | pairs | mean difference | t | p (one-sided, IA2→SFT better) | p (two-sided) |\n"
-            + "|---" * 8
-            + "|\n"
+            f"| model | N | metric | pairs | mean difference | t "
+            f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) |\n" + "|---" * 8 + "|\n"
         )
         for t in pooled:
             stat, one, two = ("–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "p_one_sided", "p_two_sided"))
@@ -264,7 +265,7 @@ def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
     for r in kept:
         chosen[r["condition"], r["seed"]][r["method"]] = Path(r["run"]) / "adapters" / f"seed{r['seed']}" / r["method"]
     for adapters in chosen.values():
-        for a, b in PAIRS:
+        for b, a in TESTED_PAIRS:
             if not all(m in adapters and (adapters[m] / "adapter_config.json").exists() for m in (a, b)):
                 continue
             config = json.loads((adapters[a] / "adapter_config.json").read_text())

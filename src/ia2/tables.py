@@ -1,31 +1,15 @@
-"""Result tables in the paper's layout (markdown and LaTeX) and the SFT vs IA2 → SFT significance table."""
+"""Result tables in the paper's layout (markdown and LaTeX) and the headline pair's significance table."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from .errors import IA2Error
-from .methods import BASELINES
+from .methods import BASELINES, HEADLINE, display
 
-METHOD_NAMES = {
-    "zero-shot": "w/o ICL",
-    "icl": "ICL",
-    "sft": "SFT only",
-    "ia2": "IA2 only",
-    "ia2-sft": "IA2 → SFT",
-    "ia2+sft": "IA2 + SFT",
-    "sft-ia2": "SFT → IA2",
-    "sft-icl": "SFT (ICL labels)",
-    "soft": "SFT (soft)",
-}
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"}
 
 TableLine = tuple[str, str, dict[str, dict]]
-
-
-def method_name(method: str) -> str:
-    """The display name of a method (its key when it has none)."""
-    return METHOD_NAMES.get(method, method)
 
 
 def _escape(text: str) -> str:
@@ -33,7 +17,7 @@ def _escape(text: str) -> str:
 
 
 def _latex_name(method: str) -> str:
-    return _escape(method_name(method)).replace("→", r"$\rightarrow$")
+    return _escape(display(method)).replace("→", r"$\rightarrow$")
 
 
 def _pct(x: float) -> str:
@@ -113,7 +97,7 @@ def _row_cells(row: dict[str, dict], methods: Sequence[str], bold: Callable[[str
 def markdown_table(cells: Sequence[dict], methods: Sequence[str], n: int) -> str:
     """One model's results at N: a row per (source, eval) task, a column per method; * marks OOD evaluation."""
     lines = [
-        "| source | eval | " + " | ".join(method_name(m) for m in methods) + " |",
+        "| source | eval | " + " | ".join(display(m) for m in methods) + " |",
         "|---" * (len(methods) + 2) + "|",
     ]
     for group in _groups(_rows(cells, methods, n)):
@@ -168,11 +152,11 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _sft_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
-    """The sft and ia2-sft cells of each (model, task, eval_task, N)."""
+def _headline_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
+    """The cells of the headline pair (`methods.HEADLINE`: IA2 → SFT and SFT) of each (model, task, eval_task, N)."""
     pairs: dict[tuple, dict[str, dict]] = {}
     for c in cells:
-        if c["method"] in ("sft", "ia2-sft") and c.get("accuracy_mean") is not None:
+        if c["method"] in HEADLINE and c.get("accuracy_mean") is not None:
             pair = pairs.setdefault((c["model"], c["task"], c["eval_task"], c["n"]), {})
             if c["method"] in pair:
                 where = f"{c['model']} {c['task']} → {c['eval_task']} at N={c['n']}"
@@ -182,24 +166,26 @@ def _sft_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
 
 
 def significance_table(cells: Sequence[dict]) -> str:
-    """SFT only vs IA2 → SFT per (model, task, eval_task, N): accuracies, their difference in points and the paired
-    test's p-values (the ia2-sft cell's `p_one_sided`, IA2 → SFT more accurate, and `p_two_sided`)."""
+    """The headline pair per (model, task, eval_task, N), e.g. SFT only vs IA2 → SFT: accuracies, their difference
+    in points and the paired test's p-values (the tested cell's `p_one_sided`, it more accurate, and
+    `p_two_sided`)."""
+    tested, against = HEADLINE
     lines = [
-        "| model | source | eval | N | SFT only | IA2 → SFT | Δ accuracy | p (one-sided, IA2→SFT better) "
-        "| p (two-sided) |",
+        f"| model | source | eval | N | {display(against)} | {display(tested)} | Δ accuracy "
+        f"| p (one-sided, {display(tested).replace(' ', '')} better) | p (two-sided) |",
         "|---" * 9 + "|",
     ]
-    for (model, task, ev, n), pair in _sft_pairs(cells).items():
+    for (model, task, ev, n), pair in _headline_pairs(cells).items():
         if len(pair) < 2:
             continue
-        sft, both = pair["sft"], pair["ia2-sft"]
-        accs = [_part(c["accuracy_mean"], c.get("accuracy_std"), _pct, None, str) for c in (sft, both)]
-        delta = f"{100 * (both['accuracy_mean'] - sft['accuracy_mean']):+.1f}"
+        base, both = pair[against], pair[tested]
+        accs = [_part(c["accuracy_mean"], c.get("accuracy_std"), _pct, None, str) for c in (base, both)]
+        delta = f"{100 * (both['accuracy_mean'] - base['accuracy_mean']):+.1f}"
         ood = "*" if ev != task else ""
         ps = " | ".join(_p(both.get(key)) for key in ("p_one_sided", "p_two_sided"))
         lines.append(f"| {model} | {task} | {ev}{ood} | {n} | {' | '.join(accs)} | {delta} | {ps} |")
     if len(lines) == 2:
-        raise IA2Error("no (model, task, eval_task, N) has both an sft and an ia2-sft cell")
+        raise IA2Error(f"no (model, task, eval_task, N) has both a {against} and a {tested} cell")
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +203,7 @@ def means_table(cells: Sequence[dict], methods: Sequence[str]) -> str:
             key = (c["model"], c["n"], c["eval_task"] != c["task"])
             groups.setdefault(key, {}).setdefault((c["task"], c["eval_task"]), {})[c["method"]] = c
     lines = [
-        "| model | N | rows | " + " | ".join(method_name(m) for m in methods) + " |",
+        "| model | N | rows | " + " | ".join(display(m) for m in methods) + " |",
         "|---" * (len(methods) + 3) + "|",
     ]
     for (model, n, ood), rows in sorted(groups.items()):

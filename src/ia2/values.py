@@ -1,0 +1,64 @@
+"""Setting values from YAML or the command line as their declared types, or one line naming the setting."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from . import adapters
+from .errors import IA2Error
+
+
+def _is_tuple(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple
+
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """The type inside `X | None`, and whether None is allowed."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return inner[0], True
+    return kind, False
+
+
+def coerce(declared: Any, value: Any, shown: str) -> Any:
+    """A value from YAML or the command line as the setting's `declared` type (comma-separated text for a list on
+    the command line), or one line naming the setting."""
+    kind, nullable = _optional(declared)
+    if value is None:
+        if nullable:
+            return None
+        raise IA2Error(f"{shown} must not be empty")
+    if kind is dict:
+        try:
+            return adapters.normalise(value)
+        except IA2Error as exc:
+            raise IA2Error(f"{shown}: {exc}") from None
+    if _is_tuple(kind):
+        item = typing.get_args(kind)[0]
+        parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        if not isinstance(parts, (list, tuple)):
+            raise IA2Error(f"{shown} must be a list, got {value!r}")
+        return tuple(_scalar(item, p, shown) for p in parts)
+    return _scalar(kind, value, shown)
+
+
+def _scalar(kind: type, value: Any, shown: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise IA2Error(f"{shown} must be true or false, got {value!r}")
+    if kind is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise IA2Error(f"{shown} must be text, got {value!r}")
+        return str(value)
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        noun = "an integer" if kind is int else "a number"
+        raise IA2Error(f"{shown} must be {noun}, got {value!r}") from None
