@@ -174,9 +174,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-SECTIONS: dict[str, type] = {
-    f.name: f.type for f in fields(RunConfig) if f.name in ("data", "prompt", "teacher", "train", "runtime")
-}
+SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
 NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp")
 REQUIRED = ("model", "data.task")
 
@@ -290,7 +288,7 @@ def build(given: Mapping[str, tuple[Any, str]], base: RunConfig | None = None) -
     start = base or RunConfig()
     cfg = replace(start, **top, **{name: replace(getattr(start, name), **sections[name]) for name in SECTIONS})
     for required in REQUIRED:
-        if not _get(cfg, required):
+        if not get(cfg, required):
             raise IA2Error(f"{origins.name(required)} is required")
     try:
         validate(cfg)
@@ -305,20 +303,16 @@ def make(model: str, task: str, **settings: Any) -> RunConfig:
     return build(given)[0]
 
 
-def _get(cfg: RunConfig, path: str) -> Any:
-    head, _, tail = path.partition(".")
-    return getattr(getattr(cfg, head), tail) if tail else getattr(cfg, head)
-
-
 def get(cfg: RunConfig, path: str) -> Any:
     """A setting's value by path."""
-    return _get(cfg, path)
+    head, _, tail = path.partition(".")
+    return getattr(getattr(cfg, head), tail) if tail else getattr(cfg, head)
 
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot run: each setting's declared choices and least value, then combinations."""
     for path, f in paths().items():
-        value, meta = _get(cfg, path), f.metadata
+        value, meta = get(cfg, path), f.metadata
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         for item in value if isinstance(value, tuple) else (value,):
             if choices and item is not None and item not in choices:
@@ -437,4 +431,4 @@ def load_yaml(path: Path) -> dict:
 
 def flat(cfg: RunConfig) -> dict[str, Any]:
     """Every setting by dotted path."""
-    return {path: _get(cfg, path) for path in paths()}
+    return {path: get(cfg, path) for path in paths()}
