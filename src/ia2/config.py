@@ -266,7 +266,8 @@ def flatten(values: Mapping[str, Any], where: str, block: str = "") -> dict[str,
                     raise IA2Error(f"{shown}: setting {key!r} is now called {RENAMED[key]!r}")
                 raise IA2Error(f"{shown}: expected a mapping of {key} settings, got {value!r}")
             for inner, item in value.items():
-                path = resolve(f"{key}.{inner}" if f"{key}.{inner}" in paths() else str(inner), f"{shown}.{inner}")
+                dotted = f"{key}.{inner}"
+                path = resolve(dotted if dotted in paths() or dotted in RENAMED else str(inner), f"{shown}.{inner}")
                 if not path.startswith(key + "."):
                     raise IA2Error(f"{shown}.{inner}: {inner!r} is a setting of {path.partition('.')[0]}, not {key}")
                 out[path] = (item, f"{shown}.{inner}")
