@@ -276,14 +276,14 @@ def test_losses_fall_under_adam(model_dir, kind, stage):
     assert trainable and all(any(s in n for s in ("lora_", "ia3_", "prompt_encoder")) for n in trainable)
     params = list(trainable.values())
     optimizer = torch.optim.Adam(params, lr=LR[kind])
-    before = train.dev_loss(peft, tap, items, stage, cfg, pad)
+    before = train.dev_loss(train.Objective(peft, tap, stage, cfg, pad), items)
     peft.train()
     for _ in range(8):
-        loss = train.batch_loss(peft, tap, items, stage, cfg, pad)
+        loss = train.batch_loss(train.Objective(peft, tap, stage, cfg, pad), items)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert train.dev_loss(peft, tap, items, stage, cfg, pad) < 0.9 * before
+    assert train.dev_loss(train.Objective(peft, tap, stage, cfg, pad), items) < 0.9 * before
 
 
 def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):

@@ -15,7 +15,7 @@ from ia2 import adapters, models, targets
 from ia2.config import TrainConfig
 from ia2.methods import IA2, SFT
 from ia2.taps import Tap
-from ia2.train import Item, batch_loss
+from ia2.train import Item, Objective, batch_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -80,10 +80,12 @@ def test_reference_losses_equal_the_library_s_on_one_example(model_dirs, toy_jso
         plain = encoder.encode(task.examples[i])
         item = Item(plain.prompt, answer, act)
         with torch.no_grad():
-            ours = batch_loss(student, tap, [item], IA2, TrainConfig(), tok.pad_token_id)
+            ours = batch_loss(Objective(student, tap, IA2, TrainConfig(), tok.pad_token_id), [item])
             theirs = reference_loop.ia2_loss(student, recorder, reference_loop.Example(plain.prompt, answer, act))
             torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-7)
-            ours = batch_loss(student, tap, [Item(plain.prompt, plain.answer)], SFT, TrainConfig(), tok.pad_token_id)
+            ours = batch_loss(
+                Objective(student, tap, SFT, TrainConfig(), tok.pad_token_id), [Item(plain.prompt, plain.answer)]
+            )
             theirs = reference_loop.ce_loss(student, recorder, reference_loop.Example(plain.prompt, plain.answer))
             torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
 

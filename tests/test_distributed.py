@@ -151,15 +151,14 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
 
 def primitives() -> dict:
     """What the exchanges return in this process."""
-    local = distributed.shard(list(range(5)))
+    mapped = list(distributed.map_batches(torch.nn.Identity(), list(range(5)), lambda x: (distributed.rank(), x * x)))
     flag = torch.tensor([distributed.rank() + 1.0, 2.0])
     distributed.all_reduce_sum_([flag])
     distributed.barrier()
     return {
         "world": distributed.world_size(),
         "main": distributed.is_main(),
-        "shard": local,
-        "gather": distributed.gather([x * x for x in local]),
+        "map": mapped,
         "everyone": distributed.everyone(distributed.rank()),
         "from_main": distributed.from_main(distributed.rank()),
         "agree": distributed.agree(distributed.rank() == 0),
@@ -238,8 +237,7 @@ def test_exchanges_in_one_process(runs):
     assert runs["one"]["primitives"] == {
         "world": 1,
         "main": True,
-        "shard": [0, 1, 2, 3, 4],
-        "gather": [0, 1, 4, 9, 16],
+        "map": [(0, 0), (0, 1), (0, 4), (0, 9), (0, 16)],
         "everyone": [0],
         "from_main": 0,
         "agree": True,
@@ -250,10 +248,9 @@ def test_exchanges_in_one_process(runs):
 
 def test_exchanges_across_two_processes(runs):
     first, second = (r["primitives"] for r in runs["two"])
-    assert first["shard"] == [0, 2, 4] and second["shard"] == [1, 3]
     for rank, got in enumerate((first, second)):
         assert got["world"] == 2 and got["main"] == (rank == 0)
-        assert got["gather"] == [0, 1, 4, 9, 16], "results of a strided shard come back in the items' order"
+        assert got["map"] == [(0, 0), (1, 1), (0, 4), (1, 9), (0, 16)], "batches alternate, results in batch order"
         assert got["everyone"] == [0, 1] and got["from_main"] == 0 and got["agree"] is False
         assert got["sum"] == [3.0, 4.0]
 

@@ -164,14 +164,15 @@ def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_json
     student = adapters.fresh(model, "lora", seed=0)
     tap, cfg = Tap(student), TrainConfig()
     with torch.no_grad():
-        assert abs(train.batch_loss(student, tap, items, SOFT, cfg, tok.pad_token_id).item()) < 1e-5
+        assert abs(train.batch_loss(train.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item()) < 1e-5
         for name, param in student.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
-        assert train.batch_loss(student, tap, items, SOFT, cfg, tok.pad_token_id).item() > 1e-4
+        assert train.batch_loss(train.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item() > 1e-4
         with pytest.raises(IA2Error, match="distribution"):
             train.batch_loss(
-                student, tap, [Item(p, t) for p, t in zip(prompts, teacher.tokens)], SOFT, cfg, tok.pad_token_id
+                train.Objective(student, tap, SOFT, cfg, tok.pad_token_id),
+                [Item(p, t) for p, t in zip(prompts, teacher.tokens)],
             )
 
 

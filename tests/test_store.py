@@ -18,6 +18,7 @@ from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.store import Stored, TargetStore
 from ia2.taps import Tap
+from ia2.targets import CollectSettings
 from ia2.train import Item
 
 IA2 = Stage("ia2", "icl")
@@ -56,7 +57,7 @@ def test_store_keeps_what_collect_returns(model_dirs, toy64, tmp_path):
         folder = tmp_path / dtype
         targets.write_store(
             folder,
-            targets.rows(model, tap, tok, prompts, 3, "\n\n", 4, "t", 5),
+            targets.rows(model, tap, tok, prompts, CollectSettings(3, "\n\n", 4, "t", 5)),
             len(prompts),
             {"seed": 0},
             dtype,
@@ -82,7 +83,9 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
     model, tok, prompts, plain = _prompts(model_dirs["llama"], toy64, 8)
     tap = Tap(model)
     want = targets.collect(model, tap, tok, prompts, max_new_tokens=3, distribution=5)
-    targets.write_store(tmp_path / "s", targets.rows(model, tap, tok, prompts, 3, distribution=5), 8, {}, "bfloat16", 3)
+    targets.write_store(
+        tmp_path / "s", targets.rows(model, tap, tok, prompts, CollectSettings(3, distribution=5)), 8, {}, "bfloat16", 3
+    )
     got = targets.open_store(tmp_path / "s")
     peft = adapters.fresh(model, "lora", 0)
     with torch.no_grad():
@@ -90,12 +93,8 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
             param.normal_(0, 0.1)
         losses = [
             train.batch_loss(
-                peft,
-                Tap(peft),
+                train.Objective(peft, Tap(peft), Stage("soft", "icl"), TrainConfig(), tok.pad_token_id),
                 [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, t.tokens, t.top_ids, t.top_logp)],
-                Stage("soft", "icl"),
-                TrainConfig(),
-                tok.pad_token_id,
             )
             for t in (want, got)
         ]
@@ -107,7 +106,7 @@ def test_answers_only_store_has_no_activations(model_dirs, toy64, tmp_path):
     want = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3)
     bare = targets.collect(model, None, tok, prompts, max_new_tokens=3)
     assert bare.tokens == want.tokens and bare.acts == [None] * 6
-    targets.write_store(tmp_path / "s", targets.rows(model, None, tok, prompts, 3), 6, {})
+    targets.write_store(tmp_path / "s", targets.rows(model, None, tok, prompts, CollectSettings(3)), 6, {})
     got = targets.open_store(tmp_path / "s")
     assert got.tokens == want.tokens and got.acts == [None] * 6 and got.top_logp is None
 
@@ -157,7 +156,8 @@ def test_online_teacher_matches_cached_targets(model_dirs, toy64):
         assert ours == pytest.approx(theirs, abs=1e-5, rel=1e-5)
     with pytest.raises(IA2Error, match="needs teacher activations"):
         train.batch_loss(
-            model, Tap(model), [Item(p, t) for p, t in zip(plain[:2], answers.tokens)], IA2, cfg, tok.pad_token_id
+            train.Objective(model, Tap(model), IA2, cfg, tok.pad_token_id),
+            [Item(p, t) for p, t in zip(plain[:2], answers.tokens)],
         )
 
 
@@ -179,8 +179,12 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
         [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)],
     )
     want = train.teacher_scale(stored, IA2, cfg)
-    torch.testing.assert_close(train.dev_scale(peft, tap, stored, IA2, cfg, tok.pad_token_id), want, rtol=1e-6, atol=0)
-    torch.testing.assert_close(train.dev_scale(peft, tap, items, IA2, cfg, tok.pad_token_id), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        train.dev_scale(train.Objective(peft, tap, IA2, cfg, tok.pad_token_id), stored), want, rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        train.dev_scale(train.Objective(peft, tap, IA2, cfg, tok.pad_token_id), items), want, rtol=1e-5, atol=0
+    )
 
 
 def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs, toy64, tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
     items = [Item(p, t, a) for p, t, a in zip(prompts, teacher.tokens, teacher.acts)]
     cfg = TrainConfig()
     with torch.no_grad():
-        loss = train.batch_loss(student, tap, items, IA2, cfg, tok.pad_token_id)
+        loss = train.batch_loss(train.Objective(student, tap, IA2, cfg, tok.pad_token_id), items)
     assert loss.item() == 0.0
 
     # the same comparison is sensitive: a non-zero adapter makes the loss positive
@@ -53,7 +53,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
         for name, param in student.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
-        assert train.batch_loss(student, tap, items, IA2, cfg, tok.pad_token_id).item() > 0
+        assert train.batch_loss(train.Objective(student, tap, IA2, cfg, tok.pad_token_id), items).item() > 0
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 3])
@@ -98,7 +98,7 @@ def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, ma
     expected = (expected_loss_terms / (n_positions * H)).sum()
     items = [Item(p, a, t) for p, a, t in zip(plain, teacher.tokens, teacher.acts)]
     with torch.no_grad():
-        got = train.batch_loss(model, tap, items, IA2, TrainConfig(), tok.pad_token_id)
+        got = train.batch_loss(train.Objective(model, tap, IA2, TrainConfig(), tok.pad_token_id), items)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 

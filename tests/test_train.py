@@ -83,7 +83,10 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
     s, cfg, _ = trained
     cfg = replace(cfg, per_layer_norm=per_layer_norm)
     losses = [
-        train.dev_loss(s.model, s.tap, s.dev_items, IA2, replace(cfg, eval_batch_size=size), s.tokenizer.pad_token_id)
+        train.dev_loss(
+            train.Objective(s.model, s.tap, IA2, replace(cfg, eval_batch_size=size), s.tokenizer.pad_token_id),
+            s.dev_items,
+        )
         for size in (1, 3, 16)
     ]
     assert 3 < len(s.dev_items) < 16
@@ -92,7 +95,7 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
 
 def test_best_dev_state_is_restored(trained):
     s, cfg, log = trained
-    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
     assert not s.model.training
 
@@ -121,7 +124,7 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
     )
     worse_later = [h for h in log["history"] if h["step"] > log["best_step"] and h["dev_loss"] > log["best_dev_loss"]]
     assert worse_later, "setup: the run should have worsened after its best point"
-    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
 
 
@@ -134,7 +137,7 @@ def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
         s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
     )
     assert log["history"][-1]["dev_loss"] > log["best_dev_loss"], "setup: the last state should be worse than the best"
-    again = train.dev_loss(s.model, s.tap, s.dev_items, IA2, cfg, s.tokenizer.pad_token_id)
+    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["history"][-1]["dev_loss"], abs=1e-6, rel=1e-6)
 
 
@@ -180,9 +183,9 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
         logits, _ = forward_pass.forward(s.model, batch)
     logp = torch.log_softmax(logits[:, -1].float(), -1)
     want = -logp[torch.arange(len(dev)), torch.tensor([i.answer[0] for i in dev])].mean().item()
-    assert train.dev_loss(s.model, s.tap, dev, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id) == pytest.approx(
-        want, rel=1e-5
-    )
+    assert train.dev_loss(
+        train.Objective(s.model, s.tap, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id), dev
+    ) == pytest.approx(want, rel=1e-5)
 
 
 def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):

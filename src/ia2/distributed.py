@@ -7,13 +7,13 @@ launcher (WORLD_SIZE unset or 1) nothing here touches accelerate or torch.distri
 identity, so one process runs exactly the single-process code path.
 
 With `--fsdp` the frozen base model's parameters are sharded over the processes (FSDP2, `shard_model`): every forward
-and backward pass of the model is then a collective, so each process runs as many as the others (`in_step`).
+and backward pass of the model is then a collective, so each process runs as many as the others (`map_batches`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +24,7 @@ from accelerate.utils import gather_object, parse_flag_from_env
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from tqdm.auto import tqdm
 
 from . import models
 from .errors import IA2Error
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def launched() -> bool:
@@ -95,19 +97,17 @@ def check_launch(cfg: RunConfig) -> None:
         )
 
 
-def shard(items: Sequence[T]) -> list[T]:
-    """This process's share of `items`: every world_size-th one from its rank (all of them in one process)."""
-    return list(items[rank() :: world_size()])
-
-
-def gather(local: Sequence[T]) -> list[T]:
-    """Every process's results for its `shard` of some items, on every process, in the order of those items."""
-    if not launched():
-        return list(local)
-    flat, world = gather_object(list(local)), world_size()
-    counts = [len(range(r, len(flat), world)) for r in range(world)]
-    starts = [sum(counts[:r]) for r in range(world)]
-    return [flat[starts[i % world] + i // world] for i in range(len(flat))]
+def map_batches(model: nn.Module, batches: Sequence[T], fn: Callable[[T], R], desc: str | None = None) -> Iterator[R]:
+    """`fn` of every batch, yielded in batch order on every process, one round of world_size batches at a time (so a
+    caller may write results as they come): in each round process r computes batch r, and with a sharded model a
+    process without a batch runs `fn` on the first one (result dropped) so that every process runs as many passes.
+    `desc` shows a progress bar over the rounds."""
+    world = world_size()
+    for start in tqdm(range(0, len(batches), world), desc=desc, leave=False, disable=desc is None):
+        mine = [fn(batch) for batch in batches[start + rank() : start + world : world]]
+        if not mine and sharded(model):
+            fn(batches[0])
+        yield from (result for theirs in everyone(mine) for result in theirs)
 
 
 def everyone(obj: T) -> list[T]:
@@ -135,12 +135,39 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
         tensor.copy_(part.view_as(tensor))
 
 
+def shared_backward(
+    model: nn.Module,
+    items: Sequence[T],
+    loss: Callable[[Sequence[T]], torch.Tensor],
+    params: Sequence[nn.Parameter],
+) -> torch.Tensor:
+    """A data-parallel backward pass; returns the loss summed over processes. Each process runs the backward pass of
+    `loss` on its share of `items` (every world_size-th one from its rank); the gradients of `params` (zeros from a
+    process without items, which with a sharded model runs the passes on the first item, gradients dropped) and the
+    losses are summed over processes, so every process holds the same sums."""
+    local, total = list(items[rank() :: world_size()]), torch.zeros((), device=params[0].device)
+    if local:
+        total = loss(local)
+        total.backward()
+    elif sharded(model):
+        loss(items[:1]).backward()
+        for p in params:
+            p.grad = None
+    _reshard(model)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    summed = total.detach().float().reshape(1).clone()
+    all_reduce_sum_([p.grad for p in params] + [summed])
+    return summed[0]
+
+
 def shard_model(model: nn.Module, device: str) -> None:
     """Shard a frozen model's parameters over the processes with FSDP2, each decoder layer and then the rest at the
     root, moving one whole layer at a time to `device`. Every group, the root's too, is resharded after each forward
-    pass (and `reshard` after each backward pass), so that outside a pass the model's state is the same on every
+    pass (and `_reshard` after each backward pass), so that outside a pass the model's state is the same on every
     process and the main process may read a state dict alone (saving an adapter). Adapters added later are not
-    sharded: they stay whole on every process, and their gradients are summed by `all_reduce_sum_`."""
+    sharded: they stay whole on every process, and their gradients are summed by `shared_backward`."""
     mesh = init_device_mesh(torch.device(device).type, (world_size(),))
     for layer in layer_modules(model, "residual"):
         fully_shard(layer, mesh=mesh)
@@ -158,7 +185,7 @@ def _gather_on_grad(layer: FSDPModule, part: nn.Module, args: tuple, output: Any
         out.register_hook(lambda grad: layer.unshard())
 
 
-def reshard(model: nn.Module) -> None:
+def _reshard(model: nn.Module) -> None:
     """Free any weights of a sharded model that a backward pass left gathered (`_gather_on_grad` gathers them where
     FSDP's own hooks may not run), so that between passes each process holds its shards only; nothing without FSDP."""
     for module in model.modules():
@@ -169,14 +196,6 @@ def reshard(model: nn.Module) -> None:
 def sharded(model: nn.Module) -> bool:
     """Whether the model's parameters are sharded over the processes, so that each of its passes is a collective."""
     return launched() and any(isinstance(m, FSDPModule) for m in model.modules())
-
-
-def in_step(model: nn.Module, count: int, dummy: Callable[[], object]) -> None:
-    """After this process's `shard` of `count` items: with a sharded model, run `dummy` (a batch whose results are
-    dropped) as often as that share falls short of the largest, so that every process runs as many passes."""
-    if sharded(model):
-        for _ in range(len(range(0, count, world_size())) - len(range(rank(), count, world_size()))):
-            dummy()
 
 
 def barrier() -> None:

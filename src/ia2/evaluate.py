@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import distributed, metrics, padding, parsers
 from .forward_pass import forward, length_sorted_chunks, make_batch
@@ -64,32 +63,38 @@ def score(
 
     Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
     reuse its KV cache (not under prompt tuning); the results are those of full forward passes. With several processes
-    each scores every
-    world_size-th batch, exactly as one process would, and every process returns every example's scores.
+    each scores every world_size-th batch, exactly as one process would, and every process returns every example's
+    scores.
     """
     shared = common_prefix(prompts) if len(prompts) > 1 else 0
     single = all(len(ids) == 1 for ids in label_ids)
-    every = length_sorted_chunks([len(p) for p in prompts], batch_size)
-    chunks = distributed.shard(every)
     # prompt tuning inserts its virtual tokens before whatever it is fed, the cached tail included: no prefix cache
     cacheable = single and shared >= MIN_SHARED_PREFIX and not padding.prompt_tuning_active(model)
     cache = _prefix_cache(model, prompts[0][:shared]) if cacheable else None
-    out = _Collector(len(prompts), label_ids)
-    for chunk in tqdm(chunks, desc=desc, leave=False):
-        _score_chunk(model, out, chunk, prompts, label_ids, pad_id, tap, cache, shared)
-    distributed.in_step(
-        model,
-        len(every),
-        lambda: _score_chunk(
-            model, _Collector(len(prompts), label_ids), every[0], prompts, label_ids, pad_id, tap, cache, shared
-        ),
-    )
-    return _merged(out, chunks).scores(tap is not None)
+    out = _Collector(len(prompts), len(label_ids))
+    chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
+    for scored in distributed.map_batches(
+        model, chunks, lambda chunk: _score_chunk(model, chunk, prompts, label_ids, pad_id, tap, cache, shared), desc
+    ):
+        out.add(scored)
+    return out.scores(tap is not None)
+
+
+@dataclass
+class _Scored:
+    """One batch's scores: its examples (indices into the prompts) and their rows of the `Scores` arrays."""
+
+    chunk: list[int]
+    label_logp: np.ndarray
+    label_prob: np.ndarray
+    top_prob: np.ndarray
+    top_token: np.ndarray
+    top10: np.ndarray
+    acts: torch.Tensor | None
 
 
 def _score_chunk(
     model: nn.Module,
-    out: _Collector,
     chunk: list[int],
     prompts: Sequence[Sequence[int]],
     label_ids: Sequence[Sequence[int]],
@@ -97,8 +102,8 @@ def _score_chunk(
     tap: Tap | None,
     cache,
     shared: int,
-) -> None:
-    """Score one batch of examples (indices `chunk` into `prompts`) into `out`, after the cached prefix if any."""
+) -> _Scored:
+    """Score one batch of examples (indices `chunk` into `prompts`), after the cached prefix if any."""
     chunk_prompts = [prompts[i] for i in chunk]
     if cache is not None:
         logp, chunk_acts = _tail_forward(model, cache, shared, [p[shared:] for p in chunk_prompts], pad_id, tap)
@@ -109,49 +114,48 @@ def _score_chunk(
             torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
             acts[:, :, -1] if acts is not None else None,
         )
-    out.add(chunk, logp, chunk_acts)
+    scored = _scored(chunk, logp, chunk_acts, label_ids)
     for c, ids in enumerate(label_ids):
         if len(ids) > 1:
-            out.label_logp[chunk, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
+            scored.label_logp[:, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
+    return scored
 
 
-def _merged(out: _Collector, chunks: list[list[int]]) -> _Collector:
-    """The collector with every process's examples, each taken from the process that scored it (one process: as is)."""
-    if distributed.world_size() == 1:
-        return out
-    for theirs, part in distributed.everyone((chunks, out)):
-        out.take(part, [i for chunk in theirs for i in chunk])
-    return out
+def _scored(
+    chunk: list[int], logp: torch.Tensor, acts: torch.Tensor | None, label_ids: Sequence[Sequence[int]]
+) -> _Scored:
+    """The scores of a batch from its next-token log-probabilities [B, V] and activations [B, L, H]; label log-probs
+    are those of each label's first token."""
+    first, best = torch.tensor([ids[0] for ids in label_ids]), logp.max(dim=-1)
+    return _Scored(
+        chunk,
+        label_logp=logp[:, first].numpy(),
+        label_prob=logp[:, first].exp().numpy(),
+        top_prob=best.values.exp().numpy(),
+        top_token=best.indices.numpy(),
+        top10=logp.topk(min(10, logp.shape[-1]), dim=-1).values.exp().sum(-1).numpy(),
+        acts=None if acts is None else acts.float().cpu(),
+    )
 
 
 class _Collector:
-    """Fills the per-example arrays of Scores chunk by chunk."""
+    """Fills the per-example arrays of Scores batch by batch."""
 
-    def __init__(self, n: int, label_ids: Sequence[Sequence[int]]) -> None:
-        self.first = torch.tensor([ids[0] for ids in label_ids])
-        self.label_logp, self.label_prob = np.zeros((n, len(label_ids))), np.zeros((n, len(label_ids)))
+    def __init__(self, n: int, labels: int) -> None:
+        self.label_logp, self.label_prob = np.zeros((n, labels)), np.zeros((n, labels))
         self.top_prob, self.top_token, self.top10 = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
         self.acts: list[torch.Tensor | None] = [None] * n
 
-    def add(self, chunk: list[int], logp: torch.Tensor, acts: torch.Tensor | None) -> None:
-        """Record next-token log-probabilities [B, V] and activations [B, L, H] of the chunk's examples."""
-        best = logp.max(dim=-1)
-        self.top_prob[chunk], self.top_token[chunk] = best.values.exp().numpy(), best.indices.numpy()
-        self.top10[chunk] = logp.topk(min(10, logp.shape[-1]), dim=-1).values.exp().sum(-1).numpy()
-        self.label_prob[chunk] = logp[:, self.first].exp().numpy()
-        self.label_logp[chunk] = logp[:, self.first].numpy()
-        if acts is not None:
-            for row, i in enumerate(chunk):
-                self.acts[i] = acts[row].float().cpu()
-
-    def take(self, other: _Collector, rows: list[int]) -> None:
-        """Copy the examples `rows` from another process's collector."""
+    def add(self, scored: _Scored) -> None:
+        """Record a batch's scores at its examples' rows."""
         for name in ("label_logp", "label_prob", "top_prob", "top_token", "top10"):
-            getattr(self, name)[rows] = getattr(other, name)[rows]
-        for i in rows:
-            self.acts[i] = other.acts[i]
+            getattr(self, name)[scored.chunk] = getattr(scored, name)
+        if scored.acts is not None:
+            for row, i in enumerate(scored.chunk):
+                self.acts[i] = scored.acts[row]
 
     def scores(self, with_acts: bool) -> Scores:
+        """The Scores of every example recorded (with their activations when a tap read them)."""
         acts = torch.stack(self.acts) if with_acts else None
         return Scores(self.label_logp, self.top_prob, self.top_token, self.label_prob, self.top10, acts)
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from . import distributed
@@ -80,16 +79,13 @@ def generate_texts(
     answers: list[list[int]] = [[] for _ in prompts]
     stop = task.stop[0] if task.stop else ""
     chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
-    mine = [
-        generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop)
-        for chunk in tqdm(distributed.shard(chunks), desc=desc, leave=False)
-    ]
-    distributed.in_step(
+    generated = distributed.map_batches(
         model,
-        len(chunks),
-        lambda: generate(model, tokenizer, [prompts[i] for i in chunks[0]], task.max_new_tokens, stop),
+        chunks,
+        lambda chunk: generate(model, tokenizer, [prompts[i] for i in chunk], task.max_new_tokens, stop),
+        desc,
     )
-    for chunk, generated in zip(chunks, distributed.gather(mine)):
-        for i, tokens in zip(chunk, generated):
+    for chunk, rows in zip(chunks, generated):
+        for i, tokens in zip(chunk, rows):
             answers[i] = tokens
     return [tokenizer.decode(a, skip_special_tokens=True) for a in answers]

@@ -14,7 +14,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from . import distributed
@@ -87,17 +86,26 @@ class TeacherRow:
     top_logp: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class CollectSettings:
+    """How teacher targets are collected: answers of up to `max_new_tokens` cut at `stop`, in batches of
+    `batch_size` (progress bar `desc`), keeping the next-token `distribution` (None no, 0 the full vocabulary, k > 0
+    the top k)."""
+
+    max_new_tokens: int = 1
+    stop: str = "\n\n"
+    batch_size: int = 8
+    desc: str = "teacher"
+    distribution: int | None = None
+
+
 @torch.no_grad()
 def rows(
     model: nn.Module,
     tap: Tap | None,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int = 1,
-    stop: str = "\n\n",
-    batch_size: int = 8,
-    desc: str = "teacher",
-    distribution: int | None = None,
+    settings: CollectSettings = CollectSettings(),
 ) -> Iterator[TeacherRow]:
     """`collect`'s work one example at a time, in length-sorted batch order, so a caller can write them as they come.
 
@@ -105,20 +113,11 @@ def rows(
     processes each computes every world_size-th batch, exactly as one process would, and every process yields every
     row in the same order, one round of batches at a time.
     """
-    chunks, world = length_sorted_chunks([len(p) for p in prompts], batch_size), distributed.world_size()
-    for start in tqdm(range(0, len(chunks), world), desc=desc, leave=False):
-        batches = chunks[start : start + world]
-        computed = [
-            _chunk_rows(model, tap, tokenizer, prompts, chunk, max_new_tokens, stop, distribution)
-            for chunk in distributed.shard(batches)
-        ]
-        distributed.in_step(
-            model,
-            len(batches),
-            lambda: _chunk_rows(model, tap, tokenizer, prompts, batches[0], max_new_tokens, stop, distribution),
-        )
-        for chunk_rows in distributed.gather(computed):
-            yield from chunk_rows
+    chunks = length_sorted_chunks([len(p) for p in prompts], settings.batch_size)
+    for chunk_rows in distributed.map_batches(
+        model, chunks, lambda chunk: _chunk_rows(model, tap, tokenizer, prompts, chunk, settings), settings.desc
+    ):
+        yield from chunk_rows
 
 
 def _chunk_rows(
@@ -127,18 +126,16 @@ def _chunk_rows(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     chunk: list[int],
-    max_new_tokens: int,
-    stop: str,
-    distribution: int | None,
+    settings: CollectSettings,
 ) -> list[TeacherRow]:
     """The rows of one batch of examples (indices `chunk` into `prompts`)."""
-    chunk_prompts = [prompts[i] for i in chunk]
-    if max_new_tokens == 1:
+    chunk_prompts, distribution = [prompts[i] for i in chunk], settings.distribution
+    if settings.max_new_tokens == 1:
         batch = make_batch(chunk_prompts, [[0]] * len(chunk), tokenizer.pad_token_id, model.device.type)
         logits, chunk_acts = forward(model, batch, tap)
         answers = logits[:, -1].argmax(-1).unsqueeze(1).tolist()
     else:
-        answers = generate(model, tokenizer, chunk_prompts, max_new_tokens, stop)
+        answers = generate(model, tokenizer, chunk_prompts, settings.max_new_tokens, settings.stop)
         if tap is None and distribution is None:
             return [TeacherRow(i, answers[row], None) for row, i in enumerate(chunk)]
         batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
@@ -172,10 +169,8 @@ def collect(
     also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
     per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts` are None.
     """
-    done = sorted(
-        rows(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution),
-        key=lambda r: r.index,
-    )
+    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution)
+    done = sorted(rows(model, tap, tokenizer, prompts, settings), key=lambda r: r.index)
     tokens, acts = [r.tokens for r in done], [r.acts for r in done]
     if distribution is None:
         return Targets(tokens, acts)
@@ -340,15 +335,17 @@ def cached_collect(
     found = cached(root, key)
     if distributed.agree(found is not None):
         return found
-    args = (model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
     if store == "shards":
+        collected = rows(
+            model, tap, tokenizer, prompts, CollectSettings(max_new_tokens, stop, batch_size, desc, distribution)
+        )
         if distributed.is_main():
-            write_store(root / key, rows(*args), len(prompts), fields, dtype)
+            write_store(root / key, collected, len(prompts), fields, dtype)
         else:
-            deque(rows(*args), maxlen=0)
+            deque(collected, maxlen=0)
         distributed.barrier()
         return open_store(root / key)
-    targets = collect(*args)
+    targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
     if dtype != "float32":
         targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
     if distributed.is_main():

@@ -38,23 +38,28 @@ class Item:
     icl_prompt: list[int] | None = None
 
 
-def batch_loss(
-    model: nn.Module,
-    tap: Tap,
-    items: Sequence[Item],
-    stage: Stage,
-    cfg: TrainConfig,
-    pad_id: int,
-    layer_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class Objective:
+    """What a stage's losses are computed with: the model (its active adapter the one trained), the tap reading its
+    activations, the stage, the training settings and the pad id; the same for every batch of the stage."""
+
+    model: nn.Module
+    tap: Tap
+    stage: Stage
+    cfg: TrainConfig
+    pad_id: int
+
+
+def batch_loss(objective: Objective, items: Sequence[Item], layer_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The stage's loss on one batch, given the teacher data its declaration asks for; `layer_scale` [L] replaces
     the batch's own teacher scale of per_layer_norm (a data-parallel shard is normalised by its whole batch's)."""
-    loss = LOSSES[stage.loss]
+    model, tap, pad_id = objective.model, objective.tap, objective.pad_id
+    loss = LOSSES[objective.stage.loss]
     batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
     mask = batch.answer_mask().to(model.device)
     logits, acts = forward(model, batch, tap if loss.needs_acts else None)
     answers = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
-    inputs = LossInputs(logits, mask, answers, cfg, acts, layer_scale=layer_scale)
+    inputs = LossInputs(logits, mask, answers, objective.cfg, acts, layer_scale=layer_scale)
     if loss.needs_acts:
         inputs = replace(inputs, teacher_acts=teacher_acts(model, tap, items, batch.keep, pad_id))
     if loss.needs_distribution:
@@ -100,15 +105,7 @@ def teacher_distribution(items: Sequence[Item], keep: int, device: torch.device)
 
 
 @torch.no_grad()
-def dev_loss(
-    model: nn.Module,
-    tap: Tap,
-    items: Sequence[Item],
-    stage: Stage,
-    cfg: TrainConfig,
-    pad_id: int,
-    layer_scale: torch.Tensor | None = None,
-) -> float:
+def dev_loss(objective: Objective, items: Sequence[Item], layer_scale: torch.Tensor | None = None) -> float:
     """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
     positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
     every process gets the number one process gets. Batches of `eval_batch_size`: no gradients are kept, so a dev pass
@@ -117,37 +114,33 @@ def dev_loss(
     With --per-layer-norm every batch is normalised by the whole dev set's teacher scale, `layer_scale` (computed
     here when not given: see `dev_scale`), so that the dev loss does not depend on `eval_batch_size`.
     """
-    model.eval()
-    size = cfg.eval_batch_size
+    objective.model.eval()
+    size = objective.cfg.eval_batch_size
     chunks = [items[start : start + size] for start in range(0, len(items), size)]
-    scale = dev_scale(model, tap, items, stage, cfg, pad_id) if layer_scale is None else layer_scale
-    weighted = [
-        batch_loss(model, tap, chunk, stage, cfg, pad_id, scale).item() * answer_positions(chunk)
-        for chunk in distributed.shard(chunks)
-    ]
-    distributed.in_step(model, len(chunks), lambda: batch_loss(model, tap, chunks[0], stage, cfg, pad_id, scale))
+    scale = dev_scale(objective, items) if layer_scale is None else layer_scale
     total = 0.0
-    for value in distributed.gather(weighted):
+    for value in distributed.map_batches(
+        objective.model, chunks, lambda chunk: batch_loss(objective, chunk, scale).item() * answer_positions(chunk)
+    ):
         total += value
     return total / answer_positions(items)
 
 
 @torch.no_grad()
-def dev_scale(
-    model: nn.Module, tap: Tap, items: Sequence[Item], stage: Stage, cfg: TrainConfig, pad_id: int
-) -> torch.Tensor | None:
+def dev_scale(objective: Objective, items: Sequence[Item]) -> torch.Tensor | None:
     """With --per-layer-norm on an activation loss, the teacher mean square per layer [L] over all the dev items
     (stored or online, read in batches of `eval_batch_size`), as `losses.ia2` computes it for one batch; else None.
 
     The teacher is frozen, so a stage computes it once for all its dev evaluations.
     """
-    if not (cfg.per_layer_norm and LOSSES[stage.loss].needs_acts):
+    cfg = objective.cfg
+    if not (cfg.per_layer_norm and LOSSES[objective.stage.loss].needs_acts):
         return None
     total = torch.zeros(())
     for start in range(0, len(items), cfg.eval_batch_size):
         chunk = items[start : start + cfg.eval_batch_size]
         keep = max(max(len(i.answer), 1) for i in chunk)
-        acts = teacher_acts(model, tap, chunk, keep, pad_id)
+        acts = teacher_acts(objective.model, objective.tap, chunk, keep, objective.pad_id)
         for row, item in enumerate(chunk):
             total = total + acts[row, :, keep - max(len(item.answer), 1) :].pow(2).sum(dim=(1, 2)).cpu()
     return total / (answer_positions(items) * acts.shape[-1])
@@ -171,48 +164,22 @@ def teacher_scale(items: Sequence[Item], stage: Stage, cfg: TrainConfig) -> torc
     return sum(a.pow(2).sum(dim=(1, 2)) for a in acts) / (answer_positions(items) * acts[0].shape[-1])
 
 
-def shared_backward(
-    model: nn.Module,
-    tap: Tap,
-    batch: Sequence[Item],
-    stage: Stage,
-    cfg: TrainConfig,
-    pad_id: int,
-    params: Sequence[nn.Parameter],
-) -> torch.Tensor:
-    """One data-parallel backward pass; returns the batch's loss. Each process takes its shard of the batch and weighs
-    its loss by the shard's share of the batch's answer positions; gradients (zeros from a process without examples)
-    are summed over processes, so every process holds the gradient one process computes on the whole batch."""
-    local, loss = distributed.shard(batch), torch.zeros((), device=model.device)
-    if local:
-        share = answer_positions(local) / answer_positions(batch)
-        loss = batch_loss(model, tap, local, stage, cfg, pad_id, teacher_scale(batch, stage, cfg)) * share
+def batch_gradient(objective: Objective, batch: Sequence[Item], params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """Leave the gradient of the batch's loss, as one process computes it on the whole batch, in the `params`' .grad;
+    returns the loss. One process runs `batch_loss` and its backward pass; several split the batch (`shared_backward`),
+    each weighing its shard's loss by the shard's share of the batch's answer positions and normalising it by the whole
+    batch's teacher scale."""
+    if distributed.world_size() == 1:
+        loss = batch_loss(objective, batch)
         loss.backward()
-    elif distributed.sharded(model):
-        idle_backward(model, tap, batch[:1], stage, cfg, pad_id, params)
-    distributed.reshard(model)
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    total = loss.detach().float().reshape(1).clone()
-    distributed.all_reduce_sum_([p.grad for p in params] + [total])
-    return total[0]
-
-
-def idle_backward(
-    model: nn.Module,
-    tap: Tap,
-    items: Sequence[Item],
-    stage: Stage,
-    cfg: TrainConfig,
-    pad_id: int,
-    params: Sequence[nn.Parameter],
-) -> None:
-    """The forward and backward passes of a process without examples in a step, on `items`, gradients dropped: with
-    a sharded model (FSDP) they are collectives that every process runs."""
-    batch_loss(model, tap, items, stage, cfg, pad_id).backward()
-    for p in params:
-        p.grad = None
+        return loss
+    scale, positions = teacher_scale(batch, objective.stage, objective.cfg), answer_positions(batch)
+    return distributed.shared_backward(
+        objective.model,
+        batch,
+        lambda local: batch_loss(objective, local, scale) * (answer_positions(local) / positions),
+        params,
+    )
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -234,13 +201,14 @@ def train_stage(
     """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log.
 
     With several processes every process draws the same batches and holds the same adapter: each step's batch is
-    split across them (`shared_backward`) and the dev loss too, so early stopping decides alike everywhere.
+    split across them (`batch_gradient`) and the dev loss too, so early stopping decides alike everywhere.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
-    scale = dev_scale(model, tap, dev, stage, cfg, pad_id)
-    best, best_state = dev_loss(model, tap, dev, stage, cfg, pad_id, scale), adapter_state(model)
+    objective = Objective(model, tap, stage, cfg, pad_id)
+    scale = dev_scale(objective, dev)
+    best, best_state = dev_loss(objective, dev, scale), adapter_state(model)
     history = [{"step": 0, "dev_loss": best}]
     step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.train_batch_size)
     total = cfg.max_epochs * steps_per_epoch
@@ -251,18 +219,13 @@ def train_stage(
         for start in range(0, len(order), cfg.train_batch_size):
             model.train()
             batch = [train[i] for i in order[start : start + cfg.train_batch_size]]
-            if distributed.world_size() == 1:
-                loss = batch_loss(model, tap, batch, stage, cfg, pad_id)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss = shared_backward(model, tap, batch, stage, cfg, pad_id, params)
+            optimizer.zero_grad(set_to_none=True)
+            loss = batch_gradient(objective, batch, params)
             optimizer.step()
             step += 1
             bar.update()
             if step % cfg.eval_every == 0 or step >= limit:  # the last steps are checked too, never dropped unseen
-                current = dev_loss(model, tap, dev, stage, cfg, pad_id, scale)
+                current = dev_loss(objective, dev, scale)
                 history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
                 bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
                 if current < best:
