@@ -29,9 +29,10 @@ ARTIFACTS = (
 
 def recorded_keys(out: Path) -> set[str]:
     """The config keys of the runs a folder holds: its marker's, else (folders of ia2 0.1) results.json's and the
-    row folders'."""
+    row folders'. A marker alone (a run that failed before writing anything) holds no run."""
     if (out / MARKER).is_file():
-        return {json.loads((out / MARKER).read_text())["key"]}
+        wrote = any((out / name).exists() for name in ("rows", "adapters", "results.json"))
+        return {json.loads((out / MARKER).read_text())["key"]} if wrote else set()
     keys = {p.name for p in (out / "rows").iterdir() if p.is_dir()} if (out / "rows").is_dir() else set()
     if (out / "results.json").is_file():
         keys.add(json.loads((out / "results.json").read_text())["config"].get("key", "?"))
