@@ -40,12 +40,14 @@ def recorded_keys(out: Path) -> set[str]:
 
 
 def _difference(out: Path, cfg: RunConfig) -> str:
-    """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`."""
+    """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`; those that a run
+    may change in its folder (methods, seeds, fsdp) are left out."""
     if not (out / MARKER).is_file():
         return "recorded by an earlier ia2"
     old = config.flat(config.from_dict(json.loads((out / MARKER).read_text())["config"]))
     new = config.flat(cfg)
-    changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in sorted(old.keys() | new.keys()) if old.get(p) != new.get(p)]
+    paths = sorted((old.keys() | new.keys()) - set(config.NOT_IN_KEY))
+    changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in paths if old.get(p) != new.get(p)]
     return "; ".join(changed) or "same settings, another ia2 version"
 
 
