@@ -163,12 +163,12 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line, an old flag answered with its new spelling."""
+    """The command line, an old flag answered in one line with its new spelling."""
     p = parser()
     args, unknown = p.parse_known_args(argv)
     for arg in unknown:
         if arg.partition("=")[0] in OLD_FLAGS:
-            p.error(f"{arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}")
+            p.exit(2, f"ia2: error: {arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}\n")
     return p.parse_args(argv)
 
 
