@@ -62,6 +62,14 @@ def test_a_bad_value_is_named_as_it_was_written(llama_dir, toy_jsonl, tmp_path, 
     assert line == "ia2: error: --lr must be positive, got -1.0"
 
 
+@pytest.mark.parametrize("out", [None, ["a", "b"], ""])
+def test_a_bad_out_in_the_run_file_is_named(tmp_path, capsys, monkeypatch, out):
+    """`out:` that is not a folder path ends in one line naming the file and `out`, not a traceback."""
+    run_yaml = write_yaml(tmp_path / "run.yaml", {"model": "m", "task": "t", "out": out})
+    line = refused(["run", "--config", str(run_yaml)], capsys, monkeypatch)
+    assert line == f"ia2: error: {run_yaml}: out must be a folder path, got {out!r}"
+
+
 def test_help_shows_every_settings_default(capsys):
     """`ia2 run --help` lists a flag for every setting with its default, so the help is the configuration."""
     with pytest.raises(SystemExit) as info:

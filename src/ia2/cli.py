@@ -108,7 +108,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     out = Path("runs/latest")
     if args.config is not None:
         data = config.load_yaml(args.config)
-        out = Path(data.pop("out", out))
+        out = data.pop("out", str(out))
+        if not isinstance(out, str) or not out:
+            raise IA2Error(f"{args.config}: out must be a folder path, got {out!r}")
+        out = Path(out)
         given.update(config.flatten(data, str(args.config)))
     flags = {k: v for k, v in vars(args).items() if k in config.paths()}
     given.update({path: (value, config.flag(path)) for path, value in flags.items()})
