@@ -28,11 +28,12 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    """Non-empty stderr lines, ignoring progress-bar redraws (tqdm writes '\r'-separated frames)."""
+    """Non-empty stderr lines, ignoring progress-bar redraws (tqdm writes '\r'-separated frames, and clears nested
+    bars with cursor-up escapes)."""
     return [
         line
         for line in err.splitlines()
-        if line.strip() and "\r" not in line and "it/s]" not in line and "s/it]" not in line
+        if line.strip() and "\r" not in line and "\x1b[" not in line and "it/s]" not in line and "s/it]" not in line
     ]
 
 

@@ -96,7 +96,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     out = Path("runs/latest")
     if args.config is not None:
         data = config.load_yaml(args.config)
-        out = Path(data.pop("out", out))
+        out = data.pop("out", str(out))
+        if not isinstance(out, str) or not out:
+            raise IA2Error(f"{args.config}: out must be a folder path, got {out!r}")
+        out = Path(out)
         given.update(config.flatten(data, str(args.config)))
     flags = {k: v for k, v in vars(args).items() if k in config.paths()}
     given.update({path: (value, config.flag(path)) for path, value in flags.items()})
@@ -151,12 +154,12 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line, an old flag answered with its new spelling."""
+    """The command line, an old flag answered in one line with its new spelling."""
     p = parser()
     args, unknown = p.parse_known_args(argv)
     for arg in unknown:
         if arg.partition("=")[0] in OLD_FLAGS:
-            p.error(f"{arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}")
+            p.exit(2, f"ia2: error: {arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}\n")
     return p.parse_args(argv)
 
 

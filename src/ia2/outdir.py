@@ -29,9 +29,10 @@ ARTIFACTS = (
 
 def recorded_keys(out: Path) -> set[str]:
     """The config keys of the runs a folder holds: its marker's, else (folders of ia2 0.1) results.json's and the
-    row folders'."""
+    row folders'. A marker alone (a run that failed before writing anything) holds no run."""
     if (out / MARKER).is_file():
-        return {json.loads((out / MARKER).read_text())["key"]}
+        wrote = any((out / name).exists() for name in ("rows", "adapters", "results.json"))
+        return {json.loads((out / MARKER).read_text())["key"]} if wrote else set()
     keys = {p.name for p in (out / "rows").iterdir() if p.is_dir()} if (out / "rows").is_dir() else set()
     if (out / "results.json").is_file():
         keys.add(json.loads((out / "results.json").read_text())["config"].get("key", "?"))
@@ -39,12 +40,14 @@ def recorded_keys(out: Path) -> set[str]:
 
 
 def _difference(out: Path, cfg: RunConfig) -> str:
-    """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`."""
+    """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`; those that a run
+    may change in its folder (methods, seeds, fsdp) are left out."""
     if not (out / MARKER).is_file():
         return "recorded by an earlier ia2"
     old = config.flat(config.from_dict(json.loads((out / MARKER).read_text())["config"]))
     new = config.flat(cfg)
-    changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in sorted(old.keys() | new.keys()) if old.get(p) != new.get(p)]
+    paths = sorted((old.keys() | new.keys()) - set(config.NOT_IN_KEY))
+    changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in paths if old.get(p) != new.get(p)]
     return "; ".join(changed) or "same settings, another ia2 version"
 
 
