@@ -88,7 +88,7 @@ def test_help_shows_every_settings_default(capsys):
 
 
 def test_a_shown_default_typed_back_is_the_default(llama_dir, toy_jsonl):
-    """Every default the help shows (other than none and the on/off switches) parses back to that default: the help
+    """Every default the help shows (other than unset ones and on/off switches) parses back to that default: the help
     writes values as a user types them."""
     given = ["run", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}"]
     typed = []

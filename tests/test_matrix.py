@@ -138,10 +138,10 @@ def test_ia2_sft_continues_from_ia2s_restored_best_with_a_fresh_optimizer(model_
         calls.append({"stage": log["stage"], "entry": entry, "exit": train.adapter_state(model), "checked": [*checked]})
         return log
 
-    def recording_dev_loss(model, *args, **kwargs):
+    def recording_dev_loss(objective, *args, **kwargs):
         """The dev loss, made to peak at the check after step 2 so that the best state is neither first nor last."""
-        loss = real_dev_loss(model, *args, **kwargs) + (0.0 if len(checked) == 2 else 100.0)
-        checked.append((loss, train.adapter_state(model)))
+        loss = real_dev_loss(objective, *args, **kwargs) + (0.0 if len(checked) == 2 else 100.0)
+        checked.append((loss, train.adapter_state(objective.model)))
         return loss
 
     CountingAdam.made = []

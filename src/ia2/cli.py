@@ -37,12 +37,12 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _shown(value: Any) -> str:
-    """A default as a user would type it."""
+    """A default as a user would type it; "unset" for a setting that is off unless given."""
     if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "none"
+        return ",".join(map(str, value)) or "unset"
     if isinstance(value, dict):
         return next((name for name, preset in adapters.PRESETS.items() if preset == value), json.dumps(value))
-    return "none" if value is None else str(value)
+    return "unset" if value is None else str(value)
 
 
 def add_settings(p: argparse.ArgumentParser) -> None:
