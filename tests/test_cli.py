@@ -141,3 +141,20 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_does(llama_dir, toy_jsonl, tmp_
     assert reuse == ["seed 0: reusing the finished rows of zero-shot, icl"]
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "icl", "zero-shot"]
+
+
+def test_version_and_every_commands_help_shows_defaults(capsys):
+    """`ia2 --version` names the installed version; each command's --help gives its options' defaults."""
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"ia2 {metadata.version('ia2')}"
+    for command, needle in (
+        ("demo", "(default: runs/demo)"),
+        ("sweep", "(default: 0/1)"),
+        ("report", "(default: None, the sweep's own"),
+    ):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert needle in " ".join(capsys.readouterr().out.split()), command

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ DEMO = config.make(
     icl_demos="per-query",
     max_epochs=20,
 )
+# Every option's default in --help (run's settings say theirs in their own help text).
+SHOWN = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
 
 
@@ -111,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
         prog="ia2", allow_abbrev=False, description="ICL Activation Alignment: distil demonstrations into an adapter"
     )
     sub = p.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="compare methods on one model and task", allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"ia2 {metadata.version('ia2')}")
+    run_p = sub.add_parser("run", help="compare methods on one model and task", allow_abbrev=False, **SHOWN)
     run_p.add_argument("--config", type=Path, default=None, help="a YAML file of settings; flags override it")
     run_p.add_argument(
         "--out", type=Path, default=None, help="output folder [default: the file's `out`, else runs/latest]"
@@ -120,29 +124,29 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the output folder's run when it holds another configuration's"
     )
     add_settings(run_p)
-    demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}")
+    demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}", **SHOWN)
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument("--fsdp", action="store_true", help=config.paths()["runtime.fsdp"].metadata["help"])
-    sw = sub.add_parser("sweep", help="run a YAML grid (resumable), then report it")
+    sw = sub.add_parser("sweep", help="run a YAML grid (resumable), then report it", **SHOWN)
     sw.add_argument("config", type=Path)
     sw.add_argument("--out", type=Path, default=None, help="overrides the config's `out`")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     sw.add_argument(
         "--shard",
         type=_shard,
-        default=(0, 1),
+        default="0/1",
         metavar="I/K",
         help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
     )
-    rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder")
+    rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder", **SHOWN)
     rep.add_argument("folder", type=Path)
     rep.add_argument(
         "--select",
         choices=["dev_loss", "dev_accuracy", "test_accuracy"],
         default=None,
-        help="hyperparameter choice on dev data (default: the sweep's); test_accuracy only for parity "
-        "with the reference code, which selects on the test set",
+        help="hyperparameter choice on dev data; test_accuracy only for parity with the reference code, which "
+        "selects on the test set (default: %(default)s, the sweep's own; dev_loss for a run folder)",
     )
     return p
 
