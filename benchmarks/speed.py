@@ -364,7 +364,7 @@ class Bench:
         )
         passes = math.ceil(len(train) / 4) // 2 if with_dev else 0
         note = (
-            f"dev passes: ours {len(log['history'])} (batch {TrainConfig.eval_batch_size}, one before training), "
+            f"dev passes: ours {len(log['history'])} (batch {TrainConfig.dev_batch_size}, one before training), "
             f"reference {len(ref_log.dev_losses)} in its {ref_log.examples} timed examples (batch 1)"
             if with_dev
             else "no dev passes"

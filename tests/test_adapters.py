@@ -19,7 +19,7 @@ from peft import (
 )
 from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
-from ia2 import adapters, forward_pass, generation, models, padding, train
+from ia2 import adapters, config, forward_pass, generation, models, padding, train
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.evaluate import MIN_SHARED_PREFIX, common_prefix, score
@@ -93,10 +93,13 @@ def test_a_mapping_starts_from_its_preset_and_text_is_parsed():
 
 
 def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
-    """A PEFT kind without a preset (LoHa) is taken as PEFT declares it; what it allows comes from its type."""
+    """A PEFT kind without a preset (LoHa) is taken as PEFT declares it; what it allows comes from its type (an
+    untested kind is neither merged nor sharded)."""
     spec = adapters.normalise({"peft_type": "LOHA", "target_modules": ["q_proj", "v_proj"], "r": 4})
-    assert adapters.capabilities(spec) == adapters.Capability(merge=True, fsdp=False, virtual_tokens=False)
+    assert adapters.capabilities(spec) == adapters.Capability(merge=False, fsdp=False, virtual_tokens=False)
     assert adapters.capabilities(adapters.normalise("prefix")).virtual_tokens
+    with pytest.raises(IA2Error, match="^merge_bf16 needs an adapter that merges"):
+        config.make("m", "t", adapter=spec, merge_bf16=True)
     model, _ = models.load(str(llama_dir))
     peft = adapters.fresh(model, spec, 0)
     assert any("hada" in name for name, p in peft.named_parameters() if p.requires_grad)
@@ -111,6 +114,8 @@ def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
         ({"peft_type": "LORA", "r": 0}, "LORA adapter: r must be an integer of at least 1"),
         ({"peft_type": "LORA", "lora_dropout": 1.0}, "lora_dropout must be in"),
         ({"peft_type": "IA3", "target_modules": []}, "target_modules names no module"),
+        ({"peft_type": "LORA", "target_modules": 5}, "target_modules must be a module name or a list of them"),
+        ({"peft_type": "LORA", "lora_alpha": "x"}, "lora_alpha must be a number"),
         ({"peft_type": "IA3", "feedforward_modules": ["down_proj"]}, "subset of `target_modules`"),
         (
             {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 0},

@@ -175,7 +175,7 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
         torch.testing.assert_close(got[row, :, keep - act.shape[1] :], act, rtol=1e-5, atol=1e-5)
     # the dev set's per-layer teacher scale, read in batches of 3, is the whole set's, online or stored
     cfg, stored = (
-        TrainConfig(per_layer_norm=True, eval_batch_size=3),
+        TrainConfig(per_layer_norm=True, dev_batch_size=3),
         [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)],
     )
     want = train.teacher_scale(stored, IA2, cfg)
@@ -263,6 +263,8 @@ def test_run_config_validation():
         "m", "t", methods=["ia2"], teacher_mode="cached", target_dtype="float32", target_store="file"
     )
     assert config.key(explicit) == config.key(cfg), "defaults given explicitly keep the key"
+    kept = config.make("m", "t", methods=["ia2"], save_adapters=False, fsdp=True, seeds=[4])
+    assert config.key(kept) == config.key(cfg), "what is kept and how work is spread are not the configuration"
     for change, message in (
         ({"teacher_mode": "live"}, "^teacher_mode must be one of cached, online"),
         ({"target_dtype": "float16"}, "^target_dtype must be one of float32, bfloat16"),

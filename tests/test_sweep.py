@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,15 @@ def test_report_files_and_cells(swept):
         ),
         ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
         ("methods: [sft\n", "malformed YAML"),
+        ("methods: [sft]\nseeds: [0]\ngrid: [a, b]\n", "grid must be a mapping of settings"),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, methods: [icl]}\n",
+            "fixed: methods and seeds are given at the top",
+        ),
+        (
+            "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {lr: [{lr: 0.1, patience: 2}]}\n",
+            "tune.lr: a tuned axis takes values",
+        ),
         (
             "methods: [ia2+sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {w: [0.1, 0.9]}\n",
             "tuning w rescales the training loss",
@@ -252,3 +262,26 @@ def test_cells_and_tests_order_n_as_a_number():
     ]
     assert [c["n"] for c in aggregate.cells(rows)][::2] == [4, 8, 16]
     assert [t["n_train"] for t in aggregate.paired_test(rows, by=("model", "n_train"))] == [4, 8, 16]
+
+
+def test_the_report_reads_the_runs_the_sweep_names_not_stale_folders(swept, tmp_path):
+    """A run folder left beside a sweep's own (another plan's, or an earlier version's with other keys) is not
+    pooled with them: the report reads the runs sweep.json names."""
+    copy = tmp_path / "out"
+    shutil.copytree(swept["out"], copy)
+    own = len(aggregate.load_rows(copy))
+    first = next((copy / "runs").rglob("spec.json")).parent
+    shutil.copytree(first, copy / "runs" / "stale" / first.name)
+    assert len(aggregate.load_rows(copy)) == own
+    (copy / "sweep.json").unlink()
+    assert len(aggregate.load_rows(copy)) > own, "without sweep.json every run below the folder is read"
+
+
+def test_an_unfinished_run_folder_is_reported_from_its_run_json(swept, tmp_path):
+    """An interrupted `ia2 run` has rows and run.json but no results.json yet: its rows can be reported."""
+    run = next((swept["out"] / "runs").rglob("spec.json")).parent
+    folder = tmp_path / "run"
+    shutil.copytree(run / "rows", folder / "rows")
+    shutil.copy(run / "run.json", folder / "run.json")
+    rows = aggregate.load_rows(folder)
+    assert rows and {r["method"] for r in rows} == {"zero-shot", "icl", "sft", "ia2", "ia2-sft"}

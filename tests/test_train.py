@@ -84,7 +84,7 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
     cfg = replace(cfg, per_layer_norm=per_layer_norm)
     losses = [
         train.dev_loss(
-            train.Objective(s.model, s.tap, IA2, replace(cfg, eval_batch_size=size), s.tokenizer.pad_token_id),
+            train.Objective(s.model, s.tap, IA2, replace(cfg, dev_batch_size=size), s.tokenizer.pad_token_id),
             s.dev_items,
         )
         for size in (1, 3, 16)

@@ -15,7 +15,6 @@ import yaml
 from peft import (
     PeftConfig,
     PeftModel,
-    PeftType,
     get_peft_model,
 )
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -49,7 +48,8 @@ class Capability:
     virtual_tokens: bool
 
 
-# Tested kinds by PEFT type; other injected-layer kinds merge, other prompt-learning kinds have virtual tokens.
+# The kinds tested here, by PEFT type; any other kind is neither merged nor sharded, and has virtual tokens when it is
+# a prompt-learning kind.
 CAPABILITIES = {
     "LORA": Capability(True, True, False),
     "IA3": Capability(True, True, False),
@@ -102,8 +102,16 @@ def _check(spec: Mapping[str, Any]) -> None:
     for name, value in spec.items():
         if name.endswith("dropout") and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise IA2Error(f"{kind} adapter: {name} must be in [0, 1), got {value!r}")
-    if "target_modules" in spec and not spec["target_modules"]:
+    targets = spec.get("target_modules", ["any"])
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise IA2Error(f"{kind} adapter: target_modules must be a module name or a list of them, got {targets!r}")
+    if not targets:
         raise IA2Error(f"{kind} adapter: target_modules names no module")
+    for name in ("lora_alpha", "alpha"):
+        if name in spec and (isinstance(spec[name], bool) or not isinstance(spec[name], (int, float))):
+            raise IA2Error(f"{kind} adapter: {name} must be a number, got {spec[name]!r}")
 
 
 def peft_config(spec: Mapping[str, Any]) -> PeftConfig:
@@ -119,8 +127,7 @@ def capabilities(spec: Mapping[str, Any]) -> Capability:
     """What an adapter mapping's kind allows (see `Capability`)."""
     if spec["peft_type"] in CAPABILITIES:
         return CAPABILITIES[spec["peft_type"]]
-    prompt_learning = peft_config(spec).is_prompt_learning
-    return Capability(merge=not prompt_learning, fsdp=False, virtual_tokens=prompt_learning)
+    return Capability(merge=False, fsdp=False, virtual_tokens=peft_config(spec).is_prompt_learning)
 
 
 def from_old(old: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,8 +200,8 @@ def save(model: PeftModel, path: Path, base_model: str, card: str) -> None:
 def merged_bf16(model: PeftModel) -> nn.Module:
     """A bfloat16 copy of the model with its LoRA or IA3 adapter merged in: how the reference code evaluates (parity
     only: the merge rounds the small update onto the bf16 grid of the base weights, so it is not the trained model)."""
-    kind = model.peft_config[model.active_adapter].peft_type
-    if kind not in (PeftType.LORA, PeftType.IA3):
-        raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind.value}")
+    kind = model.peft_config[model.active_adapter].peft_type.value
+    if kind not in CAPABILITIES or not CAPABILITIES[kind].merge:
+        raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind}")
     merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()
     return merged.eval()

@@ -12,6 +12,7 @@ from scipy import stats
 
 from . import config, metrics
 from .errors import IA2Error
+from .legacy import TRAIN_RENAMED
 from .methods import BASELINES, HEADLINE
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -19,21 +20,33 @@ LOWER_IS_BETTER = frozenset({"ece", "ece_equal_mass", "brier", "nll", "parse_fai
 
 
 def load_rows(folder: Path) -> list[dict]:
-    """Every row under a sweep or run folder, tagged with its run's tuned values and condition.
+    """Every row of a sweep or run folder, tagged with its run's tuned values and condition.
 
-    A run folder is one with `spec.json` (written by a sweep) or `results.json` (a single `ia2 run`); each row
-    records its run folder as `run`.
+    A sweep folder's runs are those its sweep.json names (each with a `spec.json`; an older sweep.json-less folder:
+    every spec.json below it); a single `ia2 run` folder is read from its results.json or, while it is unfinished,
+    its run.json. Each row records its run folder as `run`.
     """
     rows = []
-    for spec_path in sorted(folder.rglob("spec.json")):
+    for spec_path in _spec_paths(folder):
         spec = json.loads(spec_path.read_text())
         rows += _tagged(spec_path.parent, spec["key"], spec["tuned"], spec["config"])
-    if not rows and (folder / "results.json").exists():
-        recorded = json.loads((folder / "results.json").read_text())["config"]
-        rows = _tagged(folder, recorded["key"], {}, recorded)
+    for name in ("results.json", "run.json"):
+        if not rows and (folder / name).exists():
+            recorded = json.loads((folder / name).read_text())
+            recorded = {**recorded["config"], "key": recorded.get("key", recorded["config"].get("key"))}
+            rows = _tagged(folder, recorded["key"], {}, recorded)
     if not rows:
         raise IA2Error(f"{folder}: no result rows found (expected a sweep or run folder)")
     return rows
+
+
+def _spec_paths(folder: Path) -> list[Path]:
+    """The spec.json of each run a sweep folder holds: those its sweep.json names, else every one below it."""
+    plan = folder / "sweep.json"
+    if plan.is_file() and "runs" in json.loads(plan.read_text()):
+        listed = [folder / run / "spec.json" for run in json.loads(plan.read_text())["runs"]]
+        return [p for p in listed if p.is_file()]
+    return sorted(folder.rglob("spec.json"))
 
 
 def _tagged(run: Path, key: str, tuned: dict, recorded: dict) -> list[dict]:
@@ -54,7 +67,10 @@ def _tagged(run: Path, key: str, tuned: dict, recorded: dict) -> list[dict]:
 
 def _tuned_path(recorded: str) -> str:
     """A tuned setting's path as today's config names it (ia2 0.1 recorded `train.batch_size` and flat names)."""
-    return {"train.batch_size": "train.train_batch_size"}.get(recorded, config.leaves().get(recorded, recorded))
+    head, _, tail = recorded.partition(".")
+    if head == "train" and tail in TRAIN_RENAMED:
+        return f"train.{TRAIN_RENAMED[tail]}"
+    return config.leaves().get(recorded, recorded)
 
 
 def dev_score(row: dict, select: str) -> float:

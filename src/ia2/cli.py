@@ -106,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
         given.update(config.flatten(data, str(args.config)))
     flags = {k: v for k, v in vars(args).items() if k in config.paths()}
     given.update({path: (value, config.flag(path)) for path, value in flags.items()})
-    return config.build(given)[0], args.out or out
+    return config.build(given), args.out or out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
 def demo_config(args: argparse.Namespace) -> RunConfig:
     """The demo's config, shortened by --quick."""
     given = config.flatten({**(QUICK if args.quick else {}), "fsdp": args.fsdp}, "demo")
-    return config.build(given, base=DEMO)[0]
+    return config.build(given, base=DEMO)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

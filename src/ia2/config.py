@@ -28,7 +28,7 @@ from .values import coerce
 
 
 class SettingError(IA2Error):
-    """A setting's value that cannot run; `path` is its dotted path, rendered as the user wrote it by `Origins`."""
+    """A setting's value that cannot run; `path` is its dotted path, rendered as the user wrote it by `build`."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{flag(path)} {reason}")
@@ -127,7 +127,7 @@ class TrainConfig:
 
     lr: float = setting("Adam learning rate (constant)", 1e-3)
     train_batch_size: int = setting("training batch", 4, least=1)
-    eval_batch_size: int = setting("batch of the dev-loss passes (no gradients kept)", 16, least=1)
+    dev_batch_size: int = setting("batch of the dev-loss passes (no gradients kept)", 16, least=1)
     max_epochs: int = setting("most epochs per stage", 50, least=1)
     max_steps: int | None = setting("most optimizer steps per stage", None, least=1)
     eval_every: int = setting("optimizer steps between dev-loss checks", 2, least=1)
@@ -175,7 +175,7 @@ class RunConfig:
 
 
 SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
-NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp")
+NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.save_adapters")
 REQUIRED = ("model", "data.task")
 
 
@@ -245,13 +245,6 @@ def resolve(key: str, shown: str) -> str:
     raise IA2Error(f"{shown}: unknown setting {key!r} (known: {', '.join(leaves())})")
 
 
-class Origins(dict):
-    """Where each explicitly given setting came from, by path: a flag (`--lr`) or a file and key (`run.yaml: lr`)."""
-
-    def name(self, path: str) -> str:
-        return self.get(path, flag(path))
-
-
 def flatten(values: Mapping[str, Any], where: str, block: str = "") -> dict[str, tuple[Any, str]]:
     """Settings from a YAML mapping (sections, dotted paths or names) as {path: (value, origin)}; `where` names the
     file and `block` the mapping inside it (`fixed`), so that an error names a setting as `FILE: fixed.train.lr`
@@ -276,10 +269,10 @@ def flatten(values: Mapping[str, Any], where: str, block: str = "") -> dict[str,
     return out
 
 
-def build(given: Mapping[str, tuple[Any, str]], base: RunConfig | None = None) -> tuple[RunConfig, Origins]:
-    """A validated RunConfig from {path: (value, origin)} over `base` (default: the defaults), and where each given
-    setting came from; errors name the setting as its origin wrote it."""
-    origins = Origins({path: origin for path, (_, origin) in given.items()})
+def build(given: Mapping[str, tuple[Any, str]], base: RunConfig | None = None) -> RunConfig:
+    """A validated RunConfig from {path: (value, origin)} over `base` (default: the defaults); errors name the
+    setting as its origin wrote it (an unset one by its flag)."""
+    shown = {path: origin for path, (_, origin) in given.items()}
     values = {path: coerce(annotation(path), value, origin) for path, (value, origin) in given.items()}
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -290,18 +283,18 @@ def build(given: Mapping[str, tuple[Any, str]], base: RunConfig | None = None) -
     cfg = replace(start, **top, **{name: replace(getattr(start, name), **sections[name]) for name in SECTIONS})
     for required in REQUIRED:
         if not get(cfg, required):
-            raise IA2Error(f"{origins.name(required)} is required")
+            raise IA2Error(f"{shown.get(required, flag(required))} is required")
     try:
         validate(cfg)
     except SettingError as exc:
-        raise IA2Error(f"{origins.name(exc.path)} {exc.reason}") from None
-    return cfg, origins
+        raise IA2Error(f"{shown.get(exc.path, flag(exc.path))} {exc.reason}") from None
+    return cfg
 
 
 def make(model: str, task: str, **settings: Any) -> RunConfig:
     """A validated RunConfig from Python: settings by name (`lr=3e-4`, `n_train=4`), as a YAML file names them."""
     given = {**flatten(settings, ""), "model": (model, "model"), "data.task": (task, "task")}
-    return build(given)[0]
+    return build(given)
 
 
 def get(cfg: RunConfig, path: str) -> Any:
@@ -334,8 +327,6 @@ def _validate_combinations(cfg: RunConfig) -> None:
         raise SettingError("seeds", f"names seed {repeated[0]} twice: each seed is one sample of mean ± std")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise SettingError("methods", f"names a method twice: {', '.join(cfg.methods)}")
-    if cfg.data.dev_size < 1:
-        raise SettingError("data.n_dev", f"must be at least 1, got {cfg.data.dev_size}")
     if not cfg.train.lr > 0:
         raise SettingError("train.lr", f"must be positive, got {cfg.train.lr}")
     if not 0 <= cfg.train.w <= 1:
@@ -384,9 +375,10 @@ def changed(obj: object) -> dict:
 
 
 def key(cfg: RunConfig) -> str:
-    """Hash of the settings that differ from their defaults, minus those that change how the work is spread, not
-    its results (methods, seeds, fsdp): rows written under one key are reused by a rerun, and a new setting with a
-    default keeps earlier keys valid."""
+    """Hash of the settings that differ from their defaults, minus those that change how the work is spread or what
+    is kept, not its results (methods, seeds, fsdp, save_adapters): rows written under one key are reused by a
+    rerun, and a setting added later with a default keeps the keys of runs recorded before it (keys of ia2 0.1,
+    which hashed a flat layout, are not today's)."""
     payload = changed(cfg)
     for path in NOT_IN_KEY:
         head, _, tail = path.partition(".")
@@ -406,7 +398,7 @@ def to_dict(cfg: RunConfig) -> dict:
 
 def from_dict(data: Mapping[str, Any], where: str = "config") -> RunConfig:
     """A RunConfig from its recorded form (`to_dict`), or from a config of an earlier version (`upgrade`)."""
-    return build(flatten(upgrade(dict(data)), where))[0]
+    return build(flatten(upgrade(dict(data)), where))
 
 
 def with_defaults(data: Mapping[str, Any]) -> dict:

@@ -12,6 +12,8 @@ RENAMED = {
     "n": "n_train",
     "epochs": "max_epochs",
     "train.batch_size": "train_batch_size",
+    "eval_batch_size": "dev_batch_size",
+    "train.eval_batch_size": "dev_batch_size",
     "eval_task": "eval_tasks",
     "teacher": "teacher_mode",
 }
@@ -22,6 +24,7 @@ OLD_FLAGS = {
     "--epochs": "--max-epochs",
     "--teacher": "--teacher-mode",
     "--eval-task": "--eval-tasks",
+    "--eval-batch-size": "--dev-batch-size",
     "--keep-last": "--no-restore-best",
     "--lora-r": '--adapter \'{"peft_type": "LORA", "r": 16}\'',
     "--lora-alpha": '--adapter \'{"peft_type": "LORA", "lora_alpha": 16}\'',
@@ -30,6 +33,9 @@ OLD_FLAGS = {
     "--num-virtual-tokens": '--adapter \'{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}\'',
 }
 
+
+# Training settings of ia2 0.1 that are called otherwise now.
+TRAIN_RENAMED = {"batch_size": "train_batch_size", "eval_batch_size": "dev_batch_size"}
 
 # Where each field of the flat config of earlier versions (ia2 0.1) lives now.
 _OLD_FLAT = {
@@ -75,7 +81,7 @@ def upgrade(data: dict) -> dict:
             head, _, tail = _OLD_FLAT[name].partition(".")
             out[head][tail] = value
         elif name == "train":
-            out["train"] = {("train_batch_size" if k == "batch_size" else k): v for k, v in value.items()}
+            out["train"] = {TRAIN_RENAMED.get(k, k): v for k, v in value.items()}
         elif name == "adapter":
             out["adapter"] = adapters.from_old(value)
         elif name in ("model", "methods", "seeds"):

@@ -67,12 +67,3 @@ HEADLINE = (RECOMMENDED, METHODS[RECOMMENDED].tested_against[0])
 def display(name: str) -> str:
     """A method's name in reports (the name itself for one outside the table)."""
     return METHODS[name].display if name in METHODS else name
-
-
-def check_methods(names: tuple[str, ...] | list[str]) -> None:
-    """Reject an empty method list or an unknown method name."""
-    for name in names:
-        if name not in METHODS:
-            raise IA2Error(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
-    if not names:
-        raise IA2Error("no methods given")

@@ -4,7 +4,9 @@ the files written when the run finishes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import config, distributed
@@ -58,9 +60,9 @@ def claim(out: Path, cfg: RunConfig, overwrite: bool = False) -> None:
         raise IA2Error(f"{out}: the output folder is a file")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ia2-write-test"
-        probe.write_text("")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix=".ia2-write-test-", dir=out)
+        os.close(handle)
+        os.unlink(probe)
     except OSError as exc:
         raise IA2Error(f"{out}: cannot write the output folder ({exc.strerror})") from None
     others = recorded_keys(out) - {config.key(cfg)}

@@ -67,8 +67,8 @@ def write_reports(result: dict, out: Path) -> str:
     for row in result["rows"]:
         if row["eval_task"] == result["config"]["data"]["task"] and row["reliability"] is not None:
             reliability.setdefault(row["method"], {})[str(row["seed"])] = row["reliability"]
-        del row["reliability"]
-    write_json(out / "results.json", result)
+    rows = [{k: v for k, v in row.items() if k != "reliability"} for row in result["rows"]]
+    write_json(out / "results.json", {**result, "rows": rows})
     write_json(out / "reliability.json", reliability)
     if reliability:
         pooled = {

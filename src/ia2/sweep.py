@@ -61,12 +61,28 @@ class Sweep:
             "methods": (list(self.methods), f"{self.source}: methods"),
             "seeds": (list(self.seeds), f"{self.source}: seeds"),
         }
-        out = [config.build({**fixed, **point, **listed})[0] for point in self.points()]
+        out = [config.build({**fixed, **point, **listed}) for point in self.points()]
         return sorted(out, key=lambda c: c.data.n_train)
 
     def tuned_paths(self) -> list[str]:
         """The paths of the tuned settings."""
         return [config.resolve(k, f"{self.source}: tune.{k}") for k in self.tune]
+
+
+def _check_blocks(path: Path, data: dict) -> None:
+    """`grid`, `tune` and `fixed` are mappings; grid and tune axes non-empty lists, a tuned value one setting's (a
+    mapping would tune settings the selection does not record); methods and seeds only at the top."""
+    for key in ("grid", "tune", "fixed"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise IA2Error(f"{path}: {key} must be a mapping of settings, got {data[key]!r}")
+        if {"methods", "seeds"} & set(data.get(key) or {}):
+            raise IA2Error(f"{path}: {key}: methods and seeds are given at the top of a sweep file")
+    for key in ("grid", "tune"):
+        for axis, values in (data.get(key) or {}).items():
+            if not isinstance(values, list) or not values:
+                raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
+            if key == "tune" and any(isinstance(v, dict) for v in values):
+                raise IA2Error(f"{path}: tune.{axis}: a tuned axis takes values of its one setting, not mappings")
 
 
 def load(path: Path, out: Path | None = None) -> Sweep:
@@ -79,10 +95,7 @@ def load(path: Path, out: Path | None = None) -> Sweep:
     for key in ("methods", "seeds"):
         if not isinstance(data.get(key), list) or not data[key]:
             raise IA2Error(f"{path}: field {key!r} must be a non-empty list")
-    for key in ("grid", "tune"):
-        for axis, values in (data.get(key) or {}).items():
-            if not isinstance(values, list) or not values:
-                raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
+    _check_blocks(path, data)
     if data.get("select", "dev_loss") not in SELECT:
         raise IA2Error(f"{path}: field 'select' must be one of {', '.join(SELECT)}")
     target = out or Path(data.get("out", "runs/sweep"))
@@ -129,15 +142,18 @@ def spec(cfg: RunConfig, tuned: list[str]) -> dict:
 def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Run every configuration not yet finished, in order; return the run folders.
 
-    With shard (i, k) only every k-th configuration starting at i runs, so k processes (or machines sharing the
-    folder) can split a sweep; each writes only its own runs' rows.
+    sweep.json, naming every run folder of the plan, is written first: the report reads exactly these runs, never
+    a folder left by another plan (or by an earlier version, whose run keys differ). With shard (i, k) only every
+    k-th configuration starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each
+    writes only its own runs' rows.
     """
-    folders = []
     configs = sweep.configs()
+    folders = [run_dir(sweep.out, cfg) for cfg in configs]
+    if distributed.is_main():
+        plan = {k: v for k, v in asdict(sweep).items() if k not in ("out", "source")}
+        write_json(sweep.out / "sweep.json", {**plan, "runs": [str(f.relative_to(sweep.out)) for f in folders]})
     index, count = shard
-    for i, cfg in enumerate(configs, start=1):
-        folder = run_dir(sweep.out, cfg)
-        folders.append(folder)
+    for i, (cfg, folder) in enumerate(zip(configs, folders), start=1):
         if (i - 1) % count != index:
             continue
         done = distributed.from_main(finished(cfg, folder))
@@ -148,14 +164,6 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
             continue
         log.info("[%d/%d] running %s", i, len(configs), folder)
         run(cfg, folder)
-    if distributed.is_main():
-        write_json(
-            sweep.out / "sweep.json",
-            {
-                **{k: v for k, v in asdict(sweep).items() if k not in ("out", "source")},
-                "runs": [str(f.relative_to(sweep.out)) for f in folders],
-            },
-        )
     return folders
 
 

@@ -108,14 +108,14 @@ def teacher_distribution(items: Sequence[Item], keep: int, device: torch.device)
 def dev_loss(objective: Objective, items: Sequence[Item], layer_scale: torch.Tensor | None = None) -> float:
     """Mean loss over the dev items' answer positions, as training averages it (each batch's mean weighted by its
     positions); with several processes each computes every world_size-th batch and the sum runs in batch order, so
-    every process gets the number one process gets. Batches of `eval_batch_size`: no gradients are kept, so a dev pass
+    every process gets the number one process gets. Batches of `dev_batch_size`: no gradients are kept, so a dev pass
     can take larger batches than training, and its per-pass overhead does not grow with the dev set.
 
     With --per-layer-norm every batch is normalised by the whole dev set's teacher scale, `layer_scale` (computed
-    here when not given: see `dev_scale`), so that the dev loss does not depend on `eval_batch_size`.
+    here when not given: see `dev_scale`), so that the dev loss does not depend on `dev_batch_size`.
     """
     objective.model.eval()
-    size = objective.cfg.eval_batch_size
+    size = objective.cfg.dev_batch_size
     chunks = [items[start : start + size] for start in range(0, len(items), size)]
     scale = dev_scale(objective, items) if layer_scale is None else layer_scale
     total = 0.0
@@ -129,7 +129,7 @@ def dev_loss(objective: Objective, items: Sequence[Item], layer_scale: torch.Ten
 @torch.no_grad()
 def dev_scale(objective: Objective, items: Sequence[Item]) -> torch.Tensor | None:
     """With --per-layer-norm on an activation loss, the teacher mean square per layer [L] over all the dev items
-    (stored or online, read in batches of `eval_batch_size`), as `losses.ia2` computes it for one batch; else None.
+    (stored or online, read in batches of `dev_batch_size`), as `losses.ia2` computes it for one batch; else None.
 
     The teacher is frozen, so a stage computes it once for all its dev evaluations.
     """
@@ -137,8 +137,8 @@ def dev_scale(objective: Objective, items: Sequence[Item]) -> torch.Tensor | Non
     if not (cfg.per_layer_norm and LOSSES[objective.stage.loss].needs_acts):
         return None
     total = torch.zeros(())
-    for start in range(0, len(items), cfg.eval_batch_size):
-        chunk = items[start : start + cfg.eval_batch_size]
+    for start in range(0, len(items), cfg.dev_batch_size):
+        chunk = items[start : start + cfg.dev_batch_size]
         keep = max(max(len(i.answer), 1) for i in chunk)
         acts = teacher_acts(objective.model, objective.tap, chunk, keep, objective.pad_id)
         for row, item in enumerate(chunk):
@@ -158,7 +158,7 @@ def teacher_scale(items: Sequence[Item], stage: Stage, cfg: TrainConfig) -> torc
         return None
     if any(i.acts is None for i in items):
         raise IA2Error(
-            "--per-layer-norm with several processes needs stored teacher activations: drop --teacher online"
+            "--per-layer-norm with several processes needs stored teacher activations: drop --teacher-mode online"
         )
     acts = [resolve(i.acts).float() for i in items]
     return sum(a.pow(2).sum(dim=(1, 2)) for a in acts) / (answer_positions(items) * acts[0].shape[-1])
