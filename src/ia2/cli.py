@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, report, sweep
+from . import adapters, config, distributed, export, report, sweep
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
@@ -139,6 +139,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="I/K",
         help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
     )
+    exp = sub.add_parser("export", help="merge a saved LoRA or IA3 adapter into its base model's weights", **SHOWN)
+    exp.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
+    exp.add_argument("--merged", type=Path, required=True, metavar="OUT", help="the new model folder")
+    exp.add_argument("--dtype", choices=export.DTYPES, default="float32", help="dtype of the merged weights")
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder", **SHOWN)
     rep.add_argument("folder", type=Path)
     rep.add_argument(
@@ -179,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args)
         if args.command == "report":
             print(report.write(args.folder, args.select))
+            return 0
+        if args.command == "export":
+            print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype)}/")
             return 0
         cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
         run(cfg, out, overwrite=getattr(args, "overwrite", False))
