@@ -294,7 +294,7 @@ def test_losses_fall_under_adam(model_dir, kind, stage):
 def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
     model, tok = models.load(str(model_dir))
     peft = _perturbed(model, kind)
-    adapters.save(peft, tmp_path / "adapter", "my-base", "# card\n")
+    adapters.save(peft, tmp_path / "adapter", "my-base", {"README.md": "# card\n"})
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "my-base", "the base model as the user named it, not a cache path"
     assert (tmp_path / "adapter" / "README.md").read_text() == "# card\n"

@@ -25,7 +25,7 @@ def _saved(model_dir, kind: str, folder):
         for p in peft.parameters():
             if p.requires_grad:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    adapters.save(peft, folder, str(model_dir), "# card\n")
+    adapters.save(peft, folder, str(model_dir), {"README.md": "# card\n"})
     return tok
 
 

@@ -186,3 +186,8 @@ def test_model_card_describes_the_run(llama_dir, toy_jsonl, tmp_path, capsys):
     settings = json.loads(card.split("```json\n")[1].split("```")[0])
     assert settings["train"] == result["config"]["train"] and settings["train"]["lr"] == 0.002
     assert settings["adapter"] == result["config"]["adapter"]
+    record = json.loads((out / "adapters" / "seed0" / "ia2" / "ia2.json").read_text())
+    assert (record["base_model"], record["method"], record["seed"]) == (str(llama_dir), "ia2", 0)
+    assert record["config_key"] == result["config"]["key"]
+    assert record["task"]["template"] == "Question: {question}\nAnswer:" and record["task"]["labels"] == ["no", "yes"]
+    assert (record["task"]["answer_prefix"], record["chat"]) == (" ", False)

@@ -191,7 +191,7 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
 def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
     s, _, _ = trained
     path = tmp_path / "adapter"
-    adapters.save(s.model, path, "tiny", "# card\n")
+    adapters.save(s.model, path, "tiny", {"README.md": "# card\n"})
     assert (path / "adapter_config.json").exists()
     assert not list(tmp_path.glob(".adapter.*")), "atomic save must not leave a temporary folder"
     base, _ = models.load(str(s.folder))

@@ -184,15 +184,16 @@ def fresh(model: nn.Module, spec: str | Mapping[str, Any], seed: int) -> PeftMod
     return wrapped
 
 
-def save(model: PeftModel, path: Path, base_model: str, card: str) -> None:
+def save(model: PeftModel, path: Path, base_model: str, files: Mapping[str, str]) -> None:
     """Save the adapter in PEFT format (loadable with PeftModel.from_pretrained), atomically, recording the base
-    model as the user named it and `card` as its model card (README.md)."""
+    model as the user named it, with `files` (name → text: its model card README.md, ia2's own record) beside it."""
     peft_cfg = model.peft_config[model.active_adapter]
     resolved, peft_cfg.base_model_name_or_path = peft_cfg.base_model_name_or_path, base_model
     try:
         with atomic_path(path) as tmp:
             model.save_pretrained(tmp)
-            (tmp / "README.md").write_text(card)
+            for name, text in files.items():
+                (tmp / name).write_text(text)
     finally:
         peft_cfg.base_model_name_or_path = resolved
 

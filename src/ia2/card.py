@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from .config import RunConfig
+from .config import RunConfig, key
 from .methods import METHODS
 from .tasks import Task
 
+RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
 
 
@@ -66,6 +67,20 @@ Labels: {labels}.
 Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), PATH)`, where BASE is the base
 model above (for an ia2 embedded name, the folder `ia2.models.resolve(name)` returns).
 """
+
+
+def adapter_record(cfg: RunConfig, task: Task, method: str, seed: int) -> dict:
+    """What applying the adapter to new inputs needs, machine-readable: the base model, how prompts are rendered,
+    the label words or answer parser, the chat setting, and which run made it (method, seed, config key)."""
+    rendering = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
+    return {
+        "base_model": cfg.model,
+        "method": method,
+        "seed": seed,
+        "config_key": key(cfg),
+        "task": {"name": task.name, **{name: getattr(task, name) for name in rendering}},
+        "chat": cfg.prompt.chat,
+    }
 
 
 def _number(value: object) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import adapters, config, distributed, models, outdir
-from .card import model_card
+from .card import RECORD, adapter_record, model_card
 from .config import RunConfig
 from .context import RunContext, load_context
 from .manifest import manifest
@@ -111,8 +111,11 @@ def method_rows(
             rows.append({**result_row(ctx, method, seed, se, measured, acts, 0), **extra})
             log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
-        card = model_card(ctx.cfg, ctx.task, method, seed, rows, logs)
-        adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, card)
+        files = {
+            "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
+            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed), indent=2) + "\n",
+        }
+        adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows
 
 
