@@ -4,11 +4,12 @@ and what it measured."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from .config import RunConfig, key
 from .methods import METHODS
-from .tasks import Task
+from .tasks import Example, Task
 
 RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -69,9 +70,10 @@ model above (for an ia2 embedded name, the folder `ia2.models.resolve(name)` ret
 """
 
 
-def adapter_record(cfg: RunConfig, task: Task, method: str, seed: int) -> dict:
+def adapter_record(cfg: RunConfig, task: Task, method: str, seed: int, trained_on: Sequence[Example]) -> dict:
     """What applying the adapter to new inputs needs, machine-readable: the base model, how prompts are rendered,
-    the label words or answer parser, the chat setting, and which run made it (method, seed, config key)."""
+    the label words or answer parser, the chat setting, which run made it (method, seed, config key), and the
+    labelled examples it was trained on (demonstrations for an ICL comparison)."""
     rendering = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
     return {
         "base_model": cfg.model,
@@ -80,6 +82,7 @@ def adapter_record(cfg: RunConfig, task: Task, method: str, seed: int) -> dict:
         "config_key": key(cfg),
         "task": {"name": task.name, **{name: getattr(task, name) for name in rendering}},
         "chat": cfg.prompt.chat,
+        "train_examples": [{"question": e.question, "answer": e.answer} for e in trained_on],
     }
 
 

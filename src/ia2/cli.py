@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, export, report, sweep
+from . import adapters, config, distributed, export, predict, report, sweep
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
@@ -139,6 +139,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="I/K",
         help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
     )
+    pr = sub.add_parser("predict", help="apply a saved adapter to the inputs of a JSONL file", **SHOWN)
+    pr.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
+    pr.add_argument("--input", type=Path, required=True, help="JSONL, one object a line: question, optional answer")
+    pr.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="where the prediction lines go")
+    pr.add_argument(
+        "--icl",
+        type=int,
+        default=0,
+        metavar="K",
+        help="predict with the base model and K of the adapter's training examples as demonstrations",
+    )
+    pr.add_argument("--batch-size", type=int, default=8, help="inference batch size")
     exp = sub.add_parser("export", help="merge a saved LoRA or IA3 adapter into its base model's weights", **SHOWN)
     exp.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
     exp.add_argument("--merged", type=Path, required=True, metavar="OUT", help="the new model folder")
@@ -183,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args)
         if args.command == "report":
             print(report.write(args.folder, args.select))
+            return 0
+        if args.command == "predict":
+            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size)
+            print(f"{len(done.lines)} predictions written to {args.out}")
+            if done.metrics is not None:
+                print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))
             return 0
         if args.command == "export":
             print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype)}/")

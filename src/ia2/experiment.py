@@ -21,7 +21,7 @@ from .methods import METHODS
 from .paths import write_json
 from .prompts import Prompted
 from .results import write_reports
-from .splits import draw_split, majority
+from .splits import Split, draw_split, majority
 from .stages import StageRunner, stage_data
 from .taps import Tap
 
@@ -82,7 +82,7 @@ def run_seed(ctx: RunContext, out: Path, seed: int, methods: list[str]) -> Itera
         runner = StageRunner(ctx, data, seed)
         for method in trained:
             logs = runner.train(METHODS[method].stages)
-            yield method_rows(ctx, method, seed, evals, logs, data.dev_plain, out)
+            yield method_rows(ctx, method, seed, evals, logs, data.dev_plain, split, out)
 
 
 def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
@@ -99,7 +99,14 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
 
 
 def method_rows(
-    ctx: RunContext, method: str, seed: int, evals: list[SeedEval], logs: list[dict], dev: list[Prompted], out: Path
+    ctx: RunContext,
+    method: str,
+    seed: int,
+    evals: list[SeedEval],
+    logs: list[dict],
+    dev: list[Prompted],
+    split: Split,
+    out: Path,
 ) -> list[dict]:
     """A trained method's rows on the dev set and every evaluation set without demonstrations, then its adapter
     and model card."""
@@ -111,9 +118,10 @@ def method_rows(
             rows.append({**result_row(ctx, method, seed, se, measured, acts, 0), **extra})
             log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
+        trained_on = [ctx.task.examples[i] for i in split.train]
         files = {
             "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
-            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed), indent=2) + "\n",
+            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed, trained_on), indent=2) + "\n",
         }
         adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows

@@ -121,12 +121,17 @@ class Encoder:
             f"{alone} tokens): use fewer demonstrations (--k-max)"
         )
 
+    def prompt_ids(self, example: Example, demos: Sequence[Example] = (), demo_task: Task | None = None) -> list[int]:
+        """Token ids of the prompt alone (an input without a gold answer), checked against the context."""
+        prompt = self._tokens(self.text(example, demos, demo_task))
+        if len(prompt) + self.task.max_new_tokens > self.max_length:
+            raise self._overflow(example, demos, demo_task, len(prompt))
+        return prompt
+
     def encode(self, example: Example, demos: Sequence[Example] = (), demo_task: Task | None = None) -> Prompted:
         """Token ids of the prompt and of the gold answer, checked against the label's ids and the context."""
         prompt_text = self.text(example, demos, demo_task)
-        prompt = self._tokens(prompt_text)
-        if len(prompt) + self.task.max_new_tokens > self.max_length:
-            raise self._overflow(example, demos, demo_task, len(prompt))
+        prompt = self.prompt_ids(example, demos, demo_task)
         if self.task.generative:
             return Prompted(prompt, self._answer_ids(prompt_text, self.gold_text(example), example), -1)
         if example.answer not in self.task.labels:

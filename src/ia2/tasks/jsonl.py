@@ -28,29 +28,31 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
             yield where, line
 
 
-def _example(where: str, line: str) -> Example:
-    """One line's example, failing with its FILE:LINE and the first bad field."""
+def _example(where: str, line: str, answers: bool = True) -> Example:
+    """One line's example, failing with its FILE:LINE and the first bad field (`answer` optional unless
+    `answers`; an absent one is "")."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in ("question", "answer"):
+    for key in ("question", "answer") if answers or "answer" in row else ("question",):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
     split = row.get("split")
     if split is not None and split not in SPLITS:
         raise IA2Error(f"{where}: field 'split' = {split!r} is not one of {list(SPLITS)} (or absent)")
-    return Example(row["question"], row["answer"].strip(), where, split)
+    return Example(row["question"], row.get("answer", "").strip(), where, split)
 
 
-def read_jsonl(path: Path) -> list[Example]:
+def read_jsonl(path: Path, answers: bool = True) -> list[Example]:
     """Read examples, failing with the file, line and field of the first bad row. A row's `split` is absent or
-    "train" (the training pool) or "test" (the held-out test set); any other value is an error."""
+    "train" (the training pool) or "test" (the held-out test set); any other value is an error. Without `answers`
+    (inputs to predict on) a row may omit its answer."""
     if not path.is_file():
         raise IA2Error(f"{path}: no such file")
-    examples = [_example(where, line) for where, line in _lines(path)]
+    examples = [_example(where, line, answers) for where, line in _lines(path)]
     if not examples:
         raise IA2Error(f"{path}: no examples")
     return examples
