@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, export, predict, report, sweep
+from . import adapters, config, distributed, export, predict, report, sweep, trainer
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
@@ -29,6 +29,8 @@ DEMO = config.make(
 )
 # Every option's default in --help (run's settings say theirs in their own help text).
 SHOWN = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+# `ia2 train` makes one adapter: one method, one seed, unless the user says otherwise.
+TRAIN_DEFAULTS = {"methods": ["ia2-sft"], "seeds": [0]}
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
 
 
@@ -48,14 +50,17 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
-def add_settings(p: argparse.ArgumentParser) -> None:
-    """One flag per setting, grouped by section, each with its help text, allowed values and default; a flag's
-    destination is the setting's path, and flags not given stay unset (so a --config file's values hold)."""
+def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """One flag per setting, grouped by section, each with its help text, allowed values and default (`defaults`:
+    the command's own, by setting name); a flag's destination is the setting's path, and flags not given stay unset
+    (so a --config file's values hold)."""
     groups: dict[str, Any] = {}
     for path, f in config.paths().items():
         section = path.partition(".")[0] if "." in path else "run"
         group = groups.get(section) or groups.setdefault(section, p.add_argument_group(f"{section} settings"))
-        meta, value = f.metadata, config.default(path)
+        name = path.rpartition(".")[2]
+        meta = f.metadata
+        value = tuple(defaults[name]) if defaults and name in defaults else config.default(path)
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         help_text = meta["help"] + (f"; one of: {', '.join(choices)}" if choices else "")
         help_text += " (comma-separated)" if isinstance(value, tuple) or path == "data.labels" else ""
@@ -93,10 +98,13 @@ def _metavar(kind: Any) -> str:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The run's config from `--config FILE` (if given) overridden by the flags given, and its output folder."""
-    given: dict[str, tuple[Any, str]] = {}
-    out = Path("runs/latest")
+def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:
+    """The run's config from `defaults` (the command's own), then `--config FILE` (if given), then the flags given,
+    and its output folder."""
+    given: dict[str, tuple[Any, str]] = {
+        config.resolve(k, k): (v, config.flag(config.resolve(k, k))) for k, v in (defaults or {}).items()
+    }
+    out = Path("runs/latest" if args.command == "run" else "runs/adapter")
     if args.config is not None:
         data = config.load_yaml(args.config)
         out = data.pop("out", str(out))
@@ -124,6 +132,17 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the output folder's run when it holds another configuration's"
     )
     add_settings(run_p)
+    train_p = sub.add_parser(
+        "train", help="train one adapter (IA2 → SFT by default) on all labelled examples", allow_abbrev=False, **SHOWN
+    )
+    train_p.add_argument("--config", type=Path, default=None, help="a YAML file of settings; flags override it")
+    train_p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the adapter's folder (new or empty) [default: the file's `out`, else runs/adapter]",
+    )
+    add_settings(train_p, TRAIN_DEFAULTS)
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}", **SHOWN)
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -204,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "export":
             print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype)}/")
+            return 0
+        if args.command == "train":
+            cfg, out = config_from_args(args, TRAIN_DEFAULTS)
+            print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
             return 0
         cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
         run(cfg, out, overwrite=getattr(args, "overwrite", False))

@@ -62,20 +62,20 @@ def declared(spec: str, cfg: RunConfig) -> Task:
     return task if data.max_new_tokens is None else replace(task, max_new_tokens=data.max_new_tokens)
 
 
-def load_context(cfg: RunConfig) -> RunContext:
-    """Load the task (checked to be large enough), then the model on this process's device (sharded with fsdp)."""
+def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
+    """Load the task (checked to be large enough), then the model on this process's device (sharded with fsdp).
+    Without `held_out` (training only) every example is in the pool and there is nothing to evaluate on."""
     device = distributed.device(cfg.runtime.device)
     with distributed.main_first():
         task = declared(cfg.data.task, cfg)
-        test, pool = test_and_pool(task, cfg.data)
+        test, pool = test_and_pool(task, cfg.data) if held_out else ([], list(range(len(task.examples))))
         model, tokenizer = models.load(
             cfg.model, getattr(torch, cfg.runtime.dtype), "cpu" if cfg.runtime.fsdp else device
         )
         context = model.config.get_text_config().max_position_embeddings
         encoder = Encoder(task, tokenizer, context, cfg.prompt.chat)
-        evals = [EvalSet(task, encoder, test)] + [
-            _ood_set(name, task, tokenizer, context, cfg) for name in cfg.data.eval_tasks
-        ]
+        ood = [_ood_set(name, task, tokenizer, context, cfg) for name in cfg.data.eval_tasks] if held_out else []
+        evals = [EvalSet(task, encoder, test), *ood] if held_out else []
     fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)

@@ -1,0 +1,83 @@
+"""`ia2 train`: one adapter of one method (IA2 → SFT by default) trained on all of a task's labelled examples, with
+nothing held out for testing: the examples are split into training and dev by the usual rule (dev = N/2), and the
+output folder holds the adapter, its model card and its record (ia2.json), ready for `ia2 predict` and `ia2 export`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from . import adapters, distributed
+from .card import RECORD, adapter_record, model_card
+from .config import RunConfig, validate
+from .context import declared, load_context
+from .errors import IA2Error
+from .measure import dev_accuracy
+from .methods import METHODS
+from .splits import Split
+from .stages import StageRunner, stage_data
+
+log = logging.getLogger(__name__)
+
+
+def sizes(rows: int, where: str) -> tuple[int, int]:
+    """(N, dev) for `rows` labelled examples: N = rows − ⌊rows/3⌋ and dev the rest (N/2, as a run draws them);
+    at least 2 training examples (leave-one-out demonstrations) and 1 dev example are needed."""
+    if rows < 3:
+        raise IA2Error(f"{where}: {rows} labelled examples; training needs at least 3 (2 to train, 1 for dev)")
+    n_train = rows - rows // 3
+    return n_train, rows - n_train
+
+
+def sized(cfg: RunConfig) -> RunConfig:
+    """The config with N and dev set from the task's size (a one-line error where it is too small)."""
+    _one(cfg.seeds, "seeds")
+    (method,) = _one(cfg.methods, "methods")
+    if METHODS[method].baseline:
+        raise IA2Error(f"--methods {method} trains nothing: choose a trained method (ia2-sft, ia2, sft, ...)")
+    task = declared(cfg.data.task, cfg)
+    n_train, n_dev = sizes(len(task.examples), task.name)
+    cfg = replace(cfg, data=replace(cfg.data, n_train=n_train, n_dev=n_dev))
+    validate(cfg)
+    return cfg
+
+
+def _one(values: tuple, name: str) -> tuple:
+    if len(values) != 1:
+        raise IA2Error(f"--{name}: ia2 train trains one adapter, so give one, got {', '.join(map(str, values))}")
+    return values
+
+
+def train(cfg: RunConfig, out: Path) -> Path:
+    """Train the config's one method on every labelled example and save the adapter to `out` (a new folder)."""
+    distributed.check_launch(cfg)
+    if out.exists() and any(out.iterdir()):
+        raise IA2Error(f"{out}: already exists and is not empty; train into a new folder")
+    cfg = sized(cfg)
+    (method,), (seed,) = cfg.methods, cfg.seeds
+    ctx = load_context(cfg, held_out=False)
+    chosen = random.Random(f"split-{seed}").sample(ctx.pool, len(ctx.pool))
+    split = Split(chosen[: cfg.data.n_train], chosen[cfg.data.n_train :], [])
+    ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
+    data = stage_data(ctx, split, seed, [method])
+    logs = StageRunner(ctx, data, seed).train(METHODS[method].stages)
+    dev = {"eval_task": f"{ctx.task.name} (dev)", "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev")}
+    log.info(
+        "%s: %d training and %d dev examples, dev accuracy %s",
+        method,
+        cfg.data.n_train,
+        cfg.data.n_dev,
+        dev["accuracy"],
+    )
+    trained_on = [ctx.task.examples[i] for i in split.train]
+    files = {
+        "README.md": model_card(cfg, ctx.task, method, seed, [dev], logs),
+        RECORD: json.dumps(adapter_record(cfg, ctx.task, method, seed, trained_on), indent=2) + "\n",
+    }
+    if distributed.is_main():
+        adapters.save(ctx.model, out, cfg.model, files)
+    distributed.barrier()
+    return out

@@ -1,0 +1,59 @@
+"""`ia2 train`: one adapter trained on all labelled examples (no test set), saved with its card and record, ready for
+`ia2 predict`; what it cannot train is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import toy_rows, write_jsonl
+from ia2 import cli, trainer
+from ia2.errors import IA2Error
+
+
+def _train(model, task, out, *extra) -> list[str]:
+    return ["train", "--model", str(model), "--task", f"jsonl:{task}", "--max-epochs", "2", "--out", str(out), *extra]
+
+
+def test_train_makes_an_ia2_sft_adapter_that_predict_applies(llama_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(12))
+    assert cli.main(_train(llama_dir, task, tmp_path / "adapter")) == 0
+    assert "adapter written to" in capsys.readouterr().out
+    record = json.loads((tmp_path / "adapter" / "ia2.json").read_text())
+    assert (record["method"], record["seed"], len(record["train_examples"])) == ("ia2-sft", 0, 8), "12 rows: 8 + 4 dev"
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "Stages: ia2:icl (" in card and "ce:gold (" in card and "(dev)" in card
+    inputs = write_jsonl(tmp_path / "new.jsonl", [{"question": r["question"]} for r in toy_rows(5, seed=3)])
+    assert (
+        cli.main(["predict", str(tmp_path / "adapter"), "--input", str(inputs), "--out", str(tmp_path / "p.jsonl")])
+        == 0
+    )
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["label"] in ("no", "yes") for line in lines)
+
+
+@pytest.mark.parametrize("rows, expected", [(3, (2, 1)), (12, (8, 4)), (16, (11, 5)), (17, (12, 5))])
+def test_all_rows_go_to_training_and_dev_by_the_usual_rule(rows, expected):
+    assert trainer.sizes(rows, "t") == expected and sum(expected) == rows
+
+
+def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
+    small = write_jsonl(tmp_path / "small.jsonl", toy_rows(2))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(12))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    cases = [
+        (_train(llama_dir, small, tmp_path / "a"), "2 labelled examples; training needs at least 3"),
+        (_train(llama_dir, task, tmp_path / "a", "--methods", "icl"), "--methods icl trains nothing"),
+        (_train(llama_dir, task, tmp_path / "a", "--seeds", "0,1"), "trains one adapter, so give one"),
+        (_train(llama_dir, task, tmp_path / "full"), "already exists and is not empty"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(IA2Error, match="at least 3"):
+        trainer.sizes(1, "t")
