@@ -151,6 +151,11 @@ class RuntimeConfig:
     fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)", False)
     merge_bf16: bool = setting("evaluate adapters merged into bf16 weights (reference parity)", False)
     save_adapters: bool = setting("save every trained adapter in PEFT format", True)
+    report_to: tuple[str, ...] = setting(
+        "trackers of training metrics (accelerate's integrations; none by default)",
+        (),
+        choices=("tensorboard", "wandb", "mlflow", "trackio"),
+    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ class RunConfig:
 
 
 SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
-NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.save_adapters")
+NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.save_adapters", "runtime.report_to")
 REQUIRED = ("model", "data.task")
 
 
@@ -376,9 +381,9 @@ def changed(obj: object) -> dict:
 
 def key(cfg: RunConfig) -> str:
     """Hash of the settings that differ from their defaults, minus those that change how the work is spread or what
-    is kept, not its results (methods, seeds, fsdp, save_adapters): rows written under one key are reused by a
-    rerun, and a setting added later with a default keeps the keys of runs recorded before it (keys of ia2 0.1,
-    which hashed a flat layout, are not today's)."""
+    is kept or reported, not its results (methods, seeds, fsdp, save_adapters, report_to): rows written under one
+    key are reused by a rerun, and a setting added later with a default keeps the keys of runs recorded before it
+    (keys of ia2 0.1, which hashed a flat layout, are not today's)."""
     payload = changed(cfg)
     for path in NOT_IN_KEY:
         head, _, tail = path.partition(".")

@@ -14,6 +14,7 @@ from .prompts import Encoder
 from .splits import marked_test, test_and_pool
 from .taps import Tap
 from .tasks import Task, check_transfer, load_task
+from .tracking import Tracking
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class EvalSet:
 @dataclass
 class RunContext:
     """What every seed of a run shares: the task and its pool, the model (its adapter replaced per seed), the
-    tokenizer, encoders, evaluation sets and tap, and the zero-shot scores of each evaluation set once measured."""
+    tokenizer, encoders, evaluation sets and tap, the zero-shot scores of each evaluation set once measured, and the
+    trackers metrics go to (None unless `report_to` names some)."""
 
     cfg: RunConfig
     task: Task
@@ -42,6 +44,7 @@ class RunContext:
     fingerprint: str
     model_class: str
     zero_shot: dict[str, tuple[dict, torch.Tensor]] = field(default_factory=dict)
+    tracking: Tracking | None = None
 
     @property
     def pad_id(self) -> int:

@@ -24,8 +24,11 @@ from .results import write_reports
 from .splits import Split, draw_split, majority
 from .stages import StageRunner, stage_data
 from .taps import Tap
+from .tracking import open_tracking
 
 log = logging.getLogger(__name__)
+# A trained method's metrics sent to the trackers.
+FINAL = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "dev_accuracy", "parse_failure_rate")
 
 
 def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
@@ -38,6 +41,16 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
     distributed.check_launch(cfg)
     outdir.claim(out, cfg, overwrite)
     ctx = load_context(cfg)
+    ctx.tracking = open_tracking(cfg, out / "trackers", out.name or "ia2")
+    try:
+        return _run(ctx, cfg, out)
+    finally:
+        if ctx.tracking is not None:
+            ctx.tracking.finish()
+
+
+def _run(ctx: RunContext, cfg: RunConfig, out: Path) -> dict:
+    """`run` once set up: every seed's missing rows, then the run's files."""
     names = [ev.task.name for ev in ctx.evals]
     rows = []
     for seed in tqdm(cfg.seeds, desc="seeds"):
@@ -117,6 +130,10 @@ def method_rows(
             measured, acts = evaluate(ctx, se, se.plain, f"{method} s{seed}")
             rows.append({**result_row(ctx, method, seed, se, measured, acts, 0), **extra})
             log.info("seed %d %-9s %s accuracy %.3f", seed, method, se.eval.task.name, rows[-1]["accuracy"])
+    if ctx.tracking is not None:
+        for row in rows:
+            final = {k: row[k] for k in FINAL if isinstance(row.get(k), float)}
+            ctx.tracking.reporter(f"seed{seed}/{method}/{row['eval_task']}")(final, 0)
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
         trained_on = [ctx.task.examples[i] for i in split.train]
         files = {

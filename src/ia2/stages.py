@@ -14,6 +14,7 @@ from .losses import LOSSES
 from .methods import METHODS, Stage
 from .prompts import Prompted, teacher_prompts, teacher_queries
 from .splits import Split
+from .tracking import Reporter
 from .train import Item, adapter_state, train_stage
 
 
@@ -104,7 +105,14 @@ class StageRunner:
                 self.seed * 1000 + depth,
                 self.ctx.pad_id,
                 f"{stage.loss}:{stage.labels} s{self.seed}",
+                self._reporter(stages[: depth + 1]),
             )
             logs = logs + [log]
             self.memo[stages[: depth + 1]] = (adapter_state(self.ctx.model), logs)
         return logs
+
+    def _reporter(self, path: tuple[Stage, ...]) -> Reporter | None:
+        """Where a stage's metrics go: under `seed<S>/<the stages trained so far>` (e.g. `ia2:icl>ce:gold`)."""
+        if self.ctx.tracking is None:
+            return None
+        return self.ctx.tracking.reporter(f"seed{self.seed}/" + ">".join(f"{s.loss}:{s.labels}" for s in path))

@@ -19,6 +19,7 @@ from .losses import LOSSES, LossInputs
 from .methods import Stage
 from .store import Stored, resolve
 from .taps import Tap
+from .tracking import Reporter
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,10 @@ def train_stage(
     seed: int,
     pad_id: int,
     desc: str = "train",
+    report: Reporter | None = None,
 ) -> dict:
     """Train the active adapter on one stage with a fresh optimizer; restore the best-dev state; return the log.
+    `report`, when given, receives each step's training loss and learning rate and each dev loss.
 
     With several processes every process draws the same batches and holds the same adapter: each step's batch is
     split across them (`batch_gradient`) and the dev loss too, so early stopping decides alike everywhere.
@@ -210,6 +213,8 @@ def train_stage(
     scale = dev_scale(objective, dev)
     best, best_state = dev_loss(objective, dev, scale), adapter_state(model)
     history = [{"step": 0, "dev_loss": best}]
+    if report:
+        report({"dev_loss": best}, 0)
     step, stale, steps_per_epoch = 0, 0, math.ceil(len(train) / cfg.train_batch_size)
     total = cfg.max_epochs * steps_per_epoch
     limit = min(total, cfg.max_steps or total)
@@ -224,8 +229,12 @@ def train_stage(
             optimizer.step()
             step += 1
             bar.update()
+            if report:
+                report({"train_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, step)
             if step % cfg.eval_every == 0 or step >= limit:  # the last steps are checked too, never dropped unseen
                 current = dev_loss(objective, dev, scale)
+                if report:
+                    report({"dev_loss": current}, step)
                 history.append({"step": step, "train_loss": loss.item(), "dev_loss": current})
                 bar.set_postfix(dev=f"{current:.4g}", best=f"{best:.4g}")
                 if current < best:

@@ -13,12 +13,13 @@ from pathlib import Path
 from . import adapters, distributed
 from .card import RECORD, adapter_record, model_card
 from .config import RunConfig, validate
-from .context import declared, load_context
+from .context import RunContext, declared, load_context
 from .errors import IA2Error
 from .measure import dev_accuracy
 from .methods import METHODS
 from .splits import Split
 from .stages import StageRunner, stage_data
+from .tracking import open_tracking
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,27 @@ def train(cfg: RunConfig, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise IA2Error(f"{out}: already exists and is not empty; train into a new folder")
     cfg = sized(cfg)
-    (method,), (seed,) = cfg.methods, cfg.seeds
     ctx = load_context(cfg, held_out=False)
+    ctx.tracking = open_tracking(cfg, out.parent / "trackers", out.name)
+    try:
+        return _train(ctx, out)
+    finally:
+        if ctx.tracking is not None:
+            ctx.tracking.finish()
+
+
+def _train(ctx: RunContext, out: Path) -> Path:
+    """`train` once set up: split, collect the teacher's targets, train the stages, save."""
+    cfg = ctx.cfg
+    (method,), (seed,) = cfg.methods, cfg.seeds
     chosen = random.Random(f"split-{seed}").sample(ctx.pool, len(ctx.pool))
     split = Split(chosen[: cfg.data.n_train], chosen[cfg.data.n_train :], [])
     ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
     data = stage_data(ctx, split, seed, [method])
     logs = StageRunner(ctx, data, seed).train(METHODS[method].stages)
     dev = {"eval_task": f"{ctx.task.name} (dev)", "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev")}
+    if ctx.tracking is not None and dev["accuracy"] is not None:
+        ctx.tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
     log.info(
         "%s: %d training and %d dev examples, dev accuracy %s",
         method,
