@@ -8,7 +8,7 @@ from . import benchmarks, bigbench, jsonl
 from .base import Example, Task, check_sizes
 from .benchmarks import OOD_PAIRS, check_transfer
 
-__all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "load_task"]
+__all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "load_task", "register"]
 
 
 def _bigbench(name: str, labels: tuple[str, ...] | None) -> Task:
@@ -29,9 +29,25 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
     return task
 
 
+# Tasks made in Python (`register`), by name.
+REGISTERED: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Make a task built from Python objects loadable by its name, as `--task` and configs name tasks."""
+    if task.name in benchmarks.names() or task.name.partition(":")[0] in SOURCES:
+        raise IA2Error(f"task name {task.name!r} is taken by a benchmark or a source: choose another")
+    REGISTERED[task.name] = task
+    return task
+
+
 def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
-    """Resolve a task spec to a Task (`source:argument`, a benchmark name, or `name@source`), repeated questions
-    dropped."""
+    """Resolve a task spec to a Task (`source:argument`, a benchmark name, `name@source`, or a registered task's
+    name), repeated questions dropped."""
+    if spec in REGISTERED:
+        if labels is not None and tuple(labels) != REGISTERED[spec].labels:
+            raise IA2Error(f"task {spec!r} was registered with labels {list(REGISTERED[spec].labels)}: drop --labels")
+        return REGISTERED[spec].unique()
     source, colon, arg = spec.partition(":")
     if colon and source in SOURCES and arg:
         return SOURCES[source](arg, labels).unique()
