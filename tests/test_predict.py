@@ -4,6 +4,7 @@ rows; lines give the label and every label's probability; bad inputs are one lin
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -12,6 +13,7 @@ from ia2 import cli, config
 from ia2.experiment import run
 from ia2.predict import predict
 from ia2.tasks import load_task
+from test_errors import error_lines
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll")
 
@@ -92,3 +94,17 @@ def test_bad_predict_inputs_are_one_line(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_base_can_load_from_elsewhere_but_must_be_the_adapters(trained, model_dirs, tmp_path, capsys):
+    """--model: a copy of the base in another folder predicts alike (the fingerprint ignores where it is); another
+    model is refused in one line naming both fingerprints."""
+    shutil.copytree(model_dirs["llama"], tmp_path / "moved")
+    here = predict(trained["adapter"], trained["labelled"], tmp_path / "a.jsonl")
+    moved = predict(trained["adapter"], trained["labelled"], tmp_path / "b.jsonl", base_model=str(tmp_path / "moved"))
+    assert moved.lines == here.lines
+    argv = ["predict", str(trained["adapter"]), "--input", str(trained["plain"]), "--out", str(tmp_path / "c.jsonl")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--model", str(model_dirs["qwen3"])]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "not the base model" in line and "weights fingerprint" in line

@@ -70,13 +70,17 @@ model above (for an ia2 embedded name, the folder `ia2.models.resolve(name)` ret
 """
 
 
-def adapter_record(cfg: RunConfig, task: Task, method: str, seed: int, trained_on: Sequence[Example]) -> dict:
+def adapter_record(
+    cfg: RunConfig, task: Task, method: str, seed: int, trained_on: Sequence[Example], fingerprint: str
+) -> dict:
     """What applying the adapter to new inputs needs, machine-readable: the base model, how prompts are rendered,
     the label words or answer parser, the chat setting, which run made it (method, seed, config key), and the
-    labelled examples it was trained on (demonstrations for an ICL comparison)."""
+    labelled examples it was trained on (demonstrations for an ICL comparison); `fingerprint` identifies the base
+    model's weights wherever its folder is."""
     rendering = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
     return {
         "base_model": cfg.model,
+        "base_fingerprint": fingerprint,
         "method": method,
         "seed": seed,
         "config_key": key(cfg),

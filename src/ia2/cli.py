@@ -170,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
         help="predict with the base model and K of the adapter's training examples as demonstrations",
     )
     pr.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    pr.add_argument(
+        "--model",
+        default=None,
+        help="load the base model from here (default: as the adapter names it); its weights must be the adapter's base",
+    )
     exp = sub.add_parser("export", help="merge a saved LoRA or IA3 adapter into its base model's weights", **SHOWN)
     exp.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
     exp.add_argument("--merged", type=Path, required=True, metavar="OUT", help="the new model folder")
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.write(args.folder, args.select))
             return 0
         if args.command == "predict":
-            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size)
+            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model)
             print(f"{len(done.lines)} predictions written to {args.out}")
             if done.metrics is not None:
                 print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))

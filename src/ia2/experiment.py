@@ -138,7 +138,8 @@ def method_rows(
         trained_on = [ctx.task.examples[i] for i in split.train]
         files = {
             "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
-            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed, trained_on), indent=2) + "\n",
+            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed, trained_on, ctx.fingerprint), indent=2)
+            + "\n",
         }
         adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows

@@ -21,6 +21,7 @@ from .export import adapter_config
 from .generation import generate_texts
 from .paths import write_json, write_text
 from .prompts import Encoder
+from .targets import model_fingerprint
 from .tasks import Example, Task
 from .tasks.jsonl import read_jsonl
 
@@ -63,16 +64,27 @@ def task_of(record: dict, examples: list[Example]) -> Task:
     )
 
 
-def predict(adapter: Path, inputs: Path, out: Path, icl: int = 0, batch_size: int = 8) -> Predicted:
+def predict(
+    adapter: Path, inputs: Path, out: Path, icl: int = 0, batch_size: int = 8, base_model: str | None = None
+) -> Predicted:
     """Predict every input of a JSONL file (`question`, optional `answer`) with a saved adapter, or its base model
-    with `icl` demonstrations; write the lines to `out` and, when every input has an answer, the metrics beside it."""
+    with `icl` demonstrations; write the lines to `out` and, when every input has an answer, the metrics beside it.
+    `base_model` loads the base from elsewhere (a moved folder, a local copy of a hub model): its weights must be the
+    ones the adapter was trained on."""
     record = load_record(adapter)
     examples = read_jsonl(inputs, answers=False)
     task = task_of(record, examples)
     demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
     if icl > len(record["train_examples"]) or icl < 0:
         raise IA2Error(f"--icl {icl}: the adapter was trained on {len(record['train_examples'])} examples")
-    base, tokenizer = models.load(record["base_model"])
+    named = base_model or record["base_model"]
+    base, tokenizer = models.load(named)
+    found = model_fingerprint(base)
+    if found != record["base_fingerprint"]:
+        raise IA2Error(
+            f"{named}: not the base model {adapter} was trained on (weights "
+            f"fingerprint {found}, the adapter's {record['base_fingerprint']})"
+        )
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     encoder = Encoder(task, tokenizer, base.config.get_text_config().max_position_embeddings, record["chat"])
     prompts = [encoder.prompt_ids(e, demos) for e in examples]

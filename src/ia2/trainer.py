@@ -89,7 +89,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
     trained_on = [ctx.task.examples[i] for i in split.train]
     files = {
         "README.md": model_card(cfg, ctx.task, method, seed, [dev], logs),
-        RECORD: json.dumps(adapter_record(cfg, ctx.task, method, seed, trained_on), indent=2) + "\n",
+        RECORD: json.dumps(adapter_record(cfg, ctx.task, method, seed, trained_on, ctx.fingerprint), indent=2) + "\n",
     }
     if distributed.is_main():
         adapters.save(ctx.model, out, cfg.model, files)
