@@ -57,6 +57,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def small_run(model: Path | str, task: str, out: Path, *extra: str, **settings: object) -> list[str]:
+    """`ia2 run` arguments of a small run (zero-shot, ICL and IA2; one seed; N = 4; 10 test examples; one epoch):
+    `settings` by name override those or add flags (`max_epochs=3`), `extra` is appended as given."""
+    small = {"methods": "zero-shot,icl,ia2", "n_train": 4, "seeds": 0, "n_test": 10, "max_epochs": 1} | settings
+    flags = [item for name, value in small.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+    return ["run", "--model", str(model), "--task", task, *flags, "--out", str(out), *extra]
+
+
 def _corpus() -> list[str]:
     words = ANIMALS + ADJECTIVES + ["is", "the", "a", "please", "maybe", "long"] + list(LABELS)
     text = []

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import toy_rows, write_jsonl
+from conftest import small_run, toy_rows, write_jsonl
 from ia2 import cli, models
 from ia2.errors import IA2Error
 from ia2.prompts import Encoder
@@ -52,31 +52,7 @@ def test_chat_needs_a_template(llama_dir, toy_jsonl):
 def test_chat_run_end_to_end(tmp_path, chat_model_dir):
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "run",
-                "--model",
-                str(chat_model_dir),
-                "--task",
-                f"jsonl:{task}",
-                "--chat",
-                "--methods",
-                "zero-shot,icl,ia2",
-                "--n-train",
-                "4",
-                "--seeds",
-                "0",
-                "--n-test",
-                "10",
-                "--max-epochs",
-                "2",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(small_run(chat_model_dir, f"jsonl:{task}", out, "--chat", max_epochs=2)) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "icl", "zero-shot"]
     assert json.loads((out / "results.json").read_text())["config"]["prompt"]["chat"] is True

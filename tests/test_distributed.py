@@ -27,7 +27,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
-from conftest import toy_rows, toy_task_and_encoder, write_jsonl
+from conftest import small_run, toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, config, distributed, evaluate, generation, models, paths, plots, store, targets
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
@@ -49,29 +49,7 @@ FORWARD_ATOL = {"two": 0.0, "fsdp": 1e-5}
 
 def run_argv(model: Path, task: Path, out: Path) -> list[str]:
     """A small run whose batches split unevenly over two processes (training 3 + 1, test 4 + 4 + 2)."""
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--task",
-        f"jsonl:{task}",
-        "--methods",
-        METHODS,
-        "--n-train",
-        "4",
-        "--seeds",
-        "0",
-        "--n-test",
-        "10",
-        "--max-epochs",
-        "3",
-        "--train-batch-size",
-        "3",
-        "--batch-size",
-        "4",
-        "--out",
-        str(out),
-    ]
+    return small_run(model, f"jsonl:{task}", out, methods=METHODS, max_epochs=3, train_batch_size=3, batch_size=4)
 
 
 def recording(log: list[str]):

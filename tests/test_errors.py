@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import toy_rows, write_jsonl
+from conftest import small_run, toy_rows, write_jsonl
 from ia2 import cli, config, experiment, models, splits
 from ia2.errors import IA2Error
 from ia2.prompts import Encoder
@@ -38,26 +38,7 @@ def error_lines(err: str) -> list[str]:
 
 
 def cli_args(model: Path | str, task: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--task",
-        task,
-        "--methods",
-        "zero-shot,icl,ia2",
-        "--n-train",
-        "4",
-        "--seeds",
-        "0",
-        "--n-test",
-        "10",
-        "--max-epochs",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return small_run(model, task, out, *extra)
 
 
 def assert_cli_fails(argv, capsys, *needles: str) -> str:

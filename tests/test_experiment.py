@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from conftest import toy_rows, write_jsonl
+from conftest import small_run, toy_rows, write_jsonl
 from ia2 import cli, config, evaluate, measure, models, prompts, splits, stages, targets
 from ia2.context import declared, load_context
 from ia2.errors import IA2Error
@@ -25,25 +25,7 @@ NUMBERS = ["accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"]
 
 
 def argv(model: Path, task: Path, out: Path, seeds: str = "0,1", methods: list[str] = METHODS) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--task",
-        f"jsonl:{task}",
-        "--methods",
-        ",".join(methods),
-        "--n-train",
-        "4",
-        "--seeds",
-        seeds,
-        "--n-test",
-        "10",
-        "--out",
-        str(out),
-        "--max-epochs",
-        "2",
-    ]
+    return small_run(model, f"jsonl:{task}", out, seeds=seeds, methods=",".join(methods), max_epochs=2)
 
 
 def run_with_cache(args: list[str], cache: Path) -> int:

@@ -13,32 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_run
 from ia2 import models, stages
 from ia2.models import Embedded
 from test_errors import error_lines, run_cli
 
 
 def args(model: Path | str, task: Path, out: Path, *extra: str, methods: str = "zero-shot,ia2") -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--task",
-        f"jsonl:{task}",
-        "--methods",
-        methods,
-        "--n-train",
-        "4",
-        "--seeds",
-        "0",
-        "--n-test",
-        "10",
-        "--max-epochs",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return small_run(model, f"jsonl:{task}", out, *extra, methods=methods)
 
 
 def never_load(monkeypatch) -> None:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import ORIGINAL_CACHE, write_jsonl
+from conftest import ORIGINAL_CACHE, small_run, write_jsonl
 from ia2 import cli, models
 from ia2.prompts import Encoder
 from ia2.tasks import load_task
@@ -74,27 +74,7 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     ]
     task = write_jsonl(tmp_path / "sentiment.jsonl", rows)
     out = tmp_path / "out"
-    code = cli.main(
-        [
-            "run",
-            "--model",
-            "smollm2-135m",
-            "--task",
-            f"jsonl:{task}",
-            "--methods",
-            "zero-shot,icl,ia2",
-            "--n-train",
-            "4",
-            "--seeds",
-            "0",
-            "--n-test",
-            "10",
-            "--max-epochs",
-            "3",
-            "--out",
-            str(out),
-        ]
-    )
+    code = cli.main(small_run("smollm2-135m", f"jsonl:{task}", out, max_epochs=3))
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     by = {r["method"]: r for r in result["rows"]}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import icl_prompts, toy_rows, toy_task_and_encoder, write_jsonl
+from conftest import icl_prompts, small_run, toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, config, models, targets, train
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
@@ -283,25 +283,7 @@ def test_run_config_validation():
 
 
 def _run(model: Path, task: Path, out: Path, cache: Path, extra: list[str]) -> list[dict]:
-    argv = [
-        "run",
-        "--model",
-        str(model),
-        "--task",
-        f"jsonl:{task}",
-        "--methods",
-        "ia2,ia2-sft",
-        "--n-train",
-        "4",
-        "--seeds",
-        "0",
-        "--n-test",
-        "10",
-        "--out",
-        str(out),
-        "--max-epochs",
-        "2",
-    ] + extra
+    argv = small_run(model, f"jsonl:{task}", out, methods="ia2,ia2-sft", max_epochs=2) + extra
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_CACHE", str(cache))
         assert cli.main(argv) == 0
