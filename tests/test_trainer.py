@@ -23,6 +23,7 @@ def test_train_makes_an_ia2_sft_adapter_that_predict_applies(llama_dir, tmp_path
     assert "adapter written to" in capsys.readouterr().out
     record = json.loads((tmp_path / "adapter" / "ia2.json").read_text())
     assert (record["method"], record["seed"], len(record["train_examples"])) == ("ia2-sft", 0, 8), "12 rows: 8 + 4 dev"
+    assert (tmp_path / "cache" / "targets" / f"{record['teacher_targets']}.safetensors").is_file(), "its targets' key"
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert "Stages: ia2:icl (" in card and "ce:gold (" in card and "(dev)" in card
     inputs = write_jsonl(tmp_path / "new.jsonl", [{"question": r["question"]} for r in toy_rows(5, seed=3)])

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from .config import RunConfig, key
+from .context import RunContext
 from .methods import METHODS
+from .splits import Split
 from .tasks import Example, Task
 
 RECORD = "ia2.json"
@@ -71,12 +73,18 @@ model above (for an ia2 embedded name, the folder `ia2.models.resolve(name)` ret
 
 
 def adapter_record(
-    cfg: RunConfig, task: Task, method: str, seed: int, trained_on: Sequence[Example], fingerprint: str
+    cfg: RunConfig,
+    task: Task,
+    method: str,
+    seed: int,
+    trained_on: Sequence[Example],
+    fingerprint: str,
+    teacher_key: str | None,
 ) -> dict:
     """What applying the adapter to new inputs needs, machine-readable: the base model, how prompts are rendered,
     the label words or answer parser, the chat setting, which run made it (method, seed, config key), and the
     labelled examples it was trained on (demonstrations for an ICL comparison); `fingerprint` identifies the base
-    model's weights wherever its folder is."""
+    model's weights wherever its folder is, `teacher_key` the cached teacher targets it was trained on."""
     rendering = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
     return {
         "base_model": cfg.model,
@@ -84,9 +92,22 @@ def adapter_record(
         "method": method,
         "seed": seed,
         "config_key": key(cfg),
+        "teacher_targets": teacher_key,
         "task": {"name": task.name, **{name: getattr(task, name) for name in rendering}},
         "chat": cfg.prompt.chat,
         "train_examples": [{"question": e.question, "answer": e.answer} for e in trained_on],
+    }
+
+
+def adapter_files(
+    ctx: RunContext, method: str, seed: int, rows: list[dict], logs: list[dict], split: Split, teacher_key: str | None
+) -> dict[str, str]:
+    """The files saved beside an adapter: its model card (README.md) and its record (ia2.json)."""
+    trained_on = [ctx.task.examples[i] for i in split.train]
+    record = adapter_record(ctx.cfg, ctx.task, method, seed, trained_on, ctx.fingerprint, teacher_key)
+    return {
+        "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
+        RECORD: json.dumps(record, indent=2) + "\n",
     }
 
 

@@ -12,17 +12,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import adapters, config, distributed, models, outdir
-from .card import RECORD, adapter_record, model_card
+from .card import adapter_files
 from .config import RunConfig
 from .context import RunContext, load_context
 from .manifest import manifest
 from .measure import SeedEval, dev_accuracy, evaluate, result_row, seed_eval
 from .methods import METHODS
 from .paths import write_json
-from .prompts import Prompted
 from .results import write_reports
 from .splits import Split, draw_split, majority
-from .stages import StageRunner, stage_data
+from .stages import StageData, StageRunner, stage_data
 from .taps import Tap
 from .tracking import open_tracking
 
@@ -95,7 +94,7 @@ def run_seed(ctx: RunContext, out: Path, seed: int, methods: list[str]) -> Itera
         runner = StageRunner(ctx, data, seed)
         for method in trained:
             logs = runner.train(METHODS[method].stages)
-            yield method_rows(ctx, method, seed, evals, logs, data.dev_plain, split, out)
+            yield method_rows(ctx, method, seed, evals, logs, data, split, out)
 
 
 def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
@@ -117,14 +116,14 @@ def method_rows(
     seed: int,
     evals: list[SeedEval],
     logs: list[dict],
-    dev: list[Prompted],
+    data: StageData,
     split: Split,
     out: Path,
 ) -> list[dict]:
     """A trained method's rows on the dev set and every evaluation set without demonstrations, then its adapter
     and model card."""
     with evaluated(ctx):
-        extra = {"dev_accuracy": dev_accuracy(ctx, dev, f"{method} dev s{seed}"), "train": logs}
+        extra = {"dev_accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev s{seed}"), "train": logs}
         rows = []
         for se in evals:
             measured, acts = evaluate(ctx, se, se.plain, f"{method} s{seed}")
@@ -135,12 +134,7 @@ def method_rows(
             final = {k: row[k] for k in FINAL if isinstance(row.get(k), float)}
             ctx.tracking.reporter(f"seed{seed}/{method}/{row['eval_task']}")(final, 0)
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
-        trained_on = [ctx.task.examples[i] for i in split.train]
-        files = {
-            "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
-            RECORD: json.dumps(adapter_record(ctx.cfg, ctx.task, method, seed, trained_on, ctx.fingerprint), indent=2)
-            + "\n",
-        }
+        files = adapter_files(ctx, method, seed, rows, logs, split, data.teacher_key)
         adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows
 

@@ -20,10 +20,12 @@ from .train import Item, adapter_state, train_stage
 
 @dataclass(frozen=True)
 class StageData:
-    """Training and dev items per label source (`gold`, `icl`), and the dev prompts without demonstrations."""
+    """Training and dev items per label source (`gold`, `icl`), the dev prompts without demonstrations, and the
+    cache key of the teacher's targets they were made from."""
 
     items: dict[str, tuple[list[Item], list[Item]]]
     dev_plain: list[Prompted]
+    teacher_key: str | None = None
 
 
 def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str]) -> StageData:
@@ -44,7 +46,7 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     dev = plain[len(plain) - len(split.dev) :]
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
     n, m = cfg.data.n_train, len(plain) - len(split.dev)
-    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev)
+    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev, teacher.key)
 
 
 def teacher_targets(

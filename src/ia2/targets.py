@@ -36,12 +36,14 @@ class Targets:
     When the next-token distribution is kept, `top_logp` holds fp32 log-probs [|ŷ|, k] at the same positions and
     `top_ids` their token ids [|ŷ|, k]; `top_ids` is None when the whole vocabulary is kept (k = V). Targets read
     from a shard store hold lazy `Stored` references instead of tensors; answers-only targets have acts None.
+    `key` names their cache entry (`cached_collect`), where they have one.
     """
 
     tokens: list[list[int]]
     acts: list[torch.Tensor | Stored | None]
     top_ids: list[torch.Tensor | Stored] | None = None
     top_logp: list[torch.Tensor | Stored] | None = None
+    key: str | None = None
 
 
 def _without_paths(config: object) -> object:
@@ -334,6 +336,7 @@ def cached_collect(
     root, key = cache_root() / "targets", cache_key(fields, prompts)
     found = cached(root, key)
     if distributed.agree(found is not None):
+        found.key = key
         return found
     if store == "shards":
         collected = rows(
@@ -344,11 +347,14 @@ def cached_collect(
         else:
             deque(collected, maxlen=0)
         distributed.barrier()
-        return open_store(root / key)
+        stored = open_store(root / key)
+        stored.key = key
+        return stored
     targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
     if dtype != "float32":
         targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
     if distributed.is_main():
         save(root / f"{key}.safetensors", targets, fields)
     distributed.barrier()
+    targets.key = key
     return targets

@@ -4,14 +4,13 @@ output folder holds the adapter, its model card and its record (ia2.json), ready
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import replace
 from pathlib import Path
 
 from . import adapters, distributed
-from .card import RECORD, adapter_record, model_card
+from .card import adapter_files
 from .config import RunConfig, validate
 from .context import RunContext, declared, load_context
 from .errors import IA2Error
@@ -86,11 +85,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
         cfg.data.n_dev,
         dev["accuracy"],
     )
-    trained_on = [ctx.task.examples[i] for i in split.train]
-    files = {
-        "README.md": model_card(cfg, ctx.task, method, seed, [dev], logs),
-        RECORD: json.dumps(adapter_record(cfg, ctx.task, method, seed, trained_on, ctx.fingerprint), indent=2) + "\n",
-    }
+    files = adapter_files(ctx, method, seed, [dev], logs, split, data.teacher_key)
     if distributed.is_main():
         adapters.save(ctx.model, out, cfg.model, files)
     distributed.barrier()
