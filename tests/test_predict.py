@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, config
+from ia2 import cli, config, models
+from ia2.evaluate import score
 from ia2.experiment import run
 from ia2.predict import predict
-from ia2.tasks import load_task
+from ia2.prompts import Encoder
+from ia2.tasks import Example, load_task
 from test_errors import error_lines
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll")
@@ -83,11 +86,17 @@ def test_bad_predict_inputs_are_one_line(trained, tmp_path, capsys):
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "m"}')
     cases = [
-        (tmp_path / "nowhere", trained["plain"], [], "no such adapter folder"),
+        (tmp_path / "nowhere", trained["plain"], [], "no such adapter folder (to predict with a model alone, give"),
+        (trained["adapter"], trained["plain"], ["--task", "jsonl:x"], "is an adapter: predict with it without --task"),
         (tmp_path / "bare", trained["plain"], [], "not an ia2 adapter (no ia2.json"),
         (trained["adapter"], tmp_path / "noq.jsonl", [], "noq.jsonl:2: field 'question' is missing"),
         (trained["adapter"], tmp_path / "other.jsonl", [], "other.jsonl:1: field 'answer' = 'maybe' is not a label"),
-        (trained["adapter"], trained["plain"], ["--icl", "9"], "--icl 9: the adapter was trained on 4 examples"),
+        (
+            trained["adapter"],
+            trained["plain"],
+            ["--icl", "9"],
+            "--icl 9: 4 training examples to draw demonstrations from",
+        ),
     ]
     for adapter, inputs, extra, needle in cases:
         code = cli.main(["predict", str(adapter), "--input", str(inputs), "--out", str(tmp_path / "o.jsonl"), *extra])
@@ -108,3 +117,19 @@ def test_the_base_can_load_from_elsewhere_but_must_be_the_adapters(trained, mode
     assert cli.main([*argv, "--model", str(model_dirs["qwen3"])]) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert "not the base model" in line and "weights fingerprint" in line
+
+
+def test_a_model_alone_predicts_with_a_tasks_rendering(trained, model_dirs, tmp_path):
+    """A model with no adapter and --task: the task renders the prompts and gives the labels (the probabilities are
+    the base model's on the task's own encoding); with --icl K its first K examples are the demonstrations."""
+    spec = f"jsonl:{trained['root'] / 'toy.jsonl'}"
+    alone = predict(str(model_dirs["llama"]), trained["labelled"], tmp_path / "z.jsonl", task_spec=spec)
+    model, tok = models.load(str(model_dirs["llama"]))
+    encoder = Encoder(load_task(spec), tok, model.config.max_position_embeddings)
+    inputs = [Example(json.loads(line)["question"], "") for line in trained["labelled"].read_text().splitlines()]
+    want = score(model, [encoder.prompt_ids(e) for e in inputs], encoder.label_ids, tok.pad_token_id).label_probs()
+    got = np.array([list(line["probs"].values()) for line in alone.lines])
+    assert np.abs(got - want).max() < 1e-9
+    assert alone.metrics is not None and 0 <= alone.metrics["accuracy"] <= 1
+    icl = predict(str(model_dirs["llama"]), trained["labelled"], tmp_path / "i.jsonl", icl=3, task_spec=spec)
+    assert [line["probs"] for line in icl.lines] != [line["probs"] for line in alone.lines]

@@ -85,7 +85,6 @@ def adapter_record(
     the label words or answer parser, the chat setting, which run made it (method, seed, config key), and the
     labelled examples it was trained on (demonstrations for an ICL comparison); `fingerprint` identifies the base
     model's weights wherever its folder is, `teacher_key` the cached teacher targets it was trained on."""
-    rendering = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
     return {
         "base_model": cfg.model,
         "base_fingerprint": fingerprint,
@@ -93,10 +92,16 @@ def adapter_record(
         "seed": seed,
         "config_key": key(cfg),
         "teacher_targets": teacher_key,
-        "task": {"name": task.name, **{name: getattr(task, name) for name in rendering}},
+        "task": rendering(task),
         "chat": cfg.prompt.chat,
         "train_examples": [{"question": e.question, "answer": e.answer} for e in trained_on],
     }
+
+
+def rendering(task: Task) -> dict:
+    """How a task's prompts and answers are rendered and scored, as its record keeps it."""
+    names = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
+    return {"name": task.name, **{name: getattr(task, name) for name in names}}
 
 
 def adapter_files(

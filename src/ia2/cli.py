@@ -159,7 +159,11 @@ def parser() -> argparse.ArgumentParser:
         help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
     )
     pr = sub.add_parser("predict", help="apply a saved adapter to the inputs of a JSONL file", **SHOWN)
-    pr.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
+    pr.add_argument(
+        "adapter",
+        help="a saved adapter folder (adapters/seed<S>/<method>/ of a run, or ia2 train's), "
+        "or with --task a model alone (hub id, embedded name, model folder)",
+    )
     pr.add_argument("--input", type=Path, required=True, help="JSONL, one object a line: question, optional answer")
     pr.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="where the prediction lines go")
     pr.add_argument(
@@ -170,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
         help="predict with the base model and K of the adapter's training examples as demonstrations",
     )
     pr.add_argument("--batch-size", type=int, default=8, help="inference batch size")
+    pr.add_argument(
+        "--task",
+        default=None,
+        help="with a model alone: the task whose rendering, labels and (for "
+        "--icl) training examples to use, as ia2 run's --task names it",
+    )
     pr.add_argument(
         "--model",
         default=None,
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.write(args.folder, args.select))
             return 0
         if args.command == "predict":
-            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model)
+            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model, args.task)
             print(f"{len(done.lines)} predictions written to {args.out}")
             if done.metrics is not None:
                 print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from . import models, parsers, plots
-from .card import RECORD
+from .card import RECORD, rendering
 from .errors import IA2Error
 from .evaluate import Scores, generation_metrics, score, summarise
 from .export import adapter_config
@@ -22,7 +24,7 @@ from .generation import generate_texts
 from .paths import write_json, write_text
 from .prompts import Encoder
 from .targets import model_fingerprint
-from .tasks import Example, Task
+from .tasks import Example, Task, load_task
 from .tasks.jsonl import read_jsonl
 
 
@@ -36,6 +38,8 @@ class Predicted:
 
 def load_record(adapter: Path) -> dict:
     """A saved ia2 adapter's record (ia2.json), or one line saying why the folder is not one."""
+    if not adapter.is_dir():
+        raise IA2Error(f"{adapter}: no such adapter folder (to predict with a model alone, give --task)")
     adapter_config(adapter)
     path = adapter / RECORD
     if not path.is_file():
@@ -65,30 +69,32 @@ def task_of(record: dict, examples: list[Example]) -> Task:
 
 
 def predict(
-    adapter: Path, inputs: Path, out: Path, icl: int = 0, batch_size: int = 8, base_model: str | None = None
+    source: str | Path,
+    inputs: Path,
+    out: Path,
+    icl: int = 0,
+    batch_size: int = 8,
+    base_model: str | None = None,
+    task_spec: str | None = None,
 ) -> Predicted:
-    """Predict every input of a JSONL file (`question`, optional `answer`) with a saved adapter, or its base model
-    with `icl` demonstrations; write the lines to `out` and, when every input has an answer, the metrics beside it.
-    `base_model` loads the base from elsewhere (a moved folder, a local copy of a hub model): its weights must be the
-    ones the adapter was trained on."""
-    record = load_record(adapter)
+    """Predict every input of a JSONL file (`question`, optional `answer`) and write the lines to `out` and, when
+    every input has an answer, the metrics beside it. `source` is a saved adapter folder, or, with `task_spec` (a
+    task as `--task` names it: its rendering, labels and, for `icl`, demonstrations), a model with no adapter (hub
+    id, embedded name or model folder). `icl` K puts K training examples before each input, the adapter disabled.
+    `base_model` loads an adapter's base from elsewhere; its weights must be the ones the adapter was trained on."""
     examples = read_jsonl(inputs, answers=False)
+    record = load_record(Path(source)) if task_spec is None else task_record(str(source), task_spec)
     task = task_of(record, examples)
-    demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
     if icl > len(record["train_examples"]) or icl < 0:
-        raise IA2Error(f"--icl {icl}: the adapter was trained on {len(record['train_examples'])} examples")
-    named = base_model or record["base_model"]
-    base, tokenizer = models.load(named)
-    found = model_fingerprint(base)
-    if found != record["base_fingerprint"]:
-        raise IA2Error(
-            f"{named}: not the base model {adapter} was trained on (weights "
-            f"fingerprint {found}, the adapter's {record['base_fingerprint']})"
-        )
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    encoder = Encoder(task, tokenizer, base.config.get_text_config().max_position_embeddings, record["chat"])
+        raise IA2Error(f"--icl {icl}: {len(record['train_examples'])} training examples to draw demonstrations from")
+    demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
+    if task_spec is None:
+        model, tokenizer = _with_adapter(Path(source), record, base_model)
+    else:
+        model, tokenizer = models.load(str(source))
+    encoder = Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings, record["chat"])
     prompts = [encoder.prompt_ids(e, demos) for e in examples]
-    with model.disable_adapter() if icl else nullcontext():
+    with model.disable_adapter() if icl and isinstance(model, PeftModel) else nullcontext():
         if task.generative:
             lines = _generated(model, tokenizer, prompts, task, batch_size)
             result = _generation_metrics(lines, examples, task)
@@ -100,6 +106,29 @@ def predict(
     if result is not None:
         write_json(out.with_suffix(".metrics.json"), result)
     return Predicted(lines, result)
+
+
+def _with_adapter(adapter: Path, record: dict, base_model: str | None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A saved adapter on its base model (from `base_model` when given, checked to have the same weights)."""
+    named = base_model or record["base_model"]
+    base, tokenizer = models.load(named)
+    found = model_fingerprint(base)
+    if found != record["base_fingerprint"]:
+        raise IA2Error(
+            f"{named}: not the base model {adapter} was trained on (weights fingerprint {found}, the adapter's "
+            f"{record['base_fingerprint']})"
+        )
+    return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
+
+
+def task_record(model: str, task_spec: str) -> dict:
+    """For a model alone, a record built from a task: its rendering, and its examples outside the test split as the
+    demonstrations `icl` draws from."""
+    if (Path(model) / "adapter_config.json").is_file():
+        raise IA2Error(f"{model} is an adapter: predict with it without --task (its record renders the prompts)")
+    task = load_task(task_spec)
+    train = [{"question": e.question, "answer": e.answer} for e in task.examples if e.split != "test"]
+    return {"task": rendering(task), "chat": False, "train_examples": train}
 
 
 def _classified(measured: Scores, encoder: Encoder, task: Task) -> list[dict]:
