@@ -199,11 +199,36 @@ def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, mo
     prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, 4, True, 0)
     assert policy == "low-data k=4 permutations=3"
     plain = [ctx.encoder.encode(ctx.task.examples[i]).prompt for i in teacher_queries(split, True)]
-    demo_sets = {tuple(p.prompt[: -len(q) + 1]) for p, q in zip(prompts, plain)}
+    demo_sets = {tuple(p[: -len(q) + 1]) for p, q in zip(prompts, plain)}
     assert len(demo_sets) == 3, "three demonstration orders of the same four labelled examples"
     logs = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
     assert [s["stage"] for s in logs["ia2-sft"]] == ["ia2:icl", "ce:gold"]
     assert [s["stage"] for s in logs["soft"]] == ["soft:icl"]
+
+
+def test_low_data_mode_takes_its_unlabelled_queries_from_a_file(tmp_path, model_dirs, monkeypatch):
+    """--unlabelled FILE: IA2 trains on the file's questions (answers, if any, unused), the labelled draw and the test
+    set are those of a run without them; the file's content is part of the teacher targets' key."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IA2_CACHE", str(cache))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"question": r["question"]} for r in toy_rows(7, seed=5)])
+    cfg = config.make(
+        str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10, unlabelled=str(queries)
+    )
+    assert cfg.data.unlabelled == str(queries) and config.make("m", "t", unlabelled="10").data.unlabelled == 10
+    ctx = load_context(cfg)
+    plain = load_context(replace(cfg, data=replace(cfg.data, unlabelled=None)))
+    split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0, ctx.unlabelled)
+    assert (ctx.test, ctx.pool) == (plain.test, plain.pool)
+    assert split.train == splits.draw_split(plain.test, plain.pool, plain.cfg.data, 0).train
+    assert [ctx.task.examples[i].question for i in split.unlabelled] == [r["question"] for r in toy_rows(7, seed=5)]
+    cli_result = cli.main(
+        argv(model_dirs["llama"], task, tmp_path / "out", seeds="0", methods=["ia2"]) + ["--unlabelled", str(queries)]
+    )
+    assert cli_result == 0
+    (target_file,) = (cache / "targets").glob("*.safetensors")
+    assert len(targets.load(target_file).tokens) == 7 + 2, "the file's 7 queries + N/2 dev queries"
 
 
 @pytest.mark.parametrize("policy", ["shared", "per-query", "pool"])

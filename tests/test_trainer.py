@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, trainer
+from ia2 import cli, targets, trainer
 from ia2.errors import IA2Error
 
 
@@ -35,6 +35,19 @@ def test_train_makes_an_ia2_sft_adapter_that_predict_applies(llama_dir, tmp_path
     assert len(lines) == 5 and all(json.loads(line)["label"] in ("no", "yes") for line in lines)
 
 
+def test_train_takes_unlabelled_queries_from_a_file(llama_dir, tmp_path, monkeypatch):
+    """`ia2 train --unlabelled FILE`: IA2 learns from the teacher's answers to the file's questions (low-data mode),
+    SFT from the labelled rows; the adapter's record keeps the labelled training examples only."""
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(12))
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"question": r["question"]} for r in toy_rows(9, seed=4)])
+    assert cli.main(_train(llama_dir, task, tmp_path / "adapter", "--unlabelled", str(queries))) == 0
+    record = json.loads((tmp_path / "adapter" / "ia2.json").read_text())
+    assert len(record["train_examples"]) == 8
+    (target_file,) = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    assert len(targets.load(target_file).tokens) == 9 + 4, "the file's 9 queries + 4 dev queries"
+
+
 @pytest.mark.parametrize("rows, expected", [(3, (2, 1)), (12, (8, 4)), (16, (11, 5)), (17, (12, 5))])
 def test_all_rows_go_to_training_and_dev_by_the_usual_rule(rows, expected):
     assert trainer.sizes(rows, "t") == expected and sum(expected) == rows
@@ -50,6 +63,7 @@ def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
         (_train(llama_dir, task, tmp_path / "a", "--methods", "icl"), "--methods icl trains nothing"),
         (_train(llama_dir, task, tmp_path / "a", "--seeds", "0,1"), "trains one adapter, so give one"),
         (_train(llama_dir, task, tmp_path / "full"), "already exists and is not empty"),
+        (_train(llama_dir, task, tmp_path / "a", "--unlabelled", "5"), "unlabelled queries come from a file"),
     ]
     for argv, needle in cases:
         assert cli.main(argv) == 2

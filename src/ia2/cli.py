@@ -87,15 +87,11 @@ def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = N
 def _metavar(kind: Any) -> str:
     """What a flag takes, from the setting's type."""
     text = str(kind)
-    return (
-        "A,B,..."
-        if "tuple" in text
-        else "INT"
-        if "int" in text
-        else "X"
-        if "float" in text
-        else ("NAME|MAPPING" if "dict" in text else "TEXT")
-    )
+    if "tuple" in text:
+        return "A,B,..."
+    if "int" in text:
+        return "INT|FILE" if "str" in text else "INT"
+    return "X" if "float" in text else "NAME|MAPPING" if "dict" in text else "TEXT"
 
 
 def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:

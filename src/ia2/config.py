@@ -67,8 +67,9 @@ class DataConfig:
     answer_prefix: str | None = setting(
         "text between prompt and answer (default the task's; '' as the reference)", None
     )
-    unlabelled: int | None = setting(
-        "low-data mode: the N labelled examples are only demonstrations; IA2 trains on M unlabelled queries",
+    unlabelled: int | str | None = setting(
+        "low-data mode: the N labelled examples are only demonstrations; IA2 trains on unlabelled queries, M drawn "
+        "from the pool, or the questions of a JSONL file",
         None,
         least=1,
     )
@@ -316,7 +317,7 @@ def validate(cfg: RunConfig) -> None:
         for item in value if isinstance(value, tuple) else (value,):
             if choices and item is not None and item not in choices:
                 raise SettingError(path, f"must be one of {', '.join(map(str, choices))}, got {item!r}")
-            if meta["least"] is not None and item is not None and item < meta["least"]:
+            if meta["least"] is not None and isinstance(item, (int, float)) and item < meta["least"]:
                 raise SettingError(path, f"must be at least {meta['least']}, got {item}")
     _validate_combinations(cfg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -14,6 +15,7 @@ from .prompts import Encoder
 from .splits import marked_test, test_and_pool
 from .taps import Tap
 from .tasks import Task, check_transfer, load_task
+from .tasks.jsonl import read_jsonl
 from .tracking import Tracking
 
 
@@ -30,7 +32,8 @@ class EvalSet:
 class RunContext:
     """What every seed of a run shares: the task and its pool, the model (its adapter replaced per seed), the
     tokenizer, encoders, evaluation sets and tap, the zero-shot scores of each evaluation set once measured, and the
-    trackers metrics go to (None unless `report_to` names some)."""
+    trackers metrics go to (None unless `report_to` names some); `unlabelled` indexes the queries read from an
+    unlabelled-queries file (low-data mode), appended after the task's own examples."""
 
     cfg: RunConfig
     task: Task
@@ -45,6 +48,7 @@ class RunContext:
     model_class: str
     zero_shot: dict[str, tuple[dict, torch.Tensor]] = field(default_factory=dict)
     tracking: Tracking | None = None
+    unlabelled: list[int] = field(default_factory=list)
 
     @property
     def pad_id(self) -> int:
@@ -72,6 +76,7 @@ def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
     with distributed.main_first():
         task = declared(cfg.data.task, cfg)
         test, pool = test_and_pool(task, cfg.data) if held_out else ([], list(range(len(task.examples))))
+        task, from_file = with_unlabelled(task, cfg.data.unlabelled)
         model, tokenizer = models.load(
             cfg.model, getattr(torch, cfg.runtime.dtype), "cpu" if cfg.runtime.fsdp else device
         )
@@ -83,7 +88,19 @@ def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)
     tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)
-    return RunContext(cfg, task, test, pool, model, tokenizer, encoder, evals, tap, fingerprint, model_class)
+    return RunContext(
+        cfg, task, test, pool, model, tokenizer, encoder, evals, tap, fingerprint, model_class, unlabelled=from_file
+    )
+
+
+def with_unlabelled(task: Task, unlabelled: int | str | None) -> tuple[Task, list[int]]:
+    """The task with the questions of an unlabelled-queries file (low-data mode from a file) appended after its own
+    examples, and their indices; as it is, and none, otherwise (M queries are then drawn from the pool)."""
+    if not isinstance(unlabelled, str):
+        return task, []
+    queries = [replace(e, answer="") for e in read_jsonl(Path(unlabelled).expanduser(), answers=False)]
+    start = len(task.examples)
+    return replace(task, examples=task.examples + tuple(queries)), list(range(start, start + len(queries)))
 
 
 def _ood_set(name: str, task: Task, tokenizer: PreTrainedTokenizerBase, context: int, cfg: RunConfig) -> EvalSet:

@@ -84,7 +84,7 @@ def _run(ctx: RunContext, cfg: RunConfig, out: Path) -> dict:
 def run_seed(ctx: RunContext, out: Path, seed: int, methods: list[str]) -> Iterator[list[dict]]:
     """One seed's rows as they are measured, so that each can be written at once: the baselines on the base
     model, then each trained method, on every evaluation set."""
-    split = draw_split(ctx.test, ctx.pool, ctx.cfg.data, seed)
+    split = draw_split(ctx.test, ctx.pool, ctx.cfg.data, seed, ctx.unlabelled)
     ctx.model = adapters.fresh(ctx.model, ctx.cfg.adapter, seed)
     evals = [seed_eval(ctx, ev, split, seed) for ev in ctx.evals]
     yield [r for se in evals for r in baseline_rows(ctx, seed, se) if r["method"] in methods]

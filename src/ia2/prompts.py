@@ -145,16 +145,16 @@ class Encoder:
 
 def teacher_prompts(
     encoder: Encoder, split: Split, prompt: PromptConfig, n_train: int, unlabelled: bool, seed: int
-) -> tuple[list[Prompted], str]:
-    """ICL prompts of the teacher's queries (`teacher_queries`) and the demo policy's name.
+) -> tuple[list[list[int]], str]:
+    """Token ids of the ICL prompts of the teacher's queries (`teacher_queries`), and the demo policy's name.
 
     Normally each training query gets k = min(k_max, N−1) leave-one-out demos (dev queries draw from the training
     set); in low-data mode query j gets permutation j mod K of k = min(k_max, N) labelled examples.
     """
     rng, queries, examples = random.Random(f"demos-{seed}"), teacher_queries(split, unlabelled), encoder.task.examples
 
-    def encode(i: int, demos: list[int]) -> Prompted:
-        return encoder.encode(examples[i], [examples[d] for d in demos])
+    def encode(i: int, demos: list[int]) -> list[int]:
+        return encoder.prompt_ids(examples[i], [examples[d] for d in demos])
 
     if not unlabelled:
         k = min(prompt.k_max, n_train - 1)

@@ -31,16 +31,19 @@ def marked_test(task: Task, n_test: int, data_seed: int) -> tuple[list[int], lis
 
 def test_and_pool(task: Task, data: DataConfig) -> tuple[list[int], list[int]]:
     """The held-out test indices and the training pool, checked to be large enough for N + dev + test."""
-    check_sizes(task, data.n_train, data.dev_size, data.n_test, data.unlabelled or 0)
+    drawn = data.unlabelled if isinstance(data.unlabelled, int) else 0
+    check_sizes(task, data.n_train, data.dev_size, data.n_test, drawn)
     return marked_test(task, data.n_test, data.data_seed)
 
 
-def draw_split(test: list[int], pool: list[int], data: DataConfig, seed: int) -> Split:
-    """N training and N/2 dev examples drawn from the pool by `seed`, and in low-data mode M unlabelled queries from
-    the rest (the labelled draw is the same with or without them)."""
+def draw_split(test: list[int], pool: list[int], data: DataConfig, seed: int, from_file: list[int] = ()) -> Split:
+    """N training and N/2 dev examples drawn from the pool by `seed`, and in low-data mode the unlabelled queries:
+    those `from_file` (a file's, appended to the task), or M drawn from the rest of the pool (the labelled draw is
+    the same with or without them)."""
     chosen = random.Random(f"split-{seed}").sample(pool, data.n_train + data.dev_size)
     rest = sorted(set(pool) - set(chosen))
-    unlabelled = random.Random(f"unlabelled-{seed}").sample(rest, data.unlabelled) if data.unlabelled else []
+    drawn = isinstance(data.unlabelled, int) and data.unlabelled
+    unlabelled = random.Random(f"unlabelled-{seed}").sample(rest, data.unlabelled) if drawn else list(from_file)
     return Split(chosen[: data.n_train], chosen[data.n_train :], test, unlabelled)
 
 

@@ -36,21 +36,21 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed)
     teacher = teacher_targets(ctx, prompts, policy, seed, methods)
     examples = ctx.task.examples
-    plain = [ctx.encoder.encode(examples[i]) for i in teacher_queries(split, unlabelled)]
+    plain = [ctx.encoder.prompt_ids(examples[i]) for i in teacher_queries(split, unlabelled)]
     ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
     online = cfg.teacher.teacher_mode == "online"
     icl = [
-        Item(p.prompt, tokens, acts, top_ids, top_logp, q.prompt if online else None)
+        Item(p, tokens, acts, top_ids, top_logp, q if online else None)
         for p, q, tokens, acts, top_ids, top_logp in zip(plain, prompts, teacher.tokens, teacher.acts, ids, logp)
     ]
-    dev = plain[len(plain) - len(split.dev) :]
+    dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
     n, m = cfg.data.n_train, len(plain) - len(split.dev)
     return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev, teacher.key)
 
 
 def teacher_targets(
-    ctx: RunContext, prompts: Sequence[Prompted], policy: str, seed: int, methods: Sequence[str]
+    ctx: RunContext, prompts: Sequence[list[int]], policy: str, seed: int, methods: Sequence[str]
 ) -> targets.Targets:
     """The ICL teacher's answers, activations (none for the online teacher) and, when some method's loss needs them,
     next-token distributions, from the cache or collected now with the adapter disabled."""
@@ -70,7 +70,7 @@ def teacher_targets(
             ctx.model,
             tap,
             ctx.tokenizer,
-            [p.prompt for p in prompts],
+            list(prompts),
             fields,
             ctx.task.max_new_tokens,
             stop,

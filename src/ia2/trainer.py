@@ -38,6 +38,11 @@ def sized(cfg: RunConfig) -> RunConfig:
     (method,) = _one(cfg.methods, "methods")
     if METHODS[method].baseline:
         raise IA2Error(f"--methods {method} trains nothing: choose a trained method (ia2-sft, ia2, sft, ...)")
+    if isinstance(cfg.data.unlabelled, int):
+        raise IA2Error(
+            "--unlabelled: ia2 train uses every labelled example, so unlabelled queries come from a file "
+            "(--unlabelled queries.jsonl), not from the pool"
+        )
     task = declared(cfg.data.task, cfg)
     n_train, n_dev = sizes(len(task.examples), task.name)
     cfg = replace(cfg, data=replace(cfg.data, n_train=n_train, n_dev=n_dev))
@@ -71,7 +76,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
     cfg = ctx.cfg
     (method,), (seed,) = cfg.methods, cfg.seeds
     chosen = random.Random(f"split-{seed}").sample(ctx.pool, len(ctx.pool))
-    split = Split(chosen[: cfg.data.n_train], chosen[cfg.data.n_train :], [])
+    split = Split(chosen[: cfg.data.n_train], chosen[cfg.data.n_train :], [], ctx.unlabelled)
     ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
     data = stage_data(ctx, split, seed, [method])
     logs = StageRunner(ctx, data, seed).train(METHODS[method].stages)

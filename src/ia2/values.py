@@ -15,10 +15,10 @@ def _is_tuple(kind: Any) -> bool:
 
 
 def _optional(kind: Any) -> tuple[Any, bool]:
-    """The type inside `X | None`, and whether None is allowed."""
+    """The type inside `X | None` (`X | Y` kept as a union, tried in order), and whether None is allowed."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        return inner[0], True
+        return inner[0] if len(inner) == 1 else tuple(inner), type(None) in typing.get_args(kind)
     return kind, False
 
 
@@ -41,7 +41,19 @@ def coerce(declared: Any, value: Any, shown: str) -> Any:
         if not isinstance(parts, (list, tuple)):
             raise IA2Error(f"{shown} must be a list, got {value!r}")
         return tuple(_scalar(item, p, shown) for p in parts)
+    if isinstance(kind, tuple):
+        return _first(kind, value, shown)
     return _scalar(kind, value, shown)
+
+
+def _first(kinds: tuple[type, ...], value: Any, shown: str) -> Any:
+    """The value as the first of `kinds` it is (an int before a path, say)."""
+    for kind in kinds[:-1]:
+        try:
+            return _scalar(kind, value, shown)
+        except IA2Error:
+            continue
+    return _scalar(kinds[-1], value, shown)
 
 
 def _scalar(kind: type, value: Any, shown: str) -> Any:
