@@ -3,6 +3,8 @@ the unmerged adapter does; what cannot be merged or found is refused in one line
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -10,22 +12,33 @@ from transformers import AutoModelForCausalLM
 
 from conftest import toy_task_and_encoder
 from ia2 import adapters, cli, models
+from ia2.card import rendering
 from ia2.evaluate import score
+from ia2.targets import model_fingerprint
+from ia2.tasks import Task
 
 # fp32 merge: the same products summed in another order; bf16: the weights rounded to 8 bits of mantissa.
 TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
 
 
 def _saved(model_dir, kind: str, folder):
-    """A perturbed adapter (LoRA and IA3 start as the identity) saved as a run saves it."""
+    """A perturbed adapter (LoRA and IA3 start as the identity) saved as a run saves it, with its record."""
     model, tok = models.load(str(model_dir))
+    record = {
+        "base_model": str(model_dir),
+        "base_fingerprint": model_fingerprint(model),
+        "dtype": "float32",
+        "task": rendering(Task("t", (), labels=("no", "yes"))),
+        "chat": False,
+        "train_examples": [],
+    }
     peft = adapters.fresh(model, kind, 0)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in peft.parameters():
             if p.requires_grad:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    adapters.save(peft, folder, str(model_dir), {"README.md": "# card\n"})
+    adapters.save(peft, folder, str(model_dir), {"README.md": "# card\n", "ia2.json": json.dumps(record)})
     return tok
 
 

@@ -98,11 +98,13 @@ def test_bad_predict_inputs_are_one_line(trained, tmp_path, capsys):
             "--icl 9: 4 training examples to draw demonstrations from",
         ),
     ]
+    cases.append((trained["adapter"], trained["plain"], ["--out", str(tmp_path)], "a folder; --out names the file"))
     for adapter, inputs, extra, needle in cases:
         code = cli.main(["predict", str(adapter), "--input", str(inputs), "--out", str(tmp_path / "o.jsonl"), *extra])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "o.jsonl").exists()
+    assert (tmp_path / "noq.jsonl").is_file(), "a folder given as --out is left as it was"
 
 
 def test_the_base_can_load_from_elsewhere_but_must_be_the_adapters(trained, model_dirs, tmp_path, capsys):

@@ -43,15 +43,19 @@ def test_a_run_reports_training_and_final_metrics_to_tensorboard(llama_dir, tmp_
     result = run(cfg, tmp_path / "out")
     scalars = _scalars(tmp_path / "out" / "trackers")
     logs = json.loads((tmp_path / "out" / "train_logs.json").read_text())[0]["stages"]
+    steps = []
     for prefix, log in zip(("seed0/ia2:icl", "seed0/ia2:icl>ce:gold"), logs):
-        assert [s for s, _ in scalars[f"{prefix}/train_loss"]] == list(range(1, log["steps"] + 1))
+        assert len(scalars[f"{prefix}/train_loss"]) == log["steps"], "one training loss per optimizer step"
         assert all(v == pytest.approx(cfg.train.lr) for _, v in scalars[f"{prefix}/lr"])
         assert [v for _, v in scalars[f"{prefix}/dev_loss"]] == [
             pytest.approx(h["dev_loss"], rel=1e-6) for h in log["history"]
         ]
+        assert {v for _, v in scalars[f"{prefix}/step"]} == set(range(0, log["steps"] + 1)), "the stage's own step"
+        steps += [s for s, _ in scalars[f"{prefix}/train_loss"]]
+    assert steps == sorted(set(steps)), "the logged step only grows, across stages (trackers drop earlier ones)"
     (row,) = result["rows"]
-    (accuracy,) = scalars[f"seed0/ia2-sft/{row['eval_task']}/accuracy"]
-    assert accuracy == (0, pytest.approx(row["accuracy"], rel=1e-6))
+    ((step, accuracy),) = scalars[f"seed0/ia2-sft/{row['eval_task']}/accuracy"]
+    assert step > max(steps) and accuracy == pytest.approx(row["accuracy"], rel=1e-6)
 
 
 def test_nothing_is_tracked_by_default(llama_dir, tmp_path, monkeypatch):

@@ -57,12 +57,14 @@ def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
     small = write_jsonl(tmp_path / "small.jsonl", toy_rows(2))
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(12))
     (tmp_path / "full").mkdir()
+    (tmp_path / "file").write_text("")
     (tmp_path / "full" / "x").write_text("")
     cases = [
         (_train(llama_dir, small, tmp_path / "a"), "2 labelled examples; training needs at least 3"),
         (_train(llama_dir, task, tmp_path / "a", "--methods", "icl"), "--methods icl trains nothing"),
         (_train(llama_dir, task, tmp_path / "a", "--seeds", "0,1"), "trains one adapter, so give one"),
-        (_train(llama_dir, task, tmp_path / "full"), "already exists and is not empty"),
+        (_train(llama_dir, task, tmp_path / "full"), "already exists and is not an empty folder"),
+        (_train(llama_dir, task, tmp_path / "file"), "already exists and is not an empty folder"),
         (_train(llama_dir, task, tmp_path / "a", "--unlabelled", "5"), "unlabelled queries come from a file"),
     ]
     for argv, needle in cases:

@@ -88,6 +88,7 @@ def adapter_record(
     return {
         "base_model": cfg.model,
         "base_fingerprint": fingerprint,
+        "dtype": cfg.runtime.dtype,
         "method": method,
         "seed": seed,
         "config_key": key(cfg),

@@ -185,6 +185,11 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("adapter", type=Path, help="a saved adapter folder (adapters/seed<S>/<method>/ of a run)")
     exp.add_argument("--merged", type=Path, required=True, metavar="OUT", help="the new model folder")
     exp.add_argument("--dtype", choices=export.DTYPES, default="float32", help="dtype of the merged weights")
+    exp.add_argument(
+        "--model",
+        default=None,
+        help="load the base model from here (default: as the adapter names it); its weights must be the adapter's base",
+    )
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder", **SHOWN)
     rep.add_argument("folder", type=Path)
     rep.add_argument(
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))
             return 0
         if args.command == "export":
-            print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype)}/")
+            print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype, args.model)}/")
             return 0
         if args.command == "train":
             cfg, out = config_from_args(args, TRAIN_DEFAULTS)

@@ -23,7 +23,7 @@ from .results import write_reports
 from .splits import Split, draw_split, majority
 from .stages import StageData, StageRunner, stage_data
 from .taps import Tap
-from .tracking import open_tracking
+from .tracking import check_available, open_tracking
 
 log = logging.getLogger(__name__)
 # A trained method's metrics sent to the trackers.
@@ -38,6 +38,7 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
     main process alone writes, and decides what is left to do.
     """
     distributed.check_launch(cfg)
+    check_available(cfg)
     outdir.claim(out, cfg, overwrite)
     ctx = load_context(cfg)
     ctx.tracking = open_tracking(cfg, out / "trackers", out.name or "ia2")

@@ -26,6 +26,7 @@ ARTIFACTS = (
     "reliability.png",
     "train_logs.json",
     "manifest.json",
+    "trackers",
 )
 
 

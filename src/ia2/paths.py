@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import IA2Error
+
 
 def cache_root() -> Path:
     """The cache folder: $IA2_CACHE, else ~/.cache/ia2."""
@@ -25,6 +27,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():
+            if not tmp.is_dir():
+                raise IA2Error(f"{target}: a folder is in the way of the file to write there")
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:

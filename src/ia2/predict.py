@@ -12,18 +12,14 @@ from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from . import models, parsers, plots
-from .card import RECORD, rendering
+from . import models, parsers, plots, saved
+from .card import rendering
 from .errors import IA2Error
 from .evaluate import Scores, generation_metrics, score, summarise
-from .export import adapter_config
 from .generation import generate_texts
 from .paths import write_json, write_text
 from .prompts import Encoder
-from .targets import model_fingerprint
 from .tasks import Example, Task, load_task
 from .tasks.jsonl import read_jsonl
 
@@ -34,17 +30,6 @@ class Predicted:
 
     lines: list[dict]
     metrics: dict | None
-
-
-def load_record(adapter: Path) -> dict:
-    """A saved ia2 adapter's record (ia2.json), or one line saying why the folder is not one."""
-    if not adapter.is_dir():
-        raise IA2Error(f"{adapter}: no such adapter folder (to predict with a model alone, give --task)")
-    adapter_config(adapter)
-    path = adapter / RECORD
-    if not path.is_file():
-        raise IA2Error(f"{adapter}: not an ia2 adapter (no {RECORD}; adapters saved by ia2 0.2 and later have one)")
-    return json.loads(path.read_text())
 
 
 def task_of(record: dict, examples: list[Example]) -> Task:
@@ -82,14 +67,16 @@ def predict(
     task as `--task` names it: its rendering, labels and, for `icl`, demonstrations), a model with no adapter (hub
     id, embedded name or model folder). `icl` K puts K training examples before each input, the adapter disabled.
     `base_model` loads an adapter's base from elsewhere; its weights must be the ones the adapter was trained on."""
+    if out.is_dir():
+        raise IA2Error(f"{out}: a folder; --out names the file the prediction lines go to")
     examples = read_jsonl(inputs, answers=False)
-    record = load_record(Path(source)) if task_spec is None else task_record(str(source), task_spec)
+    record = saved.load_record(Path(source)) if task_spec is None else task_record(str(source), task_spec)
     task = task_of(record, examples)
     if icl > len(record["train_examples"]) or icl < 0:
         raise IA2Error(f"--icl {icl}: {len(record['train_examples'])} training examples to draw demonstrations from")
     demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
     if task_spec is None:
-        model, tokenizer = _with_adapter(Path(source), record, base_model)
+        model, tokenizer = saved.on_base(Path(source), record, base_model)
     else:
         model, tokenizer = models.load(str(source))
     encoder = Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings, record["chat"])
@@ -105,20 +92,10 @@ def predict(
     write_text(out, "".join(json.dumps({"question": e.question, **line}) + "\n" for e, line in zip(examples, lines)))
     if result is not None:
         write_json(out.with_suffix(".metrics.json"), result)
+    else:
+        for stale in (out.with_suffix(".metrics.json"), out.with_suffix(".reliability.png")):
+            stale.unlink(missing_ok=True)
     return Predicted(lines, result)
-
-
-def _with_adapter(adapter: Path, record: dict, base_model: str | None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """A saved adapter on its base model (from `base_model` when given, checked to have the same weights)."""
-    named = base_model or record["base_model"]
-    base, tokenizer = models.load(named)
-    found = model_fingerprint(base)
-    if found != record["base_fingerprint"]:
-        raise IA2Error(
-            f"{named}: not the base model {adapter} was trained on (weights fingerprint {found}, the adapter's "
-            f"{record['base_fingerprint']})"
-        )
-    return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
 
 
 def task_record(model: str, task_spec: str) -> dict:

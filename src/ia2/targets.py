@@ -26,7 +26,8 @@ from .taps import SITES, Tap
 
 log = logging.getLogger(__name__)
 TENSOR_NAMES = ("tokens", "acts", "top_ids", "top_logp")
-PATH_FIELDS = frozenset({"_name_or_path"})  # where the config was read from: not part of the model
+# Config fields that say where and how it was loaded (its folder, the dtype asked for), not what the model is.
+PATH_FIELDS = frozenset({"_name_or_path", "dtype", "torch_dtype"})
 
 
 @dataclass
@@ -47,20 +48,20 @@ class Targets:
 
 
 def _without_paths(config: object) -> object:
-    """A config dict (and its sub-configs) without the fields naming where it was loaded from."""
+    """A config dict (and its sub-configs) without the fields naming where it was loaded from and in which dtype."""
     if isinstance(config, dict):
         return {k: _without_paths(v) for k, v in config.items() if k not in PATH_FIELDS}
     return config
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A cheap hash of a model's config and a slice of every weight: it changes when the weights do, not when the
-    model folder or the cache holding it moves."""
+    """A cheap hash of a model's config and a slice of every weight (at bfloat16 precision): it changes when the
+    weights do, not when the model folder or the cache holding it moves, nor with the dtype it is loaded in."""
     config = _without_paths(json.loads(model.config.to_json_string(use_diff=False)))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, param in model.named_parameters():
         digest.update(name.encode())
-        digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+        digest.update(param.detach().reshape(-1)[:64].to(torch.bfloat16).float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

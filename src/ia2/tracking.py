@@ -7,9 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
 
 from . import config, distributed
 from .config import RunConfig
+from .errors import IA2Error
 
 # A reporter takes {name: value} at a step; `None` where nothing is tracked.
 Reporter = Callable[[dict[str, float], int], None]
@@ -20,16 +22,35 @@ class Tracking:
     settings are recorded as its hyperparameters."""
 
     def __init__(self, cfg: RunConfig, folder: Path, name: str) -> None:
-        self._accelerator = Accelerator(log_with=list(cfg.runtime.report_to), project_dir=str(folder))
+        self._accelerator = Accelerator(log_with=list(cfg.runtime.report_to), project_dir=str(folder / name))
         settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.flat(cfg).items()}
-        self._accelerator.init_trackers(name, config=settings)
+        names = {"wandb": {"name": name}, "mlflow": {"run_name": name}}
+        self._accelerator.init_trackers("ia2", config=settings, init_kwargs=names)
+        self._step = 0
 
     def reporter(self, prefix: str) -> Reporter:
-        """A reporter that logs every value under `prefix/` (e.g. `seed0/ia2:icl/train_loss`)."""
-        return lambda values, step: self._accelerator.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
+        """A reporter that logs every value under `prefix/` (e.g. `seed0/ia2:icl/train_loss`) at one step that only
+        grows (trackers such as W&B drop earlier steps), the stage's own step logged beside as `prefix/step`."""
+
+        def report(values: dict[str, float], step: int) -> None:
+            self._step += 1
+            logged = {f"{prefix}/{k}": v for k, v in {**values, "step": step}.items()}
+            self._accelerator.log(logged, step=self._step)
+
+        return report
 
     def finish(self) -> None:
-        self._accelerator.end_training()
+        """Close the trackers (not the process group, which `Accelerator.end_training` would also leave)."""
+        for tracker in self._accelerator.trackers:
+            tracker.finish()
+
+
+def check_available(cfg: RunConfig) -> None:
+    """Refuse, before anything loads, a tracker whose package is not installed (accelerate would drop it silently)."""
+    available = {getattr(tracker, "value", tracker) for tracker in get_available_trackers()}
+    missing = [name for name in cfg.runtime.report_to if name not in available]
+    if missing:
+        raise IA2Error(f"--report-to {missing[0]}: its package is not installed (pip install {missing[0]})")
 
 
 def open_tracking(cfg: RunConfig, folder: Path, name: str) -> Tracking | None:

@@ -1,11 +1,10 @@
 """`ia2 train`: one adapter of one method (IA2 → SFT by default) trained on all of a task's labelled examples, with
-nothing held out for testing: the examples are split into training and dev by the usual rule (dev = N/2), and the
+nothing held out for testing: the examples are split into training and dev (dev about N/2, as a run has it), and the
 output folder holds the adapter, its model card and its record (ia2.json), ready for `ia2 predict` and `ia2 export`."""
 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,16 +15,16 @@ from .context import RunContext, declared, load_context
 from .errors import IA2Error
 from .measure import dev_accuracy
 from .methods import METHODS
-from .splits import Split
+from .splits import draw_split
 from .stages import StageRunner, stage_data
-from .tracking import open_tracking
+from .tracking import check_available, open_tracking
 
 log = logging.getLogger(__name__)
 
 
 def sizes(rows: int, where: str) -> tuple[int, int]:
-    """(N, dev) for `rows` labelled examples: N = rows − ⌊rows/3⌋ and dev the rest (N/2, as a run draws them);
-    at least 2 training examples (leave-one-out demonstrations) and 1 dev example are needed."""
+    """(N, dev) for `rows` labelled examples: N = rows − ⌊rows/3⌋ and dev the rest, ⌊rows/3⌋ (about N/2, as a run
+    draws them); at least 2 training examples (leave-one-out demonstrations) and 1 dev example are needed."""
     if rows < 3:
         raise IA2Error(f"{where}: {rows} labelled examples; training needs at least 3 (2 to train, 1 for dev)")
     n_train = rows - rows // 3
@@ -43,7 +42,8 @@ def sized(cfg: RunConfig) -> RunConfig:
             "--unlabelled: ia2 train uses every labelled example, so unlabelled queries come from a file "
             "(--unlabelled queries.jsonl), not from the pool"
         )
-    task = declared(cfg.data.task, cfg)
+    with distributed.main_first():
+        task = declared(cfg.data.task, cfg)
     n_train, n_dev = sizes(len(task.examples), task.name)
     cfg = replace(cfg, data=replace(cfg.data, n_train=n_train, n_dev=n_dev))
     validate(cfg)
@@ -59,8 +59,9 @@ def _one(values: tuple, name: str) -> tuple:
 def train(cfg: RunConfig, out: Path) -> Path:
     """Train the config's one method on every labelled example and save the adapter to `out` (a new folder)."""
     distributed.check_launch(cfg)
-    if out.exists() and any(out.iterdir()):
-        raise IA2Error(f"{out}: already exists and is not empty; train into a new folder")
+    check_available(cfg)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise IA2Error(f"{out}: already exists and is not an empty folder; train into a new folder")
     cfg = sized(cfg)
     ctx = load_context(cfg, held_out=False)
     ctx.tracking = open_tracking(cfg, out.parent / "trackers", out.name)
@@ -75,8 +76,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
     """`train` once set up: split, collect the teacher's targets, train the stages, save."""
     cfg = ctx.cfg
     (method,), (seed,) = cfg.methods, cfg.seeds
-    chosen = random.Random(f"split-{seed}").sample(ctx.pool, len(ctx.pool))
-    split = Split(chosen[: cfg.data.n_train], chosen[cfg.data.n_train :], [], ctx.unlabelled)
+    split = draw_split([], ctx.pool, cfg.data, seed, ctx.unlabelled)
     ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
     data = stage_data(ctx, split, seed, [method])
     logs = StageRunner(ctx, data, seed).train(METHODS[method].stages)
