@@ -135,3 +135,35 @@ def test_a_model_alone_predicts_with_a_tasks_rendering(trained, model_dirs, tmp_
     assert alone.metrics is not None and 0 <= alone.metrics["accuracy"] <= 1
     icl = predict(str(model_dirs["llama"]), trained["labelled"], tmp_path / "i.jsonl", icl=3, task_spec=spec)
     assert [line["probs"] for line in icl.lines] != [line["probs"] for line in alone.lines]
+
+
+def test_a_generative_adapter_predicts_generations_and_parsed_answers(model_dirs, tmp_path, monkeypatch):
+    """For a generative task each line holds the generation (cut by the stop rule) and its parsed answer, and the
+    accuracy on the run's test rows is the run's."""
+    from test_generative import copy_rows
+
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    task = write_jsonl(tmp_path / "copy.jsonl", copy_rows())
+    cfg = config.make(
+        str(model_dirs["llama"]),
+        f"jsonl:{task}",
+        methods=["sft"],
+        n_train=4,
+        n_test=8,
+        seeds=[0],
+        max_epochs=2,
+        parser="text",
+        max_new_tokens=6,
+    )
+    (row,) = run(cfg, tmp_path / "run")["rows"]
+    test = json.loads((tmp_path / "run" / "manifest.json").read_text())["task"]["test_indices"]
+    examples = load_task(f"jsonl:{task}").examples
+    inputs = write_jsonl(
+        tmp_path / "in.jsonl", [{"question": examples[i].question, "answer": examples[i].answer} for i in test]
+    )
+    done = predict(tmp_path / "run" / "adapters" / "seed0" / "sft", inputs, tmp_path / "p.jsonl")
+    assert [line["generation"] for line in done.lines] == row["generations"]
+    assert all(set(line) == {"generation", "parsed"} for line in done.lines)
+    assert (
+        done.metrics["accuracy"] == row["accuracy"] and done.metrics["parse_failure_rate"] == row["parse_failure_rate"]
+    )
