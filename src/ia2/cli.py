@@ -218,49 +218,40 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every adapter it makes: noise for users.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    try:
-        if args.command == "sweep":
-            return run_sweep(args)
-        if args.command == "report":
-            print(report.write(args.folder, args.select))
-            return 0
-        if args.command == "predict":
-            done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model, args.task)
-            print(f"{len(done.lines)} predictions written to {args.out}")
-            if done.metrics is not None:
-                print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))
-            return 0
-        if args.command == "export":
-            print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype, args.model)}/")
-            return 0
-        if args.command == "train":
-            cfg, out = config_from_args(args, TRAIN_DEFAULTS)
-            print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
-            return 0
-        cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
-        run(cfg, out, overwrite=getattr(args, "overwrite", False))
-    except IA2Error as exc:
-        print(f"ia2: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ia2: interrupted; finished rows are kept: rerun the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        distributed.finish()
+def run_command(args: argparse.Namespace) -> int:
+    """`ia2 run` and `ia2 demo`: compare the methods, then print the results table."""
+    cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
+    run(cfg, out, overwrite=getattr(args, "overwrite", False))
     if distributed.is_main():
         print((out / "results.md").read_text())
         print(f"written to {out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
     return 0
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
+    """`ia2 train`: one adapter on all labelled examples."""
+    cfg, out = config_from_args(args, TRAIN_DEFAULTS)
+    print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """`ia2 predict`: the prediction lines, and the metrics when the inputs have answers."""
+    done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model, args.task)
+    print(f"{len(done.lines)} predictions written to {args.out}")
+    if done.metrics is not None:
+        print(json.dumps({k: v for k, v in done.metrics.items() if v is not None}, indent=2))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """`ia2 export`: the merged model folder."""
+    print(f"merged model written to {export.merged(args.adapter, args.merged, args.dtype, args.model)}/")
+    return 0
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """`ia2 sweep`: every run of the grid not yet finished, then its report (unless sharded)."""
     plan = sweep.load(args.config, args.out)
     if args.dry_run:
         print(sweep.dump_points(plan))
@@ -269,6 +260,43 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.shard[1] == 1 and distributed.is_main():
         print(report.write(plan.out))
     return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`ia2 report`: the tables, tests and figures of a sweep or run folder."""
+    print(report.write(args.folder, args.select))
+    return 0
+
+
+COMMANDS = {
+    "run": run_command,
+    "demo": run_command,
+    "train": train_command,
+    "predict": predict_command,
+    "export": export_command,
+    "sweep": sweep_command,
+    "report": report_command,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input is one line and exit code 2, Ctrl-C one line and 130."""
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every adapter it makes: noise for users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    try:
+        return COMMANDS[args.command](args)
+    except IA2Error as exc:
+        print(f"ia2: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ia2: interrupted; finished rows are kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        distributed.finish()
 
 
 if __name__ == "__main__":
