@@ -66,11 +66,16 @@ def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
         (_train(llama_dir, task, tmp_path / "full"), "already exists and is not an empty folder"),
         (_train(llama_dir, task, tmp_path / "file"), "already exists and is not an empty folder"),
         (_train(llama_dir, task, tmp_path / "a", "--unlabelled", "5"), "unlabelled queries come from a file"),
+        (_train(llama_dir, task, tmp_path / "a", "--n-test", "5"), "--n-test: ia2 train holds no test set out"),
+        (_train(llama_dir, task, tmp_path / "a", "--n-train", "5"), "--n-train: ia2 train sets N and dev from"),
     ]
     for argv, needle in cases:
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "a").exists()
+    (tmp_path / "run.yaml").write_text("icl_demos: per-query\n")
+    assert cli.main([*_train(llama_dir, task, tmp_path / "a"), "--config", str(tmp_path / "run.yaml")]) == 2
+    assert "run.yaml: icl_demos: ia2 train evaluates no ICL baseline; drop it" in capsys.readouterr().err
     with pytest.raises(IA2Error, match="at least 3"):
         trainer.sizes(1, "t")

@@ -31,6 +31,15 @@ DEMO = config.make(
 SHOWN = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 # `ia2 train` makes one adapter: one method, one seed, unless the user says otherwise.
 TRAIN_DEFAULTS = {"methods": ["ia2-sft"], "seeds": [0]}
+# Settings `ia2 train` has no use for, and why: given, they would be silently ignored.
+TRAIN_REFUSED = {
+    "data.n_train": "sets N and dev from the number of labelled rows",
+    "data.n_dev": "sets N and dev from the number of labelled rows",
+    "data.n_test": "holds no test set out",
+    "data.eval_tasks": "holds no test set out",
+    "data.data_seed": "draws no test set",
+    "prompt.icl_demos": "evaluates no ICL baseline",
+}
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
 
 
@@ -94,9 +103,11 @@ def _metavar(kind: Any) -> str:
     return "X" if "float" in text else "NAME|MAPPING" if "dict" in text else "TEXT"
 
 
-def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:
+def config_from_args(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None, refused: dict[str, str] | None = None
+) -> tuple[RunConfig, Path]:
     """The run's config from `defaults` (the command's own), then `--config FILE` (if given), then the flags given,
-    and its output folder."""
+    and its output folder; a setting in `refused` (path → why the command has no use for it) is one line."""
     given: dict[str, tuple[Any, str]] = {
         config.resolve(k, k): (v, config.flag(config.resolve(k, k))) for k, v in (defaults or {}).items()
     }
@@ -110,6 +121,9 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
         given.update(config.flatten(data, str(args.config)))
     flags = {k: v for k, v in vars(args).items() if k in config.paths()}
     given.update({path: (value, config.flag(path)) for path, value in flags.items()})
+    for path, why in (refused or {}).items():
+        if path in given:
+            raise IA2Error(f"{given[path][1]}: ia2 {args.command} {why}; drop it")
     return config.build(given), args.out or out
 
 
@@ -230,7 +244,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     """`ia2 train`: one adapter on all labelled examples."""
-    cfg, out = config_from_args(args, TRAIN_DEFAULTS)
+    cfg, out = config_from_args(args, TRAIN_DEFAULTS, TRAIN_REFUSED)
     print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
     return 0
 
