@@ -160,7 +160,7 @@ def cell(method: str, n: int, acc: float, std: float) -> dict:
         "model": "m",
         "task": "t",
         "eval_task": "t",
-        "n": n,
+        "n_train": n,
         "method": method,
         "accuracy_mean": acc,
         "accuracy_std": std,

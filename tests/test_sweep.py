@@ -108,7 +108,7 @@ def test_report_files_and_cells(swept):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "summary.json").read_text())
     cells = data["cells"]
-    assert sorted({(c["n"], c["method"]) for c in cells}) == sorted(
+    assert sorted({(c["n_train"], c["method"]) for c in cells}) == sorted(
         (n, m) for n in (4, 6) for m in ("zero-shot", "icl", "sft", "ia2", "ia2-sft")
     )
     assert all(c["n_seeds"] == 2 for c in cells)
@@ -260,7 +260,7 @@ def test_cells_and_tests_order_n_as_a_number():
         for method in ("sft", "ia2-sft")
         for seed in (0, 1)
     ]
-    assert [c["n"] for c in aggregate.cells(rows)][::2] == [4, 8, 16]
+    assert [c["n_train"] for c in aggregate.cells(rows)][::2] == [4, 8, 16]
     assert [t["n_train"] for t in aggregate.paired_test(rows, by=("model", "n_train"))] == [4, 8, 16]
 
 

@@ -17,7 +17,7 @@ def cell(task, eval_task, method, acc, acc_std, ece=None, ece_std=None, n=8, p=N
         "model": model,
         "task": task,
         "eval_task": eval_task,
-        "n": n,
+        "n_train": n,
         "method": method,
         "accuracy_mean": acc,
         "accuracy_std": acc_std,

@@ -126,7 +126,7 @@ def cells(rows: Iterable[dict]) -> list[dict]:
             "model": model,
             "task": task,
             "eval_task": eval_task,
-            "n": n,
+            "n_train": n,
             "method": method,
             "condition": condition,
             "n_seeds": len(mine),

@@ -30,7 +30,7 @@ def _one_setting(cells: list[dict]) -> tuple[str, str, str]:
     settings = sorted({(c["model"], c["task"], c["eval_task"]) for c in cells})
     if len(settings) > 1:
         raise IA2Error(f"cells span {len(settings)} (model, task, eval_task) settings; plot one at a time")
-    if len({(c["method"], c["n"]) for c in cells}) < len(cells):
+    if len({(c["method"], c["n_train"]) for c in cells}) < len(cells):
         raise IA2Error("two cells for the same (method, N)")
     return settings[0]
 
@@ -43,16 +43,16 @@ def plot_accuracy_vs_n(cells: Sequence[dict], path: Path, metric: str = "accurac
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for method in dict.fromkeys(c["method"] for c in cells):
-        mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["n"])
+        mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["n_train"])
         ax.errorbar(
-            [c["n"] for c in mine],
+            [c["n_train"] for c in mine],
             [c[f"{metric}_mean"] for c in mine],
             yerr=[c.get(f"{metric}_std") or 0.0 for c in mine],
             marker="o",
             capsize=3,
             label=display(method),
         )
-    ns = sorted({c["n"] for c in cells})
+    ns = sorted({c["n_train"] for c in cells})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set(

@@ -124,14 +124,14 @@ def _attach_p_values(cells: list[dict], tests: list[dict]) -> None:
     by = {(t["model"], t["task"], t["eval_task"], t["n_train"], t["condition"]): t for t in tests}
     for c in cells:
         if c["method"] == HEADLINE[0]:
-            test = by.get((c["model"], c["task"], c["eval_task"], c["n"], c["condition"]), {})
+            test = by.get((c["model"], c["task"], c["eval_task"], c["n_train"], c["condition"]), {})
             c.update({key: test.get(key) for key in ("p_one_sided", "p_two_sided")})
 
 
 def _by_table(cells: list[dict], keys: dict[str, str]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
-        groups[c["model"], keys[c["condition"]], c["n"]].append(c)
+        groups[c["model"], keys[c["condition"]], c["n_train"]].append(c)
     return dict(sorted(groups.items()))
 
 
@@ -227,7 +227,7 @@ def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path, k
     for c in cells:
         settings[c["model"], c["task"], c["eval_task"], keys[c["condition"]]].append(c)
     for (model, task, eval_task, var), group in sorted(settings.items()):
-        if len({c["n"] for c in group}) > 1:
+        if len({c["n_train"] for c in group}) > 1:
             path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task)}.png"
             plots.plot_accuracy_vs_n(group, path)
             text += f"- accuracy against N, {model}, {eval_task}: `{path.relative_to(folder)}`\n"

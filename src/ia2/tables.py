@@ -30,7 +30,7 @@ def _dec(x: float) -> str:
 
 def _rows(cells: Sequence[dict], methods: Sequence[str], n: int) -> list[TableLine]:
     """(task, eval_task, {method: cell}) per table row; sources in first-seen order, in-distribution row first."""
-    chosen = [c for c in cells if c["n"] == n and c["method"] in methods]
+    chosen = [c for c in cells if c["n_train"] == n and c["method"] in methods]
     if not chosen:
         raise IA2Error(f"no cells for N={n} and methods {', '.join(methods)}")
     models = sorted({c["model"] for c in chosen})
@@ -157,9 +157,9 @@ def _headline_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
     pairs: dict[tuple, dict[str, dict]] = {}
     for c in cells:
         if c["method"] in HEADLINE and c.get("accuracy_mean") is not None:
-            pair = pairs.setdefault((c["model"], c["task"], c["eval_task"], c["n"]), {})
+            pair = pairs.setdefault((c["model"], c["task"], c["eval_task"], c["n_train"]), {})
             if c["method"] in pair:
-                where = f"{c['model']} {c['task']} → {c['eval_task']} at N={c['n']}"
+                where = f"{c['model']} {c['task']} → {c['eval_task']} at N={c['n_train']}"
                 raise IA2Error(f"two {c['method']} cells for {where}")
             pair[c["method"]] = c
     return pairs
@@ -200,7 +200,7 @@ def means_table(cells: Sequence[dict], methods: Sequence[str]) -> str:
     groups: dict[tuple, dict[tuple[str, str], dict[str, dict]]] = {}
     for c in cells:
         if c["method"] in methods and c.get("accuracy_mean") is not None:
-            key = (c["model"], c["n"], c["eval_task"] != c["task"])
+            key = (c["model"], c["n_train"], c["eval_task"] != c["task"])
             groups.setdefault(key, {}).setdefault((c["task"], c["eval_task"]), {})[c["method"]] = c
     lines = [
         "| model | N | rows | " + " | ".join(display(m) for m in methods) + " |",
