@@ -213,6 +213,12 @@ def _sequence_logp(model: nn.Module, prompts: Sequence[Sequence[int]], ids: Sequ
     return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu().numpy()
 
 
+def reliability(scores: Scores, gold: np.ndarray) -> dict[str, list]:
+    """Each example's confidence (its top label's renormalised probability) and whether that label is gold."""
+    probs = scores.label_probs()
+    return {"confidence": probs.max(axis=1).tolist(), "correct": (probs.argmax(axis=1) == gold).astype(int).tolist()}
+
+
 def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int]) -> dict:
     """Label-renormalised and full-vocabulary metrics for one evaluation."""
     first = np.asarray(label_first)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .context import EvalSet, RunContext
-from .evaluate import Scores, generation_metrics, layer_cosine, score, summarise
+from .evaluate import Scores, generation_metrics, layer_cosine, reliability, score, summarise
 from .generation import generate_texts
 from .prompts import Prompted, icl_demos
 from .splits import Split
@@ -61,13 +61,8 @@ def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: s
         acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
     measured = scores(ctx, prompts, encoder.label_ids, desc)
-    probs = measured.label_probs()
-    reliability = {
-        "confidence": probs.max(axis=1).tolist(),
-        "correct": (probs.argmax(axis=1) == se.gold).astype(int).tolist(),
-    }
     first = [ids[0] for ids in encoder.label_ids]
-    return {**summarise(measured, se.gold, first), "reliability": reliability}, measured.acts
+    return {**summarise(measured, se.gold, first), "reliability": reliability(measured, se.gold)}, measured.acts
 
 
 def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:

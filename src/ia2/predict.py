@@ -16,7 +16,7 @@ from peft import PeftModel
 from . import models, parsers, plots, saved
 from .card import rendering
 from .errors import IA2Error
-from .evaluate import Scores, generation_metrics, score, summarise
+from .evaluate import Scores, generation_metrics, reliability, score, summarise
 from .generation import generate_texts
 from .paths import write_json, write_text
 from .prompts import Encoder
@@ -129,10 +129,9 @@ def _label_metrics(measured: Scores, encoder: Encoder, examples: list[Example], 
         return None
     gold = np.array([encoder.task.labels.index(e.answer) for e in examples])
     result = summarise(measured, gold, [ids[0] for ids in encoder.label_ids])
-    probs = measured.label_probs()
+    seen = reliability(measured, gold)
     plots.plot_reliability(
-        {"predict": (probs.max(axis=1), (probs.argmax(axis=1) == gold).astype(int))},
-        out.with_suffix(".reliability.png"),
+        {"predict": (np.array(seen["confidence"]), np.array(seen["correct"]))}, out.with_suffix(".reliability.png")
     )
     return result
 
