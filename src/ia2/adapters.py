@@ -123,6 +123,11 @@ def peft_config(spec: Mapping[str, Any]) -> PeftConfig:
         raise IA2Error(f"{spec['peft_type']} adapter: {str(exc).splitlines()[0]}") from None
 
 
+def merges(peft_type: str) -> bool:
+    """Whether adapters of this PEFT type may be merged into the base weights (the tested kinds that allow it)."""
+    return peft_type in CAPABILITIES and CAPABILITIES[peft_type].merge
+
+
 def capabilities(spec: Mapping[str, Any]) -> Capability:
     """What an adapter mapping's kind allows (see `Capability`)."""
     if spec["peft_type"] in CAPABILITIES:
@@ -202,7 +207,7 @@ def merged_bf16(model: PeftModel) -> nn.Module:
     """A bfloat16 copy of the model with its LoRA or IA3 adapter merged in: how the reference code evaluates (parity
     only: the merge rounds the small update onto the bf16 grid of the base weights, so it is not the trained model)."""
     kind = model.peft_config[model.active_adapter].peft_type.value
-    if kind not in CAPABILITIES or not CAPABILITIES[kind].merge:
+    if not merges(kind):
         raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind}")
     merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()
     return merged.eval()

@@ -23,7 +23,7 @@ def merged(adapter: Path, out: Path, dtype: str = "float32", base_model: str | N
     spec = saved.adapter_config(adapter)
     record = saved.load_record(adapter)
     kind = spec["peft_type"]
-    if kind not in adapters.CAPABILITIES or not adapters.CAPABILITIES[kind].merge:
+    if not adapters.merges(kind):
         raise IA2Error(f"{adapter}: a {kind} adapter cannot be merged into the weights; serve it unmerged")
     if out.exists():
         raise IA2Error(f"{out}: already exists; export into a new folder")
