@@ -23,7 +23,7 @@ from .results import write_reports
 from .splits import Split, draw_split, majority
 from .stages import StageData, StageRunner, stage_data
 from .taps import Tap
-from .tracking import check_available, open_tracking
+from .tracking import check_available, tracked
 
 log = logging.getLogger(__name__)
 # A trained method's metrics sent to the trackers.
@@ -41,12 +41,8 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
     check_available(cfg)
     outdir.claim(out, cfg, overwrite)
     ctx = load_context(cfg)
-    ctx.tracking = open_tracking(cfg, out / "trackers", out.name or "ia2")
-    try:
+    with tracked(ctx, out / "trackers", out.name or "ia2"):
         return _run(ctx, cfg, out)
-    finally:
-        if ctx.tracking is not None:
-            ctx.tracking.finish()
 
 
 def _run(ctx: RunContext, cfg: RunConfig, out: Path) -> dict:

@@ -3,8 +3,10 @@ Trackio): per-step training loss and learning rate, dev losses, and each method'
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
@@ -12,6 +14,9 @@ from accelerate.tracking import get_available_trackers
 from . import config, distributed
 from .config import RunConfig
 from .errors import IA2Error
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 # A reporter takes {name: value} at a step; `None` where nothing is tracked.
 Reporter = Callable[[dict[str, float], int], None]
@@ -53,6 +58,14 @@ def check_available(cfg: RunConfig) -> None:
         raise IA2Error(f"--report-to {missing[0]}: its package is not installed (pip install {missing[0]})")
 
 
-def open_tracking(cfg: RunConfig, folder: Path, name: str) -> Tracking | None:
-    """The trackers `report_to` names (None for none), on the main process only: it alone reports."""
-    return Tracking(cfg, folder, name) if cfg.runtime.report_to and distributed.is_main() else None
+@contextmanager
+def tracked(ctx: RunContext, folder: Path, name: str) -> Iterator[None]:
+    """While open, `ctx.tracking` holds the trackers `report_to` names (None for none), on the main process only (it
+    alone reports); they are closed on the way out, whatever happens inside."""
+    cfg = ctx.cfg
+    ctx.tracking = Tracking(cfg, folder, name) if cfg.runtime.report_to and distributed.is_main() else None
+    try:
+        yield
+    finally:
+        if ctx.tracking is not None:
+            ctx.tracking.finish()

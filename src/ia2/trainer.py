@@ -17,7 +17,7 @@ from .measure import dev_accuracy
 from .methods import METHODS
 from .splits import draw_split
 from .stages import StageRunner, stage_data
-from .tracking import check_available, open_tracking
+from .tracking import check_available, tracked
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,8 @@ def train(cfg: RunConfig, out: Path) -> Path:
         raise IA2Error(f"{out}: already exists and is not an empty folder; train into a new folder")
     cfg = sized(cfg)
     ctx = load_context(cfg, held_out=False)
-    ctx.tracking = open_tracking(cfg, out.parent / "trackers", out.name)
-    try:
+    with tracked(ctx, out.parent / "trackers", out.name):
         return _train(ctx, out)
-    finally:
-        if ctx.tracking is not None:
-            ctx.tracking.finish()
 
 
 def _train(ctx: RunContext, out: Path) -> Path:
