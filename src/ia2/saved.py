@@ -16,6 +16,14 @@ from .errors import IA2Error
 from .targets import model_fingerprint
 
 
+def _read_json(path: Path) -> object:
+    """A JSON file's content, or one line naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IA2Error(f"{path}: malformed JSON ({exc.msg})") from None
+
+
 def adapter_config(adapter: Path) -> dict:
     """A saved adapter's PEFT config, or one line saying why the folder is not one."""
     if not adapter.is_dir():
@@ -23,10 +31,7 @@ def adapter_config(adapter: Path) -> dict:
     path = adapter / "adapter_config.json"
     if not path.is_file():
         raise IA2Error(f"{adapter}: not a saved adapter (no adapter_config.json)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IA2Error(f"{path}: malformed JSON ({exc.msg})") from None
+    data = _read_json(path)
     if not isinstance(data, dict) or not data.get("peft_type") or not data.get("base_model_name_or_path"):
         raise IA2Error(f"{path}: fields 'peft_type' and 'base_model_name_or_path' are required")
     return data
@@ -40,10 +45,7 @@ def load_record(adapter: Path) -> dict:
     path = adapter / RECORD
     if not path.is_file():
         raise IA2Error(f"{adapter}: not an ia2 adapter (no {RECORD}; adapters saved by ia2 0.2 and later have one)")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IA2Error(f"{path}: malformed JSON ({exc.msg})") from None
+    record = _read_json(path)
     missing = [k for k in ("base_model", "base_fingerprint", "task", "chat", "train_examples") if k not in record]
     if missing:
         raise IA2Error(f"{path}: field {missing[0]!r} missing (saved by an earlier ia2: retrain the adapter)")
