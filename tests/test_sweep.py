@@ -155,7 +155,7 @@ def test_report_files_and_cells(swept):
         ),
         ("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\nselect: test\n", "field 'select' must be one of"),
         ("methods: [sft\n", "malformed YAML"),
-        ("methods: [sft]\nseeds: [0]\ngrid: [a, b]\n", "grid must be a mapping of settings"),
+        ("methods: [sft]\nseeds: [0]\ngrid: [a, b]\n", "grid must be a mapping of settings or a list of them"),
         (
             "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, methods: [icl]}\n",
             "fixed: methods and seeds are given at the top",
@@ -192,6 +192,25 @@ def test_a_grid_value_can_set_several_fields(tmp_path):
         ("sst2", ("finsen", "poems"), 2),
         ("sst2", ("finsen", "poems"), 4),
     ]
+
+
+def test_a_list_of_grids_is_their_union(tmp_path):
+    """One model at more N than another, tasks shared through a YAML anchor; an error names the grid it is in."""
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        "methods: [sft]\nseeds: [0]\ntune: {lr: [0.001, 0.01]}\ngrid:\n"
+        "  - {model: [big], task: &tasks [t1, t2], n_train: [4, 8]}\n"
+        "  - {model: [small], task: *tasks, n_train: [4]}\n"
+    )
+    configs = sweep.load(path).configs()
+    assert len(configs) == 12
+    assert {(c.model, c.data.task, c.data.n_train) for c in configs} == {
+        (m, t, n) for m, ns in (("big", (4, 8)), ("small", (4,))) for t in ("t1", "t2") for n in ns
+    }
+    assert [c.data.n_train for c in configs] == sorted(c.data.n_train for c in configs)
+    path.write_text("methods: [sft]\nseeds: [0]\ngrid:\n  - {model: [m], task: [t]}\n  - {model: [m], lr: [x]}\n")
+    with pytest.raises(IA2Error, match=r"grid\[1\]"):
+        sweep.load(path)
 
 
 def test_runs_recorded_before_an_option_existed_group_with_later_ones():

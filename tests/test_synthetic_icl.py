@@ -19,9 +19,9 @@ from ia2.config import TrainConfig
 from ia2.evaluate import layer_cosine, score, summarise
 from ia2.methods import IA2
 from ia2.prompts import draw_demos
+from ia2.synthetic import PretrainConfig, World, load, pretrain, save
 from ia2.taps import Tap
 from ia2.train import Item, train_stage
-from synthetic_icl import PretrainConfig, World, load, pretrain, save
 
 WORLD_SEED = 0
 K = 8  # demonstrations per ICL prompt

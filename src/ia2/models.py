@@ -13,6 +13,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import synthetic
 from .errors import IA2Error
 from .paths import atomic_path, cache_root
 
@@ -94,12 +95,14 @@ def resolve(spec: str) -> str:
     """Turn --model into something from_pretrained takes: an embedded name, a local folder, or a hub id."""
     if spec in EMBEDDED:
         return str(convert_embedded(spec))
+    if spec == synthetic.MODEL:
+        return str(synthetic.model_folder())
     path = Path(spec).expanduser()
     if path.exists():
         _check_config(path)
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        known = ", ".join(EMBEDDED)
+        known = ", ".join([*EMBEDDED, synthetic.MODEL])
         raise IA2Error(
             f"unknown model {spec!r}: not an embedded name ({known}), a local folder, or a hub id (org/name)"
         )

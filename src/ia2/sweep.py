@@ -26,32 +26,36 @@ SELECT = ("dev_loss", "dev_accuracy", "test_accuracy")
 
 @dataclass(frozen=True)
 class Sweep:
-    """A grid of conditions (each its own result) and tuned hyperparameters (chosen on dev data per condition).
+    """Grids of conditions (each its own result) and tuned hyperparameters (chosen on dev data per condition).
 
     Axes and fixed settings name settings as a run file does (`lr`, `train.lr`, or sections); tuned axes are kept
-    by their paths.
+    by their paths. `grid` in the file is one mapping of axes or a list of them (their union, e.g. one model at
+    more N than another).
     """
 
     source: Path
     out: Path
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
-    grid: dict[str, list] = field(default_factory=dict)
+    grid: list[dict[str, list]] = field(default_factory=lambda: [{}])
     tune: dict[str, list] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     select: str = "dev_loss"
 
     def points(self) -> list[dict[str, tuple[Any, str]]]:
-        """Every combination of grid and tuned values, as {path: (value, origin)}, conditions varying slowest. A
-        value that is a mapping sets several settings together (e.g. a task with its out-of-distribution sets)."""
-        axes = [("grid", k, v) for k, v in self.grid.items()] + [("tune", k, v) for k, v in self.tune.items()]
+        """Every combination of grid and tuned values, as {path: (value, origin)}, conditions varying slowest; a list
+        of grids is their union, in order. A value that is a mapping sets several settings together (e.g. a task
+        with its out-of-distribution sets)."""
         out = []
-        for values in itertools.product(*(values for _, _, values in axes)):
-            point: dict[str, tuple[Any, str]] = {}
-            for (block, axis, _), value in zip(axes, values):
-                given, inside = (value, f"{block}.{axis}") if isinstance(value, dict) else ({axis: value}, block)
-                point.update(config.flatten(given, str(self.source), inside))
-            out.append(point)
+        for g, grid in enumerate(self.grid):
+            where = f"grid[{g}]" if len(self.grid) > 1 else "grid"
+            axes = [(where, k, v) for k, v in grid.items()] + [("tune", k, v) for k, v in self.tune.items()]
+            for values in itertools.product(*(values for _, _, values in axes)):
+                point: dict[str, tuple[Any, str]] = {}
+                for (block, axis, _), value in zip(axes, values):
+                    given, inside = (value, f"{block}.{axis}") if isinstance(value, dict) else ({axis: value}, block)
+                    point.update(config.flatten(given, str(self.source), inside))
+                out.append(point)
         return out
 
     def configs(self) -> list[RunConfig]:
@@ -69,16 +73,28 @@ class Sweep:
         return [config.resolve(k, f"{self.source}: tune.{k}") for k in self.tune]
 
 
+def _grids(path: Path, data: dict) -> list[dict]:
+    """The file's `grid` as a list of mappings (one mapping, a list of them, or none)."""
+    grid = data.get("grid") or {}
+    grids = grid if isinstance(grid, list) else [grid]
+    for g in grids:
+        if not isinstance(g, dict):
+            raise IA2Error(f"{path}: grid must be a mapping of settings or a list of them, got {grid!r}")
+    return grids
+
+
 def _check_blocks(path: Path, data: dict) -> None:
-    """`grid`, `tune` and `fixed` are mappings; grid and tune axes non-empty lists, a tuned value one setting's (a
-    mapping would tune settings the selection does not record); methods and seeds only at the top."""
-    for key in ("grid", "tune", "fixed"):
-        if not isinstance(data.get(key) or {}, dict):
-            raise IA2Error(f"{path}: {key} must be a mapping of settings, got {data[key]!r}")
-        if {"methods", "seeds"} & set(data.get(key) or {}):
+    """`grid` (each one), `tune` and `fixed` are mappings; grid and tune axes non-empty lists, a tuned value one
+    setting's (a mapping would tune settings the selection does not record); methods and seeds only at the top."""
+    blocks = [("grid", g) for g in _grids(path, data)] + [(k, data.get(k) or {}) for k in ("tune", "fixed")]
+    for key, block in blocks:
+        if not isinstance(block, dict):
+            raise IA2Error(f"{path}: {key} must be a mapping of settings, got {block!r}")
+        if {"methods", "seeds"} & set(block):
             raise IA2Error(f"{path}: {key}: methods and seeds are given at the top of a sweep file")
-    for key in ("grid", "tune"):
-        for axis, values in (data.get(key) or {}).items():
+        if key == "fixed":
+            continue
+        for axis, values in block.items():
             if not isinstance(values, list) or not values:
                 raise IA2Error(f"{path}: {key}.{axis} must be a non-empty list")
             if key == "tune" and any(isinstance(v, dict) for v in values):
@@ -104,7 +120,7 @@ def load(path: Path, out: Path | None = None) -> Sweep:
         out=target,
         methods=tuple(data["methods"]),
         seeds=tuple(data["seeds"]),
-        grid=data.get("grid") or {},
+        grid=_grids(path, data),
         tune=data.get("tune") or {},
         fixed=data.get("fixed") or {},
         select=data.get("select", "dev_loss"),

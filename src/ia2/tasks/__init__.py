@@ -1,5 +1,5 @@
-"""The task registry: `bigbench:<task>`, `jsonl:<path>`, a benchmark name (`sst2`) or `name@source`
-(`strategyqa@bigbench`)."""
+"""The task registry: `bigbench:<task>`, `jsonl:<path>`, `multiemo:<domain>` (`multiemo4:` for four classes), a
+benchmark name (`sst2`) or `name@source` (`strategyqa@bigbench`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,18 @@ def _bigbench(name: str, labels: tuple[str, ...] | None) -> Task:
     return bigbench.load(name)
 
 
-SOURCES = {"bigbench": _bigbench, "jsonl": jsonl.load}
+def _multiemo(binary: bool):
+    """multiemo's sentences of one domain (`multiemo:hotels` positive/negative, `multiemo4:hotels` four classes)."""
+
+    def load(domain: str, labels: tuple[str, ...] | None) -> Task:
+        if labels is not None:
+            raise IA2Error("multiemo tasks have fixed labels: drop --labels")
+        return bigbench.multiemo(domain, binary)
+
+    return load
+
+
+SOURCES = {"bigbench": _bigbench, "jsonl": jsonl.load, "multiemo": _multiemo(True), "multiemo4": _multiemo(False)}
 
 
 def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
@@ -28,6 +39,9 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
         raise IA2Error(f"task {name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
     return task
 
+
+# The controlled study's task (`ia2.synthetic`): the synthetic ICL world's held-out mapping.
+SYNTHETIC = "synthetic-icl"
 
 # Tasks made in Python (`register`), by name.
 REGISTERED: dict[str, Task] = {}
@@ -53,5 +67,12 @@ def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
         return SOURCES[source](arg, labels).unique()
     if spec in benchmarks.names():
         return _benchmark(spec, labels).unique()
-    known = ["bigbench:<task>", "jsonl:<path>", *benchmarks.names()]
+    if spec == SYNTHETIC:
+        if labels is not None:
+            raise IA2Error(f"task {spec!r} has fixed labels: drop --labels")
+        from ..synthetic import task  # torch-heavy, and it imports this package
+
+        return task()
+    known = ["bigbench:<task>", "jsonl:<path>", "multiemo:<domain>", "multiemo4:<domain>", *benchmarks.names()]
+    known.append(SYNTHETIC)
     raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join(known))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import IA2Error
@@ -20,6 +22,11 @@ from .base import Example, Task
 SDIST = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 TASKS_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks"
+# multiemo's English sentence-level sets, by domain; `all` pools the four.
+MULTIEMO_DOMAINS = ("products", "hotels", "medicine", "reviews", "all")
+MULTIEMO_BINARY = ("negative", "positive")
+
+log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -82,10 +89,11 @@ def task_json(name: str) -> Path:
     return target
 
 
-def parse(name: str, data: dict, where: str) -> Task:
-    """A Task from BIG-bench task JSON with one fixed label set (`target_scores` keys)."""
+def parse(name: str, data: dict, where: str, rows: list[tuple[int, dict]] | None = None) -> Task:
+    """A Task from BIG-bench task JSON with one fixed label set (`target_scores` keys); `rows`, numbered as in the
+    file, replaces the file's examples when only some are kept."""
     examples, labels = [], None
-    for i, row in enumerate(data.get("examples", [])):
+    for i, row in enumerate(data.get("examples", [])) if rows is None else rows:
         scores = row.get("target_scores")
         if not isinstance(scores, dict) or not scores:
             raise IA2Error(
@@ -125,3 +133,27 @@ def read(name: str) -> dict:
 def load(name: str) -> Task:
     """The BIG-bench task `name`, fetched and cached on first use."""
     return parse(name, read(name), f"bigbench:{name}")
+
+
+def multiemo(domain: str, binary: bool) -> Task:
+    """BIG-bench multiemo's English sentences of one domain: positive vs negative (the closest offline analog of
+    SST-2), or all four classes. Rows with an empty input (1-4 per set) are dropped and counted, in the log and in
+    `extra`; repeated inputs are dropped by `Task.unique`, as for every task. Row numbers stay those of the file."""
+    if domain not in MULTIEMO_DOMAINS:
+        raise IA2Error(f"unknown multiemo domain {domain!r}: expected one of {', '.join(MULTIEMO_DOMAINS)}")
+    name = f"multiemo/{domain}_sentence_en"
+    data = read(name)
+    rows = list(enumerate(data.get("examples", [])))
+    kept = [(i, r) for i, r in rows if str(r.get("input", "")).strip()]
+    empty = len(rows) - len(kept)
+    if binary:
+        kept = [
+            (i, {**r, "target_scores": {k: r["target_scores"][k] for k in MULTIEMO_BINARY}})
+            for i, r in kept
+            if max(r["target_scores"], key=r["target_scores"].get) in MULTIEMO_BINARY
+        ]
+    log.info("bigbench:%s: %d of %d rows kept, %d with an empty input dropped", name, len(kept), len(rows), empty)
+    classes = "positive or negative" if binary else "positive, negative, neutral or ambivalent"
+    declared = {**data, "task_prefix": f"Determine whether given opinion is {classes} in terms of its sentiment."}
+    task = parse(name, declared, f"bigbench:{name}", kept)
+    return replace(task, name=f"multiemo:{domain}" if binary else f"multiemo4:{domain}", extra={"dropped_empty": empty})

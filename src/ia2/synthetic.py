@@ -1,4 +1,4 @@
-"""A synthetic in-context-learning world for behaviour tests (DESIGN.md §4).
+"""A synthetic in-context-learning world: the controlled case for behaviour tests and for the controlled study.
 
 Input words fall into hidden clusters (their "meaning", learnable only in the weights); every sequence is a new
 task that maps a few clusters to label words, shown as `<bos> x1 y1 … xk yk xq` → `yq`. A tiny Llama pre-trained
@@ -12,10 +12,15 @@ reliable enough for a test: AdamW at a constant 1e-3 (at 3e-3 some seeds had not
 steps, and a decaying rate delays the later jump from copying to cluster-level ICL), and stopping as soon as a fixed
 probe of fresh tasks shows ICL has been learned (after 1,000-1,200 steps for the seeds tried). The MLP is 256 wide
 (0.35M parameters in all) to save a third of the compute; the 512-wide one learned no faster.
+
+`synthetic-icl` is the study's model (`--model synthetic-icl`, pre-trained once, deterministically on one thread,
+and cached) and its held-out mapping is the task of the same name (`--task synthetic-icl`), so that the whole
+comparison runs on a model whose in-context learning is strong by construction.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .paths import atomic_path, cache_root
+from .tasks.base import Example, Task
 
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 IGNORE = -100
@@ -146,9 +154,11 @@ class World:
         )
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
-        """A word-level tokenizer over the world's vocabulary (whitespace-separated tokens)."""
+        """A word-level tokenizer over the world's vocabulary (whitespace-separated tokens) that starts every text
+        with `<bos>`, as pre-training sequences start."""
         tok = Tokenizer(models.WordLevel(self.vocab, unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, self.bos_id)])
         return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, unk_token=UNK)
 
     # ---------------------------------------------------------------- task prompts
@@ -236,6 +246,59 @@ def probe_accuracy(world: World, model: LlamaForCausalLM, k: int, n_tasks: int =
 
 def save(model: LlamaForCausalLM, path: Path) -> None:
     model.save_pretrained(path)
+
+
+# The study's world: 16 pairs per pre-training sequence, so prompts with all N − 1 = 15 demonstrations at N = 16 are
+# as long as the sequences the model was pre-trained on.
+STUDY_WORLD = WorldConfig(pairs=16)
+STUDY_SEED = 0
+MODEL = TASK = "synthetic-icl"
+
+
+def study_world() -> World:
+    return World(STUDY_SEED, STUDY_WORLD)
+
+
+def build(folder: Path) -> None:
+    """Pre-train the study's model on one thread (so that every machine gets the same weights) and save it with
+    its tokenizer and pre-training log in `folder`."""
+    world, threads = study_world(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            model, log = pretrain(world, seed=STUDY_SEED)
+    finally:
+        torch.set_num_threads(threads)
+    if log[-1]["probe"] < PretrainConfig().target:
+        raise RuntimeError(f"{MODEL}: pre-training did not learn in-context learning: {log[-1]}")
+    model.generation_config.pad_token_id = world.pad_id
+    save(model, folder)
+    world.tokenizer().save_pretrained(folder)
+    (folder / "pretraining.json").write_text(json.dumps(log, indent=1))
+
+
+def model_folder() -> Path:
+    """The study's model, pre-trained on first use (about a minute) and cached."""
+    target = cache_root() / "models" / MODEL
+    if not (target / "config.json").exists():
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            build(tmp)
+    return target
+
+
+def task() -> Task:
+    """The study's task: the held-out mapping's 60 query words (3 clusters of 20) and their label words, a mapping
+    pre-training never showed; without demonstrations a model can only guess (chance 1/3)."""
+    world = study_world()
+    names = {i: w for w, i in world.vocab.items()}
+    examples = tuple(
+        Example(names[word], world.label_words[label], f"{TASK}:cluster {cluster} word {j}")
+        for cluster, label in zip(world.held_out.clusters, world.held_out.labels)
+        for j, word in enumerate(world.cluster_words[cluster])
+    )
+    labels = tuple(sorted(world.label_words[label] for label in world.held_out.labels))
+    return Task(name=TASK, examples=examples, labels=labels, template="{question}", separator=" ", source=TASK)
 
 
 def load(path: Path) -> LlamaForCausalLM:
