@@ -15,7 +15,7 @@ import pytest
 
 from ia2.errors import IA2Error
 from ia2.paths import cache_root
-from ia2.tasks import bigbench
+from ia2.tasks import bigbench, load_task
 
 TASK = {
     "examples": [
@@ -88,3 +88,56 @@ def test_a_pip_that_saves_nothing_is_an_error(monkeypatch):
     fake_pip(monkeypatch, saves=False)
     with pytest.raises(IA2Error, match="the download saved no bigbench-1.0.0.tar.gz"):
         bigbench.sdist_path()
+
+
+def multiemo_rows() -> list[dict]:
+    """Sentences of each class, one empty input and one repeated input, as multiemo's files hold them."""
+    scores = lambda label: {k: int(k == label) for k in ("ambivalent", "positive", "negative", "neutral")}  # noqa: E731
+    texts = [
+        ("Great room.", "positive"),
+        ("  ", "negative"),
+        ("Dirty bathroom.", "negative"),
+        ("The hotel has a lift.", "neutral"),
+        ("Nice staff, awful food.", "ambivalent"),
+        ("Great room.", "positive"),
+        ("Loved it.", "positive"),
+    ]
+    return [{"input": text, "target_scores": scores(label)} for text, label in texts]
+
+
+@pytest.fixture
+def multiemo_hotels():
+    path = cache_root() / "bigbench" / "tasks" / "multiemo" / "hotels_sentence_en.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task_prefix": "Determine the sentiment.", "examples": multiemo_rows()}))
+    return path
+
+
+def test_multiemo_binary_keeps_positive_and_negative_and_drops_empty_and_repeated_inputs(multiemo_hotels, caplog):
+    with caplog.at_level("INFO"):
+        task = load_task("multiemo:hotels")
+    assert task.name == "multiemo:hotels" and task.labels == ("negative", "positive")
+    assert [(e.question, e.answer) for e in task.examples] == [
+        ("Great room.", "positive"),
+        ("Dirty bathroom.", "negative"),
+        ("Loved it.", "positive"),
+    ]
+    assert [e.where for e in task.examples] == [f"bigbench:multiemo/hotels_sentence_en:example {i}" for i in (0, 2, 6)]
+    assert task.extra["dropped_empty"] == 1
+    assert "positive or negative" in task.instruction
+    assert "1 with an empty input dropped" in caplog.text and "1 repeated questions dropped" in caplog.text
+
+
+def test_multiemo4_keeps_all_four_classes(multiemo_hotels):
+    task = load_task("multiemo4:hotels")
+    assert task.labels == ("ambivalent", "negative", "neutral", "positive")
+    assert len(task.examples) == 5 and task.extra["dropped_empty"] == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "labels", "needle"),
+    [("multiemo:cars", None, "unknown multiemo domain 'cars'"), ("multiemo:hotels", ("a", "b"), "drop --labels")],
+)
+def test_multiemo_refuses_unknown_domains_and_label_overrides(multiemo_hotels, spec, labels, needle):
+    with pytest.raises(IA2Error, match=needle):
+        load_task(spec, labels)
