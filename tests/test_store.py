@@ -191,7 +191,7 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 6)
     tap, fields = Tap(model), {"model": targets.model_fingerprint(model), "seed": 0}
-    assert targets.key_fields(fields, tap, 2, "\n\n", None) == {
+    assert targets.key_fields(fields, tap, targets.CollectSettings(2, "\n\n")) == {
         **fields,
         "site": "attn",
         "max_new_tokens": 2,
@@ -208,7 +208,7 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
     sharded = targets.cached_collect(
         model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16", store="shards"
     )
-    key = targets.cache_key(targets.key_fields(fields, tap, 2, "\n\n", None, "bfloat16"), prompts)
+    key = targets.cache_key(targets.key_fields(fields, tap, targets.CollectSettings(2, "\n\n"), "bfloat16"), prompts)
     assert (root / key / "index.json").is_file() and sharded.tokens == old.tokens
     assert all(a.load().dtype == torch.bfloat16 for a in sharded.acts)
     monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1))

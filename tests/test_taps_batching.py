@@ -159,7 +159,7 @@ def test_target_key_names_the_module_only_where_a_site_reads_an_output_norm(load
     if arch == "gemma3":
         want["attn"]["module"] = "post_attention_layernorm"
     for site, fields in want.items():
-        assert targets.key_fields({"model": "m"}, Tap(model, site), 1, "", None) == fields
+        assert targets.key_fields({"model": "m"}, Tap(model, site), targets.CollectSettings(1, "")) == fields
 
 
 def test_tap_raises_when_a_layer_did_not_record(loaded):

@@ -101,7 +101,17 @@ def adapter_record(
 
 def rendering(task: Task) -> dict:
     """How a task's prompts and answers are rendered and scored, as its record keeps it."""
-    names = ("template", "instruction", "answer_prefix", "separator", "labels", "parser", "stop", "max_new_tokens")
+    names = (
+        "template",
+        "instruction",
+        "answer_prefix",
+        "separator",
+        "labels",
+        "label_score",
+        "parser",
+        "stop",
+        "max_new_tokens",
+    )
     return {"name": task.name, **{name: getattr(task, name) for name in names}}
 
 

@@ -67,6 +67,11 @@ class DataConfig:
     answer_prefix: str | None = setting(
         "text between prompt and answer (default the task's; '' as the reference)", None
     )
+    label_score: str = setting(
+        "score of a multi-token label: log-probability summed over its tokens, or their mean (length-normalised)",
+        "sum",
+        choices=("sum", "mean"),
+    )
     unlabelled: int | str | None = setting(
         "low-data mode: the N labelled examples are only demonstrations; IA2 trains on unlabelled queries, M drawn "
         "from the pool, or the questions of a JSONL file",

@@ -66,6 +66,8 @@ def declared(spec: str, cfg: RunConfig) -> Task:
         task = replace(task, labels=(), parser=data.parser)
     if data.answer_prefix is not None:
         task = replace(task, answer_prefix=data.answer_prefix)
+    if data.label_score != task.label_score:
+        task = replace(task, label_score=data.label_score)
     return task if data.max_new_tokens is None else replace(task, max_new_tokens=data.max_new_tokens)
 
 

@@ -58,8 +58,10 @@ def score(
     tap: Tap | None = None,
     batch_size: int = 8,
     desc: str = "eval",
+    label_score: str = "sum",
 ) -> Scores:
-    """Score every label after every prompt; multi-token labels cost one extra forward per label and batch.
+    """Score every label after every prompt (`label_scores`); multi-token labels cost one extra forward per label and
+    batch.
 
     Prompts that share a long token prefix (ICL prompts with the same demonstrations) run the prefix once and
     reuse its KV cache (not under prompt tuning); the results are those of full forward passes. With several processes
@@ -74,7 +76,10 @@ def score(
     out = _Collector(len(prompts), len(label_ids))
     chunks = length_sorted_chunks([len(p) for p in prompts], batch_size)
     for scored in distributed.map_batches(
-        model, chunks, lambda chunk: _score_chunk(model, chunk, prompts, label_ids, pad_id, tap, cache, shared), desc
+        model,
+        chunks,
+        lambda chunk: _score_chunk(model, chunk, prompts, label_ids, pad_id, tap, cache, shared, label_score),
+        desc,
     ):
         out.add(scored)
     return out.scores(tap is not None)
@@ -102,6 +107,7 @@ def _score_chunk(
     tap: Tap | None,
     cache,
     shared: int,
+    label_score: str,
 ) -> _Scored:
     """Score one batch of examples (indices `chunk` into `prompts`), after the cached prefix if any."""
     chunk_prompts = [prompts[i] for i in chunk]
@@ -114,22 +120,24 @@ def _score_chunk(
             torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
             acts[:, :, -1] if acts is not None else None,
         )
-    scored = _scored(chunk, logp, chunk_acts, label_ids)
-    for c, ids in enumerate(label_ids):
-        if len(ids) > 1:
-            scored.label_logp[:, c] = _sequence_logp(model, chunk_prompts, ids, pad_id)
-    return scored
+    return _scored(
+        chunk, logp, chunk_acts, label_ids, label_scores(model, chunk_prompts, logp, label_ids, pad_id, label_score)
+    )
 
 
 def _scored(
-    chunk: list[int], logp: torch.Tensor, acts: torch.Tensor | None, label_ids: Sequence[Sequence[int]]
+    chunk: list[int],
+    logp: torch.Tensor,
+    acts: torch.Tensor | None,
+    label_ids: Sequence[Sequence[int]],
+    label_logp: np.ndarray,
 ) -> _Scored:
-    """The scores of a batch from its next-token log-probabilities [B, V] and activations [B, L, H]; label log-probs
-    are those of each label's first token."""
+    """The scores of a batch from its next-token log-probabilities [B, V], activations [B, L, H] and label scores
+    [B, C]; the full-vocabulary ones are of each label's first token."""
     first, best = torch.tensor([ids[0] for ids in label_ids]), logp.max(dim=-1)
     return _Scored(
         chunk,
-        label_logp=logp[:, first].numpy(),
+        label_logp=label_logp,
         label_prob=logp[:, first].exp().numpy(),
         top_prob=best.values.exp().numpy(),
         top_token=best.indices.numpy(),
@@ -204,6 +212,25 @@ def _tail_forward(
     ]
 
 
+def label_scores(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    next_logp: torch.Tensor,
+    label_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    label_score: str = "sum",
+) -> np.ndarray:
+    """Each label's score after each prompt [B, C]: a single-token label's log-probability from the prompts'
+    next-token log-probabilities `next_logp` [B, V]; a longer label's summed over its tokens (one forward per
+    label), or averaged over them with `label_score` "mean" (length normalisation)."""
+    out = next_logp[:, torch.tensor([ids[0] for ids in label_ids])].numpy()
+    for c, ids in enumerate(label_ids):
+        if len(ids) > 1:
+            total = _sequence_logp(model, prompts, ids, pad_id)
+            out[:, c] = total / len(ids) if label_score == "mean" else total
+    return out
+
+
 def _sequence_logp(model: nn.Module, prompts: Sequence[Sequence[int]], ids: Sequence[int], pad_id: int) -> np.ndarray:
     """Σ_t log p(ids_t | prompt, ids_<t) for each prompt."""
     batch = make_batch(prompts, [ids] * len(prompts), pad_id, model.device.type)
@@ -219,8 +246,11 @@ def reliability(scores: Scores, gold: np.ndarray) -> dict[str, list]:
     return {"confidence": probs.max(axis=1).tolist(), "correct": (probs.argmax(axis=1) == gold).astype(int).tolist()}
 
 
-def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int]) -> dict:
-    """Label-renormalised and full-vocabulary metrics for one evaluation."""
+def summarise(scores: Scores, gold: np.ndarray, label_first: Sequence[int] | None) -> dict:
+    """Label-renormalised and full-vocabulary metrics for one evaluation; the full-vocabulary (first-token) ones only
+    when `label_first` is given, i.e. when the labels' first tokens tell them apart."""
+    if label_first is None:
+        return metrics.label_metrics(scores.label_probs(), gold)
     first = np.asarray(label_first)
     top_correct = scores.vocab_top_token == first[gold]
     gold_prob = scores.vocab_label_prob[np.arange(len(gold)), gold]

@@ -41,8 +41,16 @@ def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval
 
 def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:
     """Label scores and last-prompt-token activations of the current model."""
+    cfg = ctx.cfg
     return score(
-        ctx.model, [p.prompt for p in prompts], label_ids, ctx.pad_id, ctx.tap, ctx.cfg.runtime.batch_size, desc
+        ctx.model,
+        [p.prompt for p in prompts],
+        label_ids,
+        ctx.pad_id,
+        ctx.tap,
+        cfg.runtime.batch_size,
+        desc,
+        cfg.data.label_score,
     )
 
 
@@ -61,8 +69,9 @@ def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: s
         acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
     measured = scores(ctx, prompts, encoder.label_ids, desc)
-    first = [ids[0] for ids in encoder.label_ids]
-    return {**summarise(measured, se.gold, first), "reliability": reliability(measured, se.gold)}, measured.acts
+    return {**summarise(measured, se.gold, encoder.label_first()), "reliability": reliability(measured, se.gold)}, (
+        measured.acts
+    )
 
 
 def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:

@@ -48,6 +48,7 @@ def task_of(record: dict, examples: list[Example]) -> Task:
         separator=spec["separator"],
         instruction=spec["instruction"],
         max_new_tokens=spec["max_new_tokens"],
+        label_score=spec.get("label_score", "sum"),
         parser=spec["parser"],
         stop=tuple(spec["stop"]),
     )
@@ -86,7 +87,9 @@ def predict(
             lines = _generated(model, tokenizer, prompts, task, batch_size)
             result = _generation_metrics(lines, examples, task)
         else:
-            measured = score(model, prompts, encoder.label_ids, tokenizer.pad_token_id, None, batch_size, "predict")
+            measured = score(
+                model, prompts, encoder.label_ids, tokenizer.pad_token_id, None, batch_size, "predict", task.label_score
+            )
             lines = _classified(measured, encoder, task)
             result = _label_metrics(measured, encoder, examples, out)
     write_text(out, "".join(json.dumps({"question": e.question, **line}) + "\n" for e, line in zip(examples, lines)))
@@ -128,7 +131,7 @@ def _label_metrics(measured: Scores, encoder: Encoder, examples: list[Example], 
     if not all(e.answer for e in examples):
         return None
     gold = np.array([encoder.task.labels.index(e.answer) for e in examples])
-    result = summarise(measured, gold, [ids[0] for ids in encoder.label_ids])
+    result = summarise(measured, gold, encoder.label_first())
     seen = reliability(measured, gold)
     plots.plot_reliability(
         {"predict": (np.array(seen["confidence"]), np.array(seen["correct"]))}, out.with_suffix(".reliability.png")

@@ -47,6 +47,15 @@ class Encoder:
         probe = self.text(task.examples[0], [])
         self.label_ids = [self._answer_ids(probe, self.answer_text(label), task.examples[0]) for label in task.labels]
         self._check_labels()
+        # Labels that share a first token differ only later: the ICL teacher then answers with the label it scores
+        # highest as a whole sequence, and its targets cover every token of that label (a T = 1 target could not
+        # tell them apart). With distinct first tokens the teacher answers greedily, as the paper's does.
+        self.whole_labels = len({ids[0] for ids in self.label_ids}) < len(self.label_ids)
+
+    def label_first(self) -> list[int] | None:
+        """The labels' first tokens, by which the full-vocabulary metrics judge an answer; None when two labels share
+        one (those metrics could not tell them apart)."""
+        return None if self.whole_labels else [ids[0] for ids in self.label_ids]
 
     def answer_text(self, answer: str) -> str:
         """An answer as it follows its prompt: after the answer prefix, or straight after a chat assistant header."""
@@ -72,18 +81,15 @@ class Encoder:
         return full[len(head) :]
 
     def _check_labels(self) -> None:
-        """Reject label sets whose first tokens collide: first-token scoring and T=1 targets could not tell them
-        apart."""
-        seen: dict[int, str] = {}
+        """Refuse labels whose token sequences after the answer prefix are identical: no score can tell them apart."""
+        seen: dict[tuple[int, ...], str] = {}
         for label, ids in zip(self.task.labels, self.label_ids):
-            first = ids[0]
-            if first in seen:
+            other = seen.setdefault(tuple(ids), label)
+            if other != label:
                 raise IA2Error(
-                    f"{self.task.name}: labels {seen[first]!r} and {label!r} start with the same token "
-                    f"{self.tokenizer.decode([first])!r}; scoring would be ambiguous"
-                    + ("; try --answer-prefix ''" if self.tokenizer.decode([first]).isspace() else "")
+                    f"{self.task.name}: labels {other!r} and {label!r} are the same tokens "
+                    f"{self.tokenizer.decode(ids)!r} after the answer prefix; no score can tell them apart"
                 )
-            seen[first] = label
 
     def text(self, example: Example, demos: Sequence[Example], demo_task: Task | None = None) -> str:
         """instruction + demos (question + answer, joined by the separator) + separator + question.

@@ -79,6 +79,8 @@ def teacher_targets(
             teacher.soft_top_k if distribution else None,
             teacher.target_dtype,
             teacher.target_store,
+            choices=ctx.encoder.label_ids if ctx.encoder.whole_labels else None,
+            label_score=ctx.cfg.data.label_score,
         )
 
 

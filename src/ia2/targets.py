@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from . import distributed
+from .evaluate import label_scores
 from .forward_pass import forward, length_sorted_chunks, make_batch
 from .generation import generate
 from .paths import atomic_path, cache_root, remove
@@ -91,15 +92,18 @@ class TeacherRow:
 
 @dataclass(frozen=True)
 class CollectSettings:
-    """How teacher targets are collected: answers of up to `max_new_tokens` cut at `stop`, in batches of
-    `batch_size` (progress bar `desc`), keeping the next-token `distribution` (None no, 0 the full vocabulary, k > 0
-    the top k)."""
+    """How teacher targets are collected: answers of up to `max_new_tokens` cut at `stop`, or with `choices` (the
+    labels' token ids) the label scored highest as a whole sequence (`label_score`, see `evaluate.label_scores`), in
+    batches of `batch_size` (progress bar `desc`), keeping the next-token `distribution` (None no, 0 the full
+    vocabulary, k > 0 the top k)."""
 
     max_new_tokens: int = 1
     stop: str = "\n\n"
     batch_size: int = 8
     desc: str = "teacher"
     distribution: int | None = None
+    choices: tuple[tuple[int, ...], ...] | None = None
+    label_score: str = "sum"
 
 
 @torch.no_grad()
@@ -133,12 +137,12 @@ def _chunk_rows(
 ) -> list[TeacherRow]:
     """The rows of one batch of examples (indices `chunk` into `prompts`)."""
     chunk_prompts, distribution = [prompts[i] for i in chunk], settings.distribution
-    if settings.max_new_tokens == 1:
+    if settings.max_new_tokens == 1 and settings.choices is None:
         batch = make_batch(chunk_prompts, [[0]] * len(chunk), tokenizer.pad_token_id, model.device.type)
         logits, chunk_acts = forward(model, batch, tap)
         answers = logits[:, -1].argmax(-1).unsqueeze(1).tolist()
     else:
-        answers = generate(model, tokenizer, chunk_prompts, settings.max_new_tokens, settings.stop)
+        answers = _answers(model, tokenizer, chunk_prompts, settings)
         if tap is None and distribution is None:
             return [TeacherRow(i, answers[row], None) for row, i in enumerate(chunk)]
         batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
@@ -155,6 +159,20 @@ def _chunk_rows(
     return out
 
 
+def _answers(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], settings: CollectSettings
+) -> list[list[int]]:
+    """The teacher's answers: with `choices`, the tokens of the label it scores highest as a whole sequence; else
+    its greedy generation."""
+    if settings.choices is None:
+        return generate(model, tokenizer, prompts, settings.max_new_tokens, settings.stop)
+    pad = tokenizer.pad_token_id
+    logits, _ = forward(model, make_batch(prompts, [[0]] * len(prompts), pad, model.device.type))
+    next_logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+    best = label_scores(model, prompts, next_logp, settings.choices, pad, settings.label_score).argmax(axis=1)
+    return [list(settings.choices[c]) for c in best]
+
+
 def collect(
     model: nn.Module,
     tap: Tap | None,
@@ -165,19 +183,27 @@ def collect(
     batch_size: int = 8,
     desc: str = "teacher",
     distribution: int | None = None,
+    *,
+    choices: Sequence[Sequence[int]] | None = None,
+    label_score: str = "sum",
 ) -> Targets:
-    """Generate each ICL answer, then read activations in one teacher-forced pass over prompt ⊕ answer.
+    """Generate each ICL answer (or, with `choices`, pick the label scored highest), then read activations in one
+    teacher-forced pass over prompt ⊕ answer.
 
     With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
     also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
     per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts` are None.
     """
-    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution)
+    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution, _choices(choices), label_score)
     done = sorted(rows(model, tap, tokenizer, prompts, settings), key=lambda r: r.index)
     tokens, acts = [r.tokens for r in done], [r.acts for r in done]
     if distribution is None:
         return Targets(tokens, acts)
     return Targets(tokens, acts, [r.top_ids for r in done] if distribution > 0 else None, [r.top_logp for r in done])
+
+
+def _choices(choices: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...] | None:
+    return None if choices is None else tuple(tuple(c) for c in choices)
 
 
 def cache_key(fields: dict, prompts: Sequence[Sequence[int]]) -> str:
@@ -245,16 +271,15 @@ def open_store(folder: Path, max_open: int = 4) -> Targets:
     return Targets(shards.tokens, acts, shards.refs("top_ids"), shards.refs("top_logp"))
 
 
-def key_fields(
-    fields: dict, tap: Tap | None, max_new_tokens: int, stop: str, distribution: int | None, dtype: str = "float32"
-) -> dict:
+def key_fields(fields: dict, tap: Tap | None, settings: CollectSettings, dtype: str = "float32") -> dict:
     """The cache key's fields: the caller's, the tap's site and layers (or no activations), T, the stop rule, the
-    distribution kept and a non-default activation dtype (fp32 keys are those of earlier versions).
+    distribution kept, the label choices and their scoring when answers are picked from them, and a non-default
+    activation dtype (fp32 keys are those of earlier versions).
 
     A site that reads a sublayer's output norm (`attn` and `mlp` on Gemma 3) also names that module, so targets
     cached when those sites read the output before the norm are never reused; other keys are unchanged.
     """
-    fields = {**fields, "max_new_tokens": max_new_tokens, "stop": stop}
+    fields = {**fields, "max_new_tokens": settings.max_new_tokens, "stop": settings.stop}
     if tap is None:
         fields["activations"] = False
     else:
@@ -263,8 +288,10 @@ def key_fields(
             fields["module"] = tap.module
         if not tap.all_layers:
             fields["layers"] = list(tap.layers)
-    if distribution is not None:
-        fields["distribution"] = distribution
+    if settings.distribution is not None:
+        fields["distribution"] = settings.distribution
+    if settings.choices is not None:
+        fields["choices"], fields["label_score"] = [list(c) for c in settings.choices], settings.label_score
     if dtype != "float32":
         fields["dtype"] = dtype
     return fields
@@ -320,6 +347,9 @@ def cached_collect(
     distribution: int | None = None,
     dtype: str = "float32",
     store: str = "file",
+    *,
+    choices: Sequence[Sequence[int]] | None = None,
+    label_score: str = "sum",
 ) -> Targets:
     """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
     (`model_fingerprint` of the base model) and may name task, split, seed and demo policy.
@@ -333,16 +363,15 @@ def cached_collect(
     With several processes (sharing the cache folder) each collects its share of the batches, the main process
     alone writes the entry, and every process returns all the targets.
     """
-    fields = key_fields(fields, tap, max_new_tokens, stop, distribution, dtype)
+    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution, _choices(choices), label_score)
+    fields = key_fields(fields, tap, settings, dtype)
     root, key = cache_root() / "targets", cache_key(fields, prompts)
     found = cached(root, key)
     if distributed.agree(found is not None):
         found.key = key
         return found
     if store == "shards":
-        collected = rows(
-            model, tap, tokenizer, prompts, CollectSettings(max_new_tokens, stop, batch_size, desc, distribution)
-        )
+        collected = rows(model, tap, tokenizer, prompts, settings)
         if distributed.is_main():
             write_store(root / key, collected, len(prompts), fields, dtype)
         else:
@@ -351,7 +380,19 @@ def cached_collect(
         stored = open_store(root / key)
         stored.key = key
         return stored
-    targets = collect(model, tap, tokenizer, prompts, max_new_tokens, stop, batch_size, desc, distribution)
+    targets = collect(
+        model,
+        tap,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        stop,
+        batch_size,
+        desc,
+        distribution,
+        choices=choices,
+        label_score=label_score,
+    )
     if dtype != "float32":
         targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
     if distributed.is_main():

@@ -28,7 +28,8 @@ class Task:
 
     A prompt is `instruction + question(q)`; an answer is rendered as `answer_prefix + answer`;
     demonstrations are `question(d) + answer(d)` joined by `separator`. A classification task lists its
-    `labels` and is scored on the first answer token (T = 1); a generative task has no labels, generates up to
+    `labels`, each scored by its log-probability summed over its tokens (`label_score` "mean": averaged, i.e.
+    length-normalised), renormalised over the labels; a generative task has no labels, generates up to
     `max_new_tokens` tokens cut at the first of `stop`, and is scored by the answer extractor named `parser`
     (see `ia2.parsers`) applied to both the generation and the gold answer.
     """
@@ -41,6 +42,7 @@ class Task:
     separator: str = "\n\n"
     instruction: str = ""
     max_new_tokens: int = 1
+    label_score: str = "sum"
     parser: str | None = None
     stop: tuple[str, ...] = ("\n\n",)
     source: str = ""
