@@ -33,6 +33,9 @@ def methods_in_order(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
+SCORED = {"sum": "summed", "mean": "averaged (length-normalised)"}
+
+
 def table(rows: list[dict]) -> str:
     """A markdown table, one line per method, mean ± std over seeds of each metric that any row has."""
     columns = [(key, label) for key, label in COLUMNS if any(r.get(key) is not None for r in rows)]
@@ -49,7 +52,9 @@ def markdown(result: dict) -> str:
     seeds = sorted({r["seed"] for r in rows})
     text = (
         f"# {cfg['data']['task']} on {cfg['model']}\n\nN = {cfg['data']['n_train']} training examples, seeds {seeds}. "
-        f"Mean ± sample std (ddof 1) over seeds. Probabilities renormalised over the labels; ECE with 15 bins. "
+        f"Mean ± sample std (ddof 1) over seeds. Labels scored by their log-probability "
+        f"{SCORED[cfg['data'].get('label_score', 'sum')]} over their tokens, renormalised over the labels; ECE with "
+        "15 bins. "
         f"`icl` is evaluated with demonstrations from the training examples, every other method without.\n"
     )
     for eval_task, majority in result["majority_accuracy"].items():
