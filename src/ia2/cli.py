@@ -18,9 +18,10 @@ from .errors import IA2Error
 from .experiment import run
 from .legacy import OLD_FLAGS
 
+# The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
 DEMO = config.make(
     "gemma3-270m",
-    "bigbench:metaphor_boolean",
+    "multiemo:medicine",
     n_train=8,
     seeds=[0, 1, 2],
     n_test=100,
