@@ -122,6 +122,11 @@ def test_report_files_and_cells(swept):
         "N = 4" in md and "N = 6" in md and "IA2 → SFT" in md and "subspace overlap" in md and "Means over tasks" in md
     )
     assert md.count("| p (one-sided, IA2→SFT better) | p (two-sided) |") == 2, "per setting and pooled, both labelled"
+    protocol = md.split("## Protocol\n\n")[1].split("\n\n")[0]
+    assert "- Seeds: 0, 1; N: 4, 6" in protocol and "`train.lr` ∈ {0.0001, 0.01}" in protocol
+    assert (
+        "`data.n_test` = 10" in protocol and "`train.max_steps` = 4" in protocol and "`train.patience` = 5" in protocol
+    )
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
     assert report.write(out) == md, "the report is a pure function of the rows"
 

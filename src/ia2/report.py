@@ -10,11 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregate, analysis, metrics, plots, tables
+from . import aggregate, analysis, config, metrics, plots, tables
 from .methods import HEADLINE, METHODS, TESTED_PAIRS, display
 from .paths import write_json, write_text
 
 SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
+# The settings that define a protocol: a report states them whether or not they are ia2's defaults.
+PROTOCOL = (
+    "data.n_test",
+    "data.n_dev",
+    "prompt.k_max",
+    "train.train_batch_size",
+    "train.max_epochs",
+    "train.max_steps",
+    "train.eval_every",
+    "train.patience",
+    "train.restore_best",
+)
 
 
 def _flat(condition: str) -> dict:
@@ -57,6 +69,41 @@ def variants(conditions: Iterable[str]) -> dict[str, str]:
     return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in distinct.items()}
 
 
+def protocol(rows: list[dict]) -> str:
+    """The protocol as run: seeds, what was tuned on dev and over which values, the grid's models, tasks and N, the
+    `PROTOCOL` settings and every other setting all runs share where it differs from ia2's defaults (so that a cut
+    such as a smaller test set is stated, not silent)."""
+    flats = [_flat(c) for c in sorted({r["condition"] for r in rows})]
+    known, dump = config.paths(), lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+    shared = {
+        k: v
+        for k, v in flats[0].items()
+        if k in known
+        and k not in SETTING
+        and all(dump(f.get(k)) == dump(v) for f in flats)
+        and (k in PROTOCOL or dump(v) != dump(config.default(k)))
+    }
+    tuned: dict[str, set] = defaultdict(set)
+    for r in rows:
+        for k, v in r["tuned"].items():
+            tuned[k].add(v)
+    grid = {
+        name: sorted({str(f[k]) for f in flats if k in f}) for name, k in (("models", "model"), ("tasks", "data.task"))
+    }
+    lines = [
+        f"- Seeds: {', '.join(map(str, sorted({r['seed'] for r in rows})))}; N: "
+        + ", ".join(map(str, sorted({r["n_train"] for r in rows}))),
+        *(f"- {name.capitalize()}: {', '.join(values)}" for name, values in grid.items()),
+        *(
+            f"- Tuned per (condition, method) on dev: `{k}` ∈ {{{', '.join(map(str, sorted(v)))}}}"
+            for k, v in tuned.items()
+        ),
+        "- Settings of every run (the protocol's, and any other that differs from ia2's defaults): "
+        + (", ".join(f"`{k}` = {dump(v)}" for k, v in sorted(shared.items())) or "none"),
+    ]
+    return "\n## Protocol\n\n" + "\n".join(lines) + "\n"
+
+
 def _slug(*parts: object) -> str:
     return "__".join(str(p).replace("/", "_").replace(":", "_").replace("@", "_") for p in parts)
 
@@ -75,7 +122,7 @@ def write(folder: Path, select_by: str | None = None) -> str:
     methods = [m for m in METHODS if m in present]
     figures = folder / "figures"
     runs = {r["condition"]: r["run"] for r in kept}
-    md, tex = _tables(cells, methods, select_by, pooled, runs, keys), _latex(cells, methods, keys)
+    md, tex = _tables(cells, methods, select_by, pooled, runs, keys, protocol(rows)), _latex(cells, methods, keys)
     md += _figures(kept, cells, figures, folder, keys)
     md += _overlaps(kept, folder, figures)
     write_text(folder / "report.md", md)
@@ -153,6 +200,7 @@ def _tables(
     pooled: list[dict],
     runs: dict[str, str],
     keys: dict[str, str],
+    protocol_text: str = "",
 ) -> str:
     text = (
         f"# Results\n\nAccuracy in percent (std over seeds) / ECE (15 equal-width bins, label-renormalised), "
@@ -163,6 +211,7 @@ def _tables(
             if select_by == "test_accuracy"
             else ", never on test data.\n"
         )
+        + protocol_text
     )
     names = variants([c["condition"] for c in cells])
     for (model, var, n), group in _by_table(cells, keys).items():
