@@ -131,6 +131,19 @@ def test_report_files_and_cells(swept):
     assert report.write(out) == md, "the report is a pure function of the rows"
 
 
+def test_overlaps_stay_reported_after_the_adapters_are_deleted(swept, tmp_path):
+    """A sweep's committed runs keep rows, not adapters: the overlaps measured while they existed (every tuned
+    combination, so a later selection finds its pair) are read back from overlaps.json."""
+    copy = tmp_path / "out"
+    shutil.copytree(swept["out"], copy)
+    before = report.write(copy)
+    records = json.loads((copy / "overlaps.json").read_text())
+    assert len(records) == 2 * 2 * 3 * 2 * 2, "2 N × 2 seeds × 3 pairs × 2 × 2 learning-rate combinations"
+    for adapters in copy.glob("runs/**/adapters"):
+        shutil.rmtree(adapters)
+    assert report.write(copy) == before and "| ia2 vs ia2-sft |" in before
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [

@@ -124,7 +124,7 @@ def write(folder: Path, select_by: str | None = None) -> str:
     runs = {r["condition"]: r["run"] for r in kept}
     md, tex = _tables(cells, methods, select_by, pooled, runs, keys, protocol(rows)), _latex(cells, methods, keys)
     md += _figures(kept, cells, figures, folder, keys)
-    md += _overlaps(kept, folder, figures)
+    md += _overlaps(kept, folder, figures, overlap_records(rows, folder))
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
     write_json(
@@ -304,7 +304,58 @@ def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return conf, correct
 
 
-def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
+OVERLAPS = "overlaps.json"
+
+
+def _adapter_dir(row: dict) -> Path:
+    return Path(row["run"]) / "adapters" / f"seed{row['seed']}" / row["method"]
+
+
+def _pair_key(folder: Path, a: Path, b: Path) -> str:
+    return " | ".join(str(d.resolve().relative_to(folder.resolve())) for d in (a, b))
+
+
+def _pair_overlap(a: Path, b: Path) -> dict | None:
+    """One pair's record: its base model, mean overlap and the random-subspace level, or why it was skipped; None
+    while an adapter is not on disk."""
+    if not all((d / "adapter_config.json").exists() for d in (a, b)):
+        return None
+    config = json.loads((a / "adapter_config.json").read_text())
+    if config.get("peft_type") != "LORA":
+        return {"skipped": "not LoRA"}
+    try:
+        result = analysis.adapter_overlap(a, b)
+    except analysis.EmptySubspace:
+        return {"skipped": "untrained"}
+    chance = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
+    return {"model": config["base_model_name_or_path"], "mean": result["mean"], "random": chance}
+
+
+def overlap_records(rows: list[dict], folder: Path) -> dict[str, dict]:
+    """The overlap of every tested pair of one (condition, seed)'s adapters, for every combination of tuned values,
+    read from `overlaps.json` or measured now where both adapters are on disk (and then added to it). A sweep's
+    committed run folders keep rows but not adapters, so overlaps measured while the adapters existed stay reported
+    whichever tuned values the selection picks later."""
+    path = folder / OVERLAPS
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    found: dict[tuple, dict[str, set[Path]]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        found[r["condition"], r["seed"]][r["method"]].add(_adapter_dir(r))
+    added = 0
+    for methods in found.values():
+        for b, a in TESTED_PAIRS:
+            for first in sorted(methods.get(a, ())):
+                for second in sorted(methods.get(b, ())):
+                    key = _pair_key(folder, first, second)
+                    record = cache.get(key) or _pair_overlap(first, second)
+                    if record is not None and key not in cache:
+                        cache[key], added = record, added + 1
+    if added:
+        write_json(path, dict(sorted(cache.items())))
+    return cache
+
+
+def _overlaps(kept: list[dict], folder: Path, figures: Path, records: dict[str, dict]) -> str:
     """LoRA subspace overlap between methods trained on the same seed of the reported (dev-selected) runs, per base
     model, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
     overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -312,24 +363,19 @@ def _overlaps(kept: list[dict], folder: Path, figures: Path) -> str:
     skipped = {"untrained": 0, "not LoRA": 0}
     chosen: dict[tuple, dict[str, Path]] = defaultdict(dict)  # each method's adapter from its own selected run
     for r in kept:
-        chosen[r["condition"], r["seed"]][r["method"]] = Path(r["run"]) / "adapters" / f"seed{r['seed']}" / r["method"]
+        chosen[r["condition"], r["seed"]][r["method"]] = _adapter_dir(r)
     for adapters in chosen.values():
         for b, a in TESTED_PAIRS:
-            if not all(m in adapters and (adapters[m] / "adapter_config.json").exists() for m in (a, b)):
+            record = (
+                records.get(_pair_key(folder, adapters[a], adapters[b])) if a in adapters and b in adapters else None
+            )
+            if record is None:
                 continue
-            config = json.loads((adapters[a] / "adapter_config.json").read_text())
-            if config.get("peft_type") != "LORA":
-                skipped["not LoRA"] += 1
+            if "skipped" in record:
+                skipped[record["skipped"]] += 1
                 continue
-            try:
-                result = analysis.adapter_overlap(adapters[a], adapters[b])
-            except analysis.EmptySubspace:
-                skipped["untrained"] += 1
-                continue
-            model = config["base_model_name_or_path"]
-            overlaps[model][f"{a} vs {b}"].append(result["mean"])
-            if model not in baselines:
-                baselines[model] = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
+            overlaps[record["model"]][f"{a} vs {b}"].append(record["mean"])
+            baselines.setdefault(record["model"], record["random"])
     text = ""
     for i, (model, pairs) in enumerate(sorted(overlaps.items())):
         path = figures / f"subspace_overlap__{i}.png"
