@@ -144,6 +144,27 @@ def test_overlaps_stay_reported_after_the_adapters_are_deleted(swept, tmp_path):
     assert report.write(copy) == before and "| ia2 vs ia2-sft |" in before
 
 
+def test_a_report_keeps_variants_apart(model_dirs, tmp_path):
+    """Two conditions that differ in a training setting: their means, paired tests, figures and overlaps are
+    reported apart, each named by the setting that separates them."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(30))
+    model = model_dirs["llama"]
+    path = tmp_path / "variants.yaml"
+    path.write_text(
+        f"methods: [sft, ia2, ia2-sft]\nseeds: [0, 1]\nfixed: {{n_test: 6, max_steps: 2}}\ngrid:\n"
+        f'  - {{model: ["{model}"], task: ["jsonl:{task}"], n_train: [4, 6], patience: [5]}}\n'
+        f'  - {{model: ["{model}"], task: ["jsonl:{task}"], n_train: [4, 6], patience: [1]}}\n'
+    )
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(path), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    for patience in (1, 5):
+        assert f"## Means over tasks, train.patience={patience}" in md
+        assert f"## IA2 → SFT against SFT only, paired over seeds, train.patience={patience}" in md
+        assert f"## LoRA subspace overlap, {model.name}, train.patience={patience}" in md
+    assert len(list(out.glob("figures/accuracy_vs_n__*__v[01].png"))) == 2
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [

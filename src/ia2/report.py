@@ -134,6 +134,20 @@ def write(folder: Path, select_by: str | None = None) -> str:
     return md
 
 
+def _summaries(cells: list[dict], methods: list[str], suffix: str) -> str:
+    """The means over tasks and the headline pair's paired tests of one variant's cells (`suffix` names it)."""
+    text, means = "", tables.means_table(cells, methods)
+    if means:
+        text += (
+            f"\n## Means over tasks{suffix}\n\nAccuracy in percent / ECE / asim (mean cosine to ICL's activations "
+            "over layers), each a mean over the rows where every method has a result.\n\n" + means
+        )
+    if all(any(c["method"] == m for c in cells) for m in HEADLINE):
+        against = " against ".join(display(m) for m in HEADLINE)
+        text += f"\n## {against}, paired over seeds{suffix}\n\n" + tables.significance_table(cells) + "\n"
+    return text
+
+
 def _pooled(kept: list[dict], keys: dict[str, str]) -> list[dict]:
     """IA2 → SFT against SFT over every in-distribution (task, seed) of a model, N and variant, then over all its N
     (n_train "all") where several were tested: evaluations of the same adapters on out-of-distribution sets are not
@@ -224,15 +238,12 @@ def _tables(
         known = [f"{t} {r:.1%}" for t, r in _majority(group, runs).items()]
         text += ("\nMajority-class rate of the test sets: " + "; ".join(known) + ".\n") if known else ""
         text += _incomplete(group, max(c["n_seeds"] for c in cells))
-    means = tables.means_table(cells, methods)
-    if means:
-        text += (
-            "\n## Means over tasks\n\nAccuracy in percent / ECE / asim (mean cosine to ICL's activations over "
-            "layers), each a mean over the rows where every method has a result.\n\n" + means
-        )
-    if all(any(c["method"] == m for c in cells) for m in HEADLINE):
-        against = " against ".join(display(m) for m in HEADLINE)
-        text += f"\n## {against}, paired over seeds\n\n" + tables.significance_table(cells) + "\n"
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for c in cells:
+        by_variant[keys[c["condition"]]].append(c)
+    for group in by_variant.values():
+        extra = names[group[0]["condition"]]
+        text += _summaries(group, methods, f", {extra}" if extra else "")
     if pooled:
         text += (
             f"\n## Pooled over tasks and seeds (paired t-test, {' minus '.join(map(display, HEADLINE))})\n\n"
@@ -271,20 +282,27 @@ def _latex(cells: list[dict], methods: list[str], keys: dict[str, str]) -> str:
 
 
 def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path, keys: dict[str, str]) -> str:
+    """Accuracy against N per (model, task, variant) and each run's layer-similarity and reliability figures; with
+    several variants a figure's name ends in the variant's number (`__v1`), as its line says."""
     text = "\n## Figures\n\n"
+    numbers = {v: i for i, v in enumerate(sorted(set(keys.values())))}
+    names = variants(keys)
+    tag = lambda var: (f"v{numbers[var]}",) if len(numbers) > 1 else ()  # noqa: E731
+    named = {keys[c]: names[c] for c in keys}
     settings: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
         settings[c["model"], c["task"], c["eval_task"], keys[c["condition"]]].append(c)
     for (model, task, eval_task, var), group in sorted(settings.items()):
         if len({c["n_train"] for c in group}) > 1:
-            path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task)}.png"
+            path = figures / f"accuracy_vs_n__{_slug(model, task, eval_task, *tag(var))}.png"
             plots.plot_accuracy_vs_n(group, path)
-            text += f"- accuracy against N, {model}, {eval_task}: `{path.relative_to(folder)}`\n"
+            extra = f" ({named[var]})" if named[var] else ""
+            text += f"- accuracy against N, {model}, {eval_task}{extra}: `{path.relative_to(folder)}`\n"
     runs: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         runs[r["model"], r["task"], r["eval_task"], r["n_train"], keys[r["condition"]]].append(r)
     for (model, task, eval_task, n, var), mine in sorted(runs.items()):
-        stem = _slug(model, eval_task, f"n{n}")
+        stem = _slug(model, eval_task, f"n{n}", *tag(var))
         if any(r.get("asim_layers") for r in mine):
             plots.plot_layer_similarity(analysis.layer_similarity(mine), figures / f"layer_similarity__{stem}.png")
         scored = [r for r in mine if r.get("reliability")]  # generative rows have no answer distribution
@@ -357,14 +375,15 @@ def overlap_records(rows: list[dict], folder: Path) -> dict[str, dict]:
 
 def _overlaps(kept: list[dict], folder: Path, figures: Path, records: dict[str, dict]) -> str:
     """LoRA subspace overlap between methods trained on the same seed of the reported (dev-selected) runs, per base
-    model, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
-    overlaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    model and variant, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
+    names = variants(r["condition"] for r in kept)
+    overlaps: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[str, float] = {}
     skipped = {"untrained": 0, "not LoRA": 0}
     chosen: dict[tuple, dict[str, Path]] = defaultdict(dict)  # each method's adapter from its own selected run
     for r in kept:
         chosen[r["condition"], r["seed"]][r["method"]] = _adapter_dir(r)
-    for adapters in chosen.values():
+    for (condition, _), adapters in chosen.items():
         for b, a in TESTED_PAIRS:
             record = (
                 records.get(_pair_key(folder, adapters[a], adapters[b])) if a in adapters and b in adapters else None
@@ -374,17 +393,18 @@ def _overlaps(kept: list[dict], folder: Path, figures: Path, records: dict[str, 
             if "skipped" in record:
                 skipped[record["skipped"]] += 1
                 continue
-            overlaps[record["model"]][f"{a} vs {b}"].append(record["mean"])
+            overlaps[record["model"], names[condition]][f"{a} vs {b}"].append(record["mean"])
             baselines.setdefault(record["model"], record["random"])
     text = ""
-    for i, (model, pairs) in enumerate(sorted(overlaps.items())):
+    for i, ((model, variant), pairs) in enumerate(sorted(overlaps.items())):
         path = figures / f"subspace_overlap__{i}.png"
         plots.plot_overlap(pairs, baselines[model], path)
         lines = "\n".join(
             f"| {pair} | {np.mean(v):.3f} ± {metrics.sample_std(v):.3f} | {len(v)} |" for pair, v in pairs.items()
         )
         text += (
-            f"\n## LoRA subspace overlap, {Path(model).name}\n\n(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
+            f"\n## LoRA subspace overlap, {Path(model).name}{', ' + variant if variant else ''}\n\n"
+            "(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
             f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. "
             f"`{path.relative_to(folder)}`"
             f"\n\n| pair | overlap | adapters |\n|---|---|---|\n{lines}\n"
