@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -69,6 +70,11 @@ def test_paired_test_pairs_by_seed_and_matches_scipy(metric, column, alternative
         assert test["p_two_sided"] == pytest.approx(two.pvalue, rel=1e-12)
         assert test["p_one_sided"] == pytest.approx(one.pvalue, rel=1e-12)
         assert "p_value" not in test
+        # the 95% interval by hand: mean difference ± t(0.975, n − 1) · sd / √n; d_z = mean difference / sd
+        diff = np.array(x) - np.array(y)
+        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+        assert test["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half], rel=1e-9)
+        assert test["d_z"] == pytest.approx(diff.mean() / diff.std(ddof=1))
 
 
 def test_paired_test_without_two_pairs_has_no_statistic():
@@ -76,5 +82,5 @@ def test_paired_test_without_two_pairs_has_no_statistic():
     one = [row("ia2-sft", "t1", 0, 0.8, 0.1), row("sft", "t1", 0, 0.7, 0.2), row("ia2-sft", "t2", 0, 0.8, 0.1)]
     [test] = aggregate.paired_test(one)
     assert (test["task"], test["pairs"]) == ("t1", 1)
-    assert (test["t"], test["p_one_sided"], test["p_two_sided"]) == (None, None, None)
+    assert (test["t"], test["p_one_sided"], test["p_two_sided"], test["ci95"], test["d_z"]) == (None,) * 5
     assert test["mean_difference"] == pytest.approx(0.1)

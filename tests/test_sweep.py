@@ -139,8 +139,8 @@ def test_overlaps_stay_reported_after_the_adapters_are_deleted(swept, tmp_path):
     before = report.write(copy)
     records = json.loads((copy / "overlaps.json").read_text())
     assert len(records) == 2 * 2 * 3 * 2 * 2, "2 N × 2 seeds × 3 pairs × 2 × 2 learning-rate combinations"
-    for adapters in copy.glob("runs/**/adapters"):
-        shutil.rmtree(adapters)
+    for saved in copy.glob("runs/**/adapters"):
+        shutil.rmtree(saved)
     assert report.write(copy) == before and "| ia2 vs ia2-sft |" in before
 
 

@@ -179,12 +179,17 @@ def paired_test(
 
 
 def _t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:
-    """t of the paired x − y with its two-sided and one-sided (`alternative`) p; all None when t is undefined."""
+    """t of the paired x − y with its two-sided and one-sided (`alternative`) p, the 95% confidence interval of the
+    mean difference and the effect size d_z (mean difference over its standard deviation); all None when t is
+    undefined."""
     if len(x) < 2 or np.std(x - y) == 0:
-        return {"t": None, "p_two_sided": None, "p_one_sided": None}
+        return {"t": None, "p_two_sided": None, "p_one_sided": None, "ci95": None, "d_z": None}
     two_sided, one_sided = stats.ttest_rel(x, y), stats.ttest_rel(x, y, alternative=alternative)
+    interval = two_sided.confidence_interval(0.95)
     return {
         "t": float(two_sided.statistic),
         "p_two_sided": float(two_sided.pvalue),
         "p_one_sided": float(one_sided.pvalue),
+        "ci95": [float(interval.low), float(interval.high)],
+        "d_z": float((x - y).mean() / (x - y).std(ddof=1)),
     }

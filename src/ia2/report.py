@@ -252,15 +252,18 @@ def _tables(
         )
         named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
         text += (
-            f"| model | N | metric | pairs | mean difference | t "
-            f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) |\n" + "|---" * 8 + "|\n"
+            f"| model | N | metric | pairs | mean difference | 95% CI | d_z | t "
+            f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) |\n" + "|---" * 10 + "|\n"
         )
         for t in pooled:
-            stat, one, two = ("–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "p_one_sided", "p_two_sided"))
+            stat, d, one, two = (
+                "–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "d_z", "p_one_sided", "p_two_sided")
+            )
+            ci = "–" if t["ci95"] is None else f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]"
             model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
             text += (
-                f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {stat} "
-                f"| {one} | {two} |\n"
+                f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {ci} "
+                f"| {d} | {stat} | {one} | {two} |\n"
             )
     return text
 
