@@ -84,3 +84,16 @@ def test_paired_test_without_two_pairs_has_no_statistic():
     assert (test["task"], test["pairs"]) == ("t1", 1)
     assert (test["t"], test["p_one_sided"], test["p_two_sided"], test["ci95"], test["d_z"]) == (None,) * 5
     assert test["mean_difference"] == pytest.approx(0.1)
+
+
+def test_selection_compares_tuned_values_on_the_seeds_they_share():
+    """A sweep still running: lr 0.01 has seeds 0 and 1, lr 0.001 only seed 0. On seed 0 alone 0.001 is better
+    (0.4 < 0.5), though 0.01's mean over its own seeds (0.3) would look better; all of 0.001's rows are kept."""
+
+    def trained(lr: float, seed: int, dev: float) -> dict:
+        return {**row("sft", "t1", seed, 0.5, 0.1), "tuned": {"train.lr": lr}, "train": [{"best_dev_loss": dev}]}
+
+    rows = [trained(0.01, 0, 0.5), trained(0.01, 1, 0.1), trained(0.001, 0, 0.4)]
+    kept, [choice] = aggregate.select(rows)
+    assert choice["tuned"] == {"train.lr": 0.001} and choice["seeds"] == [0]
+    assert kept == [rows[2]]

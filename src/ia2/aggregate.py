@@ -86,8 +86,9 @@ def dev_score(row: dict, select: str) -> float:
 
 
 def select(rows: list[dict], by: str = "dev_loss") -> tuple[list[dict], list[dict]]:
-    """Keep, per (condition, method), the tuned values with the best mean dev score over seeds; return the kept rows
-    (every evaluation set) and the choices made. Baselines do not depend on tuned values: the first is kept."""
+    """Keep, per (condition, method), the tuned values with the best mean dev score over the seeds every value has
+    (so that a sweep still running compares its learning rates on the same seeds); return the kept rows (every
+    evaluation set) and the choices made. Baselines do not depend on tuned values: the first is kept."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         groups[row["condition"], row["method"]][json.dumps(row["tuned"], sort_keys=True)].append(row)
@@ -96,14 +97,18 @@ def select(rows: list[dict], by: str = "dev_loss") -> tuple[list[dict], list[dic
         if method in BASELINES:
             kept += next(iter(by_value.values()))
             continue
-        best = min(by_value, key=lambda v: _mean_dev(by_value[v], by))
+        seeds = [{r["seed"] for r in value_rows} for value_rows in by_value.values()]
+        common = set.intersection(*seeds) or set.union(*seeds)
+        scored = {v: [r for r in value_rows if r["seed"] in common] for v, value_rows in by_value.items()}
+        best = min(scored, key=lambda v: _mean_dev(scored[v], by))
         kept += by_value[best]
         choices.append(
             {
                 "condition": condition,
                 "method": method,
                 "tuned": json.loads(best),
-                "dev_scores": {v: _mean_dev(r, by) for v, r in by_value.items()},
+                "dev_scores": {v: _mean_dev(r, by) for v, r in scored.items()},
+                "seeds": sorted(common),
             }
         )
     return kept, choices
