@@ -370,7 +370,10 @@ def test_ood_pairs_line_up_and_mismatches_fail(mirror):
 
 
 def test_unknown_names_list_the_known_ones_and_labels_are_fixed(mirror):
-    known = r"expected one of bigbench:<task>, jsonl:<path>, sst2, .*strategyqa@bigbench"
+    known = (
+        r"expected one of bigbench:<task>, jsonl:<path>, multiemo:<domain>, multiemo4:<domain>, sst2, "
+        r".*strategyqa@bigbench, .*synthetic-icl"
+    )
     with pytest.raises(IA2Error, match=rf"unknown task 'sst3': {known}"):
         load_task("sst3")
     with pytest.raises(IA2Error, match="unknown task 'strategyqa@nowhere'"):

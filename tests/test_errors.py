@@ -362,15 +362,17 @@ def test_long_demonstration_named_rather_than_the_query(tmp_path, llama_dir):
         encoder.encode(task.examples[5], [task.examples[1]])
 
 
-def test_colliding_label_first_tokens(tmp_path, llama_dir, capsys):
+def test_labels_with_identical_tokens(tmp_path, llama_dir, capsys):
+    """Two words the tokenizer does not know are both `<unk>`: refused, naming both (labels that only share their
+    first tokens are scored as whole sequences instead: tests/test_labels.py)."""
     rows = toy_rows(40)
-    for r in rows[::2]:
-        r["answer"] = "yes please"
+    for i, r in enumerate(rows):
+        r["answer"] = ("zebra", "giraffe")[i % 2]
     path = write_jsonl(tmp_path / "collide.jsonl", rows)
     model, tok = models.load(str(llama_dir))
-    with pytest.raises(IA2Error, match="'yes'.*'yes please'|'yes please'.*'yes'"):
+    with pytest.raises(IA2Error, match="labels 'giraffe' and 'zebra' are the same tokens"):
         Encoder(load_task(f"jsonl:{path}"), tok, 512)
-    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "collide.jsonl", "yes please")
+    assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "collide.jsonl", "'zebra'")
     assert not (tmp_path / "out" / "results.json").exists()
 
 

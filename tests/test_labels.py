@@ -1,6 +1,7 @@
 """Label sets whose labels share their first tokens: refused only when two labels are the same tokens, scored as
 whole sequences, the ICL teacher answering with the label it scores highest, every method trained on all of a
-label's tokens; label sets with distinct first tokens keep today's greedy T = 1 teacher."""
+label's tokens; label sets with distinct first tokens keep today's greedy T = 1 teacher. (Two labels that are the
+same tokens are refused: tests/test_errors.py.)"""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, icl_prompts, toy_rows, write_jsonl
-from ia2 import config, experiment, models, targets
-from ia2.errors import IA2Error
+from ia2 import config, experiment, targets
 from ia2.evaluate import score
 from ia2.methods import METHODS
 from ia2.prompts import Encoder
@@ -46,15 +46,6 @@ def test_labels_sharing_a_first_token_are_whole_labels(loaded, shared_jsonl, toy
     assert shared.label_first() is None
     _, distinct = encoder_for(toy_jsonl, tok, model)
     assert not distinct.whole_labels and distinct.label_first() == [ids[0] for ids in distinct.label_ids]
-
-
-def test_labels_with_the_same_tokens_are_refused_naming_both(llama_dir, tmp_path):
-    """Two words the tokenizer does not know both become `<unk>`: no score could tell them apart."""
-    model, tok = models.load(str(llama_dir))
-    rows = [{"question": r["question"], "answer": ("zebra", "giraffe")[i % 2]} for i, r in enumerate(toy_rows(8))]
-    path = write_jsonl(tmp_path / "unk.jsonl", rows)
-    with pytest.raises(IA2Error, match=r"labels 'giraffe' and 'zebra' are the same tokens .* no score can tell"):
-        encoder_for(path, tok, model)
 
 
 def test_whole_label_scores_sum_or_average_the_label_tokens(loaded, shared_jsonl):
