@@ -126,3 +126,7 @@ def test_every_method_runs_on_labels_sharing_a_first_token(shared_runs, arch):
     logs = json.loads((out / "train_logs.json").read_text())
     trained = [stage for entry in logs for stage in entry["stages"]]
     assert trained and all(math.isfinite(stage["best_dev_loss"]) for stage in trained)
+    # how often the teacher's constrained answer is the gold label, recorded with every stage trained on it
+    on_teacher = [stage for stage in trained if stage["stage"].endswith(":icl")]
+    assert on_teacher and all(stage["teacher_agreement"] * 4 in (0, 1, 2, 3, 4) for stage in on_teacher)
+    assert all("teacher_agreement" not in stage for stage in trained if stage["stage"].endswith(":gold"))

@@ -138,6 +138,7 @@ def test_ia2_separates_labels_that_share_their_first_token(tmp_path, monkeypatch
     logs = json.loads((out / "train_logs.json").read_text())
     ia2_log = next(e for e in logs if e["method"] == "ia2")["stages"][0]
     assert ia2_log["best_dev_loss"] < ia2_log["history"][0]["dev_loss"]
+    assert ia2_log["teacher_agreement"] > 0.5, "the constrained teacher mostly answers with the gold label"
     [teacher] = (tmp_path / "cache" / "targets").glob("*.safetensors")
     with safe_open(str(teacher), framework="pt") as handle:
         fields = json.loads(handle.metadata()["fields"])

@@ -20,12 +20,14 @@ from .train import Item, adapter_state, train_stage
 
 @dataclass(frozen=True)
 class StageData:
-    """Training and dev items per label source (`gold`, `icl`), the dev prompts without demonstrations, and the
-    cache key of the teacher's targets they were made from."""
+    """Training and dev items per label source (`gold`, `icl`), the dev prompts without demonstrations, the cache
+    key of the teacher's targets they were made from, and how often the teacher's answer to a training query is its
+    gold label (None for generative tasks, and in low-data mode, whose queries have none)."""
 
     items: dict[str, tuple[list[Item], list[Item]]]
     dev_plain: list[Prompted]
     teacher_key: str | None = None
+    teacher_agreement: float | None = None
 
 
 def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str]) -> StageData:
@@ -46,7 +48,14 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
     n, m = cfg.data.n_train, len(plain) - len(split.dev)
-    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev, teacher.key)
+    agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
+    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev, teacher.key, agreement)
+
+
+def _agreement(teacher: Sequence[Item], gold: Sequence[Item]) -> float:
+    """The share of training queries whose teacher answer is the gold label (its first token when the teacher
+    answers one token, the labels' first tokens being distinct)."""
+    return sum(t.answer == g.answer[: len(t.answer)] for t, g in zip(teacher, gold)) / len(gold)
 
 
 def teacher_targets(
@@ -111,6 +120,8 @@ class StageRunner:
                 f"{stage.loss}:{stage.labels} s{self.seed}",
                 self._reporter(stages[: depth + 1]),
             )
+            if stage.labels == "icl":
+                log["teacher_agreement"] = self.data.teacher_agreement
             logs = logs + [log]
             self.memo[stages[: depth + 1]] = (adapter_state(self.ctx.model), logs)
         return logs
