@@ -40,17 +40,16 @@ def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval
 
 
 def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:
-    """Label scores and last-prompt-token activations of the current model."""
-    cfg = ctx.cfg
+    """Label scores (by the task's `label_score`) and last-prompt-token activations of the current model."""
     return score(
         ctx.model,
         [p.prompt for p in prompts],
         label_ids,
         ctx.pad_id,
         ctx.tap,
-        cfg.runtime.batch_size,
+        ctx.cfg.runtime.batch_size,
         desc,
-        cfg.data.label_score,
+        ctx.task.label_score,
     )
 
 
@@ -69,9 +68,8 @@ def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: s
         acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
     measured = scores(ctx, prompts, encoder.label_ids, desc)
-    return {**summarise(measured, se.gold, encoder.label_first()), "reliability": reliability(measured, se.gold)}, (
-        measured.acts
-    )
+    result = summarise(measured, se.gold, encoder.label_first())
+    return {**result, "reliability": reliability(measured, se.gold)}, measured.acts
 
 
 def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:

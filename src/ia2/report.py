@@ -69,6 +69,12 @@ def variants(conditions: Iterable[str]) -> dict[str, str]:
     return {c: ", ".join(f"{k}={f.get(k)}" for k in varying) for c, f in distinct.items()}
 
 
+def _variant_names(keys: dict[str, str]) -> dict[str, str]:
+    """Each variant key's short text, as `variants` names its conditions."""
+    names = variants(keys)
+    return {key: names[condition] for condition, key in keys.items()}
+
+
 def protocol(rows: list[dict]) -> str:
     """The protocol as run: seeds, what was tuned on dev and over which values, the grid's models, tasks and N, the
     `PROTOCOL` settings and every other setting all runs share where it differs from ia2's defaults (so that a cut
@@ -250,7 +256,7 @@ def _tables(
             "In-distribution rows only: "
             "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n"
         )
-        named = {keys[c["condition"]]: names[c["condition"]] for c in cells}
+        named = _variant_names(keys)
         text += (
             f"| model | N | metric | pairs | mean difference | 95% CI | d_z | t "
             f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) |\n" + "|---" * 10 + "|\n"
@@ -289,9 +295,8 @@ def _figures(rows: list[dict], cells: list[dict], figures: Path, folder: Path, k
     several variants a figure's name ends in the variant's number (`__v1`), as its line says."""
     text = "\n## Figures\n\n"
     numbers = {v: i for i, v in enumerate(sorted(set(keys.values())))}
-    names = variants(keys)
     tag = lambda var: (f"v{numbers[var]}",) if len(numbers) > 1 else ()  # noqa: E731
-    named = {keys[c]: names[c] for c in keys}
+    named = _variant_names(keys)
     settings: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
         settings[c["model"], c["task"], c["eval_task"], keys[c["condition"]]].append(c)

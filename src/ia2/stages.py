@@ -89,7 +89,7 @@ def teacher_targets(
             teacher.target_dtype,
             teacher.target_store,
             choices=ctx.encoder.label_ids if ctx.encoder.whole_labels else None,
-            label_score=ctx.cfg.data.label_score,
+            label_score=ctx.task.label_score,
         )
 
 

@@ -73,6 +73,12 @@ def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
         from ..synthetic import task  # torch-heavy, and it imports this package
 
         return task()
-    known = ["bigbench:<task>", "jsonl:<path>", "multiemo:<domain>", "multiemo4:<domain>", *benchmarks.names()]
-    known.append(SYNTHETIC)
+    known = [
+        "bigbench:<task>",
+        "jsonl:<path>",
+        "multiemo:<domain>",
+        "multiemo4:<domain>",
+        *benchmarks.names(),
+        SYNTHETIC,
+    ]
     raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join(known))
