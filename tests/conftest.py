@@ -231,3 +231,20 @@ def full_attn_outputs(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor
         for h in handles:
             h.remove()
     return torch.stack([o[0] for o in outs]), logits
+
+
+def every_method_on_every_arch(model_dirs, task: str, tmp_path_factory, name: str, **settings) -> dict:
+    """One run of every method per tiny architecture on `task` (N = 4, 10 test examples, seed 0, 2 epochs unless
+    `settings` say otherwise), in a cache of its own: {arch: (result, output folder)}."""
+    from ia2 import config, experiment
+    from ia2.methods import METHODS
+
+    small = {"n_train": 4, "n_test": 10, "seeds": [0], "max_epochs": 2} | settings
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IA2_CACHE", str(tmp_path_factory.mktemp(f"{name}-cache")))
+        for arch in ARCHS:
+            cfg = config.make(str(model_dirs[arch]), task, methods=list(METHODS), **small)
+            out = tmp_path_factory.mktemp(f"{name}-{arch}")
+            runs[arch] = (experiment.run(cfg, out), out)
+    return runs

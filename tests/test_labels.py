@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHS, icl_prompts, toy_rows, write_jsonl
-from ia2 import config, experiment, targets
+from conftest import ARCHS, every_method_on_every_arch, icl_prompts, toy_rows, write_jsonl
+from ia2 import targets
 from ia2.evaluate import score
 from ia2.methods import METHODS
 from ia2.prompts import Encoder
@@ -96,22 +96,7 @@ def test_distinct_first_tokens_keep_the_greedy_first_token_teacher(loaded, toy_j
 
 @pytest.fixture(scope="module")
 def shared_runs(model_dirs, shared_jsonl, tmp_path_factory) -> dict:
-    runs = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IA2_CACHE", str(tmp_path_factory.mktemp("shared-cache")))
-        for arch in ARCHS:
-            cfg = config.make(
-                str(model_dirs[arch]),
-                f"jsonl:{shared_jsonl}",
-                methods=list(METHODS),
-                n_train=4,
-                n_test=10,
-                seeds=[0],
-                max_epochs=2,
-            )
-            out = tmp_path_factory.mktemp(f"shared-{arch}")
-            runs[arch] = (experiment.run(cfg, out), out)
-    return runs
+    return every_method_on_every_arch(model_dirs, f"jsonl:{shared_jsonl}", tmp_path_factory, "shared")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from conftest import ARCHS, toy_rows, write_jsonl
+from conftest import ARCHS, every_method_on_every_arch, toy_rows, write_jsonl
 from ia2 import adapters, config, experiment, models, stages, train
 from ia2.evaluate import score, summarise
 from ia2.methods import METHODS
@@ -35,20 +35,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def all_methods(model_dirs, data, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
     """One run of every method per architecture (result and output folder), with an OOD evaluation set."""
-    runs = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IA2_CACHE", str(tmp_path_factory.mktemp("matrix-cache")))
-        for arch in ARCHS:
-            cfg = config.make(
-                str(model_dirs[arch]),
-                f"jsonl:{data['task']}",
-                methods=list(METHODS),
-                eval_tasks=[f"jsonl:{data['ood']}"],
-                **SMALL,
-            )
-            out = tmp_path_factory.mktemp(f"all-{arch}")
-            runs[arch] = (experiment.run(cfg, out), out)
-    return runs
+    return every_method_on_every_arch(
+        model_dirs, f"jsonl:{data['task']}", tmp_path_factory, "all", eval_tasks=[f"jsonl:{data['ood']}"]
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
