@@ -140,26 +140,28 @@ def shared_backward(
     items: Sequence[T],
     loss: Callable[[Sequence[T]], torch.Tensor],
     params: Sequence[nn.Parameter],
+    width: int = 1,
 ) -> torch.Tensor:
-    """A data-parallel backward pass; returns the loss summed over processes. Each process runs the backward pass of
-    `loss` on its share of `items` (every world_size-th one from its rank); the gradients of `params` (zeros from a
-    process without items, which with a sharded model runs the passes on the first item, gradients dropped) and the
-    losses are summed over processes, so every process holds the same sums."""
-    local, total = list(items[rank() :: world_size()]), torch.zeros((), device=params[0].device)
+    """A data-parallel backward pass; returns the losses [width] summed over processes. Each process runs the backward
+    pass of the sum of `loss` (a tensor of `width` losses) on its share of `items` (every world_size-th one from its
+    rank); the gradients of `params` (zeros from a process without items, which with a sharded model runs the passes
+    on the first item, gradients dropped) and the losses are summed over processes, so every process holds the same
+    sums."""
+    local, total = list(items[rank() :: world_size()]), torch.zeros(width, device=params[0].device)
     if local:
         total = loss(local)
-        total.backward()
+        total.sum().backward()
     elif sharded(model):
-        loss(items[:1]).backward()
+        loss(items[:1]).sum().backward()
         for p in params:
             p.grad = None
     _reshard(model)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    summed = total.detach().float().reshape(1).clone()
+    summed = total.detach().float().reshape(width).clone()
     all_reduce_sum_([p.grad for p in params] + [summed])
-    return summed[0]
+    return summed
 
 
 def shard_model(model: nn.Module, device: str) -> None:
