@@ -34,7 +34,7 @@ from ia2.errors import IA2Error
 from ia2.methods import Stage
 from ia2.store import resolve
 from ia2.taps import Tap
-from ia2.train import Item, adapter_state, train_stage
+from ia2.train import Item, Lane, adapter_state, train_lanes, train_stage
 
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
@@ -127,6 +127,29 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     return out
 
 
+def packed(model_dir: Path, task_path: Path, alone: bool = False) -> dict:
+    """Three LoRA adapters (seeds 0-2, two learning rates) on a --per-layer-norm IA2 stage, packed or one at a time:
+    batches of 3 over 7 examples, so each step's rows of a lane split unevenly over two processes."""
+    model, tok = load_model(model_dir, False)
+    task, encoder = toy_task_and_encoder(task_path, tok, model)
+    ex, tap = task.examples, Tap(model)
+    plain = [encoder.encode(ex[i]).prompt for i in range(12)]
+    shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(12)]
+    teacher = targets.collect(model, tap, tok, shared, batch_size=4)
+    items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
+    lanes = []
+    for seed, lr in ((0, 1e-2), (1, 1e-2), (2, 3e-3)):
+        model = adapters.fresh(model, "lora", seed)
+        cfg = TrainConfig(lr=lr, train_batch_size=3, max_epochs=2, eval_every=1, per_layer_norm=True)
+        lanes.append(Lane(items[seed : seed + 7], items[9:], cfg, seed, adapter_state(model)))
+    stage = Stage("ia2", "icl")
+    if alone:
+        trained = [train_lanes(model, tap, [lane], stage, tok.pad_token_id)[0] for lane in lanes]
+    else:
+        trained = train_lanes(model, tap, lanes, stage, tok.pad_token_id)
+    return {"logs": [log for log, _ in trained], "adapters": [state for _, state in trained]}
+
+
 def primitives() -> dict:
     """What the exchanges return in this process."""
     mapped = list(distributed.map_batches(torch.nn.Identity(), list(range(5)), lambda x: (distributed.rank(), x * x)))
@@ -162,6 +185,7 @@ def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str)
         module.atomic_path = record
     fsdp = mode == "fsdp"
     result = {"primitives": primitives(), "probe": probe(model, task, fsdp), "uneven": uneven(model, task, fsdp)}
+    result["packed"] = None if fsdp else packed(model, task)
     result["code"] = cli.main(run_argv(model, task, root / mode) + (["--fsdp"] if fsdp else []))
     torch.save({**result, "written": written}, root / f"{mode}{rank}.pt")
 
@@ -201,6 +225,7 @@ def runs(tmp_path_factory, model_dirs) -> dict:
             "primitives": primitives(),
             "probe": probe(model, task),
             "uneven": uneven(model, task),
+            "alone": packed(model, task, alone=True),
             "code": cli.main(run_argv(model, task, root / "one")),
         }
     parallel = {mode: spawned(root, model, task, mode) for mode in PARALLEL}
@@ -287,6 +312,19 @@ def test_training_matches_one_process(runs, mode):
     and an IA3 stage against the online teacher (batches 3, 1; one dev example)."""
     for probe_name in ("probe", "uneven"):
         assert_trained_alike(runs["one"][probe_name], [r[probe_name] for r in runs[mode]])
+
+
+def test_packed_training_over_two_processes_matches_one_at_a_time(runs):
+    """Three adapters packed in one pass, their rows split over two processes, train as each trains alone in one
+    process."""
+    one = runs["one"]["alone"]
+    two = [r["packed"] for r in runs["two"]]
+    assert same(two[0], two[1]), "every process holds the same adapters and logs"
+    for lane, (log, state) in enumerate(zip(one["logs"], one["adapters"])):
+        assert_trained_alike(
+            {"log": log, "adapter": state}, [{"log": t["logs"][lane], "adapter": t["adapters"][lane]} for t in two]
+        )
+        assert [h["step"] for h in two[0]["logs"][lane]["history"]] == [h["step"] for h in log["history"]]
 
 
 @pytest.mark.parametrize("mode", PARALLEL)

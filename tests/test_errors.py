@@ -27,13 +27,16 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+PROGRESS = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # a tqdm frame: "desc:  50%|█████     | 2/4 [00:01<00:01, ...]"
+
+
 def error_lines(err: str) -> list[str]:
     """Non-empty stderr lines, ignoring progress-bar redraws (tqdm writes '\r'-separated frames, and clears nested
     bars with cursor-up escapes)."""
     return [
         line
         for line in err.splitlines()
-        if line.strip() and "\r" not in line and "\x1b[" not in line and "it/s]" not in line and "s/it]" not in line
+        if line.strip() and "\r" not in line and "\x1b[" not in line and not PROGRESS.search(line)
     ]
 
 

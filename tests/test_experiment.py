@@ -141,7 +141,7 @@ def test_rerun_reuses_rows(runs, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a rerun with the same arguments must not retrain")
 
-    monkeypatch.setattr(stages, "train_stage", no_training)
+    monkeypatch.setattr(stages, "train_lanes", no_training)
     monkeypatch.setattr(targets, "collect", no_training)
     assert run_with_cache(argv(runs["model"], runs["task"], out), root / "cache_a") == 0
     assert [os.stat(p).st_mtime_ns for p in row_files] == mtimes

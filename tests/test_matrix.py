@@ -118,24 +118,25 @@ def test_ia2_sft_continues_from_ia2s_restored_best_with_a_fresh_optimizer(model_
     """IA2 → SFT's SFT stage starts from the state IA2 restored (its best on dev, not its last nor a fresh adapter)
     with a new, empty Adam, and `ia2` and `ia2-sft` share one trained IA2 stage: the method is IA2 then SFT."""
     calls, checked = [], []
-    real_stage, real_dev_loss = stages.train_stage, train.dev_loss
+    real_stage, real_dev_losses = stages.train_lanes, train.dev_losses
 
-    def recording_stage(model, *args, **kwargs):
-        entry = train.adapter_state(model)
+    def recording_stage(model, tap, lanes, stage, pad_id):
+        (lane,) = lanes
         checked.clear()
-        log = real_stage(model, *args, **kwargs)
-        calls.append({"stage": log["stage"], "entry": entry, "exit": train.adapter_state(model), "checked": [*checked]})
-        return log
+        ((log, exit),) = real_stage(model, tap, lanes, stage, pad_id)
+        calls.append({"stage": log["stage"], "entry": dict(lane.state), "exit": exit, "checked": [*checked]})
+        return [(log, exit)]
 
-    def recording_dev_loss(objective, *args, **kwargs):
+    def recording_dev_losses(objective, *args, **kwargs):
         """The dev loss, made to peak at the check after step 2 so that the best state is neither first nor last."""
-        loss = real_dev_loss(objective, *args, **kwargs) + (0.0 if len(checked) == 2 else 100.0)
+        (loss,) = real_dev_losses(objective, *args, **kwargs)
+        loss += 0.0 if len(checked) == 2 else 100.0
         checked.append((loss, train.adapter_state(objective.model)))
-        return loss
+        return [loss]
 
     CountingAdam.made = []
-    monkeypatch.setattr(stages, "train_stage", recording_stage)
-    monkeypatch.setattr(train, "dev_loss", recording_dev_loss)
+    monkeypatch.setattr(stages, "train_lanes", recording_stage)
+    monkeypatch.setattr(train, "dev_losses", recording_dev_losses)
     monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
     cfg = config.make(
         str(model_dirs["llama"]),

@@ -81,7 +81,7 @@ def test_overwrite_replaces_the_earlier_run_entirely(llama_dir, toy_jsonl, tmp_p
     def no_training(*args, **kwargs):
         raise AssertionError("a rerun of the same configuration must not retrain")
 
-    monkeypatch.setattr(stages, "train_stage", no_training)
+    monkeypatch.setattr(stages, "train_lanes", no_training)
     rows = {p: m for p, m in files(out).items() if "rows" in p.parts}
     assert run_cli(new, capsys)[0] == 0, "the same command again (with --overwrite) resumes"
     assert {p: m for p, m in files(out).items() if "rows" in p.parts} == rows

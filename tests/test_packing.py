@@ -115,7 +115,7 @@ def test_routed_rows_compute_their_own_adapters_output(model_dirs, toy_jsonl, ar
 
 
 def test_prompt_learning_and_dropout_are_refused():
-    assert "one at a time" in packing.refusal(adapters.normalise("prompt"))
+    assert "PROMPT_TUNING" in packing.refusal(adapters.normalise("prompt"))
     assert "lora_dropout" in packing.refusal(adapters.normalise({"peft_type": "LORA", "lora_dropout": 0.1}))
     assert packing.refusal(adapters.normalise("lora")) is None and packing.refusal(adapters.normalise("ia3")) is None
 

@@ -65,7 +65,7 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run must not be rerun")
 
-    monkeypatch.setattr(sweep, "run", no_run)
+    monkeypatch.setattr(sweep, "run_cell", no_run)
     specs = sorted(swept["out"].rglob("spec.json"))
     recorded = [json.loads(p.read_text()) for p in specs]
     for path in specs:
@@ -81,11 +81,40 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     lost = next(swept["out"].rglob("rows/*/seed1/sft.json"))
     lost.unlink()
     calls = []
-    real = train.train_stage
-    monkeypatch.setattr(stages, "train_stage", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    real = train.train_lanes
+    monkeypatch.setattr(stages, "train_lanes", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     sweep.execute(plan)
     assert lost.exists()
     assert [f"{s.loss}:{s.labels}" for s in calls] == ["ce:gold"], "only the lost (seed, method) is retrained"
+
+
+def test_a_packed_cell_gives_the_rows_of_runs_trained_one_at_a_time(swept, tmp_path, monkeypatch):
+    """With pack 4, each N's cell (2 learning rates × 2 seeds) trains its 4 adapters in one pass per stage; rows and
+    training logs match the unpacked sweep's (same steps and early stops; metrics to 1e-5, the tolerance of
+    tests/test_packing.py's weights)."""
+    monkeypatch.setenv("IA2_CACHE", str(swept["cache"]))
+    text = swept["config"].read_text().replace("train: {max_steps: 4}", "train: {max_steps: 4}\n  runtime: {pack: 4}")
+    packed_yaml = tmp_path / "packed.yaml"
+    packed_yaml.write_text(text)
+    sizes, real = [], train.train_lanes
+    monkeypatch.setattr(
+        stages, "train_lanes", lambda model, tap, lanes, *a: sizes.append(len(lanes)) or real(model, tap, lanes, *a)
+    )
+    plan = sweep.load(packed_yaml, tmp_path / "out")
+    assert [len(cell) for cell in sweep.cells(plan.configs())] == [2, 2]
+    sweep.execute(plan)
+    assert sizes == [4] * 6, "per cell: SFT, IA2, and IA2 → SFT's SFT stage (its IA2 stage reused), 4 adapters each"
+    for one, packed in zip(
+        sorted(swept["out"].rglob("rows/*/seed*/*.json")), sorted((tmp_path / "out").rglob("rows/*/seed*/*.json"))
+    ):
+        a, b = json.loads(one.read_text()), json.loads(packed.read_text())
+        assert one.relative_to(swept["out"]) == packed.relative_to(tmp_path / "out")
+        assert a["accuracy"] == b["accuracy"], one
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, abs=1e-5), (one, key)
+        steps = lambda row: [(s["steps"], s["best_step"]) for s in row.get("train", [])]  # noqa: E731
+        assert steps(a) == steps(b)
 
 
 def test_selection_uses_dev_loss_only(swept):

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import adapters
+from . import adapters, packing
 from .errors import IA2Error
 from .legacy import RENAMED, upgrade
 from .methods import METHODS
@@ -155,6 +155,12 @@ class RuntimeConfig:
     )
     batch_size: int = setting("inference batch size (teacher collection, evaluation)", 8, least=1)
     fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)", False)
+    pack: int | None = setting(
+        "most adapters trained together in one pass: a run's seeds, a sweep cell's seeds and learning rates "
+        "(default: 1 on CPU, where packing does not pay; on GPU the whole cell, as memory allows)",
+        None,
+        least=1,
+    )
     merge_bf16: bool = setting("evaluate adapters merged into bf16 weights (reference parity)", False)
     save_adapters: bool = setting("save every trained adapter in PEFT format", True)
     report_to: tuple[str, ...] = setting(
@@ -186,7 +192,7 @@ class RunConfig:
 
 
 SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
-NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.save_adapters", "runtime.report_to")
+NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.pack", "runtime.save_adapters", "runtime.report_to")
 REQUIRED = ("model", "data.task")
 
 
@@ -367,6 +373,12 @@ def _validate_combinations(cfg: RunConfig) -> None:
         raise SettingError(
             "runtime.merge_bf16", "merges the adapter into a whole copy of the model: drop it with --fsdp"
         )
+    if (cfg.runtime.pack or 1) > 1:
+        if cfg.runtime.fsdp:
+            raise SettingError("runtime.pack", "must be 1 with --fsdp (packing is untested there)")
+        refused = packing.refusal(cfg.adapter)
+        if refused:
+            raise SettingError("runtime.pack", refused)
 
 
 def changed(obj: object) -> dict:

@@ -1,12 +1,14 @@
 """One comparison run, as a recipe: claim the output folder, set up, then per seed draw the split, score the
-baselines, collect the teacher's targets, train and evaluate every method, and write each row as it is measured."""
+baselines and collect the teacher's targets, then train every method for every seed (packed) and evaluate it,
+writing each row as it is measured. A sweep cell (runs that differ only in learning rate) runs the same way, once."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -15,83 +17,172 @@ from . import adapters, config, distributed, models, outdir
 from .card import adapter_files
 from .config import RunConfig
 from .context import RunContext, load_context
+from .errors import IA2Error
 from .manifest import manifest
 from .measure import SeedEval, dev_accuracy, evaluate, result_row, seed_eval
 from .methods import METHODS
 from .paths import write_json
 from .results import write_reports
 from .splits import Split, draw_split, majority
-from .stages import StageData, StageRunner, stage_data
+from .stages import StageData, StageRunner, Trainee, stage_data
 from .taps import Tap
 from .tracking import check_available, tracked
+from .train import adapter_state
 
 log = logging.getLogger(__name__)
 # A trained method's metrics sent to the trackers.
 FINAL = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "dev_accuracy", "parse_failure_rate")
 
 
+@dataclass(frozen=True)
+class Member:
+    """One run of a cell: its config and output folder. The runs of a cell differ only in their learning rate."""
+
+    cfg: RunConfig
+    out: Path
+
+
 def run(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict:
     """Run every seed and method, resuming from the (seed, method) rows already written under the same config (each
-    is written as soon as it is measured); write the reports.
+    is written as soon as it is measured); write the reports. The seeds' adapters train in packs (`runtime.pack`)."""
+    return run_cell([Member(cfg, out)], overwrite)[0]
 
-    With several processes (sharing `out`) every process runs every seed and method on its share of the data; the
-    main process alone writes, and decides what is left to do.
+
+def run_cell(members: Sequence[Member], overwrite: bool = False) -> list[dict]:
+    """Run several runs that differ only in learning rate (a sweep cell) on one loaded model: their baselines and the
+    teacher's targets are computed once per seed, and every adapter they train, each seed at each learning rate, is
+    trained in packs of `runtime.pack`. Each run resumes, writes and reports as it would alone.
+
+    With several processes (sharing the folders) every process runs every seed and method on its share of the data;
+    the main process alone writes, and decides what is left to do.
     """
-    distributed.check_launch(cfg)
-    check_available(cfg)
-    outdir.claim(out, cfg, overwrite)
-    ctx = load_context(cfg)
+    first = members[0].cfg
+    for member in members:
+        distributed.check_launch(member.cfg)
+        check_available(member.cfg)
+        if config.key(replace(member.cfg, train=replace(member.cfg.train, lr=first.train.lr))) != config.key(first):
+            raise IA2Error(f"{member.out}: the runs of a cell may differ only in their learning rate")
+        outdir.claim(member.out, member.cfg, overwrite)
+    ctx = load_context(first)
+    out = members[0].out
     with tracked(ctx, out / "trackers", out.name or "ia2"):
-        return _run(ctx, cfg, out)
+        return _run(ctx, members)
 
 
-def _run(ctx: RunContext, cfg: RunConfig, out: Path) -> dict:
-    """`run` once set up: every seed's missing rows, then the run's files."""
+def _row_paths(ctx: RunContext, member: Member, seed: int) -> dict[tuple[str, str], Path]:
+    """Where each (method, evaluation set) row of one seed of a run goes."""
+    folder = outdir.rows_dir(member.out, member.cfg)
     names = [ev.task.name for ev in ctx.evals]
-    rows = []
-    for seed in tqdm(cfg.seeds, desc="seeds"):
-        paths = {
-            (m, e): outdir.rows_dir(out, cfg) / outdir.row_file(seed, m, e, ctx.task.name)
-            for m in cfg.methods
-            for e in names
-        }
-        todo = distributed.from_main(list(dict.fromkeys(m for (m, _), path in paths.items() if not path.exists())))
-        reused = [m for m in cfg.methods if m not in todo]
+    return {(m, e): folder / outdir.row_file(seed, m, e, ctx.task.name) for m in member.cfg.methods for e in names}
+
+
+def _run(ctx: RunContext, members: Sequence[Member]) -> list[dict]:
+    """`run_cell` once set up: per seed the split, the baselines and the teacher's targets; then each trained
+    method for every (run, seed) that lacks it, packed; then each run's files."""
+    cfg = ctx.cfg
+    todo = {
+        (m, seed): distributed.from_main(
+            list(
+                dict.fromkeys(
+                    method for (method, _), path in _row_paths(ctx, member, seed).items() if not path.exists()
+                )
+            )
+        )
+        for m, member in enumerate(members)
+        for seed in cfg.seeds
+    }
+    for (m, seed), methods in todo.items():
+        reused = [method for method in cfg.methods if method not in methods]
         if reused:
-            log.info("seed %d: reusing the finished rows of %s", seed, ", ".join(reused))
-        if todo:
-            for measured in run_seed(ctx, out, seed, todo):
-                if distributed.is_main():
-                    for row in measured:
-                        write_json(paths[row["method"], row["eval_task"]], row)
-            distributed.barrier()
-        rows += [json.loads(paths[m, e].read_text()) for m in cfg.methods for e in names]
+            log.info("%sseed %d: reusing the finished rows of %s", _who(members, m), seed, ", ".join(reused))
+    seeds = [seed for seed in cfg.seeds if any(todo[m, seed] for m in range(len(members)))]
+    with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
+        prepared = {seed: prepare_seed(ctx, seed, [todo[m, seed] for m in range(len(members))]) for seed in bar}
+    for seed, prep in prepared.items():
+        for m, member in enumerate(members):
+            _write(ctx, member, seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
+    trainees = {
+        (m, seed): Trainee.fresh(seed, member.cfg.train, prepared[seed].data, prepared[seed].start)
+        for m, member in enumerate(members)
+        for seed in seeds
+        if prepared[seed].data is not None
+    }
+    runner = StageRunner(ctx, list(trainees.values()), cfg.runtime.pack)
+    for method in [m for m in cfg.methods if not METHODS[m].baseline]:
+        who = [key for key in trainees if method in todo[key]]
+        runner.train(METHODS[method].stages, [trainees[key] for key in who])
+        for m, seed in who:
+            runner.load(trainees[m, seed], METHODS[method].stages)
+            member_ctx = replace(ctx, cfg=members[m].cfg)
+            rows = method_rows(
+                member_ctx,
+                method,
+                seed,
+                trainees[m, seed].memo[METHODS[method].stages][1],
+                prepared[seed],
+                members[m].out,
+            )
+            _write(ctx, members[m], seed, rows)
+    return [_finish(replace(ctx, cfg=member.cfg), member) for member in members]
+
+
+def _who(members: Sequence[Member], m: int) -> str:
+    """A log line's prefix naming the run, when a cell has several."""
+    return f"lr {members[m].cfg.train.lr:g}: " if len(members) > 1 else ""
+
+
+def _write(ctx: RunContext, member: Member, seed: int, rows: Sequence[dict]) -> None:
+    """Write rows of one seed of a run, each atomically, as soon as they are measured (the main process)."""
+    paths = _row_paths(ctx, member, seed)
+    if distributed.is_main():
+        for row in rows:
+            write_json(paths[row["method"], row["eval_task"]], row)
+    distributed.barrier()
+
+
+def _finish(ctx: RunContext, member: Member) -> dict:
+    """A run's result from its rows on disk, and (main process) its files."""
+    names = [ev.task.name for ev in ctx.evals]
+    rows = [json.loads(path.read_text()) for seed in ctx.cfg.seeds for path in _row_paths(ctx, member, seed).values()]
     result = {
-        "config": {**config.to_dict(cfg), "resolved_model": models.resolve(cfg.model), "key": config.key(cfg)},
+        "config": {
+            **config.to_dict(ctx.cfg),
+            "resolved_model": models.resolve(ctx.cfg.model),
+            "key": config.key(ctx.cfg),
+        },
         "majority_accuracy": {ev.task.name: majority(ev.task, ev.test) for ev in ctx.evals},
-        "n_test": {ev.task.name: len(ev.test) for ev in ctx.evals},
+        "n_test": {name: len(ev.test) for name, ev in zip(names, ctx.evals)},
         "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows],
     }
     if distributed.is_main():
-        write_outputs(result, rows, ctx, out)
+        write_outputs(result, rows, ctx, member.out)
     distributed.barrier()
     return result
 
 
-def run_seed(ctx: RunContext, out: Path, seed: int, methods: list[str]) -> Iterator[list[dict]]:
-    """One seed's rows as they are measured, so that each can be written at once: the baselines on the base
-    model, then each trained method, on every evaluation set."""
+@dataclass
+class PreparedSeed:
+    """What every run of a cell shares for one seed: its split and evaluation sets, the baselines' rows, the adapter's
+    fresh state and, when some run trains a method, the stage data."""
+
+    split: Split
+    evals: list[SeedEval]
+    baselines: list[dict]
+    start: dict
+    data: StageData | None
+
+
+def prepare_seed(ctx: RunContext, seed: int, todo: Sequence[Sequence[str]]) -> PreparedSeed:
+    """One seed's split, fresh adapter, baselines (ICL and zero-shot rows) and, when some run still trains a method,
+    the teacher's targets as stage data."""
     split = draw_split(ctx.test, ctx.pool, ctx.cfg.data, seed, ctx.unlabelled)
     ctx.model = adapters.fresh(ctx.model, ctx.cfg.adapter, seed)
+    start = adapter_state(ctx.model)
     evals = [seed_eval(ctx, ev, split, seed) for ev in ctx.evals]
-    yield [r for se in evals for r in baseline_rows(ctx, seed, se) if r["method"] in methods]
-    trained = [m for m in methods if not METHODS[m].baseline]
-    if trained:
-        data = stage_data(ctx, split, seed, trained)
-        runner = StageRunner(ctx, data, seed)
-        for method in trained:
-            logs = runner.train(METHODS[method].stages)
-            yield method_rows(ctx, method, seed, evals, logs, data, split, out)
+    baselines = [r for se in evals for r in baseline_rows(ctx, seed, se)]
+    trained = list(dict.fromkeys(m for methods in todo for m in methods if not METHODS[m].baseline))
+    data = stage_data(ctx, split, seed, trained) if trained else None
+    return PreparedSeed(split, evals, baselines, start, data)
 
 
 def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
@@ -107,18 +198,10 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
     ]
 
 
-def method_rows(
-    ctx: RunContext,
-    method: str,
-    seed: int,
-    evals: list[SeedEval],
-    logs: list[dict],
-    data: StageData,
-    split: Split,
-    out: Path,
-) -> list[dict]:
-    """A trained method's rows on the dev set and every evaluation set without demonstrations, then its adapter
-    and model card."""
+def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep: PreparedSeed, out: Path) -> list[dict]:
+    """A trained method's rows (the adapter in the model) on the dev set and every evaluation set without
+    demonstrations, then its adapter and model card."""
+    evals, data, split = prep.evals, prep.data, prep.split
     with evaluated(ctx):
         extra = {"dev_accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev s{seed}"), "train": logs}
         rows = []

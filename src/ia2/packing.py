@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -22,6 +23,10 @@ from torch import nn
 
 from .errors import IA2Error
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .train import Item
+
 PACKABLE = ("LORA", "IA3")
 
 
@@ -30,10 +35,10 @@ def refusal(peft_cfg: Mapping) -> str | None:
     bias, whose per-row randomness or extra weights the packed pass does not reproduce) and IA3 on linear layers."""
     kind = str(peft_cfg.get("peft_type"))
     if kind not in PACKABLE:
-        return f"{kind} adapters are trained one at a time (packing takes LoRA and IA3): use --pack 1"
+        return f"must be 1 for {kind} adapters (packing takes LoRA and IA3)"
     for name in ("lora_dropout", "use_dora", "lora_bias"):
         if peft_cfg.get(name):
-            return f"a LoRA adapter with {name} is trained one at a time: use --pack 1"
+            return f"must be 1 for LoRA with {name} (packing takes plain LoRA)"
     return None
 
 
@@ -130,3 +135,19 @@ def parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
 def state(model: PeftModel, name: str) -> dict[str, torch.Tensor]:
     """A detached copy of adapter `name`'s weights, keyed as the model's own adapter's state dict is."""
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+
+
+def suggested(model: nn.Module, cfg: RunConfig, trains: Sequence[Sequence[Item]]) -> int:
+    """How many adapters to pack when `pack` is not set: one on a CPU (already compute-bound at batch 4, so packing
+    does not pay), under FSDP, and for kinds that do not pack; on a GPU all of them (`trains`: each one's training
+    items), up to what half the free device memory holds by an estimate of a training pass's saved activations
+    (34 bytes per layer, token and hidden unit in 16 bits, twice that in fp32)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda" or cfg.runtime.fsdp or refusal(cfg.adapter) or not trains:
+        return 1
+    text = model.config.get_text_config()
+    width = max(len(i.prompt) + len(i.answer) for items in trains for i in items)
+    per_token = 34 * text.num_hidden_layers * text.hidden_size * (4 if cfg.runtime.dtype == "float32" else 2) // 2
+    per_lane = per_token * width * cfg.train.train_batch_size
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(len(trains), free // 2 // per_lane))

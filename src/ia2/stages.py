@@ -1,21 +1,24 @@
 """A seed's training data for each label source, from gold answers and the ICL teacher's targets, and the stages of
-every method trained on it, a trained prefix (IA2 before IA2 → SFT) reused rather than retrained."""
+every method trained on it for one adapter or several packed together, a trained prefix (IA2 before IA2 → SFT)
+reused rather than retrained."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from peft import set_peft_model_state_dict
 
-from . import targets
+from . import packing, targets
+from .config import TrainConfig
 from .context import RunContext
 from .losses import LOSSES
 from .methods import METHODS, Stage
 from .prompts import Prompted, teacher_prompts, teacher_queries
 from .splits import Split
 from .tracking import Reporter
-from .train import Item, adapter_state, train_stage
+from .train import Item, Lane, train_lanes
 
 
 @dataclass(frozen=True)
@@ -93,41 +96,68 @@ def teacher_targets(
         )
 
 
+@dataclass
+class Trainee:
+    """One adapter trained through methods' stages: its seed, training settings and stage data, and the state and
+    logs of every stage prefix trained so far, from the empty one (its fresh state) on, so that a trained prefix
+    (IA2 before IA2 → SFT) is reused rather than retrained."""
+
+    seed: int
+    cfg: TrainConfig
+    data: StageData
+    memo: dict[tuple[Stage, ...], tuple[dict[str, torch.Tensor], list[dict]]]
+
+    @classmethod
+    def fresh(cls, seed: int, cfg: TrainConfig, data: StageData, state: dict[str, torch.Tensor]) -> Trainee:
+        return cls(seed, cfg, data, {(): (state, [])})
+
+
 class StageRunner:
-    """Trains methods' stages on one seed's adapter, keeping each trained prefix's state and logs for reuse."""
+    """Trains methods' stages for several adapters (a run's seeds, a sweep cell's seeds and learning rates), in packs
+    of at most `pack` that share each training pass (`train_lanes`)."""
 
-    def __init__(self, ctx: RunContext, data: StageData, seed: int) -> None:
-        self.ctx, self.data, self.seed = ctx, data, seed
-        self.memo: dict[tuple[Stage, ...], tuple[dict, list[dict]]] = {(): (adapter_state(ctx.model), [])}
+    def __init__(self, ctx: RunContext, trainees: Sequence[Trainee], pack: int | None = 1) -> None:
+        self.ctx, self.trainees, self.pack = ctx, list(trainees), pack
 
-    def train(self, stages: tuple[Stage, ...]) -> list[dict]:
-        """Train `stages`, starting from the longest already-trained prefix; return every stage's log."""
-        done = max((p for p in self.memo if stages[: len(p)] == p), key=len)
-        state, logs = self.memo[done]
-        set_peft_model_state_dict(self.ctx.model, state)
-        for depth in range(len(done), len(stages)):
-            stage = stages[depth]
-            train, dev = self.data.items[stage.labels]
-            log = train_stage(
-                self.ctx.model,
-                self.ctx.tap,
-                train,
-                dev,
-                stage,
-                self.ctx.cfg.train,
-                self.seed * 1000 + depth,
-                self.ctx.pad_id,
-                f"{stage.loss}:{stage.labels} s{self.seed}",
-                self._reporter(stages[: depth + 1]),
+    def train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None = None) -> list[list[dict]]:
+        """Train `stages` for each of `who` (every trainee by default), each from its longest trained prefix; return
+        every trainee's stage logs."""
+        who = list(self.trainees if who is None else who)
+        for depth, stage in enumerate(stages):
+            path = stages[: depth + 1]
+            todo = [t for t in who if path not in t.memo]
+            size = self.pack or packing.suggested(
+                self.ctx.model, self.ctx.cfg, [t.data.items[stage.labels][0] for t in todo]
             )
-            if stage.labels == "icl":
-                log["teacher_agreement"] = self.data.teacher_agreement
-            logs = logs + [log]
-            self.memo[stages[: depth + 1]] = (adapter_state(self.ctx.model), logs)
-        return logs
+            for start in range(0, len(todo), size):
+                self._train_pack(todo[start : start + size], path)
+        return [t.memo[stages][1] for t in who]
 
-    def _reporter(self, path: tuple[Stage, ...]) -> Reporter | None:
+    def _train_pack(self, pack: Sequence[Trainee], path: tuple[Stage, ...]) -> None:
+        """Train the last stage of `path` for trainees that all have the rest of it trained."""
+        stage, depth = path[-1], len(path) - 1
+        lanes = [
+            Lane(
+                *t.data.items[stage.labels],
+                t.cfg,
+                t.seed * 1000 + depth,
+                t.memo[path[:-1]][0],
+                f"{stage.loss}:{stage.labels} s{t.seed}",
+                self._reporter(t.seed, path),
+            )
+            for t in pack
+        ]
+        for t, (log, state) in zip(pack, train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id)):
+            if stage.labels == "icl":
+                log["teacher_agreement"] = t.data.teacher_agreement
+            t.memo[path] = (state, t.memo[path[:-1]][1] + [log])
+
+    def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:
+        """Put a trainee's state after `stages` into the model's own adapter, to evaluate or save it."""
+        set_peft_model_state_dict(self.ctx.model, trainee.memo[stages][0])
+
+    def _reporter(self, seed: int, path: tuple[Stage, ...]) -> Reporter | None:
         """Where a stage's metrics go: under `seed<S>/<the stages trained so far>` (e.g. `ia2:icl>ce:gold`)."""
         if self.ctx.tracking is None:
             return None
-        return self.ctx.tracking.reporter(f"seed{self.seed}/" + ">".join(f"{s.loss}:{s.labels}" for s in path))
+        return self.ctx.tracking.reporter(f"seed{seed}/" + ">".join(f"{s.loss}:{s.labels}" for s in path))

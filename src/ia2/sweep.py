@@ -1,6 +1,7 @@
 """Sweeps: one YAML file expands a grid of conditions × tuned hyperparameters into runs.
 
-Runs share cached teacher targets (keyed by model, data, seed and prompts, not by learning rate), skip what is
+Runs that differ only in learning rate form a cell, run together on one loaded model with their adapters trained in
+packs; runs share cached teacher targets (keyed by model, data, seed and prompts, not by learning rate), skip what is
 finished and resume what is not, because every (seed, method) row is written atomically as it completes.
 """
 
@@ -9,14 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from . import config, distributed, outdir
 from .config import RunConfig
 from .errors import IA2Error
-from .experiment import run
+from .experiment import Member, run_cell
 from .paths import write_json
 
 log = logging.getLogger(__name__)
@@ -155,13 +156,26 @@ def spec(cfg: RunConfig, tuned: list[str]) -> dict:
     return {"config": config.to_dict(cfg), "key": config.key(cfg), "tuned": {p: config.get(cfg, p) for p in tuned}}
 
 
+def cells(configs: list[RunConfig]) -> list[list[int]]:
+    """The plan's runs (indices) grouped into cells, in plan order: runs that differ only in learning rate share one
+    loaded model, their seeds' baselines and teacher targets, and train their adapters in packs (`run_cell`). A run
+    that reports to trackers stays a cell of its own, as its trackers are named per run."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        alone = bool(cfg.runtime.report_to)
+        groups.setdefault(
+            f"run {i}" if alone else config.key(replace(cfg, train=replace(cfg.train, lr=0.0))), []
+        ).append(i)
+    return list(groups.values())
+
+
 def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
-    """Run every configuration not yet finished, in order; return the run folders.
+    """Run every configuration not yet finished, in order, a cell at a time; return the run folders.
 
     sweep.json, naming every run folder of the plan, is written first: the report reads exactly these runs, never
     a folder left by another plan (or by an earlier version, whose run keys differ). With shard (i, k) only every
-    k-th configuration starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each
-    writes only its own runs' rows.
+    k-th cell starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each writes
+    only its own runs' rows.
     """
     configs = sweep.configs()
     folders = [run_dir(sweep.out, cfg) for cfg in configs]
@@ -169,17 +183,20 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
         plan = {k: v for k, v in asdict(sweep).items() if k not in ("out", "source")}
         write_json(sweep.out / "sweep.json", {**plan, "runs": [str(f.relative_to(sweep.out)) for f in folders]})
     index, count = shard
-    for i, (cfg, folder) in enumerate(zip(configs, folders), start=1):
-        if (i - 1) % count != index:
+    for c, cell in enumerate(cells(configs)):
+        if c % count != index:
             continue
-        done = distributed.from_main(finished(cfg, folder))
-        if distributed.is_main() and not (done and (folder / "spec.json").exists()):
-            write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
-        if done:
-            log.info("[%d/%d] done already: %s", i, len(configs), folder)
-            continue
-        log.info("[%d/%d] running %s", i, len(configs), folder)
-        run(cfg, folder)
+        members = []
+        for i in cell:
+            cfg, folder = configs[i], folders[i]
+            done = distributed.from_main(finished(cfg, folder))
+            if distributed.is_main() and not (done and (folder / "spec.json").exists()):
+                write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
+            log.info("[%d/%d] %s %s", i + 1, len(configs), "done already:" if done else "running", folder)
+            if not done:
+                members.append(Member(cfg, folder))
+        if members:
+            run_cell(members)
     return folders
 
 

@@ -16,8 +16,9 @@ from .errors import IA2Error
 from .measure import dev_accuracy
 from .methods import METHODS
 from .splits import draw_split
-from .stages import StageRunner, stage_data
+from .stages import StageRunner, Trainee, stage_data
 from .tracking import check_available, tracked
+from .train import adapter_state
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ def _train(ctx: RunContext, out: Path) -> Path:
     split = draw_split([], ctx.pool, cfg.data, seed, ctx.unlabelled)
     ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
     data = stage_data(ctx, split, seed, [method])
-    logs = StageRunner(ctx, data, seed).train(METHODS[method].stages)
+    trainee = Trainee.fresh(seed, cfg.train, data, adapter_state(ctx.model))
+    runner = StageRunner(ctx, [trainee])
+    (logs,) = runner.train(METHODS[method].stages)
+    runner.load(trainee, METHODS[method].stages)
     dev = {"eval_task": f"{ctx.task.name} (dev)", "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev")}
     if ctx.tracking is not None and dev["accuracy"] is not None:
         ctx.tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
