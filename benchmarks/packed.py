@@ -7,8 +7,9 @@ Each side trains IA2 adapters for `--steps` optimizer steps each, with dev passe
 steps, dev = N/2), on the same model, data and teacher targets: the reference loop one adapter at a time at batch 1
 with 4-step accumulation, ia2 one adapter at a time at batch 4, and ia2 with the cell's adapters packed (`--pack`,
 default the whole cell). Reported per side: adapter-steps per second, the speed-up over the reference per
-adapter-step, the fraction of the bf16 compute floor (on CUDA) and peak device memory. `--profile` adds a
-torch.profiler table of one T=1 teacher collection (where its time goes). See benchmarks/README.md.
+adapter-step, the fraction of the bf16 compute floor (on CUDA) and peak device memory. `--compile on|cudagraphs`
+compiles the model's layers for the ia2 sides (the reference loop runs them too, as it would any model); `--profile`
+adds a torch.profiler table of one T=1 teacher collection (where its time goes). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import reference_loop
 import speed
-from ia2 import adapters, targets
+from ia2 import adapters, compiled, targets
 from ia2.config import TrainConfig
 from ia2.methods import IA2
 from ia2.paths import write_json, write_text
@@ -86,6 +87,7 @@ def measure(args: argparse.Namespace) -> tuple[dict, list[Side], str]:
     """Build the model and data, collect the teacher's targets, then time the three sides."""
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tok = speed.build(args.model, args.device, dtype)
+    compiled.apply(model, args.compile)
     data = speed.make_data(tok, model.config.max_position_embeddings, args.n, args.dev, args.demos, args.words, 0)
     tap = Tap(model)
     teacher = targets.collect(model, tap, tok, data.icl, 1, "", args.collect_batch)
@@ -110,8 +112,8 @@ def measure(args: argparse.Namespace) -> tuple[dict, list[Side], str]:
             done += train_lanes(student, tap, lanes[start : start + size], IA2, pad)
         return sum(log["steps"] for log, _ in done)
 
-    warm = [replace(lane, cfg=replace(lane.cfg, max_steps=2)) for lane in lanes[:2]]
-    reference(4), alone(warm[:1]), packed(warm)  # first calls of every path, untimed
+    warm = [replace(lane, cfg=replace(lane.cfg, max_steps=2)) for lane in lanes]
+    reference(4), alone(warm[:1]), packed(warm)  # first calls (and compiles) of every path, untimed
     sides = []
     for name, fn, count in (
         ("reference loop (batch 1 × 4 accumulated)", reference, 1),
@@ -187,6 +189,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--collect-batch", type=int, default=32)
     p.add_argument("--alone", type=int, default=2, help="adapters timed one at a time (the rate is per adapter-step)")
     p.add_argument("--pack", type=int, default=None, help="most adapters per pack (default: the whole cell)")
+    p.add_argument("--compile", choices=compiled.MODES, default="off", help="ia2's --compile, for both ia2 sides")
     p.add_argument("--profile", action="store_true", help="profile one T=1 teacher collection")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     p.add_argument("--out", type=Path, default=None, help="report path without suffix")

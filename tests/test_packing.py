@@ -14,8 +14,8 @@ import pytest
 import torch
 from peft import set_peft_model_state_dict
 
-from conftest import ARCHS, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, forward_pass, models, packing, targets
+from conftest import ARCHS, icl_prompts, small_run, toy_task_and_encoder
+from ia2 import adapters, cli, forward_pass, models, packing, targets
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
@@ -126,3 +126,11 @@ def test_lanes_with_different_losses_are_refused(model_dirs, toy_jsonl):
     lanes[1] = replace(lanes[1], cfg=replace(lanes[1].cfg, per_layer_norm=True))
     with pytest.raises(IA2Error, match="must share w, per_layer_norm"):
         train_lanes(model, Tap(model), lanes, IA2, tok.pad_token_id)
+
+
+def test_the_cli_refuses_a_pack_it_cannot_train_in_one_line(llama_dir, toy_jsonl, tmp_path, capsys):
+    argv = small_run(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out", pack=2, adapter="prompt")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ia2: error: --pack must be 1 for PROMPT_TUNING adapters (packing takes LoRA and IA3)"]
+    assert not (tmp_path / "out").exists()

@@ -155,6 +155,12 @@ class RuntimeConfig:
     )
     batch_size: int = setting("inference batch size (teacher collection, evaluation)", 8, least=1)
     fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)", False)
+    compile: str = setting(
+        "compile the decoder layers (torch.compile; cudagraphs: also CUDA graphs), pad batch widths to multiples of "
+        "16 and decode with a static cache; pays on GPU, rarely on CPU",
+        "off",
+        choices=("off", "on", "cudagraphs"),
+    )
     pack: int | None = setting(
         "most adapters trained together in one pass: a run's seeds, a sweep cell's seeds and learning rates "
         "(default: 1 on CPU, where packing does not pay; on GPU the whole cell, as memory allows)",
@@ -192,7 +198,15 @@ class RunConfig:
 
 
 SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
-NOT_IN_KEY = ("methods", "seeds", "runtime.fsdp", "runtime.pack", "runtime.save_adapters", "runtime.report_to")
+NOT_IN_KEY = (
+    "methods",
+    "seeds",
+    "runtime.fsdp",
+    "runtime.pack",
+    "runtime.compile",
+    "runtime.save_adapters",
+    "runtime.report_to",
+)
 REQUIRED = ("model", "data.task")
 
 
@@ -373,6 +387,8 @@ def _validate_combinations(cfg: RunConfig) -> None:
         raise SettingError(
             "runtime.merge_bf16", "merges the adapter into a whole copy of the model: drop it with --fsdp"
         )
+    if cfg.runtime.fsdp and cfg.runtime.compile != "off":
+        raise SettingError("runtime.compile", "must be off with --fsdp (compiling sharded layers is untested)")
     if (cfg.runtime.pack or 1) > 1:
         if cfg.runtime.fsdp:
             raise SettingError("runtime.pack", "must be 1 with --fsdp (packing is untested there)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import distributed, models, targets
+from . import compiled, distributed, models, targets
 from .config import RunConfig
 from .errors import IA2Error
 from .prompts import Encoder
@@ -87,6 +87,7 @@ def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
         ood = [_ood_set(name, task, tokenizer, context, cfg) for name in cfg.data.eval_tasks] if held_out else []
         evals = [EvalSet(task, encoder, test), *ood] if held_out else []
     fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
+    compiled.apply(model, cfg.runtime.compile)
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)
     tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import padding
+from . import compiled, padding
 from .taps import Tap
 
 
@@ -21,6 +21,20 @@ class Batch:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     n_answer: torch.Tensor
+
+    def padded(self, multiple: int) -> Batch:
+        """The batch left-padded to a width that is a multiple of `multiple` (masked pads at position 0 change no
+        row's result), so that compiled passes see few shapes."""
+        extra = -self.input_ids.shape[1] % multiple
+        if not extra:
+            return self
+        pad = lambda t, value: torch.cat([t.new_full((t.shape[0], extra), value), t], dim=1)  # noqa: E731
+        return Batch(
+            pad(self.input_ids, self.input_ids[0, 0]),
+            pad(self.attention_mask, 0),
+            pad(self.position_ids, 0),
+            self.n_answer,
+        )
 
     @property
     def keep(self) -> int:
@@ -66,6 +80,7 @@ def forward(model: nn.Module, batch: Batch, tap: Tap | None = None) -> tuple[tor
     """
     if padding.rows_alone(model, batch.input_ids.shape[1]) and not bool(batch.attention_mask.all()):
         return _row_by_row(model, batch, tap)
+    batch = batch.padded(compiled.bucket(model))
     inputs = dict(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep, use_cache=False
     )
