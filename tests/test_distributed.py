@@ -1,6 +1,6 @@
 """Several processes: two CPU processes on gloo against one, for the exchanges, collection, scoring, generation,
-training and a whole run, data-parallel and with the base model sharded (FSDP2, `--fsdp`); only the main process
-writes, each file once.
+training and a whole run, data-parallel and with the base model sharded (FSDP2, `--fsdp`), and packed training
+(LoRA and IA3 on every tiny architecture) against one adapter at a time; only the main process writes, each file once.
 
 Tolerance: batches of collection, scoring, generation and dev loss are computed whole by one process each, so those
 numbers are identical (under FSDP up to rounding, FORWARD_ATOL: measured at most 9.5e-7, with identical tokens); a
@@ -27,7 +27,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
-from conftest import small_run, toy_rows, toy_task_and_encoder, write_jsonl
+from conftest import ARCHS, small_run, toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, config, distributed, evaluate, generation, models, paths, plots, store, targets
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
@@ -41,6 +41,7 @@ WEIGHTS_ATOL = 1e-4
 METRICS_ATOL = 1e-5
 WRITERS = (paths, targets, store, adapters, models, plots)
 PARALLEL = ("two", "fsdp")
+KINDS = ("lora", "ia3")
 # Under FSDP a layer runs on weights gathered into fresh, differently aligned memory (the loaded ones are mapped from
 # the safetensors file), and BLAS rounds some products differently: one process with aligned copies of its weights
 # computes exactly what FSDP does.
@@ -127,9 +128,9 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     return out
 
 
-def packed(model_dir: Path, task_path: Path, alone: bool = False) -> dict:
-    """Three LoRA adapters (seeds 0-2, two learning rates) on a --per-layer-norm IA2 stage, packed or one at a time:
-    batches of 3 over 7 examples, so each step's rows of a lane split unevenly over two processes."""
+def packed(model_dir: Path, task_path: Path, kind: str, alone: bool = False) -> dict:
+    """Three adapters of `kind` (seeds 0-2, two learning rates) on a --per-layer-norm IA2 stage, packed or one at a
+    time: batches of 3 over 7 examples, so each step's rows of a lane split unevenly over two processes."""
     model, tok = load_model(model_dir, False)
     task, encoder = toy_task_and_encoder(task_path, tok, model)
     ex, tap = task.examples, Tap(model)
@@ -139,7 +140,7 @@ def packed(model_dir: Path, task_path: Path, alone: bool = False) -> dict:
     items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
     lanes = []
     for seed, lr in ((0, 1e-2), (1, 1e-2), (2, 3e-3)):
-        model = adapters.fresh(model, "lora", seed)
+        model = adapters.fresh(model, kind, seed)
         cfg = TrainConfig(lr=lr, train_batch_size=3, max_epochs=2, eval_every=1, per_layer_norm=True)
         lanes.append(Lane(items[seed : seed + 7], items[9:], cfg, seed, adapter_state(model)))
     stage = Stage("ia2", "icl")
@@ -167,7 +168,12 @@ def primitives() -> dict:
     }
 
 
-def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str) -> None:
+def every_pack(archs: dict[str, Path], task: Path, alone: bool = False) -> dict:
+    """`packed` for LoRA and IA3 on every tiny architecture."""
+    return {f"{arch}-{kind}": packed(folder, task, kind, alone) for arch, folder in archs.items() for kind in KINDS}
+
+
+def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str, archs: dict[str, Path]) -> None:
     """One of two processes, set up as torchrun would: exchanges, the probes, then a whole run through the CLI, the
     model whole on each process (mode "two") or sharded over both ("fsdp")."""
     os.environ.update(
@@ -185,7 +191,7 @@ def worker(rank: int, port: int, model: Path, task: Path, root: Path, mode: str)
         module.atomic_path = record
     fsdp = mode == "fsdp"
     result = {"primitives": primitives(), "probe": probe(model, task, fsdp), "uneven": uneven(model, task, fsdp)}
-    result["packed"] = None if fsdp else packed(model, task)
+    result["packed"] = None if fsdp else every_pack(archs, task)
     result["code"] = cli.main(run_argv(model, task, root / mode) + (["--fsdp"] if fsdp else []))
     torch.save({**result, "written": written}, root / f"{mode}{rank}.pt")
 
@@ -196,10 +202,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawned(root: Path, model: Path, task: Path, mode: str) -> list[dict]:
+def spawned(root: Path, model: Path, task: Path, mode: str, archs: dict[str, Path]) -> list[dict]:
     """What each of two spawned processes returned."""
     processes, deadline = (
-        mp.spawn(worker, args=(free_port(), model, task, root, mode), nprocs=2, join=False),
+        mp.spawn(worker, args=(free_port(), model, task, root, mode, archs), nprocs=2, join=False),
         time.monotonic() + 600,
     )
     while not processes.join(timeout=5):
@@ -225,10 +231,10 @@ def runs(tmp_path_factory, model_dirs) -> dict:
             "primitives": primitives(),
             "probe": probe(model, task),
             "uneven": uneven(model, task),
-            "alone": packed(model, task, alone=True),
+            "alone": every_pack(dict(model_dirs), task, alone=True),
             "code": cli.main(run_argv(model, task, root / "one")),
         }
-    parallel = {mode: spawned(root, model, task, mode) for mode in PARALLEL}
+    parallel = {mode: spawned(root, model, task, mode, dict(model_dirs)) for mode in PARALLEL}
     return {"root": root, "one": {**one, "written": written}, **parallel}
 
 
@@ -314,11 +320,12 @@ def test_training_matches_one_process(runs, mode):
         assert_trained_alike(runs["one"][probe_name], [r[probe_name] for r in runs[mode]])
 
 
-def test_packed_training_over_two_processes_matches_one_at_a_time(runs):
+@pytest.mark.parametrize("pack", [f"{arch}-{kind}" for arch in ARCHS for kind in KINDS])
+def test_packed_training_over_two_processes_matches_one_at_a_time(runs, pack):
     """Three adapters packed in one pass, their rows split over two processes, train as each trains alone in one
     process."""
-    one = runs["one"]["alone"]
-    two = [r["packed"] for r in runs["two"]]
+    one = runs["one"]["alone"][pack]
+    two = [r["packed"][pack] for r in runs["two"]]
     assert same(two[0], two[1]), "every process holds the same adapters and logs"
     for lane, (log, state) in enumerate(zip(one["logs"], one["adapters"])):
         assert_trained_alike(
