@@ -77,53 +77,65 @@ def _row_paths(ctx: RunContext, member: Member, seed: int) -> dict[tuple[str, st
 
 
 def _run(ctx: RunContext, members: Sequence[Member]) -> list[dict]:
-    """`run_cell` once set up: per seed the split, the baselines and the teacher's targets; then each trained
-    method for every (run, seed) that lacks it, packed; then each run's files."""
-    cfg = ctx.cfg
-    todo = {
-        (m, seed): distributed.from_main(
-            list(
-                dict.fromkeys(
-                    method for (method, _), path in _row_paths(ctx, member, seed).items() if not path.exists()
-                )
-            )
-        )
-        for m, member in enumerate(members)
-        for seed in cfg.seeds
-    }
-    for (m, seed), methods in todo.items():
-        reused = [method for method in cfg.methods if method not in methods]
-        if reused:
-            log.info("%sseed %d: reusing the finished rows of %s", _who(members, m), seed, ", ".join(reused))
-    seeds = [seed for seed in cfg.seeds if any(todo[m, seed] for m in range(len(members)))]
-    with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
-        prepared = {seed: prepare_seed(ctx, seed, [todo[m, seed] for m in range(len(members))]) for seed in bar}
-    for seed, prep in prepared.items():
-        for m, member in enumerate(members):
-            _write(ctx, member, seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
-    trainees = {
-        (m, seed): Trainee.fresh(seed, member.cfg.train, prepared[seed].data, prepared[seed].start)
-        for m, member in enumerate(members)
-        for seed in seeds
-        if prepared[seed].data is not None
-    }
-    runner = StageRunner(ctx, list(trainees.values()), cfg.runtime.pack)
-    for method in [m for m in cfg.methods if not METHODS[m].baseline]:
-        who = [key for key in trainees if method in todo[key]]
-        runner.train(METHODS[method].stages, [trainees[key] for key in who])
-        for m, seed in who:
-            runner.load(trainees[m, seed], METHODS[method].stages)
-            member_ctx = replace(ctx, cfg=members[m].cfg)
-            rows = method_rows(
-                member_ctx,
-                method,
-                seed,
-                trainees[m, seed].memo[METHODS[method].stages][1],
-                prepared[seed],
-                members[m].out,
-            )
-            _write(ctx, members[m], seed, rows)
+    """`run_cell` once set up, in three phases: per seed the split, the baselines and the teacher's targets; then each
+    trained method for every (run, seed) that lacks it, packed; then each run's files."""
+    todo = _todo(ctx, members)
+    prepared = _prepare(ctx, members, todo)
+    _train_methods(ctx, members, todo, prepared)
     return [_finish(replace(ctx, cfg=member.cfg), member) for member in members]
+
+
+def _todo(ctx: RunContext, members: Sequence[Member]) -> dict[tuple[int, int], list[str]]:
+    """Per (run index, seed), the methods whose rows are missing, as the main process sees them; logs the reused."""
+    todo = {}
+    for m, member in enumerate(members):
+        for seed in ctx.cfg.seeds:
+            missing = [method for (method, _), path in _row_paths(ctx, member, seed).items() if not path.exists()]
+            todo[m, seed] = distributed.from_main(list(dict.fromkeys(missing)))
+            reused = [method for method in ctx.cfg.methods if method not in todo[m, seed]]
+            if reused:
+                log.info("%sseed %d: reusing the finished rows of %s", _who(members, m), seed, ", ".join(reused))
+    return todo
+
+
+def _prepare(
+    ctx: RunContext, members: Sequence[Member], todo: dict[tuple[int, int], list[str]]
+) -> dict[int, PreparedSeed]:
+    """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them."""
+    runs = range(len(members))
+    seeds = [seed for seed in ctx.cfg.seeds if any(todo[m, seed] for m in runs)]
+    with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
+        prepared = {seed: prepare_seed(ctx, seed, [todo[m, seed] for m in runs]) for seed in bar}
+    for seed, prep in prepared.items():
+        for m in runs:
+            _write(ctx, members[m], seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
+    return prepared
+
+
+def _train_methods(
+    ctx: RunContext,
+    members: Sequence[Member],
+    todo: dict[tuple[int, int], list[str]],
+    prepared: dict[int, PreparedSeed],
+) -> None:
+    """Each trained method, in the config's order, for every (run, seed) lacking it, in packs; each adapter then
+    evaluated and its rows written."""
+    trainees = {
+        (m, seed): Trainee.fresh(seed, member.cfg.train, prep.data, prep.start)
+        for m, member in enumerate(members)
+        for seed, prep in prepared.items()
+        if prep.data is not None
+    }
+    runner = StageRunner(ctx, list(trainees.values()), ctx.cfg.runtime.pack)
+    for method in [name for name in ctx.cfg.methods if not METHODS[name].baseline]:
+        stages = METHODS[method].stages
+        who = [key for key in trainees if method in todo[key]]
+        runner.train(stages, [trainees[key] for key in who])
+        for m, seed in who:
+            runner.load(trainees[m, seed], stages)
+            logs = trainees[m, seed].memo[stages][1]
+            rows = method_rows(replace(ctx, cfg=members[m].cfg), method, seed, logs, prepared[seed], members[m].out)
+            _write(ctx, members[m], seed, rows)
 
 
 def _who(members: Sequence[Member], m: int) -> str:
@@ -142,7 +154,6 @@ def _write(ctx: RunContext, member: Member, seed: int, rows: Sequence[dict]) -> 
 
 def _finish(ctx: RunContext, member: Member) -> dict:
     """A run's result from its rows on disk, and (main process) its files."""
-    names = [ev.task.name for ev in ctx.evals]
     rows = [json.loads(path.read_text()) for seed in ctx.cfg.seeds for path in _row_paths(ctx, member, seed).values()]
     result = {
         "config": {
@@ -151,7 +162,7 @@ def _finish(ctx: RunContext, member: Member) -> dict:
             "key": config.key(ctx.cfg),
         },
         "majority_accuracy": {ev.task.name: majority(ev.task, ev.test) for ev in ctx.evals},
-        "n_test": {name: len(ev.test) for name, ev in zip(names, ctx.evals)},
+        "n_test": {ev.task.name: len(ev.test) for ev in ctx.evals},
         "rows": [{k: v for k, v in r.items() if k != "train"} for r in rows],
     }
     if distributed.is_main():
