@@ -9,13 +9,14 @@ differently; dev losses agree to 1e-5 relative and adapter weights to 1e-5 (meas
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 from peft import set_peft_model_state_dict
 
 from conftest import ARCHS, icl_prompts, small_run, toy_task_and_encoder
-from ia2 import adapters, cli, forward_pass, models, packing, targets
+from ia2 import adapters, cli, config, forward_pass, models, packing, targets
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
@@ -134,3 +135,15 @@ def test_the_cli_refuses_a_pack_it_cannot_train_in_one_line(llama_dir, toy_jsonl
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ia2: error: --pack must be 1 for PROMPT_TUNING adapters (packing takes LoRA and IA3)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_pack_size_default(loaded):
+    """One adapter at a time on a CPU; on a GPU as many as half the free memory holds, by the activation estimate."""
+    model, _ = loaded
+    cfg = config.make("m", "jsonl:t")
+    items = [[Item([1] * 20, [2])] * 4] * 15
+    assert packing.suggested(model, cfg, items) == 1
+    shape = SimpleNamespace(num_hidden_layers=36, hidden_size=2560)
+    per_lane = packing.lane_bytes(shape, "bfloat16", 24, 4)
+    assert packing.lane_bytes(shape, "float32", 24, 4) == packing.lane_bytes(shape, "bfloat16", 24, 8) == 2 * per_lane
+    assert 2**20 < 15 * per_lane < 2**30, "a Qwen3-4B-shaped cell of 15 at the paper's sizes needs well under a GiB"

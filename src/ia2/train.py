@@ -264,7 +264,7 @@ class _Progress:
         self.lane, cfg = lane, lane.cfg
         self.generator = torch.Generator().manual_seed(lane.seed)
         self.order, self.start, self.epoch = torch.randperm(len(lane.train), generator=self.generator).tolist(), 0, 0
-        self.step, self.stale = 0, 0
+        self.step, self.stale, self.loss = 0, 0, math.nan
         self.best, self.best_state = first_dev, dict(lane.state)
         self.history: list[dict] = [{"step": 0, "dev_loss": first_dev}]
         total = cfg.max_epochs * math.ceil(len(lane.train) / cfg.train_batch_size)
