@@ -146,4 +146,4 @@ def test_pack_size_default(loaded):
     shape = SimpleNamespace(num_hidden_layers=36, hidden_size=2560)
     per_lane = packing.lane_bytes(shape, "bfloat16", 24, 4)
     assert packing.lane_bytes(shape, "float32", 24, 4) == packing.lane_bytes(shape, "bfloat16", 24, 8) == 2 * per_lane
-    assert 2**20 < 15 * per_lane < 2**30, "a Qwen3-4B-shaped cell of 15 at the paper's sizes needs well under a GiB"
+    assert 2**30 < 15 * per_lane < 2**33, "a Qwen3-4B-shaped cell of 15 at the paper's sizes: a few GiB"
