@@ -148,10 +148,13 @@ def _chunk_rows(
         batch = make_batch(chunk_prompts, answers, tokenizer.pad_token_id, model.device.type)
         logits, chunk_acts = forward(model, batch, tap)
     out = []
+    host_acts = (
+        None if chunk_acts is None else chunk_acts.float().cpu()
+    )  # one device-to-host copy per batch, not per row
     for row, i in enumerate(chunk):
         out.append(TeacherRow(i, answers[row], None))
-        if chunk_acts is not None:
-            out[-1].acts = chunk_acts[row, :, chunk_acts.shape[2] - len(answers[row]) :].float().cpu().clone()
+        if host_acts is not None:
+            out[-1].acts = host_acts[row, :, host_acts.shape[2] - len(answers[row]) :].clone()
         if distribution is not None:
             out[-1].top_ids, out[-1].top_logp = distribution_at(
                 logits[row, logits.shape[1] - len(answers[row]) :], distribution
