@@ -147,3 +147,16 @@ def test_pack_size_default(loaded):
     per_lane = packing.lane_bytes(shape, "bfloat16", 24, 4)
     assert packing.lane_bytes(shape, "float32", 24, 4) == packing.lane_bytes(shape, "bfloat16", 24, 8) == 2 * per_lane
     assert 2**30 < 15 * per_lane < 2**33, "a Qwen3-4B-shaped cell of 15 at the paper's sizes: a few GiB"
+
+
+def test_packed_lanes_with_the_online_teacher(model_dirs, toy_jsonl):
+    """With the online teacher (activations computed per batch with every adapter disabled) packed lanes still train
+    as they would alone: the teacher pass sees no lane's update."""
+    model, tok, icl, _ = _items(model_dirs["llama"], toy_jsonl)
+    online = [Item(i.prompt, i.answer, icl_prompt=i.prompt + i.prompt) for i in icl]
+    lanes, model = _lanes(model, "lora", online)
+    alone = [train_lanes(model, Tap(model), [lane], IA2, tok.pad_token_id)[0] for lane in lanes]
+    packed = train_lanes(model, Tap(model), lanes, IA2, tok.pad_token_id)
+    for (log_a, state_a), (log_p, state_p) in zip(alone, packed):
+        assert (log_p["steps"], log_p["best_step"]) == (log_a["steps"], log_a["best_step"])
+        _close(state_p, state_a)
