@@ -51,18 +51,29 @@ def _layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def _lora_forward(layer: LoraLinear, names: Sequence[str], rows: torch.Tensor):
-    """A LoRA layer's forward that adds adapter names[rows[b]]'s update to row b (base output alone when disabled)."""
+def _lora_forward(layer: LoraLinear, names: Sequence[str], sizes: Sequence[int], rows: torch.Tensor):
+    """A LoRA layer's forward that adds adapter names[g]'s update to the g-th group of sizes[g] rows (the base output
+    alone when adapters are disabled). Equal groups, the usual case, take one batched product per adapter over a
+    [K, rows × length, in] view; unequal ones a product per row with its adapter's weights gathered."""
+    scaling = torch.tensor([float(layer.scaling[n]) for n in names], device=rows.device)
+    equal = len(set(sizes)) == 1
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = layer.base_layer(x, *args, **kwargs)
         if layer.disable_adapters:
             return result
-        a = torch.stack([layer.lora_A[n].weight for n in names])[rows]  # [B, r, in]
-        b = torch.stack([layer.lora_B[n].weight for n in names])[rows]  # [B, out, r]
-        scale = torch.tensor([float(layer.scaling[n]) for n in names], device=x.device, dtype=a.dtype)[rows]
-        h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))  # x [B, S, in]
-        return (result + torch.bmm(h, b.transpose(1, 2)) * scale[:, None, None]).to(result.dtype)
+        a = torch.stack([layer.lora_A[n].weight for n in names])  # [K, r, in]
+        b = torch.stack([layer.lora_B[n].weight for n in names])  # [K, out, r]
+        scale = scaling.to(a.dtype)
+        if equal:
+            h = x.to(a.dtype).reshape(len(names), -1, x.shape[-1])  # [K, rows × length, in]
+            delta = (torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2)) * scale[:, None, None]).view_as(
+                result
+            )
+        else:
+            h = torch.bmm(x.to(a.dtype), a[rows].transpose(1, 2))  # x [B, S, in]
+            delta = torch.bmm(h, b[rows].transpose(1, 2)) * scale[rows][:, None, None]
+        return (result + delta).to(result.dtype)
 
     return forward
 
@@ -92,8 +103,10 @@ def routed(model: nn.Module, names: Sequence[str], sizes: Sequence[int]) -> Iter
     device = next(model.parameters()).device
     rows = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(list(sizes))).to(device)
     for layer in layers:
-        make = _lora_forward if isinstance(layer, LoraLayer) else _ia3_forward
-        layer.forward = make(layer, names, rows)
+        if isinstance(layer, LoraLayer):
+            layer.forward = _lora_forward(layer, names, sizes, rows)
+        else:
+            layer.forward = _ia3_forward(layer, names, rows)
     try:
         yield
     finally:
