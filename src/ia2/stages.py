@@ -109,6 +109,7 @@ class Trainee:
 
     @classmethod
     def fresh(cls, seed: int, cfg: TrainConfig, data: StageData, state: dict[str, torch.Tensor]) -> Trainee:
+        """A trainee with nothing trained yet, starting from the adapter state `state`."""
         return cls(seed, cfg, data, {(): (state, [])})
 
 
