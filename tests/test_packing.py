@@ -163,3 +163,39 @@ def test_packed_lanes_with_the_online_teacher(model_dirs, toy_jsonl):
     for (log_a, state_a), (log_p, state_p) in zip(alone, packed):
         assert (log_p["steps"], log_p["best_step"]) == (log_a["steps"], log_a["best_step"])
         _close(state_p, state_a)
+
+
+def test_biases_and_saved_modules_are_refused_and_a_failed_pack_leaves_nothing(model_dirs, toy_jsonl):
+    assert "bias" in packing.refusal(adapters.normalise({"peft_type": "LORA", "bias": "all"}))
+    assert "modules_to_save" in packing.refusal(
+        adapters.normalise({"peft_type": "LORA", "modules_to_save": ["lm_head"]})
+    )
+    model, tok, icl, _ = _items(model_dirs["llama"], toy_jsonl)
+    lanes, model = _lanes(model, "lora", icl)
+    broken = {k: v[:1] for k, v in lanes[1].state.items()}  # a state of the wrong shape fails while loading
+    with pytest.raises(RuntimeError):
+        with packing.lanes(model, [lanes[0].state, broken]):
+            pass
+    assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
+    assert len(train_lanes(model, Tap(model), lanes[:2], IA2, tok.pad_token_id)) == 2, "a later pack still trains"
+
+
+def test_dropout_draws_depend_on_the_lane_not_on_what_trained_before(model_dirs, toy_jsonl):
+    """With LoRA dropout (trained alone), a lane's result is the same whatever ran before it: resumes and seed lists
+    do not change it."""
+    model, tok, icl, _ = _items(model_dirs["llama"], toy_jsonl)
+    model = adapters.fresh(model, {"peft_type": "LORA", "lora_dropout": 0.3}, 0)
+    lane = Lane(icl[:8], icl[18:], TrainConfig(train_batch_size=3, max_epochs=2, lr=1e-2), 0, adapter_state(model))
+    first = train_lanes(model, Tap(model), [lane], IA2, tok.pad_token_id)[0][1]
+    torch.rand(100)  # something else draws from the global generator in between
+    again = train_lanes(model, Tap(model), [lane], IA2, tok.pad_token_id)[0][1]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_a_cell_of_runs_that_differ_in_more_than_lr_is_refused(llama_dir, toy_jsonl, tmp_path):
+    from ia2.experiment import Member, run_cell
+
+    base = config.make(str(llama_dir), f"jsonl:{toy_jsonl}", seeds=[0])
+    other = replace(base, seeds=(0, 1), train=replace(base.train, lr=3e-4))
+    with pytest.raises(IA2Error, match="may differ only in their learning rate"):
+        run_cell([Member(base, tmp_path / "a"), Member(other, tmp_path / "b")])

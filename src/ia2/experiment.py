@@ -60,7 +60,7 @@ def run_cell(members: Sequence[Member], overwrite: bool = False) -> list[dict]:
     for member in members:
         distributed.check_launch(member.cfg)
         check_available(member.cfg)
-        if config.key(replace(member.cfg, train=replace(member.cfg.train, lr=first.train.lr))) != config.key(first):
+        if replace(member.cfg, train=replace(member.cfg.train, lr=first.train.lr)) != first:
             raise IA2Error(f"{member.out}: the runs of a cell may differ only in their learning rate")
         outdir.claim(member.out, member.cfg, overwrite)
     ctx = load_context(first)

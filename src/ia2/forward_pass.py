@@ -78,9 +78,9 @@ def forward(model: nn.Module, batch: Batch, tap: Tap | None = None) -> tuple[tor
 
     Adapters that prepend virtual tokens keep these positions last; see `adapters` for how padding is kept harmless.
     """
+    batch = batch.padded(compiled.bucket(model))
     if padding.rows_alone(model, batch.input_ids.shape[1]) and not bool(batch.attention_mask.all()):
         return _row_by_row(model, batch, tap)
-    batch = batch.padded(compiled.bucket(model))
     inputs = dict(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep, use_cache=False
     )

@@ -31,14 +31,17 @@ PACKABLE = ("LORA", "IA3")
 
 
 def refusal(peft_cfg: Mapping) -> str | None:
-    """Why adapters of this PEFT config mapping cannot be packed, or None: only plain LoRA (no dropout, DoRA or
-    bias, whose per-row randomness or extra weights the packed pass does not reproduce) and IA3 on linear layers."""
+    """Why adapters of this PEFT config mapping cannot be packed, or None: only plain LoRA and IA3 on linear layers
+    (no dropout, DoRA, LoRA bias, trained base biases or modules to save: per-row randomness or weights shared by
+    every adapter, which the packed pass does not reproduce)."""
     kind = str(peft_cfg.get("peft_type"))
     if kind not in PACKABLE:
         return f"must be 1 for {kind} adapters (packing takes LoRA and IA3)"
-    for name in ("lora_dropout", "use_dora", "lora_bias"):
+    for name in ("lora_dropout", "use_dora", "lora_bias", "modules_to_save"):
         if peft_cfg.get(name):
-            return f"must be 1 for LoRA with {name} (packing takes plain LoRA)"
+            return f"must be 1 for adapters with {name} (packing takes plain LoRA and IA3)"
+    if peft_cfg.get("bias", "none") != "none":
+        return "must be 1 for adapters that train biases (packing takes plain LoRA and IA3)"
     return None
 
 
@@ -126,17 +129,18 @@ def lanes(model: PeftModel, states: Sequence[Mapping[str, torch.Tensor]]) -> Ite
     made PEFT-active so that `disable_adapter()` (the online teacher) turns them off and on again alike."""
     own = model.active_adapter
     names = [lane_name(i) for i in range(len(states))]
-    with torch.random.fork_rng(devices=[]):  # PEFT initialises each new adapter randomly before its state is loaded
-        for name, state in zip(names, states):
-            model.add_adapter(name, model.peft_config[own])
-            set_peft_model_state_dict(model, dict(state), adapter_name=name)
-    model.base_model.set_adapter(names)
     try:
+        with torch.random.fork_rng(devices=[]):  # PEFT initialises each new adapter randomly before it is loaded
+            for name, state in zip(names, states):
+                model.add_adapter(name, model.peft_config[own])
+                set_peft_model_state_dict(model, dict(state), adapter_name=name)
+        model.base_model.set_adapter(names)
         yield names
     finally:
         model.base_model.set_adapter(own)
         for name in names:
-            model.delete_adapter(name)
+            if name in model.peft_config:
+                model.delete_adapter(name)
         model.base_model.set_adapter(own)
 
 

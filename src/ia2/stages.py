@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from peft import set_peft_model_state_dict
 
-from . import packing, targets
+from . import distributed, packing, targets
 from .config import TrainConfig
 from .context import RunContext
 from .losses import LOSSES
@@ -127,9 +127,8 @@ class StageRunner:
         for depth, stage in enumerate(stages):
             path = stages[: depth + 1]
             todo = [t for t in who if path not in t.memo]
-            size = self.pack or packing.suggested(
-                self.ctx.model, self.ctx.cfg, [t.data.items[stage.labels][0] for t in todo]
-            )
+            trains = [t.data.items[stage.labels][0] for t in todo]
+            size = self.pack or min(distributed.everyone(packing.suggested(self.ctx.model, self.ctx.cfg, trains)))
             for start in range(0, len(todo), size):
                 self._train_pack(todo[start : start + size], path)
         return [t.memo[stages][1] for t in who]

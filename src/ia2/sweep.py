@@ -193,7 +193,7 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
             if distributed.is_main() and not (done and (folder / "spec.json").exists()):
                 write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
             log.info("[%d/%d] %s %s", i + 1, len(configs), "done already:" if done else "running", folder)
-            if not done:
+            if not done and folder not in [m.out for m in members]:  # a point listed twice runs once
                 members.append(Member(cfg, folder))
         if members:
             run_cell(members)

@@ -328,11 +328,13 @@ def train_lanes(
     split across them (`batch_gradient`) and the dev passes too, so early stopping decides alike everywhere.
     """
     _check_packable(lanes)
-    if len(lanes) == 1:
-        set_peft_model_state_dict(model, dict(lanes[0].state))
-        return _train(model, tap, lanes, stage, pad_id, None)
-    with packing.lanes(model, [lane.state for lane in lanes]) as names:
-        return _train(model, tap, lanes, stage, pad_id, names)
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(lanes[0].seed)  # random draws (dropout; packs have none) depend on the lane, not on the order
+        if len(lanes) == 1:
+            set_peft_model_state_dict(model, dict(lanes[0].state))
+            return _train(model, tap, lanes, stage, pad_id, None)
+        with packing.lanes(model, [lane.state for lane in lanes]) as names:
+            return _train(model, tap, lanes, stage, pad_id, names)
 
 
 def _check_packable(lanes: Sequence[Lane]) -> None:
