@@ -276,6 +276,11 @@ def test_a_list_of_grids_is_their_union(tmp_path):
         (m, t, n) for m, ns in (("big", (4, 8)), ("small", (4,))) for t in ("t1", "t2") for n in ns
     }
     assert [c.data.n_train for c in configs] == sorted(c.data.n_train for c in configs)
+    path.write_text(
+        "methods: [sft]\nseeds: [0]\ngrid:\n  - {model: [m], task: [t], n_train: [4, 8]}\n"
+        "  - {model: [m], task: [t], n_train: [4]}\n"
+    )
+    assert [c.data.n_train for c in sweep.load(path).configs()] == [4, 8], "a point listed twice is one run"
     path.write_text("methods: [sft]\nseeds: [0]\ngrid:\n  - {model: [m], task: [t]}\n  - {model: [m], lr: [x]}\n")
     with pytest.raises(IA2Error, match=r"grid\[1\]"):
         sweep.load(path)

@@ -60,14 +60,15 @@ class Sweep:
         return out
 
     def configs(self) -> list[RunConfig]:
-        """One RunConfig per point, ordered by N first so that every task has results at small N early."""
+        """One RunConfig per distinct point, ordered by N first so that every task has results at small N early. A
+        point listed twice (overlapping grids) is one run: its rows must not count twice in the report's tests."""
         fixed = config.flatten(self.fixed, str(self.source), "fixed")
         listed = {
             "methods": (list(self.methods), f"{self.source}: methods"),
             "seeds": (list(self.seeds), f"{self.source}: seeds"),
         }
-        out = [config.build({**fixed, **point, **listed}) for point in self.points()]
-        return sorted(out, key=lambda c: c.data.n_train)
+        out = {config.key(c): c for c in (config.build({**fixed, **point, **listed}) for point in self.points())}
+        return sorted(out.values(), key=lambda c: c.data.n_train)
 
     def tuned_paths(self) -> list[str]:
         """The paths of the tuned settings."""
@@ -193,7 +194,7 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
             if distributed.is_main() and not (done and (folder / "spec.json").exists()):
                 write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
             log.info("[%d/%d] %s %s", i + 1, len(configs), "done already:" if done else "running", folder)
-            if not done and folder not in [m.out for m in members]:  # a point listed twice runs once
+            if not done:
                 members.append(Member(cfg, folder))
         if members:
             run_cell(members)
