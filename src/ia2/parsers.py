@@ -140,6 +140,19 @@ def sciq(text: str) -> str | None:
     return re.sub(r"^(?:a|an|the)\s+", "", answer) or None
 
 
+# A number at the very start of the answer: optional "$" and sign, thousands commas only in groups of three, and no
+# digit, letter, slash, comma-digit or point-digit glued on after it ("9 apples" -> 9; "about 9", "9,5", "1.2.3",
+# "7th" and "1/2" do not parse).
+_LEADING_NUMBER = re.compile(r"(\$?[-−]?\$?)((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?![,.]?\d|[/\w])")
+
+
+def number(text: str) -> str | None:
+    """The number the answer starts with, canonicalised ("9 apples" -> "9", "1,200.50 dollars" -> "1200.5"); None
+    when it does not start with one (strict: a number later in the text does not count)."""
+    match = _LEADING_NUMBER.match(text.strip())
+    return _canonical(match.group(2), "-" in match.group(1) or "−" in match.group(1)) if match else None
+
+
 def text(answer: str) -> str | None:
     """The first line of the answer, lowercased with whitespace collapsed: exact match for short free-text answers."""
     line = " ".join(answer.strip().split("\n", 1)[0].lower().split())
@@ -152,6 +165,7 @@ PARSERS: dict[str, Callable[[str], str | None]] = {
     "gsm8k-reference": gsm8k_reference,
     "boxed": boxed,
     "sciq": sciq,
+    "number": number,
 }
 
 

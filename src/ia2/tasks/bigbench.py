@@ -1,16 +1,16 @@
-"""BIG-bench classification tasks, read from the `bigbench` sdist fetched once with pip.
+"""BIG-bench classification tasks, from a local copy of the `bigbench` 1.0.0 sdist or from the hub's BIG-bench datasets.
 
-Only the requested task's JSON is extracted from the tarball and cached; the sdist is never installed
-(it would pull TensorFlow).
+The registry no longer serves the 1.0.0 sdist (358 MB of task JSON), so ia2 does not download it: a user who has it
+names it with $IA2_BIGBENCH_SDIST (checked by sha256; only the requested task's JSON is extracted and cached), or
+keeps it where ia2 0.2 cached it. Without one, the task is read from the hub's `tasksource/bigbench` through
+`datasets` (or its copy under $IA2_HUB_MIRROR); when neither is there, one line names both ways.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import subprocess
-import sys
+import os
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +18,15 @@ from pathlib import Path
 from ..errors import IA2Error
 from ..paths import atomic_path, cache_root
 from .base import Example, Task
+from .hub import HubSpec, hub_source
+from .packaged import sha256
 
 SDIST = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+SDIST_ENV = "IA2_BIGBENCH_SDIST"
 TASKS_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks"
+HUB = "tasksource/bigbench"
+HUB_SPLITS = ("train", "validation")
 # multiemo's English sentence-level sets, by domain; `all` pools the four.
 MULTIEMO_DOMAINS = ("products", "hotels", "medicine", "reviews", "all")
 MULTIEMO_BINARY = ("negative", "positive")
@@ -29,64 +34,62 @@ MULTIEMO_BINARY = ("negative", "positive")
 log = logging.getLogger(__name__)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sdist_path() -> Path | None:
+    """The checked local sdist: $IA2_BIGBENCH_SDIST, else the copy ia2 0.2 cached; None when there is neither."""
+    named = os.environ.get(SDIST_ENV)
+    path = Path(named).expanduser() if named else cache_root() / "bigbench" / SDIST
+    if not path.is_file():
+        if named:
+            raise IA2Error(f"${SDIST_ENV}={named}: no such file")
+        return None
+    if sha256(path) != SDIST_SHA256:
+        raise IA2Error(f"{path}: not the bigbench 1.0.0 sdist (sha256 mismatch)")
+    return path
 
 
-def pip_download(folder: Path) -> None:
-    """Save the bigbench sdist into `folder` with `pip download`, so the user's pip configuration (index, mirror,
-    proxy, certificates) applies; without its dependencies, and never a wheel."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        "bigbench",
-        "bigbench==1.0.0",
-        "-d",
-        str(folder),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {result.returncode}"
-        raise IA2Error(f"cannot download the bigbench sdist: `pip {' '.join(command[3:])}` failed: {last}")
-
-
-def sdist_path() -> Path:
-    """The bigbench sdist in the cache, downloaded by pip (358 MB) into a temporary folder and checked on first use."""
-    target = cache_root() / "bigbench" / SDIST
-    if target.exists():
-        return target
-    with atomic_path(target) as tmp:
-        pip_download(tmp.parent)
-        if not tmp.is_file():
-            raise IA2Error(f"cannot download the bigbench sdist: the download saved no {SDIST}")
-        if _sha256(tmp) != SDIST_SHA256:
-            raise IA2Error(f"{SDIST}: sha256 mismatch after download")
-    return target
-
-
-def task_json(name: str) -> Path:
-    """Extract `<name>/task.json` from the sdist once; later calls read the cached copy."""
+def _extract(sdist: Path, name: str) -> Path:
+    """Extract `<name>/task.json` from the sdist into the cache once."""
     target = cache_root() / "bigbench" / "tasks" / f"{name}.json"
-    if target.exists():
-        return target
-    member = f"{TASKS_DIR}/{name}/task.json"
-    with tarfile.open(sdist_path(), "r:gz") as tar:
+    with tarfile.open(sdist, "r:gz") as tar:
         try:
-            handle = tar.extractfile(member)
+            handle = tar.extractfile(f"{TASKS_DIR}/{name}/task.json")
         except KeyError:
             raise IA2Error(f"unknown task 'bigbench:{name}': no {name}/task.json in {SDIST}") from None
         with atomic_path(target) as tmp:
             tmp.write_bytes(handle.read())
     return target
+
+
+def _hub_example(row: dict) -> dict:
+    """A hub row (`inputs`, `multiple_choice_targets`, `multiple_choice_scores`) as a task-JSON example."""
+    scores = dict(zip(row.get("multiple_choice_targets") or [], row.get("multiple_choice_scores") or [], strict=True))
+    return {"input": row.get("inputs"), "target_scores": scores}
+
+
+def _from_hub(name: str) -> dict:
+    """Task `name` from the hub's BIG-bench (train and validation pooled, as the task JSON has one list)."""
+    config, _, subtask = name.partition("/")
+    if subtask:
+        raise IA2Error(f"bigbench:{name}: the hub's {HUB} does not split task {config!r} into subtasks")
+    source = hub_source(HubSpec(f"bigbench:{name}", HUB, config, _hub_example, test_split=HUB_SPLITS[0]))
+    return {"examples": [_hub_example(row) for split in HUB_SPLITS for row in source.read(split)]}
+
+
+def read(name: str) -> dict:
+    """The raw task JSON of BIG-bench task `name`: cached, from the local sdist, or from the hub."""
+    cached = cache_root() / "bigbench" / "tasks" / f"{name}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    sdist = sdist_path()
+    if sdist is not None:
+        return json.loads(_extract(sdist, name).read_text())
+    try:
+        return _from_hub(name)
+    except IA2Error as exc:
+        raise IA2Error(
+            f"bigbench:{name}: BIG-bench's task files are not here: set ${SDIST_ENV} to a copy of {SDIST}, or let "
+            f"`datasets` reach the hub's {HUB} (or a copy under $IA2_HUB_MIRROR); the hub: {exc}"
+        ) from None
 
 
 def parse(name: str, data: dict, where: str, rows: list[tuple[int, dict]] | None = None) -> Task:
@@ -125,13 +128,8 @@ def parse(name: str, data: dict, where: str, rows: list[tuple[int, dict]] | None
     )
 
 
-def read(name: str) -> dict:
-    """The raw task JSON of BIG-bench task `name`, fetched and cached on first use."""
-    return json.loads(task_json(name).read_text())
-
-
 def load(name: str) -> Task:
-    """The BIG-bench task `name`, fetched and cached on first use."""
+    """The BIG-bench task `name` (see `read` for where it comes from)."""
     return parse(name, read(name), f"bigbench:{name}")
 
 

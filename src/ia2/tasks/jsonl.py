@@ -14,10 +14,10 @@ from .base import Example, Task
 SPLITS = ("train", "test")
 
 
-def _lines(path: Path) -> Iterator[tuple[str, str]]:
-    """(FILE:LINE, text) of each non-blank line, decoded line by line so a bad byte is reported where it is."""
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        where = f"{path}:{number}"
+def lines(data: bytes, origin: str) -> Iterator[tuple[str, str]]:
+    """(ORIGIN:LINE, text) of each non-blank line, decoded line by line so a bad byte is reported where it is."""
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{origin}:{number}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -28,15 +28,21 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
             yield where, line
 
 
-def _example(where: str, line: str, answers: bool = True) -> Example:
-    """One line's example, failing with its FILE:LINE and the first bad field (`answer` optional unless
-    `answers`; an absent one is "")."""
+def json_object(where: str, line: str) -> dict:
+    """One line's JSON object, or an IA2Error naming its FILE:LINE."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise IA2Error(f"{where}: malformed JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise IA2Error(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _example(where: str, line: str, answers: bool = True) -> Example:
+    """One line's example, failing with its FILE:LINE and the first bad field (`answer` optional unless
+    `answers`; an absent one is "")."""
+    row = json_object(where, line)
     for key in ("question", "answer") if answers or "answer" in row else ("question",):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise IA2Error(f"{where}: field {key!r} is missing or not a non-empty string")
@@ -52,7 +58,7 @@ def read_jsonl(path: Path, answers: bool = True) -> list[Example]:
     (inputs to predict on) a row may omit its answer."""
     if not path.is_file():
         raise IA2Error(f"{path}: no such file")
-    examples = [_example(where, line, answers) for where, line in _lines(path)]
+    examples = [_example(where, line, answers) for where, line in lines(path.read_bytes(), str(path))]
     if not examples:
         raise IA2Error(f"{path}: no examples")
     return examples
