@@ -12,11 +12,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, export, predict, report, sweep, trainer
+from . import adapters, config, distributed, export, lock, predict, report, sweep, trainer
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
 from .legacy import OLD_FLAGS
+from .paths import check_output
 
 # The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
 DEMO = config.make(
@@ -273,14 +274,23 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 0
     sweep.execute(plan, args.shard)
     if args.shard[1] == 1 and distributed.is_main():
-        print(report.write(plan.out))
+        print(_report(plan.out))
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     """`ia2 report`: the tables, tests and figures of a sweep or run folder."""
-    print(report.write(args.folder, args.select))
+    print(_report(args.folder, args.select))
     return 0
+
+
+def _report(folder: Path, select: str | None = None) -> str:
+    """A folder's report, written while no other command writes the folder."""
+    if not folder.is_dir():
+        raise IA2Error(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+    check_output(folder, folder=True)
+    with lock.holding([lock.inside(folder)]):
+        return report.write(folder, select)
 
 
 COMMANDS = {
@@ -297,6 +307,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one line and exit code 2, Ctrl-C one line and 130."""
     args = parse(argv)
+    lock.command = " ".join(["ia2", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)

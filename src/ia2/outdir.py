@@ -4,15 +4,13 @@ the files written when the run finishes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import config, distributed
 from .config import RunConfig
 from .errors import IA2Error
-from .paths import write_json
+from .paths import check_output, write_json
 
 MARKER = "run.json"
 # What a run writes into its folder; --overwrite removes these and nothing else.
@@ -57,15 +55,12 @@ def _difference(out: Path, cfg: RunConfig) -> str:
 def claim(out: Path, cfg: RunConfig, overwrite: bool = False) -> None:
     """Make sure `out` can take this run before anything loads: a writable folder holding no run of another
     configuration (with `overwrite`, an earlier run's files are removed first); record the config there."""
-    if out.exists() and not out.is_dir():
-        raise IA2Error(f"{out}: the output folder is a file")
+    check_output(out, folder=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".ia2-write-test-", dir=out)
-        os.close(handle)
-        os.unlink(probe)
     except OSError as exc:
         raise IA2Error(f"{out}: cannot write the output folder ({exc.strerror})") from None
+    check_output(out, folder=True)
     others = recorded_keys(out) - {config.key(cfg)}
     if others and not overwrite:
         raise IA2Error(

@@ -18,7 +18,7 @@ from . import config, distributed, outdir
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import Member, run_cell
-from .paths import write_json
+from .paths import check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     k-th cell starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each writes
     only its own runs' rows.
     """
+    check_output(sweep.out, folder=True)
     configs = sweep.configs()
     folders = [run_dir(sweep.out, cfg) for cfg in configs]
     if distributed.is_main():

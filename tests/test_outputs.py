@@ -1,0 +1,166 @@
+"""Nothing a user points at is destroyed and two commands never write one output at once: output paths that are
+links, devices, FIFOs, the input file or unwritable are refused before any model loads; an output is locked while a
+command writes it, a stale lock taken over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import small_run
+from ia2 import lock, paths
+from ia2.errors import IA2Error
+from test_outdir import refused
+
+
+def run_args(model: Path, task: Path, out: Path, *extra: str) -> list[str]:
+    return small_run(model, f"jsonl:{task}", out, *extra, methods="zero-shot")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def hold(path: Path, pid: int, command: str = "ia2 run --lr 0.01") -> None:
+    """A lock file as another ia2 command leaves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"pid": pid, "host": socket.gethostname(), "command": command, "since": "12:00:00"}
+    path.write_text(json.dumps(record))
+
+
+# A. Output paths
+
+
+def test_predict_refuses_a_link_a_fifo_and_its_input_as_out(tmp_path, toy_jsonl, capsys, monkeypatch):
+    """A symbolic link, a FIFO, the input file itself, or a link where the metrics go beside the predictions: one line
+    before anything loads, and each is left as it was."""
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("keep me\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(kept)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    beside = tmp_path / "p.jsonl"
+    (tmp_path / "p.metrics.json").symlink_to(kept)
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text(toy_jsonl.read_text())
+    cases = [
+        (link, labelled, f"{link}: the output file is a symbolic link"),
+        (fifo, labelled, f"{fifo}: the output file is a FIFO"),
+        (labelled, labelled, f"{labelled}: the output file is the input file {labelled}"),
+        (beside, labelled, f"{tmp_path / 'p.metrics.json'}: the output file is a symbolic link"),
+    ]
+    for out, inputs, needle in cases:
+        argv = ["predict", str(tmp_path / "adapter"), "--input", str(inputs), "--out", str(out)]
+        assert refused(argv, capsys, monkeypatch).startswith(f"ia2: error: {needle}")
+    assert link.is_symlink() and (tmp_path / "p.metrics.json").is_symlink() and kept.read_text() == "keep me\n"
+    assert fifo.is_fifo() and labelled.read_text() == toy_jsonl.read_text()
+
+
+def test_a_device_is_refused_as_an_output():
+    """/dev/null as an output file, or as the folder of one, is refused (and only looked at)."""
+    with pytest.raises(IA2Error, match="^/dev/null: the output file is a device$"):
+        paths.check_output(Path("/dev/null"))
+    with pytest.raises(IA2Error, match=r"^/dev/null/x: cannot write the output file \(/dev/null is a file"):
+        paths.check_output(Path("/dev/null/x"))
+
+
+def test_atomic_writes_never_replace_a_link(tmp_path):
+    """The last guard: an atomic write onto a symbolic link is refused, the link and its target left alone."""
+    target = tmp_path / "target.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with pytest.raises(IA2Error, match="a symbolic link, not a file or folder ia2 may replace"):
+        paths.write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["run", "train", "export"])
+def test_folder_outputs_refuse_links_and_unwritable(command, llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    """run --out, train --out and export --merged: a symbolic link, or a folder that cannot be made (under a file),
+    is one line before any model loads (train's adapter would otherwise be lost after training)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere)
+    (tmp_path / "file.txt").write_text("")
+    for out, needle in (
+        (tmp_path / "link", "the output folder is a symbolic link"),
+        (tmp_path / "file.txt" / "out", "cannot write the output folder"),
+    ):
+        if command == "export":
+            argv = ["export", str(tmp_path / "adapter"), "--merged", str(out)]
+            monkeypatch.setattr("ia2.saved.adapter_config", lambda a: {"peft_type": "LORA"})
+            monkeypatch.setattr("ia2.saved.load_record", lambda a: {})
+        else:
+            argv = run_args(llama_dir, toy_jsonl, out)
+            if command == "train":
+                argv = ["train", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--out", str(out)]
+        assert refused(argv, capsys, monkeypatch).startswith(f"ia2: error: {out}: {needle}")
+    assert not any(elsewhere.iterdir()) and (tmp_path / "link").is_symlink()
+
+
+# B. Locks
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_folder_in_use_is_refused_naming_its_holder(command, llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    """A second command into an output another live ia2 process writes: one line naming that process, before any
+    model loads; the holder's lock stays."""
+    out = tmp_path / "out"
+    held = lock.inside(out) if command == "run" else lock.beside(out)
+    hold(held, os.getppid())
+    argv = run_args(llama_dir, toy_jsonl, out)
+    if command == "train":
+        argv = ["train", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--out", str(out)]
+    line = refused(argv, capsys, monkeypatch)
+    assert line.startswith(f"ia2: error: {held.parent}: in use by `ia2 run --lr 0.01` (pid {os.getppid()} on ")
+    assert json.loads(held.read_text())["pid"] == os.getppid()
+    assert not (out / "run.json").exists()
+
+
+def test_a_stale_lock_is_taken_over_with_a_log_line(llama_dir, toy_jsonl, tmp_path, capsys, caplog):
+    """A lock left by a process of this host that no longer runs (killed) is taken over, saying so; the run
+    finishes and leaves no lock behind."""
+    from test_errors import run_cli
+
+    out = tmp_path / "out"
+    pid = dead_pid()
+    hold(lock.inside(out), pid)
+    with caplog.at_level(logging.WARNING, logger="ia2.lock"):
+        assert run_cli(run_args(llama_dir, toy_jsonl, out), capsys)[0] == 0
+    assert [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()] == [
+        f"{lock.inside(out).absolute()}: taking over the lock of pid {pid} (`ia2 run --lr 0.01`), which is no "
+        "longer running"
+    ]
+    assert (out / "results.json").is_file() and not lock.inside(out).exists()
+
+
+def test_a_lock_is_held_while_the_command_writes_and_names_it(tmp_path):
+    """While held, the lock file names this process and the command; a process may take its own lock again (a sweep
+    into its run folders), and the lock goes only when the outermost holder lets go."""
+    path = lock.inside(tmp_path)
+    with lock.holding([path]):
+        record = json.loads(path.read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname() and record["command"]
+        with lock.holding([path]):
+            assert path.exists()
+        assert path.exists()
+    assert not path.exists()
+
+
+def test_a_lock_is_released_when_the_command_fails(tmp_path):
+    path = lock.beside(tmp_path / "adapter")
+    with pytest.raises(RuntimeError), lock.holding([path]):
+        raise RuntimeError
+    assert not path.exists()
