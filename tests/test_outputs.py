@@ -17,6 +17,7 @@ import pytest
 from conftest import small_run
 from ia2 import lock, paths
 from ia2.errors import IA2Error
+from test_errors import error_lines
 from test_outdir import refused
 
 
@@ -164,3 +165,108 @@ def test_a_lock_is_released_when_the_command_fails(tmp_path):
     with pytest.raises(RuntimeError), lock.holding([path]):
         raise RuntimeError
     assert not path.exists()
+
+
+# C. One line where a traceback was
+
+
+def test_a_cuda_device_without_cuda_is_refused_at_start_up(llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a CUDA device")
+    line = refused(run_args(llama_dir, toy_jsonl, tmp_path / "out", "--device", "cuda"), capsys, monkeypatch)
+    assert (
+        line
+        == "ia2: error: --device cuda: this torch sees no CUDA device (a CPU-only build, or no GPU): use --device cpu"
+    )
+
+
+def test_a_corrupt_row_or_run_json_is_set_aside_and_recomputed(llama_dir, toy_jsonl, tmp_path, capsys, caplog):
+    """A row truncated mid-write and a run.json that no longer parses are named in a warning, renamed *.corrupt and
+    recomputed, instead of failing to parse after being counted as finished."""
+    from test_errors import run_cli
+
+    out = tmp_path / "out"
+    argv = small_run(llama_dir, f"jsonl:{toy_jsonl}", out, methods="zero-shot,icl")
+    assert run_cli(argv, capsys)[0] == 0
+    (row,) = out.glob("rows/*/seed0/icl.json")
+    whole = json.loads(row.read_text())
+    row.write_text(row.read_text()[:20])
+    (out / "run.json").write_text('{"key": ')
+    with caplog.at_level(logging.WARNING, logger="ia2.outdir"):
+        assert run_cli(argv, capsys)[0] == 0
+    warned = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert warned == [
+        f"{out / 'run.json'}: corrupt, set aside as run.json.corrupt and recomputed",
+        f"{row}: corrupt, set aside as icl.json.corrupt and recomputed",
+    ]
+    assert json.loads(row.read_text())["accuracy"] == whole["accuracy"]
+    assert (out / "run.json.corrupt").read_text() == '{"key": ' and json.loads((out / "run.json").read_text())["key"]
+
+
+def test_a_corrupt_row_in_a_report_is_one_line(llama_dir, toy_jsonl, tmp_path, capsys):
+    from test_errors import run_cli
+
+    out = tmp_path / "out"
+    assert run_cli(small_run(llama_dir, f"jsonl:{toy_jsonl}", out, methods="zero-shot"), capsys)[0] == 0
+    (row,) = out.glob("rows/*/seed0/zero-shot.json")
+    row.write_text("{")
+    code, err = run_cli(["report", str(out)], capsys)
+    assert code == 2
+    assert (
+        err
+        == f"ia2: error: {row}: corrupt; rerun the run or sweep that wrote it, which sets it aside and recomputes it\n"
+    )
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    """No space left while a row is written: one line naming the file, exit 2, the rows written before it kept."""
+    import errno
+
+    from ia2 import experiment
+    from test_errors import run_cli
+
+    written = []
+
+    def full(path, obj):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        paths.write_json(path, obj)
+
+    monkeypatch.setattr(experiment, "write_json", full)
+    code, err = run_cli(small_run(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out", methods="zero-shot,icl"), capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"ia2: error: {tmp_path / 'out' / 'rows'}")
+    assert line.endswith(": No space left on device; finished rows are kept: rerun the same command to resume")
+    assert json.loads(written[0].read_text())["method"] == "icl"
+
+
+def test_train_says_what_a_stop_leaves(llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    """Ctrl-C, or weights that cannot be written (a full disk), in `ia2 train`: one line saying no adapter was saved
+    (train has no rows to resume from); the folder holds nothing half-written."""
+    from safetensors import SafetensorError
+
+    from ia2 import adapters
+    from test_errors import run_cli
+
+    argv = ["train", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--max-steps", "1"]
+    for raised, code, line in (
+        (KeyboardInterrupt(), 130, "ia2: interrupted; no adapter was saved: rerun the command to train it again"),
+        (
+            SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+            2,
+            "ia2: error: cannot write the weights (Error while serializing: I/O error: No space left on device (os "
+            "error 28)); no adapter was saved: rerun the command to train it again",
+        ),
+    ):
+
+        def stop(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(adapters, "save", stop)
+        out = tmp_path / type(raised).__name__
+        got, err = run_cli([*argv, "--out", str(out)], capsys)
+        assert (got, error_lines(err)) == (code, [line])
+        assert not out.exists() and not lock.beside(out).exists()

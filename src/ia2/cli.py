@@ -4,6 +4,7 @@ from the configuration (`ia2.config`), one per setting."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -43,6 +44,19 @@ TRAIN_REFUSED = {
     "prompt.icl_demos": "evaluates no ICL baseline",
 }
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
+# What is kept when a command stops before it finishes (Ctrl-C, a full disk), and what to do then.
+RESUMES = "finished rows are kept: rerun the same command to resume"
+AFTER_A_STOP = {
+    "run": RESUMES,
+    "demo": RESUMES,
+    "sweep": RESUMES,
+    "train": "no adapter was saved: rerun the command to train it again",
+    "predict": "no predictions were written: rerun the command",
+    "export": "no merged model was written: rerun the command",
+    "report": "the report may be incomplete: rerun the command",
+}
+# Failed writes answered in one line: no space, over quota, a read-only file system, no permission.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -319,10 +333,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ia2: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ia2: interrupted; finished rows are kept: rerun the same command to resume", file=sys.stderr)
+        print(f"ia2: interrupted; {AFTER_A_STOP[args.command]}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        failed = _write_failure(exc)
+        if failed is None:
+            raise
+        print(f"ia2: error: {failed}; {AFTER_A_STOP[args.command]}", file=sys.stderr)
+        return 2
     finally:
         distributed.finish()
+
+
+def _write_failure(exc: Exception) -> str | None:
+    """A write that failed for want of space or permission, as one line; None for any other error (a bug)."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, SafetensorError):
+        return f"cannot write the weights ({str(exc).splitlines()[0]})"
+    return None
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def device(spec: str = "auto") -> str:
 def check_launch(cfg: RunConfig) -> None:
     """Reject, once at start-up, settings the launcher's environment cannot run: fsdp without several processes,
     accelerate's own FSDP (which ia2 does not read, and under which transformers may load the weights on the main
-    process only), and per-layer-norm with the online teacher over several processes."""
+    process only), per-layer-norm with the online teacher over several processes, and a device this machine lacks."""
+    device(cfg.runtime.device)
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         raise IA2Error(
             "accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "

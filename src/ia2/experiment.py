@@ -93,7 +93,8 @@ def _todo(ctx: RunContext, members: Sequence[Member]) -> dict[tuple[int, int], l
     todo = {}
     for m, member in enumerate(members):
         for seed in ctx.cfg.seeds:
-            missing = [method for (method, _), path in _row_paths(ctx, member, seed).items() if not path.exists()]
+            paths = _row_paths(ctx, member, seed).items()
+            missing = [method for (method, _), path in paths if outdir.read_intact(path) is None]
             todo[m, seed] = distributed.from_main(list(dict.fromkeys(missing)))
             reused = [method for method in ctx.cfg.methods if method not in todo[m, seed]]
             if reused:

@@ -148,7 +148,10 @@ def finished(cfg: RunConfig, folder: Path) -> bool:
     rows = outdir.rows_dir(folder, cfg)
     names = [cfg.data.task, *cfg.data.eval_tasks]
     return all(
-        (rows / outdir.row_file(s, m, e, cfg.data.task)).exists() for s in cfg.seeds for m in cfg.methods for e in names
+        outdir.read_intact(rows / outdir.row_file(s, m, e, cfg.data.task)) is not None
+        for s in cfg.seeds
+        for m in cfg.methods
+        for e in names
     )
 
 
@@ -192,7 +195,7 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
         for i in cell:
             cfg, folder = configs[i], folders[i]
             done = distributed.from_main(finished(cfg, folder))
-            if distributed.is_main() and not (done and (folder / "spec.json").exists()):
+            if distributed.is_main() and not (done and outdir.read_intact(folder / "spec.json") is not None):
                 write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
             log.info("[%d/%d] %s %s", i + 1, len(configs), "done already:" if done else "running", folder)
             if not done:
