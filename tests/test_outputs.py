@@ -16,6 +16,7 @@ import pytest
 
 from conftest import small_run
 from ia2 import lock, paths
+from ia2.cli import main as cli_main
 from ia2.errors import IA2Error
 from test_errors import error_lines
 from test_outdir import refused
@@ -270,3 +271,51 @@ def test_train_says_what_a_stop_leaves(llama_dir, toy_jsonl, tmp_path, capsys, m
         got, err = run_cli([*argv, "--out", str(out)], capsys)
         assert (got, error_lines(err)) == (code, [line])
         assert not out.exists() and not lock.beside(out).exists()
+
+
+# D. Shards
+
+
+def two_rates(path: Path, model: Path, task: Path, pack: int = 1) -> Path:
+    """A sweep of one grid point at two learning rates: one cell of two configurations."""
+    path.write_text(
+        f"methods: [zero-shot]\nseeds: [0]\nout: {path.parent / 'out'}\n"
+        f'grid: {{model: ["{model}"], task: ["jsonl:{task}"]}}\n'
+        f"tune: {{lr: [0.001, 0.01]}}\nfixed: {{n_train: 4, n_test: 10, pack: {pack}}}\n"
+    )
+    return path
+
+
+def test_shards_split_configurations_and_dry_run_lists_a_shards_own(llama_dir, toy_jsonl, tmp_path, capsys):
+    """Two learning rates at one grid point: --shard 0/2 and 1/2 run one each (their dry runs list exactly that), and
+    a K with a shard left empty is refused in one line."""
+    from test_errors import run_cli
+
+    plan = two_rates(tmp_path / "sweep.yaml", llama_dir, toy_jsonl)
+    listed = []
+    for index in (0, 1):
+        capsys.readouterr()
+        assert cli_main(["sweep", str(plan), "--dry-run", "--shard", f"{index}/2"]) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        listed.append(line.split()[0])
+    assert len(set(listed)) == 2 and all('"train.lr"' not in x for x in listed)
+    assert run_cli(["sweep", str(plan), "--shard", "1/2"], capsys)[0] == 0
+    ran = [p.parents[3] for p in (tmp_path / "out").glob("runs/**/rows/*/seed0/zero-shot.json")]
+    assert [str(p) for p in ran] == [listed[1]]
+    code, err = run_cli(["sweep", str(plan), "--shard", "0/3"], capsys)
+    assert (code, error_lines(err)) == (
+        2,
+        [
+            "ia2: error: --shard 0/3: the sweep has 2 configurations to split (a cell packed with pack > 1 counts "
+            "as one), so K must be at most 2"
+        ],
+    )
+
+
+def test_a_packed_cell_is_one_unit_of_a_shard(llama_dir, toy_jsonl, tmp_path, capsys):
+    from ia2 import sweep
+
+    plan = sweep.load(two_rates(tmp_path / "sweep.yaml", llama_dir, toy_jsonl, pack=2))
+    assert sweep.units(plan.configs()) == [[0, 1]] and sweep.share(plan.configs(), (0, 1)) == [0, 1]
+    with pytest.raises(IA2Error, match="^--shard 1/2: the sweep has 1 configuration to split"):
+        sweep.share(plan.configs(), (1, 2))

@@ -182,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
         type=_shard,
         default="0/1",
         metavar="I/K",
-        help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
+        help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes; the "
+        "runs of a cell (runs differing only in learning rate) packed with pack > 1 count as one configuration",
     )
     pr = sub.add_parser("predict", help="apply a saved adapter to the inputs of a JSONL file", **SHOWN)
     pr.add_argument(
@@ -284,7 +285,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     """`ia2 sweep`: every run of the grid not yet finished, then its report (unless sharded)."""
     plan = sweep.load(args.config, args.out)
     if args.dry_run:
-        print(sweep.dump_points(plan))
+        print(sweep.dump_points(plan, args.shard))
         return 0
     sweep.execute(plan, args.shard)
     if args.shard[1] == 1 and distributed.is_main():

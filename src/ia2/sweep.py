@@ -173,26 +173,47 @@ def cells(configs: list[RunConfig]) -> list[list[int]]:
     return list(groups.values())
 
 
+def units(configs: list[RunConfig]) -> list[list[int]]:
+    """What --shard splits, in plan order: each configuration alone, except a cell packed with --pack > 1, which
+    stays whole (its runs train together)."""
+    out: list[list[int]] = []
+    for cell in cells(configs):
+        packed = (configs[cell[0]].runtime.pack or 1) > 1
+        out += [cell] if packed else [[i] for i in cell]
+    return out
+
+
+def share(configs: list[RunConfig], shard: tuple[int, int]) -> list[int]:
+    """The configurations (indices) shard (i, k) runs: every k-th unit from the i-th; a k larger than the number of
+    units, which would leave a shard with nothing to do, is refused."""
+    index, count = shard
+    split = units(configs)
+    if count > len(split):
+        raise IA2Error(
+            f"--shard {index}/{count}: the sweep has {len(split)} configuration{'s' * (len(split) != 1)} to split "
+            f"(a cell packed with pack > 1 counts as one), so K must be at most {len(split)}"
+        )
+    return sorted(i for u, unit in enumerate(split) if u % count == index for i in unit)
+
+
 def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Run every configuration not yet finished, in order, a cell at a time; return the run folders.
 
     sweep.json, naming every run folder of the plan, is written first: the report reads exactly these runs, never
     a folder left by another plan (or by an earlier version, whose run keys differ). With shard (i, k) only every
-    k-th cell starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each writes
-    only its own runs' rows.
+    k-th configuration from the i-th runs (`share`), so k processes (or machines sharing the folder) can split a
+    sweep; each writes only its own runs' rows.
     """
     check_output(sweep.out, folder=True)
     configs = sweep.configs()
+    mine = set(share(configs, shard))
     folders = [run_dir(sweep.out, cfg) for cfg in configs]
     if distributed.is_main():
         plan = {k: v for k, v in asdict(sweep).items() if k not in ("out", "source")}
         write_json(sweep.out / "sweep.json", {**plan, "runs": [str(f.relative_to(sweep.out)) for f in folders]})
-    index, count = shard
-    for c, cell in enumerate(cells(configs)):
-        if c % count != index:
-            continue
+    for cell in cells(configs):
         members = []
-        for i in cell:
+        for i in [i for i in cell if i in mine]:
             cfg, folder = configs[i], folders[i]
             done = distributed.from_main(finished(cfg, folder))
             if distributed.is_main() and not (done and outdir.read_intact(folder / "spec.json") is not None):
@@ -205,10 +226,11 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     return folders
 
 
-def dump_points(sweep: Sweep) -> str:
-    """The expanded grid as text, one run per line (for --dry-run)."""
+def dump_points(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> str:
+    """The runs of the expanded grid that shard (i, k) runs as text, one a line (for --dry-run)."""
     lines = []
-    for cfg in sweep.configs():
+    configs = sweep.configs()
+    for cfg in [configs[i] for i in share(configs, shard)]:
         changed = {
             k: v for k, v in config.flat(cfg).items() if k not in ("methods", "seeds") and v != config.default(k)
         }
