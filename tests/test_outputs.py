@@ -319,3 +319,113 @@ def test_a_packed_cell_is_one_unit_of_a_shard(llama_dir, toy_jsonl, tmp_path, ca
     assert sweep.units(plan.configs()) == [[0, 1]] and sweep.share(plan.configs(), (0, 1)) == [0, 1]
     with pytest.raises(IA2Error, match="^--shard 1/2: the sweep has 1 configuration to split"):
         sweep.share(plan.configs(), (1, 2))
+
+
+# E. Messages and small things
+
+
+def test_tqdm_disable_silences_every_progress_bar():
+    """TQDM_DISABLE=1, as the README says, silences the bars ia2 draws itself (tqdm reads it when imported)."""
+    code = (
+        "from ia2 import distributed\n"
+        "assert list(distributed.map_batches(None, [1, 2], lambda b: b, desc='scoring')) == [1, 2]\n"
+    )
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    env.pop("TQDM_DISABLE")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "scoring" in done.stderr, "without it the bar is drawn"
+
+
+def test_small_messages_say_what_is_wrong(llama_dir, toy_jsonl, tmp_path, capsys, monkeypatch):
+    """A folder as --input or --unlabelled, a negative --icl, a missing report folder, an old adapter flag with the
+    user's value: each one line that says so."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    adapter = tmp_path / "adapter"
+    predict = ["predict", str(adapter), "--out", str(tmp_path / "p.jsonl")]
+    cases = [
+        ([*predict, "--input", str(folder)], f"ia2: error: {folder}: a folder, not a JSONL file"),
+        (
+            [*run_args(llama_dir, toy_jsonl, tmp_path / "out"), "--unlabelled", str(folder)],
+            f"ia2: error: {folder}: a folder, not a JSONL file",
+        ),
+        (["report", str(tmp_path / "missing")], f"ia2: error: {tmp_path / 'missing'}: no such folder"),
+        (
+            ["run", "--lora-r", "32"],
+            'ia2: error: --lora-r is now --adapter \'{"peft_type": "LORA", "r": 32}\'',
+        ),
+        (
+            ["run", "--lora-targets=q_proj,v_proj"],
+            'ia2: error: --lora-targets is now --adapter \'{"peft_type": "LORA", "target_modules": ["q_proj", '
+            '"v_proj"]}\'',
+        ),
+    ]
+    for argv, line in cases:
+        from test_errors import run_cli
+
+        code, err = run_cli(argv, capsys)
+        assert (code, error_lines(err)) == (2, [line])
+    monkeypatch.setattr("ia2.saved.load_record", lambda a: {"task": {}, "train_examples": [{}] * 6})
+    monkeypatch.setattr("ia2.predict.task_of", lambda record, examples: None)
+    code, err = run_cli([*predict, "--input", str(toy_jsonl), "--icl", "-2"], capsys)
+    assert (code, error_lines(err)) == (2, ["ia2: error: --icl -2: the number of demonstrations must be at least 0"])
+
+
+def test_a_run_names_the_files_it_wrote(tmp_path, capsys, monkeypatch):
+    """A generative run draws no reliability diagram, so the closing line does not name one."""
+    from ia2 import cli
+
+    def wrote(cfg, out, overwrite=False):
+        for name in ("results.json", "results.md", "manifest.json"):
+            (out / name).write_text("x")
+        (out / "adapters").mkdir()
+
+    monkeypatch.setattr(cli, "run", wrote)
+    (tmp_path / "out").mkdir()
+    assert cli.main(["run", "--model", "m", "--task", "t", "--out", str(tmp_path / "out")]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"written to {tmp_path / 'out'}/ (results.json, results.md, manifest.json, adapters/)"
+
+
+def test_train_help_hides_the_flags_train_refuses(capsys):
+    from ia2 import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert "--lr" in shown and "--n-test" not in shown and "--icl-demos" not in shown and "--n-train" not in shown
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("model: m\ntask: t\nlr: 0.01\nn_test: 5\nlr: 0.1\n", "{file}:5: key 'lr' given twice (first on line 3)"),
+        ('model: m\ntask: t\ntrain:\n  lr: "0.001"\n', "{file}: train.lr must be a number, got the quoted text "),
+        ("model: m\ntask: t\nn_test: '5'\n", "{file}: n_test must be an integer, got the quoted text '5'"),
+    ],
+)
+def test_yaml_keys_given_twice_and_quoted_numbers_are_refused(text, line, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    got = refused(["run", "--config", str(path), "--out", str(tmp_path / "out")], capsys, monkeypatch)
+    assert got.startswith("ia2: error: " + line.format(file=path))
+
+
+def test_yaml_numbers_in_plain_notation_still_read(tmp_path):
+    """`lr: 1e-3` (YAML 1.1 reads it as text, but unquoted) stays a number, as before."""
+    from ia2 import config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\ntask: t\nlr: 1e-3\n")
+    assert config.build(config.flatten(config.load_yaml(path), str(path))).train.lr == 0.001
+
+
+def test_a_sweep_setting_both_fixed_and_tuned_is_refused(tmp_path):
+    from ia2 import sweep
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: 0.1}}\ntune: {lr: [1, 2]}\n")
+    with pytest.raises(IA2Error, match=rf"^{path}: train.lr is both in fixed and in tune; give it in one of them$"):
+        sweep.load(path)

@@ -45,7 +45,7 @@ Inputs are rendered as the training run rendered them, without demonstrations:
 
 Labels: {labels}.
 
-## Test metrics
+## {"Dev" if all(r.get("split") == "dev" for r in rows) else "Test"} metrics
 
 | evaluation set | {" | ".join(METRICS)} |
 |---{"|---" * len(METRICS)}|

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from . import adapters, config, distributed, export, lock, predict, report, swee
 from .config import RunConfig
 from .errors import IA2Error
 from .experiment import run
-from .legacy import OLD_FLAGS
+from .legacy import OLD_FLAGS, new_spelling
 from .paths import check_output
 
 # The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
@@ -44,6 +45,8 @@ TRAIN_REFUSED = {
     "prompt.icl_demos": "evaluates no ICL baseline",
 }
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
+# What `ia2 run` names as written, those of them that a run writes (a generative run draws no reliability diagram).
+WRITTEN = ("results.json", "results.md", "reliability.png", "manifest.json", "adapters")
 # What is kept when a command stops before it finishes (Ctrl-C, a full disk), and what to do then.
 RESUMES = "finished rows are kept: rerun the same command to resume"
 AFTER_A_STOP = {
@@ -75,10 +78,13 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
-def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+def add_settings(
+    p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None, hidden: Collection[str] = ()
+) -> None:
     """One flag per setting, grouped by section, each with its help text, allowed values and default (`defaults`:
     the command's own, by setting name); a flag's destination is the setting's path, and flags not given stay unset
-    (so a --config file's values hold)."""
+    (so a --config file's values hold). The `hidden` settings' flags are left out of --help (the command refuses
+    them, in one line that says why)."""
     groups: dict[str, Any] = {}
     for path, f in config.paths().items():
         section = path.partition(".")[0] if "." in path else "run"
@@ -91,6 +97,7 @@ def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = N
         help_text += " (comma-separated)" if isinstance(value, tuple) or path == "data.labels" else ""
         help_text += f" [default: {_shown(value)}]" if path not in config.REQUIRED else " [required]"
         kind = config.annotation(path)
+        help_text = argparse.SUPPRESS if path in hidden else help_text.replace("%", "%%")
         if kind is bool:
             group.add_argument(
                 config.flag(path),
@@ -105,7 +112,7 @@ def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = N
                 dest=path,
                 default=argparse.SUPPRESS,
                 metavar=_metavar(kind),
-                help=help_text.replace("%", "%%"),
+                help=help_text,
             )
 
 
@@ -168,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="the adapter's folder (new or empty) [default: the file's `out`, else runs/adapter]",
     )
-    add_settings(train_p, TRAIN_DEFAULTS)
+    add_settings(train_p, TRAIN_DEFAULTS, TRAIN_REFUSED)
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}", **SHOWN)
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -243,9 +250,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line, an old flag answered in one line with its new spelling."""
     p = parser()
     args, unknown = p.parse_known_args(argv)
-    for arg in unknown:
-        if arg.partition("=")[0] in OLD_FLAGS:
-            p.exit(2, f"ia2: error: {arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}\n")
+    for i, arg in enumerate(unknown):
+        flag, given, value = arg.partition("=")
+        if flag in OLD_FLAGS:
+            following = unknown[i + 1] if i + 1 < len(unknown) and not unknown[i + 1].startswith("-") else None
+            p.exit(2, f"ia2: error: {flag} is now {new_spelling(flag, value if given else following)}\n")
     return p.parse_args(argv)
 
 
@@ -255,7 +264,8 @@ def run_command(args: argparse.Namespace) -> int:
     run(cfg, out, overwrite=getattr(args, "overwrite", False))
     if distributed.is_main():
         print((out / "results.md").read_text())
-        print(f"written to {out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+        wrote = [name + "/" * (out / name).is_dir() for name in WRITTEN if (out / name).exists()]
+        print(f"written to {out}/ ({', '.join(wrote)})")
     return 0
 
 

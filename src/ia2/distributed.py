@@ -104,7 +104,8 @@ def map_batches(model: nn.Module, batches: Sequence[T], fn: Callable[[T], R], de
     process without a batch runs `fn` on the first one (result dropped) so that every process runs as many passes.
     `desc` shows a progress bar over the rounds."""
     world = world_size()
-    for start in tqdm(range(0, len(batches), world), desc=desc, leave=False, disable=desc is None):
+    quiet = {"disable": True} if desc is None else {}  # else tqdm's default, which TQDM_DISABLE=1 sets
+    for start in tqdm(range(0, len(batches), world), desc=desc, leave=False, **quiet):
         mine = [fn(batch) for batch in batches[start + rank() : start + world : world]]
         if not mine and sharded(model):
             fn(batches[0])

@@ -103,6 +103,26 @@ def _check_blocks(path: Path, data: dict) -> None:
                 raise IA2Error(f"{path}: tune.{axis}: a tuned axis takes values of its one setting, not mappings")
 
 
+def _check_overlap(sweep: Sweep) -> None:
+    """A setting is fixed, a grid axis or tuned, not two of these: one would override the other silently."""
+    source = str(sweep.source)
+    axes = {
+        config.resolve(axis, f"{source}: grid.{axis}")
+        for grid in sweep.grid
+        for axis, values in grid.items()
+        if not any(isinstance(v, dict) for v in values)
+    }
+    blocks = [
+        ("fixed", set(config.flatten(sweep.fixed, source, "fixed"))),
+        ("grid", axes),
+        ("tune", set(sweep.tuned_paths())),
+    ]
+    for (one, these), (other, those) in itertools.combinations(blocks, 2):
+        both = sorted(these & those)
+        if both:
+            raise IA2Error(f"{source}: {both[0]} is both in {one} and in {other}; give it in one of them")
+
+
 def load(path: Path, out: Path | None = None) -> Sweep:
     """Read a sweep YAML file; `out` overrides its output folder."""
     data = config.load_yaml(path)
@@ -127,6 +147,7 @@ def load(path: Path, out: Path | None = None) -> Sweep:
         fixed=data.get("fixed") or {},
         select=data.get("select", "dev_loss"),
     )
+    _check_overlap(sweep)
     scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
     if scaling and sweep.select == "dev_loss":
         raise IA2Error(

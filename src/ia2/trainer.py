@@ -83,7 +83,11 @@ def _train(ctx: RunContext, out: Path) -> Path:
     runner = StageRunner(ctx, [trainee])
     (logs,) = runner.train(METHODS[method].stages)
     runner.load(trainee, METHODS[method].stages)
-    dev = {"eval_task": f"{ctx.task.name} (dev)", "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev")}
+    dev = {
+        "eval_task": f"{ctx.task.name} (dev)",
+        "split": "dev",
+        "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev"),
+    }
     if ctx.tracking is not None and dev["accuracy"] is not None:
         ctx.tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
     log.info(
