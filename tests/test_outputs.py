@@ -382,7 +382,7 @@ def test_a_run_names_the_files_it_wrote(tmp_path, capsys, monkeypatch):
             (out / name).write_text("x")
         (out / "adapters").mkdir()
 
-    monkeypatch.setattr(cli, "run", wrote)
+    monkeypatch.setattr("ia2.experiment.run", wrote)
     (tmp_path / "out").mkdir()
     assert cli.main(["run", "--model", "m", "--task", "t", "--out", str(tmp_path / "out")]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
@@ -429,3 +429,47 @@ def test_a_sweep_setting_both_fixed_and_tuned_is_refused(tmp_path):
     path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: 0.1}}\ntune: {lr: [1, 2]}\n")
     with pytest.raises(IA2Error, match=rf"^{path}: train.lr is both in fixed and in tune; give it in one of them$"):
         sweep.load(path)
+
+
+# F. Start-up
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["train", "--help"],
+        ["run", "--model", "m", "--task", "t", "--lr", "-1"],
+    ],
+)
+def test_help_version_and_refusals_load_no_heavy_module(argv):
+    """`ia2 --version`, the help and a refused flag start in a fraction of a second: torch, transformers, peft,
+    datasets and matplotlib (seconds to import) are imported only by the commands that use them."""
+    code = (
+        "import sys\nfrom ia2 import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'transformers', 'peft', 'datasets', 'matplotlib', 'accelerate')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_saving_an_adapter_asks_no_hub(llama_dir, tmp_path, monkeypatch):
+    """PEFT's default save looks the base model's name up on the hub (to see whether its vocabulary was resized); an
+    adapter recording a hub id as its base saves without it."""
+    import peft.utils.save_and_load as peft_saving
+
+    from ia2 import adapters, models
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(peft_saving, "check_file_exists_on_hf_hub", no_hub)
+    model = adapters.fresh(models.load(str(llama_dir))[0], "lora", 0)
+    adapters.save(model, tmp_path / "adapter", "someone/some-model", {"README.md": "card"})
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "someone/some-model"
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -14,10 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, export, lock, predict, report, sweep, trainer
+from . import adapters, config, distributed, export, lock
 from .config import RunConfig
 from .errors import IA2Error
-from .experiment import run
 from .legacy import OLD_FLAGS, new_spelling
 from .paths import check_output
 
@@ -261,6 +260,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run_command(args: argparse.Namespace) -> int:
     """`ia2 run` and `ia2 demo`: compare the methods, then print the results table."""
     cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
+    from .experiment import run
+
     run(cfg, out, overwrite=getattr(args, "overwrite", False))
     if distributed.is_main():
         print((out / "results.md").read_text())
@@ -272,12 +273,16 @@ def run_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     """`ia2 train`: one adapter on all labelled examples."""
     cfg, out = config_from_args(args, TRAIN_DEFAULTS, TRAIN_REFUSED)
+    from . import trainer
+
     print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
     return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:
     """`ia2 predict`: the prediction lines, and the metrics when the inputs have answers."""
+    from . import predict
+
     done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model, args.task)
     print(f"{len(done.lines)} predictions written to {args.out}")
     if done.metrics is not None:
@@ -293,6 +298,8 @@ def export_command(args: argparse.Namespace) -> int:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """`ia2 sweep`: every run of the grid not yet finished, then its report (unless sharded)."""
+    from . import sweep
+
     plan = sweep.load(args.config, args.out)
     if args.dry_run:
         print(sweep.dump_points(plan, args.shard))
@@ -314,6 +321,8 @@ def _report(folder: Path, select: str | None = None) -> str:
     if not folder.is_dir():
         raise IA2Error(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
     check_output(folder, folder=True)
+    from . import report
+
     with lock.holding([lock.inside(folder)]):
         return report.write(folder, select)
 

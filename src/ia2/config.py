@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import adapters, packing
+from . import adapters
 from .errors import IA2Error
 from .legacy import RENAMED, upgrade
 from .methods import METHODS
@@ -392,6 +392,8 @@ def _validate_combinations(cfg: RunConfig) -> None:
     if (cfg.runtime.pack or 1) > 1:
         if cfg.runtime.fsdp:
             raise SettingError("runtime.pack", "must be 1 with --fsdp (packing is untested there)")
+        from . import packing  # imports torch and peft: only for a packed run
+
         refused = packing.refusal(cfg.adapter)
         if refused:
             raise SettingError("runtime.pack", refused)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from . import adapters, lock, saved
+from . import adapters, lock
 from .errors import IA2Error
 from .paths import atomic_path, check_output
 
@@ -20,6 +18,8 @@ def merged(adapter: Path, out: Path, dtype: str = "float32", base_model: str | N
     LoRA and IA3 only (prompt-learning adapters are served unmerged)."""
     if dtype not in DTYPES:
         raise IA2Error(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    from . import saved
+
     spec = saved.adapter_config(adapter)
     record = saved.load_record(adapter)
     kind = spec["peft_type"]
@@ -28,6 +28,8 @@ def merged(adapter: Path, out: Path, dtype: str = "float32", base_model: str | N
     check_output(out, folder=True)
     if out.exists():
         raise IA2Error(f"{out}: already exists; export into a new folder")
+    import torch
+
     with lock.holding([lock.beside(out)]):
         peft, tokenizer = saved.on_base(adapter, {**record, "dtype": "float32"}, base_model)  # merged in fp32
         model = peft.merge_and_unload().to(getattr(torch, dtype))

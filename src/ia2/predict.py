@@ -9,19 +9,18 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from peft import PeftModel
-
-from . import lock, models, parsers, plots, saved
+from . import lock, parsers, saved
 from .card import rendering
 from .errors import IA2Error
-from .evaluate import Scores, generation_metrics, reliability, score, summarise
-from .generation import generate_texts
 from .paths import check_output, write_json, write_text
-from .prompts import Encoder
 from .tasks import Example, Task, load_task
 from .tasks.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from .evaluate import Scores
+    from .prompts import Encoder
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,12 @@ def predict(
     if icl > len(record["train_examples"]):
         raise IA2Error(f"--icl {icl}: {len(record['train_examples'])} training examples to draw demonstrations from")
     demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
+    from peft import PeftModel  # torch, transformers and peft load once the inputs are known to be good
+
+    from . import models
+    from .evaluate import score
+    from .prompts import Encoder
+
     with lock.holding([lock.beside(out)]):
         if task_spec is None:
             model, tokenizer = saved.on_base(Path(source), record, base_model)
@@ -147,6 +152,11 @@ def _label_metrics(measured: Scores, encoder: Encoder, examples: list[Example], 
     """The run's metrics on inputs that all have answers (None otherwise), with a reliability diagram."""
     if not all(e.answer for e in examples):
         return None
+    import numpy as np
+
+    from . import plots
+    from .evaluate import reliability, summarise
+
     gold = np.array([encoder.task.labels.index(e.answer) for e in examples])
     result = summarise(measured, gold, encoder.label_first())
     seen = reliability(measured, gold)
@@ -156,6 +166,8 @@ def _label_metrics(measured: Scores, encoder: Encoder, examples: list[Example], 
 
 def _generated(model, tokenizer, prompts: list[list[int]], task: Task, batch_size: int) -> list[dict]:
     """Each input's generation, cut by the task's stop rule, and its parsed answer (None when it does not parse)."""
+    from .generation import generate_texts
+
     texts = generate_texts(model, tokenizer, prompts, task, batch_size, "predict")
     return [{"generation": t, "parsed": parsers.extract(task.parser, t)} for t in texts]
 
@@ -164,4 +176,6 @@ def _generation_metrics(lines: list[dict], examples: list[Example], task: Task) 
     """Accuracy and parse-failure rate when every input has an answer (None otherwise)."""
     if not all(e.answer for e in examples):
         return None
+    from .evaluate import generation_metrics
+
     return generation_metrics([line["generation"] for line in lines], [e.answer for e in examples], task.parser)

@@ -17,7 +17,6 @@ from typing import Any
 from . import config, distributed, outdir
 from .config import RunConfig
 from .errors import IA2Error
-from .experiment import Member, run_cell
 from .paths import check_output, write_json
 
 log = logging.getLogger(__name__)
@@ -225,6 +224,8 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     k-th configuration from the i-th runs (`share`), so k processes (or machines sharing the folder) can split a
     sweep; each writes only its own runs' rows.
     """
+    from .experiment import Member, run_cell
+
     check_output(sweep.out, folder=True)
     configs = sweep.configs()
     mine = set(share(configs, shard))
