@@ -98,7 +98,7 @@ def test_bad_predict_inputs_are_one_line(trained, tmp_path, capsys):
             "--icl 9: 4 training examples to draw demonstrations from",
         ),
     ]
-    cases.append((trained["adapter"], trained["plain"], ["--out", str(tmp_path)], "a folder; --out names the file"))
+    cases.append((trained["adapter"], trained["plain"], ["--out", str(tmp_path)], "the output file is a folder"))
     for adapter, inputs, extra, needle in cases:
         code = cli.main(["predict", str(adapter), "--input", str(inputs), "--out", str(tmp_path / "o.jsonl"), *extra])
         err = capsys.readouterr().err

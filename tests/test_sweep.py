@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import adapters, aggregate, cli, config, report, stages, sweep, train
+from ia2 import adapters, aggregate, cli, config, experiment, report, stages, sweep, train
 from ia2.errors import IA2Error
 
 
@@ -65,7 +65,7 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run must not be rerun")
 
-    monkeypatch.setattr(sweep, "run_cell", no_run)
+    monkeypatch.setattr(experiment, "run_cell", no_run)
     specs = sorted(swept["out"].rglob("spec.json"))
     recorded = [json.loads(p.read_text()) for p in specs]
     for path in specs:

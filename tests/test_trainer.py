@@ -26,6 +26,7 @@ def test_train_makes_an_ia2_sft_adapter_that_predict_applies(llama_dir, tmp_path
     assert (tmp_path / "cache" / "targets" / f"{record['teacher_targets']}.safetensors").is_file(), "its targets' key"
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert "Stages: ia2:icl (" in card and "ce:gold (" in card and "(dev)" in card
+    assert "## Dev metrics" in card and "Test metrics" not in card, "train holds no test set out"
     inputs = write_jsonl(tmp_path / "new.jsonl", [{"question": r["question"]} for r in toy_rows(5, seed=3)])
     assert (
         cli.main(["predict", str(tmp_path / "adapter"), "--input", str(inputs), "--out", str(tmp_path / "p.jsonl")])
@@ -64,7 +65,7 @@ def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
         (_train(llama_dir, task, tmp_path / "a", "--methods", "icl"), "--methods icl trains nothing"),
         (_train(llama_dir, task, tmp_path / "a", "--seeds", "0,1"), "trains one adapter, so give one"),
         (_train(llama_dir, task, tmp_path / "full"), "already exists and is not an empty folder"),
-        (_train(llama_dir, task, tmp_path / "file"), "already exists and is not an empty folder"),
+        (_train(llama_dir, task, tmp_path / "file"), "the output folder is a file"),
         (_train(llama_dir, task, tmp_path / "a", "--unlabelled", "5"), "unlabelled queries come from a file"),
         (_train(llama_dir, task, tmp_path / "a", "--n-test", "5"), "--n-test: ia2 train holds no test set out"),
         (_train(llama_dir, task, tmp_path / "a", "--n-train", "5"), "--n-train: ia2 train sets N and dev from"),

@@ -8,20 +8,16 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
-from peft import (
-    PeftConfig,
-    PeftModel,
-    get_peft_model,
-)
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-from torch import nn
 
 from .errors import IA2Error
 from .paths import atomic_path
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from torch import nn
 
 # The paper's adapters by name; a mapping with one of their peft_types starts from its preset.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,6 +55,8 @@ CAPABILITIES = {
 
 
 def _config_class(peft_type: str) -> type[PeftConfig]:
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
         raise IA2Error(
             f"unknown peft_type {peft_type!r}: a PEFT type such as LORA, IA3, LOHA, PROMPT_TUNING, "
@@ -155,6 +153,8 @@ def from_old(old: Mapping[str, Any]) -> dict[str, Any]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The base model without its adapter: LoRA and IA3 layers are removed; prompt learning never touched it."""
+    from peft import PeftModel
+
     if not isinstance(model, PeftModel):
         return model
     return model.get_base_model() if model.active_peft_config.is_prompt_learning else model.unload()
@@ -178,6 +178,9 @@ def fresh(model: nn.Module, spec: str | Mapping[str, Any], seed: int) -> PeftMod
     peft_cfg = peft_config(spec)
     base = unwrap(model)
     _check_architecture(base, spec["peft_type"])
+    import torch
+    from peft import get_peft_model
+
     torch.manual_seed(seed)
     try:
         wrapped = get_peft_model(base, peft_cfg)
@@ -196,11 +199,20 @@ def save(model: PeftModel, path: Path, base_model: str, files: Mapping[str, str]
     resolved, peft_cfg.base_model_name_or_path = peft_cfg.base_model_name_or_path, base_model
     try:
         with atomic_path(path) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, save_embedding_layers=_targets_embeddings(peft_cfg))
             for name, text in files.items():
                 (tmp / name).write_text(text)
     finally:
         peft_cfg.base_model_name_or_path = resolved
+
+
+def _targets_embeddings(peft_cfg: PeftConfig) -> bool:
+    """Whether the adapter adapts an embedding layer, whose weights are then saved with it: PEFT's "auto" decides so
+    too, but first asks the hub whether the base's vocabulary was resized (ia2 never resizes it), on every save."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    targets = getattr(peft_cfg, "target_modules", None) or ()
+    return any(name in targets for name in EMBEDDING_LAYER_NAMES)
 
 
 def merged_bf16(model: PeftModel) -> nn.Module:
@@ -209,5 +221,7 @@ def merged_bf16(model: PeftModel) -> nn.Module:
     kind = model.peft_config[model.active_adapter].peft_type.value
     if not merges(kind):
         raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind}")
+    import torch
+
     merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()
     return merged.eval()

@@ -28,16 +28,26 @@ def load_rows(folder: Path) -> list[dict]:
     """
     rows = []
     for spec_path in _spec_paths(folder):
-        spec = json.loads(spec_path.read_text())
+        spec = _read(spec_path)
         rows += _tagged(spec_path.parent, spec["key"], spec["tuned"], spec["config"])
     for name in ("results.json", "run.json"):
         if not rows and (folder / name).exists():
-            recorded = json.loads((folder / name).read_text())
+            recorded = _read(folder / name)
             recorded = {**recorded["config"], "key": recorded.get("key", recorded["config"].get("key"))}
             rows = _tagged(folder, recorded["key"], {}, recorded)
     if not rows:
         raise IA2Error(f"{folder}: no result rows found (expected a sweep or run folder)")
     return rows
+
+
+def _read(path: Path) -> dict:
+    """A JSON file of a run, or one line naming it when it is corrupt (the run or sweep recomputes it)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IA2Error(
+            f"{path}: corrupt; rerun the run or sweep that wrote it, which sets it aside and recomputes it"
+        ) from None
 
 
 def _spec_paths(folder: Path) -> list[Path]:
@@ -60,7 +70,7 @@ def _tagged(run: Path, key: str, tuned: dict, recorded: dict) -> list[dict]:
     text = json.dumps(condition, sort_keys=True, default=str)
     out = []
     for path in sorted((run / "rows" / key).glob("seed*/*.json")):
-        row = json.loads(path.read_text())
+        row = _read(path)
         out.append({**row, "tuned": tuned, "condition": text, "run": str(run)})
     return out
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from .config import RunConfig, key
-from .context import RunContext
 from .methods import METHODS
-from .splits import Split
 from .tasks import Example, Task
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .splits import Split
 
 RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -45,7 +48,7 @@ Inputs are rendered as the training run rendered them, without demonstrations:
 
 Labels: {labels}.
 
-## Test metrics
+## {"Dev" if all(r.get("split") == "dev" for r in rows) else "Test"} metrics
 
 | evaluation set | {" | ".join(METRICS)} |
 |---{"|---" * len(METRICS)}|

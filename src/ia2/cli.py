@@ -4,20 +4,21 @@ from the configuration (`ia2.config`), one per setting."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 import warnings
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import adapters, config, distributed, export, predict, report, sweep, trainer
+from . import adapters, config, distributed, export, lock
 from .config import RunConfig
 from .errors import IA2Error
-from .experiment import run
-from .legacy import OLD_FLAGS
-from .tasks import data_files
+from .legacy import OLD_FLAGS, new_spelling
+from .paths import check_output
 
 # The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
 DEMO = config.make(
@@ -43,6 +44,21 @@ TRAIN_REFUSED = {
     "prompt.icl_demos": "evaluates no ICL baseline",
 }
 QUICK = {"seeds": [0], "n_test": 40, "max_epochs": 10}
+# What `ia2 run` names as written, those of them that a run writes (a generative run draws no reliability diagram).
+WRITTEN = ("results.json", "results.md", "reliability.png", "manifest.json", "adapters")
+# What is kept when a command stops before it finishes (Ctrl-C, a full disk), and what to do then.
+RESUMES = "finished rows are kept: rerun the same command to resume"
+AFTER_A_STOP = {
+    "run": RESUMES,
+    "demo": RESUMES,
+    "sweep": RESUMES,
+    "train": "no adapter was saved: rerun the command to train it again",
+    "predict": "no predictions were written: rerun the command",
+    "export": "no merged model was written: rerun the command",
+    "report": "the report may be incomplete: rerun the command",
+}
+# Failed writes answered in one line: no space, over quota, a read-only file system, no permission.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -61,10 +77,13 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
-def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+def add_settings(
+    p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None, hidden: Collection[str] = ()
+) -> None:
     """One flag per setting, grouped by section, each with its help text, allowed values and default (`defaults`:
     the command's own, by setting name); a flag's destination is the setting's path, and flags not given stay unset
-    (so a --config file's values hold)."""
+    (so a --config file's values hold). The `hidden` settings' flags are left out of --help (the command refuses
+    them, in one line that says why)."""
     groups: dict[str, Any] = {}
     for path, f in config.paths().items():
         section = path.partition(".")[0] if "." in path else "run"
@@ -77,6 +96,7 @@ def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = N
         help_text += " (comma-separated)" if isinstance(value, tuple) or path == "data.labels" else ""
         help_text += f" [default: {_shown(value)}]" if path not in config.REQUIRED else " [required]"
         kind = config.annotation(path)
+        help_text = argparse.SUPPRESS if path in hidden else help_text.replace("%", "%%")
         if kind is bool:
             group.add_argument(
                 config.flag(path),
@@ -91,7 +111,7 @@ def add_settings(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = N
                 dest=path,
                 default=argparse.SUPPRESS,
                 metavar=_metavar(kind),
-                help=help_text.replace("%", "%%"),
+                help=help_text,
             )
 
 
@@ -154,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="the adapter's folder (new or empty) [default: the file's `out`, else runs/adapter]",
     )
-    add_settings(train_p, TRAIN_DEFAULTS)
+    add_settings(train_p, TRAIN_DEFAULTS, TRAIN_REFUSED)
     demo = sub.add_parser("demo", help=f"the offline demo: {DEMO.data.task} on {DEMO.model}", **SHOWN)
     demo.add_argument("--quick", action="store_true", help="one seed, 40 test examples, at most 10 epochs")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -168,7 +188,8 @@ def parser() -> argparse.ArgumentParser:
         type=_shard,
         default="0/1",
         metavar="I/K",
-        help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes",
+        help="run only every K-th configuration from the I-th (0-based), to split a sweep across processes; the "
+        "runs of a cell (runs differing only in learning rate) packed with pack > 1 count as one configuration",
     )
     pr = sub.add_parser("predict", help="apply a saved adapter to the inputs of a JSONL file", **SHOWN)
     pr.add_argument(
@@ -232,31 +253,40 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line, an old flag answered in one line with its new spelling."""
     p = parser()
     args, unknown = p.parse_known_args(argv)
-    for arg in unknown:
-        if arg.partition("=")[0] in OLD_FLAGS:
-            p.exit(2, f"ia2: error: {arg.partition('=')[0]} is now {OLD_FLAGS[arg.partition('=')[0]]}\n")
+    for i, arg in enumerate(unknown):
+        flag, given, value = arg.partition("=")
+        if flag in OLD_FLAGS:
+            following = unknown[i + 1] if i + 1 < len(unknown) and not unknown[i + 1].startswith("-") else None
+            p.exit(2, f"ia2: error: {flag} is now {new_spelling(flag, value if given else following)}\n")
     return p.parse_args(argv)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """`ia2 run` and `ia2 demo`: compare the methods, then print the results table."""
     cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
+    from .experiment import run
+
     run(cfg, out, overwrite=getattr(args, "overwrite", False))
     if distributed.is_main():
         print((out / "results.md").read_text())
-        print(f"written to {out}/ (results.json, results.md, reliability.png, manifest.json, adapters/)")
+        wrote = [name + "/" * (out / name).is_dir() for name in WRITTEN if (out / name).exists()]
+        print(f"written to {out}/ ({', '.join(wrote)})")
     return 0
 
 
 def train_command(args: argparse.Namespace) -> int:
     """`ia2 train`: one adapter on all labelled examples."""
     cfg, out = config_from_args(args, TRAIN_DEFAULTS, TRAIN_REFUSED)
+    from . import trainer
+
     print(f"adapter written to {trainer.train(cfg, out)}/ (PEFT format, README.md, ia2.json)")
     return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:
     """`ia2 predict`: the prediction lines, and the metrics when the inputs have answers."""
+    from . import predict
+
     done = predict.predict(args.adapter, args.input, args.out, args.icl, args.batch_size, args.model, args.task)
     print(f"{len(done.lines)} predictions written to {args.out}")
     if done.metrics is not None:
@@ -272,24 +302,39 @@ def export_command(args: argparse.Namespace) -> int:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """`ia2 sweep`: every run of the grid not yet finished, then its report (unless sharded)."""
+    from . import sweep
+
     plan = sweep.load(args.config, args.out)
     if args.dry_run:
-        print(sweep.dump_points(plan))
+        print(sweep.dump_points(plan, args.shard))
         return 0
     sweep.execute(plan, args.shard)
     if args.shard[1] == 1 and distributed.is_main():
-        print(report.write(plan.out))
+        print(_report(plan.out))
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     """`ia2 report`: the tables, tests and figures of a sweep or run folder."""
-    print(report.write(args.folder, args.select))
+    print(_report(args.folder, args.select))
     return 0
+
+
+def _report(folder: Path, select: str | None = None) -> str:
+    """A folder's report, written while no other command writes the folder."""
+    if not folder.is_dir():
+        raise IA2Error(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+    check_output(folder, folder=True)
+    from . import report
+
+    with lock.holding([lock.inside(folder)]):
+        return report.write(folder, select)
 
 
 def data_command(args: argparse.Namespace) -> int:
     """`ia2 data`: each packaged data file, the tasks that read it and whether it is there and checks."""
+    from .tasks import data_files
+
     failed = 0
     for file, tasks in data_files().items():
         try:
@@ -318,6 +363,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one line and exit code 2, Ctrl-C one line and 130."""
     args = parse(argv)
+    lock.command = " ".join(["ia2", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -329,10 +375,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ia2: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ia2: interrupted; finished rows are kept: rerun the same command to resume", file=sys.stderr)
+        print(f"ia2: interrupted; {AFTER_A_STOP[args.command]}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        failed = _write_failure(exc)
+        if failed is None:
+            raise
+        print(f"ia2: error: {failed}; {AFTER_A_STOP[args.command]}", file=sys.stderr)
+        return 2
     finally:
         distributed.finish()
+
+
+def _write_failure(exc: Exception) -> str | None:
+    """A write that failed for want of space or permission, as one line; None for any other error (a bug)."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, SafetensorError):
+        return f"cannot write the weights ({str(exc).splitlines()[0]})"
+    return None
 
 
 if __name__ == "__main__":

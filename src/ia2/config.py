@@ -18,13 +18,13 @@ from typing import Any
 
 import yaml
 
-from . import adapters, packing
+from . import adapters
 from .errors import IA2Error
 from .legacy import RENAMED, upgrade
 from .methods import METHODS
 from .parsers import PARSERS
 from .taps import SITES
-from .values import coerce
+from .values import Quoted, coerce
 
 
 class SettingError(IA2Error):
@@ -396,6 +396,8 @@ def _validate_combinations(cfg: RunConfig) -> None:
     if (cfg.runtime.pack or 1) > 1:
         if cfg.runtime.fsdp:
             raise SettingError("runtime.pack", "must be 1 with --fsdp (packing is untested there)")
+        from . import packing  # imports torch and peft: only for a packed run
+
         refused = packing.refusal(cfg.adapter)
         if refused:
             raise SettingError("runtime.pack", refused)
@@ -452,12 +454,44 @@ def with_defaults(data: Mapping[str, Any]) -> dict:
     return {**full, **data, **{name: {**full[name], **data.get(name, {})} for name in SECTIONS}}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping and keeping quoted text apart from numbers."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                raise _Repeated(line, f"key {name!r} given twice (first on line {seen[name]})")
+            seen[name] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_text(self, node: yaml.ScalarNode) -> str:
+        text = self.construct_scalar(node)
+        return Quoted(text) if node.style in ('"', "'") else text
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _Loader.construct_text)
+
+
+class _Repeated(yaml.YAMLError):
+    """A key given twice in one YAML mapping (which YAML would resolve silently, keeping the last)."""
+
+
 def load_yaml(path: Path) -> dict:
-    """A YAML mapping from a file, or one line naming the file."""
+    """A YAML mapping from a file, or one line naming the file (and the line of a key given twice)."""
+    if path.is_dir():
+        raise IA2Error(f"{path}: a folder, not a YAML file")
     if not path.is_file():
         raise IA2Error(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except _Repeated as exc:
+        line, text = exc.args
+        raise IA2Error(f"{path}:{line}: {text}") from None
     except yaml.YAMLError as exc:
         raise IA2Error(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

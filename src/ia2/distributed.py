@@ -18,19 +18,14 @@ from contextlib import AbstractContextManager, nullcontext
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object, parse_flag_from_env
-from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from tqdm.auto import tqdm
-
-from . import models
 from .errors import IA2Error
-from .taps import layer_modules
 
 if TYPE_CHECKING:
+    import torch
+    from accelerate import PartialState
+    from torch import nn
+    from torch.distributed.fsdp import FSDPModule
+
     from .config import RunConfig
 
 T = TypeVar("T")
@@ -45,6 +40,10 @@ def launched() -> bool:
 @cache
 def _state() -> PartialState:
     """accelerate's process state, set up once per process."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
     return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
@@ -67,6 +66,8 @@ def device(spec: str = "auto") -> str:
     """The device for this process: `--device` as one process reads it; under a launcher, its own GPU (by local rank)
     or the CPU, which `--device` may name but not change."""
     if not launched():
+        from . import models
+
         return models.device(spec)
     own = _state().device
     if spec not in ("auto", own.type, str(own)):
@@ -80,7 +81,10 @@ def device(spec: str = "auto") -> str:
 def check_launch(cfg: RunConfig) -> None:
     """Reject, once at start-up, settings the launcher's environment cannot run: fsdp without several processes,
     accelerate's own FSDP (which ia2 does not read, and under which transformers may load the weights on the main
-    process only), and per-layer-norm with the online teacher over several processes."""
+    process only), per-layer-norm with the online teacher over several processes, and a device this machine lacks."""
+    from accelerate.utils import parse_flag_from_env
+
+    device(cfg.runtime.device)
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         raise IA2Error(
             "accelerate launch --use_fsdp configures accelerate's FSDP, which ia2 does not use: "
@@ -103,7 +107,10 @@ def map_batches(model: nn.Module, batches: Sequence[T], fn: Callable[[T], R], de
     process without a batch runs `fn` on the first one (result dropped) so that every process runs as many passes.
     `desc` shows a progress bar over the rounds."""
     world = world_size()
-    for start in tqdm(range(0, len(batches), world), desc=desc, leave=False, disable=desc is None):
+    from tqdm.auto import tqdm
+
+    quiet = {"disable": True} if desc is None else {}  # else tqdm's default, which TQDM_DISABLE=1 sets
+    for start in tqdm(range(0, len(batches), world), desc=desc, leave=False, **quiet):
         mine = [fn(batch) for batch in batches[start + rank() : start + world : world]]
         if not mine and sharded(model):
             fn(batches[0])
@@ -112,7 +119,11 @@ def map_batches(model: nn.Module, batches: Sequence[T], fn: Callable[[T], R], de
 
 def everyone(obj: T) -> list[T]:
     """One object from each process, in rank order, on every process."""
-    return gather_object([obj]) if launched() else [obj]
+    if not launched():
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
 
 
 def from_main(obj: T) -> T:
@@ -129,6 +140,8 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
     """Sum tensors (on one device) over processes in place, in one fp64 exchange, so that the sum is rounded once."""
     if not launched() or not tensors:
         return
+    import torch
+
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
     torch.distributed.all_reduce(flat)
     for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors])):
@@ -147,6 +160,8 @@ def shared_backward(
     rank); the gradients of `params` (zeros from a process without items, which with a sharded model runs the passes
     on the first item, gradients dropped) and the losses are summed over processes, so every process holds the same
     sums."""
+    import torch
+
     local, total = list(items[rank() :: world_size()]), torch.zeros(width, device=params[0].device)
     if local:
         total = loss(local)
@@ -170,6 +185,12 @@ def shard_model(model: nn.Module, device: str) -> None:
     pass (and `_reshard` after each backward pass), so that outside a pass the model's state is the same on every
     process and the main process may read a state dict alone (saving an adapter). Adapters added later are not
     sharded: they stay whole on every process, and their gradients are summed by `shared_backward`."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from .taps import layer_modules
+
     mesh = init_device_mesh(torch.device(device).type, (world_size(),))
     for layer in layer_modules(model, "residual"):
         fully_shard(layer, mesh=mesh)
@@ -183,6 +204,8 @@ def _gather_on_grad(layer: FSDPModule, part: nn.Module, args: tuple, output: Any
     gradient, gather the layer's weights for the part's backward. FSDP gathers them only when the layer's own output
     gets a gradient, and a tap read by the loss bypasses it (under the ia2 loss the top tapped layer's gets none)."""
     out = output[0] if isinstance(output, tuple) else output
+    import torch
+
     if torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad:
         out.register_hook(lambda grad: layer.unshard())
 
@@ -190,6 +213,8 @@ def _gather_on_grad(layer: FSDPModule, part: nn.Module, args: tuple, output: Any
 def _reshard(model: nn.Module) -> None:
     """Free any weights of a sharded model that a backward pass left gathered (`_gather_on_grad` gathers them where
     FSDP's own hooks may not run), so that between passes each process holds its shards only; nothing without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
@@ -197,7 +222,11 @@ def _reshard(model: nn.Module) -> None:
 
 def sharded(model: nn.Module) -> bool:
     """Whether the model's parameters are sharded over the processes, so that each of its passes is a collective."""
-    return launched() and any(isinstance(m, FSDPModule) for m in model.modules())
+    if not launched():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def barrier() -> None:

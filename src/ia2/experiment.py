@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import adapters, config, distributed, models, outdir
+from . import adapters, config, distributed, lock, models, outdir
 from .card import adapter_files
 from .config import RunConfig
 from .context import RunContext, load_context
@@ -21,7 +21,7 @@ from .errors import IA2Error
 from .manifest import manifest
 from .measure import SeedEval, dev_accuracy, evaluate, result_row, seed_eval
 from .methods import METHODS
-from .paths import write_json
+from .paths import check_output, write_json
 from .results import write_reports
 from .splits import Split, draw_split, majority
 from .stages import StageData, StageRunner, Trainee, stage_data
@@ -62,11 +62,14 @@ def run_cell(members: Sequence[Member], overwrite: bool = False) -> list[dict]:
         check_available(member.cfg)
         if replace(member.cfg, train=replace(member.cfg.train, lr=first.train.lr)) != first:
             raise IA2Error(f"{member.out}: the runs of a cell may differ only in their learning rate")
-        outdir.claim(member.out, member.cfg, overwrite)
-    ctx = load_context(first)
-    out = members[0].out
-    with tracked(ctx, out / "trackers", out.name or "ia2"):
-        return _run(ctx, members)
+        check_output(member.out, folder=True)
+    with lock.holding([lock.inside(member.out) for member in members]):
+        for member in members:
+            outdir.claim(member.out, member.cfg, overwrite)
+        ctx = load_context(first)
+        out = members[0].out
+        with tracked(ctx, out / "trackers", out.name or "ia2"):
+            return _run(ctx, members)
 
 
 def _row_paths(ctx: RunContext, member: Member, seed: int) -> dict[tuple[str, str], Path]:
@@ -90,7 +93,8 @@ def _todo(ctx: RunContext, members: Sequence[Member]) -> dict[tuple[int, int], l
     todo = {}
     for m, member in enumerate(members):
         for seed in ctx.cfg.seeds:
-            missing = [method for (method, _), path in _row_paths(ctx, member, seed).items() if not path.exists()]
+            paths = _row_paths(ctx, member, seed).items()
+            missing = [method for (method, _), path in paths if outdir.read_intact(path) is None]
             todo[m, seed] = distributed.from_main(list(dict.fromkeys(missing)))
             reused = [method for method in ctx.cfg.methods if method not in todo[m, seed]]
             if reused:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from . import adapters, saved
+from . import adapters, lock
 from .errors import IA2Error
-from .paths import atomic_path
+from .paths import atomic_path, check_output
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -20,16 +18,22 @@ def merged(adapter: Path, out: Path, dtype: str = "float32", base_model: str | N
     LoRA and IA3 only (prompt-learning adapters are served unmerged)."""
     if dtype not in DTYPES:
         raise IA2Error(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    from . import saved
+
     spec = saved.adapter_config(adapter)
     record = saved.load_record(adapter)
     kind = spec["peft_type"]
     if not adapters.merges(kind):
         raise IA2Error(f"{adapter}: a {kind} adapter cannot be merged into the weights; serve it unmerged")
+    check_output(out, folder=True)
     if out.exists():
         raise IA2Error(f"{out}: already exists; export into a new folder")
-    peft, tokenizer = saved.on_base(adapter, {**record, "dtype": "float32"}, base_model)  # merged in fp32
-    model = peft.merge_and_unload().to(getattr(torch, dtype))
-    with atomic_path(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    import torch
+
+    with lock.holding([lock.beside(out)]):
+        peft, tokenizer = saved.on_base(adapter, {**record, "dtype": "float32"}, base_model)  # merged in fp32
+        model = peft.merge_and_unload().to(getattr(torch, dtype))
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return out

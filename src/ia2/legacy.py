@@ -3,6 +3,7 @@ new name, and a recorded flat config (results.json, spec.json) is mapped field b
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from . import adapters
@@ -32,6 +33,24 @@ OLD_FLAGS = {
     "--ia3-feedforward": '--adapter \'{"peft_type": "IA3", "feedforward_modules": [...]}\'',
     "--num-virtual-tokens": '--adapter \'{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}\'',
 }
+
+# The adapter flags among them, as (peft_type, field): their hint carries the value given.
+ADAPTER_FLAGS = {
+    "--lora-r": ("LORA", "r"),
+    "--lora-alpha": ("LORA", "lora_alpha"),
+    "--lora-targets": ("LORA", "target_modules"),
+    "--ia3-feedforward": ("IA3", "feedforward_modules"),
+    "--num-virtual-tokens": ("PROMPT_TUNING", "num_virtual_tokens"),
+}
+
+
+def new_spelling(flag: str, value: str | None) -> str:
+    """Today's spelling of a flag of ia2 0.1, with the value the user gave it where it goes into an adapter mapping."""
+    if flag not in ADAPTER_FLAGS or not value:
+        return OLD_FLAGS[flag]
+    kind, name = ADAPTER_FLAGS[flag]
+    typed = value.split(",") if name.endswith("modules") else int(value) if value.isdigit() else value
+    return "--adapter '" + json.dumps({"peft_type": kind, name: typed}) + "'"
 
 
 # Training settings of ia2 0.1 that are called otherwise now.

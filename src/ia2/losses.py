@@ -7,15 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
 if TYPE_CHECKING:
+    import torch
+
     from .config import TrainConfig
 
 
 def ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over answer tokens of −log p(y_t | prefix). logits [B,T,V], targets and mask [B,T]."""
+    import torch.nn.functional as F
+
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     return (nll * mask).sum() / mask.sum()
 
@@ -47,6 +48,9 @@ def soft(
     logits [B,T,V]; top_logp [B,T,k] the teacher's log-probs of tokens `top_ids` [B,T,k], or of the whole vocabulary
     when top_ids is None; mask [B,T]. With k < V all other tokens form one "rest" bucket on both sides.
     """
+    import torch
+    import torch.nn.functional as F
+
     student = F.log_softmax(logits.float(), dim=-1)
     teacher = top_logp.float()
     if top_ids is not None:
@@ -58,6 +62,8 @@ def soft(
 
 def _buckets(teacher: torch.Tensor, student: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probs of the k kept ids and, when k < V, of the rest of the vocabulary as one bucket."""
+    import torch
+
     kept = student.gather(-1, ids)
     if ids.shape[-1] == student.shape[-1]:
         return teacher, kept

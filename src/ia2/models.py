@@ -114,9 +114,17 @@ def device(spec: str = "auto") -> str:
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        torch.device(spec)
+        chosen = torch.device(spec)
     except RuntimeError as exc:
         raise IA2Error(f"--device {spec!r}: {exc}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise IA2Error(
+            f"--device {spec}: this torch sees no CUDA device (a CPU-only build, or no GPU): use --device cpu"
+        )
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise IA2Error(f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices, numbered from 0")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise IA2Error(f"--device {spec}: this torch sees no MPS device: use --device cpu")
     return spec
 
 

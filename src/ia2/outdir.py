@@ -4,16 +4,16 @@ the files written when the run finishes."""
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import config, distributed
 from .config import RunConfig
 from .errors import IA2Error
-from .paths import write_json
+from .paths import check_output, write_json
 
+log = logging.getLogger(__name__)
 MARKER = "run.json"
 # What a run writes into its folder; --overwrite removes these and nothing else.
 ARTIFACTS = (
@@ -30,24 +30,45 @@ ARTIFACTS = (
 )
 
 
+def read_intact(path: Path) -> dict | None:
+    """A JSON object ia2 wrote, or None when it is missing or corrupt (truncated by a crash or a full disk, edited):
+    a corrupt one is named in a warning and set aside as `<name>.corrupt` by the main process, to be recomputed."""
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    if distributed.is_main():
+        aside = path.with_name(path.name + ".corrupt")
+        log.warning("%s: corrupt, set aside as %s and recomputed", path, aside.name)
+        path.replace(aside)
+    return None
+
+
 def recorded_keys(out: Path) -> set[str]:
     """The config keys of the runs a folder holds: its marker's, else (folders of ia2 0.1) results.json's and the
     row folders'. A marker alone (a run that failed before writing anything) holds no run."""
-    if (out / MARKER).is_file():
+    marker = read_intact(out / MARKER)
+    if marker is not None:
         wrote = any((out / name).exists() for name in ("rows", "adapters", "results.json"))
-        return {json.loads((out / MARKER).read_text())["key"]} if wrote else set()
+        return {marker.get("key", "?")} if wrote else set()
     keys = {p.name for p in (out / "rows").iterdir() if p.is_dir()} if (out / "rows").is_dir() else set()
-    if (out / "results.json").is_file():
-        keys.add(json.loads((out / "results.json").read_text())["config"].get("key", "?"))
+    results = read_intact(out / "results.json")
+    if results is not None:
+        keys.add(results.get("config", {}).get("key", "?"))
     return keys
 
 
 def _difference(out: Path, cfg: RunConfig) -> str:
     """The settings in which the folder's recorded run differs from `cfg`, as `path: old → new`; those that a run
     may change in its folder (methods, seeds, fsdp) are left out."""
-    if not (out / MARKER).is_file():
+    marker = read_intact(out / MARKER)
+    if marker is None:
         return "recorded by an earlier ia2"
-    old = config.flat(config.from_dict(json.loads((out / MARKER).read_text())["config"]))
+    old = config.flat(config.from_dict(marker["config"]))
     new = config.flat(cfg)
     paths = sorted((old.keys() | new.keys()) - set(config.NOT_IN_KEY))
     changed = [f"{p}: {old.get(p)} → {new.get(p)}" for p in paths if old.get(p) != new.get(p)]
@@ -57,15 +78,12 @@ def _difference(out: Path, cfg: RunConfig) -> str:
 def claim(out: Path, cfg: RunConfig, overwrite: bool = False) -> None:
     """Make sure `out` can take this run before anything loads: a writable folder holding no run of another
     configuration (with `overwrite`, an earlier run's files are removed first); record the config there."""
-    if out.exists() and not out.is_dir():
-        raise IA2Error(f"{out}: the output folder is a file")
+    check_output(out, folder=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".ia2-write-test-", dir=out)
-        os.close(handle)
-        os.unlink(probe)
     except OSError as exc:
         raise IA2Error(f"{out}: cannot write the output folder ({exc.strerror})") from None
+    check_output(out, folder=True)
     others = recorded_keys(out) - {config.key(cfg)}
     if others and not overwrite:
         raise IA2Error(

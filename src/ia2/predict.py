@@ -9,19 +9,18 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from peft import PeftModel
-
-from . import models, parsers, plots, saved
+from . import lock, parsers, saved
 from .card import rendering
 from .errors import IA2Error
-from .evaluate import Scores, generation_metrics, reliability, score, summarise
-from .generation import generate_texts
-from .paths import write_json, write_text
-from .prompts import Encoder
+from .paths import check_output, write_json, write_text
 from .tasks import Example, Task, load_task
 from .tasks.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from .evaluate import Scores
+    from .prompts import Encoder
 
 
 @dataclass(frozen=True)
@@ -68,37 +67,60 @@ def predict(
     task as `--task` names it: its rendering, labels and, for `icl`, demonstrations), a model with no adapter (hub
     id, embedded name or model folder). `icl` K puts K training examples before each input, the adapter disabled.
     `base_model` loads an adapter's base from elsewhere; its weights must be the ones the adapter was trained on."""
-    if out.is_dir():
-        raise IA2Error(f"{out}: a folder; --out names the file the prediction lines go to")
+    for target in outputs(out):
+        check_output(target, inputs=[inputs])
     examples = read_jsonl(inputs, answers=False)
     record = saved.load_record(Path(source)) if task_spec is None else task_record(str(source), task_spec)
     task = task_of(record, examples)
-    if icl > len(record["train_examples"]) or icl < 0:
+    if icl < 0:
+        raise IA2Error(f"--icl {icl}: the number of demonstrations must be at least 0")
+    if icl > len(record["train_examples"]):
         raise IA2Error(f"--icl {icl}: {len(record['train_examples'])} training examples to draw demonstrations from")
     demos = [Example(d["question"], d["answer"]) for d in record["train_examples"][:icl]]
-    if task_spec is None:
-        model, tokenizer = saved.on_base(Path(source), record, base_model)
-    else:
-        model, tokenizer = models.load(str(source))
-    encoder = Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings, record["chat"])
-    prompts = [encoder.prompt_ids(e, demos) for e in examples]
-    with model.disable_adapter() if icl and isinstance(model, PeftModel) else nullcontext():
-        if task.generative:
-            lines = _generated(model, tokenizer, prompts, task, batch_size)
-            result = _generation_metrics(lines, examples, task)
+    from peft import PeftModel  # torch, transformers and peft load once the inputs are known to be good
+
+    from . import models
+    from .evaluate import score
+    from .prompts import Encoder
+
+    with lock.holding([lock.beside(out)]):
+        if task_spec is None:
+            model, tokenizer = saved.on_base(Path(source), record, base_model)
         else:
-            measured = score(
-                model, prompts, encoder.label_ids, tokenizer.pad_token_id, None, batch_size, "predict", task.label_score
-            )
-            lines = _classified(measured, encoder, task)
-            result = _label_metrics(measured, encoder, examples, out)
-    write_text(out, "".join(json.dumps({"question": e.question, **line}) + "\n" for e, line in zip(examples, lines)))
-    if result is not None:
-        write_json(out.with_suffix(".metrics.json"), result)
-    else:
-        for stale in (out.with_suffix(".metrics.json"), out.with_suffix(".reliability.png")):
-            stale.unlink(missing_ok=True)
+            model, tokenizer = models.load(str(source))
+        encoder = Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings, record["chat"])
+        prompts = [encoder.prompt_ids(e, demos) for e in examples]
+        with model.disable_adapter() if icl and isinstance(model, PeftModel) else nullcontext():
+            if task.generative:
+                lines = _generated(model, tokenizer, prompts, task, batch_size)
+                result = _generation_metrics(lines, examples, task)
+            else:
+                measured = score(
+                    model,
+                    prompts,
+                    encoder.label_ids,
+                    tokenizer.pad_token_id,
+                    None,
+                    batch_size,
+                    "predict",
+                    task.label_score,
+                )
+                lines = _classified(measured, encoder, task)
+                result = _label_metrics(measured, encoder, examples, out)
+        write_text(
+            out, "".join(json.dumps({"question": e.question, **line}) + "\n" for e, line in zip(examples, lines))
+        )
+        if result is not None:
+            write_json(outputs(out)[1], result)
+        else:
+            for stale in outputs(out)[1:]:
+                stale.unlink(missing_ok=True)
     return Predicted(lines, result)
+
+
+def outputs(out: Path) -> tuple[Path, Path, Path]:
+    """The files `predict` may write: the prediction lines, and beside them the metrics and reliability diagram."""
+    return out, out.with_suffix(".metrics.json"), out.with_suffix(".reliability.png")
 
 
 def task_record(model: str, task_spec: str) -> dict:
@@ -130,17 +152,22 @@ def _label_metrics(measured: Scores, encoder: Encoder, examples: list[Example], 
     """The run's metrics on inputs that all have answers (None otherwise), with a reliability diagram."""
     if not all(e.answer for e in examples):
         return None
+    import numpy as np
+
+    from . import plots
+    from .evaluate import reliability, summarise
+
     gold = np.array([encoder.task.labels.index(e.answer) for e in examples])
     result = summarise(measured, gold, encoder.label_first())
     seen = reliability(measured, gold)
-    plots.plot_reliability(
-        {"predict": (np.array(seen["confidence"]), np.array(seen["correct"]))}, out.with_suffix(".reliability.png")
-    )
+    plots.plot_reliability({"predict": (np.array(seen["confidence"]), np.array(seen["correct"]))}, outputs(out)[2])
     return result
 
 
 def _generated(model, tokenizer, prompts: list[list[int]], task: Task, batch_size: int) -> list[dict]:
     """Each input's generation, cut by the task's stop rule, and its parsed answer (None when it does not parse)."""
+    from .generation import generate_texts
+
     texts = generate_texts(model, tokenizer, prompts, task, batch_size, "predict")
     return [{"generation": t, "parsed": parsers.extract(task.parser, t)} for t in texts]
 
@@ -149,4 +176,6 @@ def _generation_metrics(lines: list[dict], examples: list[Example], task: Task) 
     """Accuracy and parse-failure rate when every input has an answer (None otherwise)."""
     if not all(e.answer for e in examples):
         return None
+    from .evaluate import generation_metrics
+
     return generation_metrics([line["generation"] for line in lines], [e.answer for e in examples], task.parser)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
-
-from . import models
 from .card import RECORD
 from .errors import IA2Error
-from .targets import model_fingerprint
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 def _read_json(path: Path) -> object:
@@ -54,6 +53,12 @@ def load_record(adapter: Path) -> dict:
 
 def on_base(adapter: Path, record: dict, base_model: str | None = None) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """A saved adapter on its base model (from `base_model` when given, checked to have the same weights)."""
+    import torch
+    from peft import PeftModel
+
+    from . import models
+    from .targets import model_fingerprint
+
     named = base_model or record["base_model"]
     base, tokenizer = models.load(named, getattr(torch, record.get("dtype", "float32")), models.device("auto"))
     found = model_fingerprint(base)

@@ -17,8 +17,7 @@ from typing import Any
 from . import config, distributed, outdir
 from .config import RunConfig
 from .errors import IA2Error
-from .experiment import Member, run_cell
-from .paths import write_json
+from .paths import check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,26 @@ def _check_blocks(path: Path, data: dict) -> None:
                 raise IA2Error(f"{path}: tune.{axis}: a tuned axis takes values of its one setting, not mappings")
 
 
+def _check_overlap(sweep: Sweep) -> None:
+    """A setting is fixed, a grid axis or tuned, not two of these: one would override the other silently."""
+    source = str(sweep.source)
+    axes = {
+        config.resolve(axis, f"{source}: grid.{axis}")
+        for grid in sweep.grid
+        for axis, values in grid.items()
+        if not any(isinstance(v, dict) for v in values)
+    }
+    blocks = [
+        ("fixed", set(config.flatten(sweep.fixed, source, "fixed"))),
+        ("grid", axes),
+        ("tune", set(sweep.tuned_paths())),
+    ]
+    for (one, these), (other, those) in itertools.combinations(blocks, 2):
+        both = sorted(these & those)
+        if both:
+            raise IA2Error(f"{source}: {both[0]} is both in {one} and in {other}; give it in one of them")
+
+
 def load(path: Path, out: Path | None = None) -> Sweep:
     """Read a sweep YAML file; `out` overrides its output folder."""
     data = config.load_yaml(path)
@@ -127,6 +146,7 @@ def load(path: Path, out: Path | None = None) -> Sweep:
         fixed=data.get("fixed") or {},
         select=data.get("select", "dev_loss"),
     )
+    _check_overlap(sweep)
     scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
     if scaling and sweep.select == "dev_loss":
         raise IA2Error(
@@ -148,7 +168,10 @@ def finished(cfg: RunConfig, folder: Path) -> bool:
     rows = outdir.rows_dir(folder, cfg)
     names = [cfg.data.task, *cfg.data.eval_tasks]
     return all(
-        (rows / outdir.row_file(s, m, e, cfg.data.task)).exists() for s in cfg.seeds for m in cfg.methods for e in names
+        outdir.read_intact(rows / outdir.row_file(s, m, e, cfg.data.task)) is not None
+        for s in cfg.seeds
+        for m in cfg.methods
+        for e in names
     )
 
 
@@ -170,28 +193,52 @@ def cells(configs: list[RunConfig]) -> list[list[int]]:
     return list(groups.values())
 
 
+def units(configs: list[RunConfig]) -> list[list[int]]:
+    """What --shard splits, in plan order: each configuration alone, except a cell packed with --pack > 1, which
+    stays whole (its runs train together)."""
+    out: list[list[int]] = []
+    for cell in cells(configs):
+        packed = (configs[cell[0]].runtime.pack or 1) > 1
+        out += [cell] if packed else [[i] for i in cell]
+    return out
+
+
+def share(configs: list[RunConfig], shard: tuple[int, int]) -> list[int]:
+    """The configurations (indices) shard (i, k) runs: every k-th unit from the i-th; a k larger than the number of
+    units, which would leave a shard with nothing to do, is refused."""
+    index, count = shard
+    split = units(configs)
+    if count > len(split):
+        raise IA2Error(
+            f"--shard {index}/{count}: the sweep has {len(split)} configuration{'s' * (len(split) != 1)} to split "
+            f"(a cell packed with pack > 1 counts as one), so K must be at most {len(split)}"
+        )
+    return sorted(i for u, unit in enumerate(split) if u % count == index for i in unit)
+
+
 def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Run every configuration not yet finished, in order, a cell at a time; return the run folders.
 
     sweep.json, naming every run folder of the plan, is written first: the report reads exactly these runs, never
     a folder left by another plan (or by an earlier version, whose run keys differ). With shard (i, k) only every
-    k-th cell starting at i runs, so k processes (or machines sharing the folder) can split a sweep; each writes
-    only its own runs' rows.
+    k-th configuration from the i-th runs (`share`), so k processes (or machines sharing the folder) can split a
+    sweep; each writes only its own runs' rows.
     """
+    from .experiment import Member, run_cell
+
+    check_output(sweep.out, folder=True)
     configs = sweep.configs()
+    mine = set(share(configs, shard))
     folders = [run_dir(sweep.out, cfg) for cfg in configs]
     if distributed.is_main():
         plan = {k: v for k, v in asdict(sweep).items() if k not in ("out", "source")}
         write_json(sweep.out / "sweep.json", {**plan, "runs": [str(f.relative_to(sweep.out)) for f in folders]})
-    index, count = shard
-    for c, cell in enumerate(cells(configs)):
-        if c % count != index:
-            continue
+    for cell in cells(configs):
         members = []
-        for i in cell:
+        for i in [i for i in cell if i in mine]:
             cfg, folder = configs[i], folders[i]
             done = distributed.from_main(finished(cfg, folder))
-            if distributed.is_main() and not (done and (folder / "spec.json").exists()):
+            if distributed.is_main() and not (done and outdir.read_intact(folder / "spec.json") is not None):
                 write_json(folder / "spec.json", spec(cfg, sweep.tuned_paths()))
             log.info("[%d/%d] %s %s", i + 1, len(configs), "done already:" if done else "running", folder)
             if not done:
@@ -201,10 +248,11 @@ def execute(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     return folders
 
 
-def dump_points(sweep: Sweep) -> str:
-    """The expanded grid as text, one run per line (for --dry-run)."""
+def dump_points(sweep: Sweep, shard: tuple[int, int] = (0, 1)) -> str:
+    """The runs of the expanded grid that shard (i, k) runs as text, one a line (for --dry-run)."""
     lines = []
-    for cfg in sweep.configs():
+    configs = sweep.configs()
+    for cfg in [configs[i] for i in share(configs, shard)]:
         changed = {
             k: v for k, v in config.flat(cfg).items() if k not in ("methods", "seeds") and v != config.default(k)
         }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import IA2Error
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
 
@@ -30,6 +32,8 @@ def has_output_norms(layer: nn.Module) -> bool:
     attention output, while in layers without one (Llama, Qwen3, Mistral) `post_attention_layernorm` is the pre-MLP
     norm and the sublayer outputs are added to the residual as they are.
     """
+    from torch import nn
+
     return isinstance(getattr(layer, "post_feedforward_layernorm", None), nn.Module)
 
 
@@ -105,6 +109,8 @@ class Tap:
         """The recorded outputs as [batch, layers, keep, hidden]; clears the record."""
         if len(self._outputs) != len(self.modules):
             raise RuntimeError(f"tap recorded {len(self._outputs)} outputs for {len(self.modules)} layers")
+        import torch
+
         stacked = torch.stack(self._outputs, dim=1)
         self._outputs = []
         return stacked

@@ -8,13 +8,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from . import adapters, distributed
+from . import adapters, distributed, lock
 from .card import adapter_files
 from .config import RunConfig, validate
 from .context import RunContext, declared, load_context
 from .errors import IA2Error
 from .measure import dev_accuracy
 from .methods import METHODS
+from .paths import check_output
 from .splits import draw_split
 from .stages import StageRunner, Trainee, stage_data
 from .tracking import check_available, tracked
@@ -61,12 +62,14 @@ def train(cfg: RunConfig, out: Path) -> Path:
     """Train the config's one method on every labelled example and save the adapter to `out` (a new folder)."""
     distributed.check_launch(cfg)
     check_available(cfg)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_output(out, folder=True)
+    if out.is_dir() and any(out.iterdir()):
         raise IA2Error(f"{out}: already exists and is not an empty folder; train into a new folder")
-    cfg = sized(cfg)
-    ctx = load_context(cfg, held_out=False)
-    with tracked(ctx, out.parent / "trackers", out.name):
-        return _train(ctx, out)
+    with lock.holding([lock.beside(out)]):
+        cfg = sized(cfg)
+        ctx = load_context(cfg, held_out=False)
+        with tracked(ctx, out.parent / "trackers", out.name):
+            return _train(ctx, out)
 
 
 def _train(ctx: RunContext, out: Path) -> Path:
@@ -80,7 +83,11 @@ def _train(ctx: RunContext, out: Path) -> Path:
     runner = StageRunner(ctx, [trainee])
     (logs,) = runner.train(METHODS[method].stages)
     runner.load(trainee, METHODS[method].stages)
-    dev = {"eval_task": f"{ctx.task.name} (dev)", "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev")}
+    dev = {
+        "eval_task": f"{ctx.task.name} (dev)",
+        "split": "dev",
+        "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev"),
+    }
     if ctx.tracking is not None and dev["accuracy"] is not None:
         ctx.tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
     log.info(

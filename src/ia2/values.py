@@ -10,6 +10,10 @@ from . import adapters
 from .errors import IA2Error
 
 
+class Quoted(str):
+    """Text a YAML file quoted: never read as a number, so that `lr: "0.001"` is an error, not a silent cast."""
+
+
 def _is_tuple(kind: Any) -> bool:
     return typing.get_origin(kind) is tuple
 
@@ -67,6 +71,9 @@ def _scalar(kind: type, value: Any, shown: str) -> Any:
         if isinstance(value, (dict, list, tuple)):
             raise IA2Error(f"{shown} must be text, got {value!r}")
         return str(value)
+    if isinstance(value, Quoted):
+        noun = "an integer" if kind is int else "a number"
+        raise IA2Error(f"{shown} must be {noun}, got the quoted text {value!r}: drop the quotes")
     try:
         if isinstance(value, bool) or (kind is int and isinstance(value, float)):
             raise ValueError

@@ -56,6 +56,8 @@ def read_jsonl(path: Path, answers: bool = True) -> list[Example]:
     """Read examples, failing with the file, line and field of the first bad row. A row's `split` is absent or
     "train" (the training pool) or "test" (the held-out test set); any other value is an error. Without `answers`
     (inputs to predict on) a row may omit its answer."""
+    if path.is_dir():
+        raise IA2Error(f"{path}: a folder, not a JSONL file")
     if not path.is_file():
         raise IA2Error(f"{path}: no such file")
     examples = [_example(where, line, answers) for where, line in lines(path.read_bytes(), str(path))]
