@@ -12,6 +12,7 @@ from .context import RunContext
 from .methods import METHODS
 from .splits import Split
 from .tasks import Example, Task
+from .train import divergences
 
 RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -24,6 +25,8 @@ def model_card(cfg: RunConfig, task: Task, method: str, seed: int, rows: list[di
     stages = ", ".join(
         f"{log['stage']} ({log['steps']} steps, best dev loss {log['best_dev_loss']:.4g})" for log in logs
     )
+    diverged = divergences(logs)
+    warning = f"\n**Diverged, not to be used as trained**: {diverged}.\n" if diverged else ""
     return f"""---
 base_model: {cfg.model}
 library_name: peft
@@ -34,7 +37,7 @@ tags: [ia2, {method}]
 
 Trained by ia2 with method `{method}` on task `{task.name}`: N = {cfg.data.n_train} labelled examples, seed {seed}.
 Stages: {stages}.
-
+{warning}
 ## Prompt
 
 Inputs are rendered as the training run rendered them, without demonstrations:
@@ -121,6 +124,7 @@ def adapter_files(
     """The files saved beside an adapter: its model card (README.md) and its record (ia2.json)."""
     trained_on = [ctx.task.examples[i] for i in split.train]
     record = adapter_record(ctx.cfg, ctx.task, method, seed, trained_on, ctx.fingerprint, teacher_key)
+    record["diverged"] = divergences(logs)
     return {
         "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs),
         RECORD: json.dumps(record, indent=2) + "\n",

@@ -4,6 +4,7 @@ reused rather than retrained."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,12 +14,15 @@ from peft import set_peft_model_state_dict
 from . import distributed, packing, targets
 from .config import TrainConfig
 from .context import RunContext
+from .errors import IA2Error
 from .losses import LOSSES
 from .methods import METHODS, Stage
 from .prompts import Prompted, teacher_prompts, teacher_queries
 from .splits import Split
 from .tracking import Reporter
 from .train import Item, Lane, train_lanes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,15 @@ class Trainee:
         return cls(seed, cfg, data, {(): (state, [])})
 
 
+def _diverged(trainee: Trainee, stage_log: dict) -> None:
+    """A diverged stage in one line: the run's error (`on_divergence` fail), or a warning when it is recorded."""
+    stage, why = stage_log["stage"], stage_log["diverged"]
+    what = f"stage {stage} of seed {trainee.seed} (lr {trainee.cfg.lr:g}) diverged: {why}"
+    if trainee.cfg.on_divergence == "fail":
+        raise IA2Error(f"{what}; lower --lr, or pass --on-divergence record to record it and go on")
+    log.warning("%s; recorded in its rows and model card (--on-divergence record)", what)
+
+
 class StageRunner:
     """Trains methods' stages for several adapters (a run's seeds, a sweep cell's seeds and learning rates), in packs
     of at most `pack` that share each training pass (`train_lanes`)."""
@@ -150,6 +163,8 @@ class StageRunner:
         for t, (log, state) in zip(pack, train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id)):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
+            if log["diverged"]:
+                _diverged(t, log)
             t.memo[path] = (state, t.memo[path[:-1]][1] + [log])
 
     def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:
