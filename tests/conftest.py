@@ -67,6 +67,15 @@ def small_run(model: Path | str, task: str, out: Path, *extra: str, **settings: 
     return ["run", "--model", str(model), "--task", task, *flags, "--out", str(out), *extra]
 
 
+def overwrite_in_place(path, count: int = 4000) -> None:
+    """Overwrite the last `count` bytes of a safetensors file's data (or all of it, when shorter) with 0xFF: the file
+    keeps its size and its header, so it still reads."""
+    data = bytearray(path.read_bytes())
+    start = max(8 + int.from_bytes(data[:8], "little"), len(data) - count)
+    data[start:] = b"\xff" * (len(data) - start)
+    path.write_bytes(bytes(data))
+
+
 def _corpus() -> list[str]:
     words = ANIMALS + ADJECTIVES + ["is", "the", "a", "please", "maybe", "long"] + list(LABELS)
     text = []
