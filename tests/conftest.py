@@ -58,11 +58,22 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def small_run(model: Path | str, task: str, out: Path, *extra: str, **settings: object) -> list[str]:
-    """`ia2 run` arguments of a small run (zero-shot, ICL and IA2; one seed; N = 4; 10 test examples; one epoch):
-    `settings` by name override those or add flags (`max_epochs=3`), `extra` is appended as given."""
-    small = {"methods": "zero-shot,icl,ia2", "n_train": 4, "seeds": 0, "n_test": 10, "max_epochs": 1} | settings
+    """`ia2 run` arguments of a small run (zero-shot, ICL and IA2; one seed; N = 4; 10 test examples; one epoch;
+    a stage that ends where it began on dev recorded, not failed, as one or two steps on a tiny random model often
+    do): `settings` by name override those or add flags (`max_epochs=3`), `extra` is appended as given."""
+    small = {"methods": "zero-shot,icl,ia2", "n_train": 4, "seeds": 0, "n_test": 10, "max_epochs": 1}
+    small = small | {"on_divergence": "record"} | settings
     flags = [item for name, value in small.items() for item in (f"--{name.replace('_', '-')}", str(value))]
     return ["run", "--model", str(model), "--task", task, *flags, "--out", str(out), *extra]
+
+
+def overwrite_in_place(path, count: int = 4000) -> None:
+    """Overwrite the last `count` bytes of a safetensors file's data (or all of it, when shorter) with 0xFF: the file
+    keeps its size and its header, so it still reads."""
+    data = bytearray(path.read_bytes())
+    start = max(8 + int.from_bytes(data[:8], "little"), len(data) - count)
+    data[start:] = b"\xff" * (len(data) - start)
+    path.write_bytes(bytes(data))
 
 
 def _corpus() -> list[str]:
@@ -235,11 +246,12 @@ def full_attn_outputs(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor
 
 def every_method_on_every_arch(model_dirs, task: str, tmp_path_factory, name: str, **settings) -> dict:
     """One run of every method per tiny architecture on `task` (N = 4, 10 test examples, seed 0, 2 epochs unless
-    `settings` say otherwise), in a cache of its own: {arch: (result, output folder)}."""
+    `settings` say otherwise; divergence recorded, see `small_run`), in a cache of its own: {arch: (result, output
+    folder)}."""
     from ia2 import config, experiment
     from ia2.methods import METHODS
 
-    small = {"n_train": 4, "n_test": 10, "seeds": [0], "max_epochs": 2} | settings
+    small = {"n_train": 4, "n_test": 10, "seeds": [0], "max_epochs": 2, "on_divergence": "record"} | settings
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IA2_CACHE", str(tmp_path_factory.mktemp(f"{name}-cache")))

@@ -6,6 +6,9 @@ import json
 import shutil
 
 import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import small_run, toy_rows, write_jsonl
 from ia2 import cli, models
@@ -56,3 +59,62 @@ def test_chat_run_end_to_end(tmp_path, chat_model_dir):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["ia2", "icl", "zero-shot"]
     assert json.loads((out / "results.json").read_text())["config"]["prompt"]["chat"] is True
+
+
+def _label_probs(model, tok, text: str, answers: list[str], special: bool) -> list[float]:
+    """Each answer's probability after `text` (its tokens' log-probabilities summed, renormalised over the answers),
+    computed by hand: the answer's tokens are tokens(text + answer) minus tokens(text)."""
+    prompt = tok(text, add_special_tokens=special)["input_ids"]
+    scores = []
+    for answer in answers:
+        full = tok(text + answer, add_special_tokens=special)["input_ids"]
+        assert full[: len(prompt)] == prompt
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].double(), dim=-1)
+        scores.append(sum(logp[i - 1, full[i]] for i in range(len(prompt), len(full))))
+    return torch.softmax(torch.stack(scores), dim=0).tolist()
+
+
+def test_a_chat_adapters_card_and_record_give_the_rendering_a_server_must_send(tmp_path, chat_model_dir):
+    """A server that follows ia2.json's `serving` block (the chat template applied to one user message, no special
+    tokens added, the label straight after the assistant header) gets the adapter's probabilities within 1e-5; the
+    card shows the same worked example; the plain rendering (answer prefix + label) does not match."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(12))
+    out = tmp_path / "adapter"
+    argv = ["train", "--model", str(chat_model_dir), "--task", f"jsonl:{task}", "--chat", "--max-epochs", "2"]
+    assert cli.main([*argv, "--on-divergence", "record", "--out", str(out)]) == 0
+    record = json.loads((out / "ia2.json").read_text())
+    served, spec = record["serving"], record["task"]
+    assert served["chat"] and not served["add_special_tokens"] and served["answer_prefix"] == ""
+    card = (out / "README.md").read_text()
+    example = served["example"]
+    assert f"prompt:   {json.dumps(example['prompt'])}" in card and "chat template" in card
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(chat_model_dir), str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(chat_model_dir)
+
+    def rendered(question: str) -> str:
+        content = spec["instruction"] + spec["template"].format(question=question)
+        return tok.apply_chat_template(
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=served["add_generation_prompt"],
+            chat_template=served["chat_template"],
+        )
+
+    assert rendered(example["question"]) == example["prompt"]
+    assert tok(example["prompt"], add_special_tokens=False)["input_ids"] == example["prompt_ids"]
+    questions = [r["question"] for r in toy_rows(5, seed=3)]
+    inputs = write_jsonl(tmp_path / "new.jsonl", [{"question": q} for q in questions])
+    assert cli.main(["predict", str(out), "--input", str(inputs), "--out", str(tmp_path / "p.jsonl")]) == 0
+    predicted = [json.loads(line)["probs"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    labels = spec["labels"]
+    gap_plain = 0.0
+    for question, probs in zip(questions, predicted):
+        answers = [example["answers"][label] for label in labels]
+        served_probs = _label_probs(model, tok, rendered(question), answers, served["add_special_tokens"])
+        assert served_probs == pytest.approx([probs[label] for label in labels], abs=1e-5)
+        plain = spec["instruction"] + spec["template"].format(question=question)
+        plain_probs = _label_probs(model, tok, plain, [spec["answer_prefix"] + label for label in labels], True)
+        gap_plain = max(gap_plain, *(abs(a - probs[label]) for a, label in zip(plain_probs, labels)))
+    assert gap_plain > 1e-3, "setup: the plain rendering gives other probabilities, so following it would be wrong"

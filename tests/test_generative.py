@@ -72,6 +72,8 @@ def test_generative_run_end_to_end(tmp_path, llama_dir):
         "8",
         "--max-epochs",
         "3",
+        "--on-divergence",
+        "record",
         "--out",
         str(out),
     ]

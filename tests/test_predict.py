@@ -36,6 +36,7 @@ def trained(tmp_path_factory, model_dirs):
             n_test=10,
             seeds=[0],
             max_epochs=2,
+            on_divergence="record",
         )
         result = run(cfg, root / "run")
     test = json.loads((root / "run" / "manifest.json").read_text())["task"]["test_indices"]
@@ -152,6 +153,7 @@ def test_a_generative_adapter_predicts_generations_and_parsed_answers(model_dirs
         n_test=8,
         seeds=[0],
         max_epochs=2,
+        on_divergence="record",
         parser="text",
         max_new_tokens=6,
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import icl_prompts, small_run, toy_rows, toy_task_and_encoder, write_jsonl
+from conftest import icl_prompts, overwrite_in_place, small_run, toy_rows, toy_task_and_encoder, write_jsonl
 from ia2 import adapters, cli, config, models, targets, train
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
@@ -224,11 +224,12 @@ def _truncate(path: Path) -> None:
     "damage",
     [
         lambda f: _truncate(f / "shard-00001.safetensors"),
+        lambda f: overwrite_in_place(f / "shard-00001.safetensors"),
         lambda f: (f / "shard-00000.safetensors").unlink(),
         lambda f: (f / "index.json").write_text('{"n": 6, "shards": ['),
         lambda f: (f / "index.json").write_text(json.dumps({**json.loads((f / "index.json").read_text()), "n": 7})),
     ],
-    ids=["truncated-shard", "missing-shard", "truncated-index", "inconsistent-index"],
+    ids=["truncated-shard", "overwritten-shard", "missing-shard", "truncated-index", "inconsistent-index"],
 )
 def test_corrupt_store_is_recomputed(model_dirs, toy64, tmp_path, monkeypatch, caplog, damage):
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))

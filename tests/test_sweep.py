@@ -25,7 +25,7 @@ tune:
   lr: [0.0001, 0.01]
 fixed:
   n_test: 10
-  train: {{max_steps: 4}}
+  train: {{max_steps: 4, on_divergence: record}}
 select: {extra.get("select", "dev_loss")}
 """
     path.write_text(text)
@@ -93,7 +93,7 @@ def test_a_packed_cell_gives_the_rows_of_runs_trained_one_at_a_time(swept, tmp_p
     training logs match the unpacked sweep's (same steps and early stops; metrics to 1e-5, the tolerance of
     tests/test_packing.py's weights)."""
     monkeypatch.setenv("IA2_CACHE", str(swept["cache"]))
-    text = swept["config"].read_text().replace("train: {max_steps: 4}", "train: {max_steps: 4}\n  runtime: {pack: 4}")
+    text = swept["config"].read_text().replace("train: {", "runtime: {pack: 4}\n  train: {")
     packed_yaml = tmp_path / "packed.yaml"
     packed_yaml.write_text(text)
     sizes, real = [], train.train_lanes
@@ -180,7 +180,8 @@ def test_a_report_keeps_variants_apart(model_dirs, tmp_path):
     model = model_dirs["llama"]
     path = tmp_path / "variants.yaml"
     path.write_text(
-        f"methods: [sft, ia2, ia2-sft]\nseeds: [0, 1]\nfixed: {{n_test: 6, max_steps: 2}}\ngrid:\n"
+        "methods: [sft, ia2, ia2-sft]\nseeds: [0, 1]\nfixed: {n_test: 6, max_steps: 2, on_divergence: record}\n"
+        "grid:\n"
         f'  - {{model: ["{model}"], task: ["jsonl:{task}"], n_train: [4, 6], patience: [5]}}\n'
         f'  - {{model: ["{model}"], task: ["jsonl:{task}"], n_train: [4, 6], patience: [1]}}\n'
     )

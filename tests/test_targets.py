@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
+from conftest import full_attn_outputs, icl_prompts, overwrite_in_place, toy_task_and_encoder
 from ia2 import adapters, forward_pass, generation, losses, models, targets, train
 from ia2.config import TrainConfig
 from ia2.methods import Stage
@@ -218,6 +218,31 @@ def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monke
     assert again.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(again.acts, first.acts))
     reread = targets.load(path)
     assert reread.tokens == first.tokens, "the bad entry is replaced by a good one"
+
+
+def test_a_cached_file_overwritten_in_place_is_found_by_its_checksum(
+    llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    model, tok = models.load(str(llama_dir))
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
+    args = (model, Tap(model), tok, prompts, {"seed": 0})
+    first = targets.cached_collect(*args, max_new_tokens=2)
+    [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    size = path.stat().st_size
+    overwrite_in_place(path)
+    assert path.stat().st_size == size
+    with safe_open(str(path), framework="pt") as handle:
+        assert set(handle.keys()), "setup: the damaged file still reads"
+    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+        again = targets.cached_collect(*args, max_new_tokens=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"cached targets at {path} are corrupt (content checksum" in warnings[0]
+    assert again.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(again.acts, first.acts))
+    reread = targets.load(path)
+    assert reread.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(reread.acts, first.acts))
 
 
 def test_fingerprint_changes_with_weights(loaded):

@@ -4,6 +4,7 @@ losses and each method's final metrics through accelerate's TensorBoard integrat
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,11 +36,10 @@ def test_a_run_reports_training_and_final_metrics_to_tensorboard(llama_dir, tmp_
         n_test=10,
         seeds=[0],
         max_epochs=2,
+        on_divergence="record",
         report_to=["tensorboard"],
     )
-    assert config.key(cfg) == config.key(
-        config.make(str(llama_dir), f"jsonl:{task}", methods=["ia2-sft"], n_train=4, n_test=10, seeds=[0], max_epochs=2)
-    )
+    assert config.key(cfg) == config.key(replace(cfg, runtime=replace(cfg.runtime, report_to=())))
     result = run(cfg, tmp_path / "out")
     scalars = _scalars(tmp_path / "out" / "trackers")
     logs = json.loads((tmp_path / "out" / "train_logs.json").read_text())[0]["stages"]

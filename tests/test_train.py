@@ -64,7 +64,7 @@ def test_ia2_training_reduces_dev_loss(trained):
     assert log["history"][0]["step"] == 0
     assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
     assert log["best_dev_loss"] == min(h["dev_loss"] for h in log["history"])
-    assert log["stage"] == "ia2:icl"
+    assert log["stage"] == "ia2:icl" and log["diverged"] is None
 
 
 def test_only_adapter_weights_change(trained):

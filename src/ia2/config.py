@@ -147,6 +147,12 @@ class TrainConfig:
     )
     w: float = setting("CE weight of the joint ia2+sft loss", 0.5)
     per_layer_norm: bool = setting("normalise each layer's MSE by the teacher's scale", False)
+    on_divergence: str = setting(
+        "a stage whose loss becomes non-finite, or whose best dev state is its initial one, fails the run (exit 2), "
+        "or is recorded (rows, train logs, model card) and the run goes on",
+        "fail",
+        choices=("fail", "record"),
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .splits import Split, draw_split, majority
 from .stages import StageData, StageRunner, Trainee, stage_data
 from .taps import Tap
 from .tracking import check_available, tracked
-from .train import adapter_state
+from .train import adapter_state, divergences
 
 log = logging.getLogger(__name__)
 # A trained method's metrics sent to the trackers.
@@ -218,7 +218,11 @@ def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep:
     demonstrations, then its adapter and model card."""
     evals, data, split = prep.evals, prep.data, prep.split
     with evaluated(ctx):
-        extra = {"dev_accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev s{seed}"), "train": logs}
+        extra = {
+            "dev_accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev s{seed}"),
+            "diverged": divergences(logs),
+            "train": logs,
+        }
         rows = []
         for se in evals:
             measured, acts = evaluate(ctx, se, se.plain, f"{method} s{seed}")

@@ -62,7 +62,14 @@ def markdown(result: dict) -> str:
         ood = "" if eval_task == cfg["data"]["task"] else " (out of distribution)"
         prior = "" if majority is None else f", majority-class accuracy {majority:.3f}"
         text += f"\n## {eval_task}{ood}\n\n{result['n_test'][eval_task]} test examples{prior}.\n\n" + table(mine) + "\n"
+        text += _diverged(mine)
     return text
+
+
+def _diverged(rows: list[dict]) -> str:
+    """A note naming the rows of adapters whose training diverged (kept by --on-divergence record), or nothing."""
+    found = [f"{r['method']} seed {r['seed']} ({r['diverged']})" for r in rows if r.get("diverged")]
+    return f"\nDiverged in training, counted above as measured: {'; '.join(found)}.\n" if found else ""
 
 
 def write_reports(result: dict, out: Path) -> str:

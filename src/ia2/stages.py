@@ -4,21 +4,25 @@ reused rather than retrained."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from peft import set_peft_model_state_dict
 
-from . import distributed, packing, targets
+from . import distributed, memory, packing, targets
 from .config import TrainConfig
 from .context import RunContext
+from .errors import IA2Error
 from .losses import LOSSES
 from .methods import METHODS, Stage
 from .prompts import Prompted, teacher_prompts, teacher_queries
 from .splits import Split
 from .tracking import Reporter
 from .train import Item, Lane, train_lanes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,19 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     distributions."""
     cfg, unlabelled = ctx.cfg, bool(ctx.cfg.data.unlabelled)
     prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed)
-    teacher = teacher_targets(ctx, prompts, policy, seed, methods)
-    examples = ctx.task.examples
-    plain = [ctx.encoder.prompt_ids(examples[i]) for i in teacher_queries(split, unlabelled)]
+    examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
+    answer = max([ctx.task.max_new_tokens, *map(len, ctx.encoder.label_ids)])
+    size = memory.fitting_rows(
+        ctx.model,
+        [len(p) + answer for p in prompts],
+        cfg.runtime.batch_size,
+        answer,
+        False,
+        [examples[i].where for i in queries],
+        "the ICL teacher's pass",
+    )
+    teacher = teacher_targets(ctx, prompts, policy, seed, methods, min(distributed.everyone(size)))
+    plain = [ctx.encoder.prompt_ids(examples[i]) for i in queries]
     ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
     online = cfg.teacher.teacher_mode == "online"
     icl = [
@@ -52,7 +66,24 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
     n, m = cfg.data.n_train, len(plain) - len(split.dev)
     agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
-    return StageData({"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}, dev, teacher.key, agreement)
+    items = {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}
+    where = {"gold": [examples[i].where for i in split.train], "icl": [examples[i].where for i in queries[:m]]}
+    for labels in dict.fromkeys(stage.labels for method in methods for stage in METHODS[method].stages):
+        _check_training(ctx, items[labels][0], where[labels])
+    return StageData(items, dev, teacher.key, agreement)
+
+
+def _check_training(ctx: RunContext, train: Sequence[Item], where: Sequence[str]) -> None:
+    """Refuse in one line a training batch of the longest rows that would not fit in memory (`memory`)."""
+    memory.fitting_rows(
+        ctx.model,
+        [len(i.prompt) + len(i.answer) for i in train],
+        ctx.cfg.train.train_batch_size,
+        max(len(i.answer) for i in train),
+        True,
+        where,
+        "a training step",
+    )
 
 
 def _agreement(teacher: Sequence[Item], gold: Sequence[Item]) -> float:
@@ -62,10 +93,16 @@ def _agreement(teacher: Sequence[Item], gold: Sequence[Item]) -> float:
 
 
 def teacher_targets(
-    ctx: RunContext, prompts: Sequence[list[int]], policy: str, seed: int, methods: Sequence[str]
+    ctx: RunContext,
+    prompts: Sequence[list[int]],
+    policy: str,
+    seed: int,
+    methods: Sequence[str],
+    batch_size: int | None = None,
 ) -> targets.Targets:
     """The ICL teacher's answers, activations (none for the online teacher) and, when some method's loss needs them,
-    next-token distributions, from the cache or collected now with the adapter disabled."""
+    next-token distributions, from the cache or collected now with the adapter disabled, in batches of `batch_size`
+    (default: the runtime's)."""
     teacher = ctx.cfg.teacher
     distribution = any(LOSSES[stage.loss].needs_distribution for m in methods for stage in METHODS[m].stages)
     fields = {
@@ -86,7 +123,7 @@ def teacher_targets(
             fields,
             ctx.task.max_new_tokens,
             stop,
-            ctx.cfg.runtime.batch_size,
+            batch_size or ctx.cfg.runtime.batch_size,
             f"teacher s{seed}",
             teacher.soft_top_k if distribution else None,
             teacher.target_dtype,
@@ -111,6 +148,15 @@ class Trainee:
     def fresh(cls, seed: int, cfg: TrainConfig, data: StageData, state: dict[str, torch.Tensor]) -> Trainee:
         """A trainee with nothing trained yet, starting from the adapter state `state`."""
         return cls(seed, cfg, data, {(): (state, [])})
+
+
+def _diverged(trainee: Trainee, stage_log: dict) -> None:
+    """A diverged stage in one line: the run's error (`on_divergence` fail), or a warning when it is recorded."""
+    stage, why = stage_log["stage"], stage_log["diverged"]
+    what = f"stage {stage} of seed {trainee.seed} (lr {trainee.cfg.lr:g}) diverged: {why}"
+    if trainee.cfg.on_divergence == "fail":
+        raise IA2Error(f"{what}; lower --lr, or pass --on-divergence record to record it and go on")
+    log.warning("%s; recorded in its rows and model card (--on-divergence record)", what)
 
 
 class StageRunner:
@@ -150,6 +196,8 @@ class StageRunner:
         for t, (log, state) in zip(pack, train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id)):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
+            if log["diverged"]:
+                _diverged(t, log)
             t.memo[path] = (state, t.memo[path[:-1]][1] + [log])
 
     def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:

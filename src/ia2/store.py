@@ -2,13 +2,14 @@
 
 A store is a folder holding `shard-00000.safetensors`, … (each up to `shard_size` examples or about `shard_bytes`
 bytes, whichever comes first; tensors named `<name>.<example>`) and `index.json` (example count, answer tokens,
-which shard holds each example, the tensor names kept, and the writer's metadata such as the cache fields and the
-activations' dtype). Training reads only the current batch's tensors, so host memory stays bounded by a few
-batches whatever N and T are.
+which shard holds each example, each shard's SHA-256, the tensor names kept, and the writer's metadata such as the
+cache fields and the activations' dtype). Training reads only the current batch's tensors, so host memory stays
+bounded by a few batches whatever N and T are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -36,6 +37,15 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a block at a time (a shard can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class CorruptEntry(IA2Error):
     """A cached targets entry (file or store folder) that cannot be read back as written: truncated, emptied or
     partly deleted. `path` is the whole entry, so a caller can remove it and recompute."""
@@ -53,6 +63,7 @@ class _Writer:
         self.buffer: dict[str, torch.Tensor] = {}
         self.count, self.bytes, self.shards = 0, 0, 0
         self.shard_of: dict[int, int] = {}
+        self.digests: list[str] = []
 
     def add(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
         for name, tensor in tensors.items():
@@ -67,6 +78,7 @@ class _Writer:
         if not self.count:
             return
         save_file(self.buffer, str(self.folder / shard_name(self.shards)))
+        self.digests.append(file_digest(self.folder / shard_name(self.shards)))
         self.buffer, self.count, self.bytes, self.shards = {}, 0, 0, self.shards + 1
 
 
@@ -94,6 +106,7 @@ def write(
         index = {
             "n": n,
             "shards": [shard_name(s) for s in range(writer.shards)],
+            "sha256": writer.digests,
             "shard_of": [writer.shard_of[i] for i in range(n)],
             "names": sorted(names),
             "tokens": tokens,
@@ -181,14 +194,21 @@ def read_index(folder: Path) -> dict[str, Any]:
 
 
 def check_shards(folder: Path, index: dict[str, Any]) -> None:
-    """Read every shard's header and check it holds its examples' tensors, so a missing or truncated shard is found
-    when the store is opened rather than mid-training; `CorruptEntry` otherwise."""
+    """Check every shard's bytes against the checksum the index records and its header for its examples' tensors,
+    so a missing, truncated or overwritten shard is found when the store is opened rather than mid-training (this
+    reads the store once); `CorruptEntry` otherwise."""
     expected: list[set[str]] = [set() for _ in index["shards"]]
     for example, shard in enumerate(index["shard_of"]):
         expected[shard] |= {f"{name}.{example}" for name in index["names"]}
-    for name, tensors in zip(index["shards"], expected):
+    digests = index.get("sha256")
+    if not isinstance(digests, list) or len(digests) != len(index["shards"]):
+        raise CorruptEntry(folder, f"{INDEX}: no checksum per shard (written by an earlier ia2)")
+    for name, tensors, recorded in zip(index["shards"], expected, digests):
         if not (folder / name).is_file():
             raise CorruptEntry(folder, f"{name} missing")
+        found = file_digest(folder / name)
+        if found != recorded:
+            raise CorruptEntry(folder, f"{name}: checksum {found[:12]} is not the recorded {recorded[:12]}")
         try:
             with safe_open(str(folder / name), framework="pt") as handle:
                 missing = tensors - set(handle.keys())

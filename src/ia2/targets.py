@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,8 +216,20 @@ def cache_key(fields: dict, prompts: Sequence[Sequence[int]]) -> str:
     return digest.hexdigest()[:24]
 
 
+def content_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): a targets file records it, so that
+    damage that leaves the file readable (bytes overwritten in place) is found when it is loaded."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save(path: Path, targets: Targets, fields: dict) -> None:
-    """Write targets as one safetensors file (atomically), with the key's fields as metadata."""
+    """Write targets as one safetensors file (atomically), with the key's fields and the tensors' checksum
+    (`content_digest`) as metadata."""
     tensors = {}
     for i, (tok, act) in enumerate(zip(targets.tokens, targets.acts)):
         tensors[f"tokens.{i}"] = torch.tensor(tok, dtype=torch.long)
@@ -226,10 +238,13 @@ def save(path: Path, targets: Targets, fields: dict) -> None:
     for name in ("top_ids", "top_logp"):
         for i, tensor in enumerate(getattr(targets, name) or []):
             tensors[f"{name}.{i}"] = tensor.contiguous()
+    metadata = {
+        "fields": json.dumps(fields, sort_keys=True),
+        "n": str(len(targets.tokens)),
+        "sha256": content_digest(tensors),
+    }
     with atomic_path(path) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"fields": json.dumps(fields, sort_keys=True), "n": str(len(targets.tokens))}
-        )
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _incomplete(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
@@ -245,15 +260,27 @@ def _incomplete(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> str 
     return None
 
 
+def _mismatch(data: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """Why a targets file's tensors are not the ones it was written with (its recorded checksum differs, or it has
+    none: written before files carried one), or None when they are."""
+    recorded = metadata.get("sha256")
+    if recorded is None:
+        return "no content checksum (written by an earlier ia2)"
+    found = content_digest(data)
+    if found != recorded:
+        return f"content checksum {found[:12]} is not the recorded {recorded[:12]}"
+    return None
+
+
 def load(path: Path) -> Targets:
-    """Read targets written by `save` (acts None where none were kept); `CorruptEntry` when the file is unreadable
-    or incomplete."""
+    """Read targets written by `save` (acts None where none were kept); `CorruptEntry` when the file is unreadable,
+    incomplete, or its tensors do not match their recorded checksum."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             data, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
     except (OSError, SafetensorError) as exc:
         raise CorruptEntry(path, str(exc)) from None
-    problem = _incomplete(data, metadata)
+    problem = _incomplete(data, metadata) or _mismatch(data, metadata)
     if problem:
         raise CorruptEntry(path, problem)
     n = int(metadata["n"])

@@ -266,6 +266,7 @@ class _Progress:
         self.order, self.start, self.epoch = torch.randperm(len(lane.train), generator=self.generator).tolist(), 0, 0
         self.step, self.stale, self.loss = 0, 0, math.nan
         self.best, self.best_state = first_dev, dict(lane.state)
+        self.failure = None if math.isfinite(first_dev) else f"initial dev loss {first_dev}"
         self.history: list[dict] = [{"step": 0, "dev_loss": first_dev}]
         total = cfg.max_epochs * math.ceil(len(lane.train) / cfg.train_batch_size)
         self.limit = min(total, cfg.max_steps or total)
@@ -277,7 +278,8 @@ class _Progress:
 
     @property
     def done(self) -> bool:
-        return self.stale >= self.lane.cfg.patience or self.step >= self.limit
+        """Stopped early, at its step limit, or on a non-finite loss (nothing after it can be kept)."""
+        return self.failure is not None or self.stale >= self.lane.cfg.patience or self.step >= self.limit
 
     def next_batch(self) -> list[Item]:
         """The next training batch, drawing a new order at each epoch's start."""
@@ -293,26 +295,49 @@ class _Progress:
         self.step += 1
         self.loss = loss
         self.report({"train_loss": loss, "lr": self.lane.cfg.lr}, self.step)
+        if not math.isfinite(loss):
+            self.failure = f"training loss {loss} at step {self.step}"
+            return False
         return self.step % self.lane.cfg.eval_every == 0 or self.step >= self.limit
 
     def checked(self, current: float, state: Callable[[], dict[str, torch.Tensor]]) -> None:
         """Record a dev check; keep the state (`state()`, read only then) when it is the best so far."""
         self.report({"dev_loss": current}, self.step)
         self.history.append({"step": self.step, "train_loss": self.loss, "dev_loss": current})
-        if current < self.best:
+        if not math.isfinite(current):
+            self.failure = f"dev loss {current} at step {self.step}"
+        elif current < self.best:
             self.best, self.best_state, self.stale = current, state(), 0
         else:
             self.stale += 1
 
     def log(self, stage: Stage) -> dict:
+        """The stage's log; `diverged` says why its adapter cannot be trusted (None when it can)."""
+        best_step = next((h["step"] for h in self.history if h["dev_loss"] == self.best), 0)  # 0: a NaN start
         return {
             "stage": f"{stage.loss}:{stage.labels}",
             "steps": self.step,
             "epochs": self.epoch + 1,
             "best_dev_loss": self.best,
-            "best_step": next(h["step"] for h in self.history if h["dev_loss"] == self.best),
+            "best_step": best_step,
             "history": self.history,
+            "diverged": self.diverged(best_step),
         }
+
+    def diverged(self, best_step: int) -> str | None:
+        """Why the stage diverged: a non-finite loss, or a best dev state that is still the initial one after
+        training (the adapter handed over would be the one it started from); None when neither happened."""
+        if self.failure is not None:
+            return self.failure
+        if best_step == 0 and self.step > 0:
+            return f"no dev check beat the initial dev loss {self.best:.4g} (best step 0 of {self.step})"
+        return None
+
+
+def divergences(logs: Sequence[dict]) -> str | None:
+    """The diverged stages of a method's stage logs in one line (`stage: why; ...`), or None when none diverged."""
+    found = [f"{log['stage']}: {log['diverged']}" for log in logs if log.get("diverged")]
+    return "; ".join(found) or None
 
 
 def train_lanes(
