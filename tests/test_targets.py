@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,12 +198,8 @@ def _drop_one_tensor(path):
     save_file(data, str(path), metadata=metadata)
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""), _drop_one_tensor],
-    ids=["truncated", "empty", "tensor-missing"],
-)
-def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
+def cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch) -> tuple[tuple, targets.Targets, Path]:
+    """Collect targets once into a private cache: (the collection's arguments, the targets, the cached file)."""
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     model, tok = models.load(str(llama_dir))
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
@@ -210,6 +207,16 @@ def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monke
     args = (model, Tap(model), tok, prompts, {"seed": 0})
     first = targets.cached_collect(*args, max_new_tokens=2)
     [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    return args, first, path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: p.write_bytes(p.read_bytes()[:-100]), lambda p: p.write_bytes(b""), _drop_one_tensor],
+    ids=["truncated", "empty", "tensor-missing"],
+)
+def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
+    args, first, path = cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch)
     damage(path)
     with caplog.at_level(logging.WARNING, logger="ia2.targets"):
         again = targets.cached_collect(*args, max_new_tokens=2)
@@ -223,13 +230,7 @@ def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monke
 def test_a_cached_file_overwritten_in_place_is_found_by_its_checksum(
     llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
-    model, tok = models.load(str(llama_dir))
-    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
-    prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
-    args = (model, Tap(model), tok, prompts, {"seed": 0})
-    first = targets.cached_collect(*args, max_new_tokens=2)
-    [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
+    args, first, path = cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch)
     size = path.stat().st_size
     overwrite_in_place(path)
     assert path.stat().st_size == size

@@ -23,7 +23,7 @@ from .paths import check_output
 # The demo's task is chosen by the rule of scripts/choose_demo.py (README, "Why this task").
 DEMO = config.make(
     "gemma3-270m",
-    "multiemo:medicine",
+    "vader:amazon",
     n_train=8,
     seeds=[0, 1, 2],
     n_test=100,
