@@ -7,8 +7,13 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from conftest import small_run, toy_rows, write_jsonl
 from ia2 import cli
+from ia2.config import TrainConfig
+from ia2.errors import IA2Error
+from ia2.stages import Trainee, _check_progress
 
 
 def _train(model, task, out, *extra) -> list[str]:
@@ -59,3 +64,24 @@ def test_a_run_records_divergence_in_its_rows_or_fails(llama_dir, tmp_path, caps
     assert f"ia2 seed 0 ({rows['ia2']['diverged']})" in (out / "results.md").read_text()
     (logs,) = json.loads((out / "train_logs.json").read_text())
     assert logs["stages"][0]["best_step"] == 0 and logs["stages"][0]["steps"] > 0
+
+
+def _stage_log(improved: bool) -> dict:
+    """A finite stage's log whose dev checks beat its start or not."""
+    return {"stage": "ce:gold", "steps": 10, "best_dev_loss": 0.7, "diverged": None, "improved": improved}
+
+
+def test_only_a_first_stage_that_beats_no_dev_check_is_a_divergence(caplog):
+    """A method's first stage handing over its fresh adapter is the base model passed off as trained; a later stage
+    (SFT after IA2) that beats no dev check keeps what the stage before it trained, as early stopping means it to."""
+    trainee = Trainee(0, TrainConfig(on_divergence="fail"), None, {})
+    with caplog.at_level(logging.INFO, logger="ia2.stages"):
+        later = _stage_log(improved=False)
+        _check_progress(trainee, later, depth=1)
+    assert later["diverged"] is None and "no dev check beat the state it started from" in caplog.text
+    first = _stage_log(improved=False)
+    with pytest.raises(IA2Error, match=r"stage ce:gold of seed 0 \(lr [^)]+\) diverged: no dev check beat the initial"):
+        _check_progress(trainee, first, depth=0)
+    trained = _stage_log(improved=True)
+    _check_progress(trainee, trained, depth=0)
+    assert trained["diverged"] is None

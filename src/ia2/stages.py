@@ -150,6 +150,27 @@ class Trainee:
         return cls(seed, cfg, data, {(): (state, [])})
 
 
+def _check_progress(trainee: Trainee, stage_log: dict, depth: int) -> None:
+    """A stage that diverged (a non-finite loss), or a method's first stage whose best dev state is still the fresh
+    adapter (it would hand over the base model as trained), is reported by `_diverged` and marked in its log. A later
+    stage that beats no dev check keeps the previous stage's adapter, as early stopping means it to: one log line."""
+    if stage_log["improved"] or stage_log["diverged"]:
+        if stage_log["diverged"]:
+            _diverged(trainee, stage_log)
+        return
+    best = f"{stage_log['best_dev_loss']:.4g} (best step 0 of {stage_log['steps']})"
+    if depth:
+        log.info(
+            "stage %s of seed %d: no dev check beat the state it started from, %s: that state is kept",
+            stage_log["stage"],
+            trainee.seed,
+            best,
+        )
+        return
+    stage_log["diverged"] = f"no dev check beat the initial dev loss {best}"
+    _diverged(trainee, stage_log)
+
+
 def _diverged(trainee: Trainee, stage_log: dict) -> None:
     """A diverged stage in one line: the run's error (`on_divergence` fail), or a warning when it is recorded."""
     stage, why = stage_log["stage"], stage_log["diverged"]
@@ -196,8 +217,7 @@ class StageRunner:
         for t, (log, state) in zip(pack, train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id)):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
-            if log["diverged"]:
-                _diverged(t, log)
+            _check_progress(t, log, depth)
             t.memo[path] = (state, t.memo[path[:-1]][1] + [log])
 
     def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:

@@ -312,7 +312,8 @@ class _Progress:
             self.stale += 1
 
     def log(self, stage: Stage) -> dict:
-        """The stage's log; `diverged` says why its adapter cannot be trusted (None when it can)."""
+        """The stage's log; `diverged` names a non-finite loss (None when there was none), and `improved` says whether
+        a dev check beat the state the stage started from."""
         best_step = next((h["step"] for h in self.history if h["dev_loss"] == self.best), 0)  # 0: a NaN start
         return {
             "stage": f"{stage.loss}:{stage.labels}",
@@ -321,17 +322,9 @@ class _Progress:
             "best_dev_loss": self.best,
             "best_step": best_step,
             "history": self.history,
-            "diverged": self.diverged(best_step),
+            "diverged": self.failure,
+            "improved": best_step > 0 or self.step == 0,
         }
-
-    def diverged(self, best_step: int) -> str | None:
-        """Why the stage diverged: a non-finite loss, or a best dev state that is still the initial one after
-        training (the adapter handed over would be the one it started from); None when neither happened."""
-        if self.failure is not None:
-            return self.failure
-        if best_step == 0 and self.step > 0:
-            return f"no dev check beat the initial dev loss {self.best:.4g} (best step 0 of {self.step})"
-        return None
 
 
 def divergences(logs: Sequence[dict]) -> str | None:
