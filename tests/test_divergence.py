@@ -46,6 +46,13 @@ def test_record_keeps_a_diverged_adapter_and_says_so_in_its_card(llama_dir, tmp_
     assert record["diverged"].startswith("ia2:icl: no dev check beat the initial dev loss")
     card = (out / "README.md").read_text()
     assert f"**Diverged, not to be used as trained**: {record['diverged']}." in card
+    caplog.clear()
+    inputs = write_jsonl(tmp_path / "in.jsonl", toy_rows(2))
+    with caplog.at_level(logging.WARNING, logger="ia2"):
+        assert cli.main(["predict", str(out), "--input", str(inputs), "--out", str(tmp_path / "p.jsonl")]) == 0
+    [warned] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    diverged = f"its training diverged ({record['diverged']})"
+    assert warned == f"{out}: {diverged}; kept by --on-divergence record, not to be used as trained"
 
 
 def test_a_run_records_divergence_in_its_rows_or_fails(llama_dir, tmp_path, capsys):

@@ -4,11 +4,14 @@ the base it was trained on, wherever that base is loaded from."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .card import RECORD
 from .errors import IA2Error
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -48,6 +51,12 @@ def load_record(adapter: Path) -> dict:
     missing = [k for k in ("base_model", "base_fingerprint", "task", "chat", "train_examples") if k not in record]
     if missing:
         raise IA2Error(f"{path}: field {missing[0]!r} missing (saved by an earlier ia2: retrain the adapter)")
+    if record.get("diverged"):
+        log.warning(
+            "%s: its training diverged (%s); kept by --on-divergence record, not to be used as trained",
+            adapter,
+            record["diverged"],
+        )
     return record
 
 
