@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from conftest import small_run, toy_rows, write_jsonl
-from ia2 import cli
+from ia2 import cli, config
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.stages import Trainee, _check_progress
@@ -92,3 +92,16 @@ def test_only_a_first_stage_that_beats_no_dev_check_is_a_divergence(caplog):
     trained = _stage_log(improved=True)
     _check_progress(trainee, trained, depth=0)
     assert trained["diverged"] is None
+
+
+def test_without_restore_best_a_first_stage_hands_over_its_trained_state():
+    """With restore_best off the last state is handed over, not the fresh adapter: no divergence."""
+    stage_log = _stage_log(improved=False)
+    _check_progress(Trainee(0, TrainConfig(on_divergence="fail", restore_best=False), None, {}), stage_log, depth=0)
+    assert stage_log["diverged"] is None
+
+
+def test_on_divergence_does_not_change_the_run_key():
+    """Rerunning with --on-divergence record, as the failure line suggests, reuses the finished rows."""
+    fail, record = (config.make("m", "t", on_divergence=mode) for mode in ("fail", "record"))
+    assert config.key(fail) == config.key(record)

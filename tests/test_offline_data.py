@@ -282,6 +282,18 @@ def test_a_source_archive_is_fetched_once_with_pip_and_checked(monkeypatch):
     assert command[3:9] == ["download", "--no-deps", "--no-binary", "fakedata", "fakedata==1.0", "-d"]
 
 
+def test_a_source_archive_without_the_member_is_one_line(monkeypatch):
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz"):
+        pass
+    data = archive.getvalue()
+    file = PackagedFile("fakedata", "1.0", "fakedata-1.0/x", hashlib.sha256(data).hexdigest(), sdist=True)
+    fake_pip(monkeypatch, data)
+    file.fetch()
+    with pytest.raises(IA2Error, match=re.escape(f"fakedata==1.0: {file.archive} holds no file fakedata-1.0/x")):
+        file.read()
+
+
 def test_a_fetched_archive_failing_its_check_is_not_kept(monkeypatch):
     file = PackagedFile("fakedata", "1.0", "fakedata-1.0/x", "0" * 64, sdist=True)
     fake_pip(monkeypatch, b"something else")

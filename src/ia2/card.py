@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from .config import RunConfig, key
 from .methods import METHODS
 from .tasks import Example, Task
-from .train import divergences
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -20,6 +19,12 @@ if TYPE_CHECKING:
 
 RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
+
+
+def divergences(logs: Sequence[dict]) -> str | None:
+    """The diverged stages of a method's stage logs in one line (`stage: why; ...`), or None when none diverged."""
+    found = [f"{log['stage']}: {log['diverged']}" for log in logs if log.get("diverged")]
+    return "; ".join(found) or None
 
 
 def model_card(

@@ -56,6 +56,7 @@ AFTER_A_STOP = {
     "predict": "no predictions were written: rerun the command",
     "export": "no merged model was written: rerun the command",
     "report": "the report may be incomplete: rerun the command",
+    "data": "what was fetched before is kept: rerun `ia2 data --fetch`",
 }
 # Failed writes answered in one line: no space, over quota, a read-only file system, no permission.
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -264,6 +265,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run_command(args: argparse.Namespace) -> int:
     """`ia2 run` and `ia2 demo`: compare the methods, then print the results table."""
     cfg, out = config_from_args(args) if args.command == "run" else (demo_config(args), args.out)
+    check_output(out, folder=True)
     from .experiment import run
 
     run(cfg, out, overwrite=getattr(args, "overwrite", False))

@@ -211,6 +211,7 @@ SECTIONS = ("data", "prompt", "teacher", "train", "runtime")
 NOT_IN_KEY = (
     "methods",
     "seeds",
+    "train.on_divergence",
     "runtime.fsdp",
     "runtime.pack",
     "runtime.compile",

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import adapters, config, distributed, lock, models, outdir
-from .card import adapter_files
+from .card import adapter_files, divergences
 from .config import RunConfig
 from .context import RunContext, load_context
 from .errors import IA2Error
@@ -27,7 +27,7 @@ from .splits import Split, draw_split, majority
 from .stages import StageData, StageRunner, Trainee, stage_data
 from .taps import Tap
 from .tracking import check_available, tracked
-from .train import adapter_state, divergences
+from .train import adapter_state
 
 log = logging.getLogger(__name__)
 # A trained method's metrics sent to the trackers.

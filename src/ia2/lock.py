@@ -68,7 +68,17 @@ def _lock(path: Path) -> Iterator[None]:
         _held[path] -= 1
         if not _held[path]:
             del _held[path]
-            path.unlink(missing_ok=True)
+            _release(path)
+
+
+def _release(path: Path) -> None:
+    """Delete the lock file if it still names this process (a process that wrongly judged it stale may hold it)."""
+    try:
+        holder = _holder(path)
+    except IA2Error:
+        return
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
 
 
 def _take(path: Path) -> None:

@@ -88,11 +88,12 @@ def peak_bytes(shape: Shape, rows: int, width: int, keep: int, training: bool) -
 
 
 def available_bytes(device: torch.device | str) -> int:
-    """Memory a pass can still take: on CUDA the device's free memory, otherwise the host's available RAM (psutil
-    where installed, else /proc/meminfo's MemAvailable)."""
+    """Memory a pass can still take: on CUDA the device's free memory plus what PyTorch's allocator holds cached but
+    unused, otherwise the host's available RAM (psutil where installed, else /proc/meminfo's MemAvailable)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         import psutil
     except ImportError:

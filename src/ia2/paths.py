@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IA2Error
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a block at a time (a shard or a data archive can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:

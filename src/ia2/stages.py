@@ -74,14 +74,16 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
 
 
 def _check_training(ctx: RunContext, train: Sequence[Item], where: Sequence[str]) -> None:
-    """Refuse in one line a training batch of the longest rows that would not fit in memory (`memory`)."""
+    """Refuse in one line a training batch of the longest rows that would not fit in memory (`memory`); a pack of
+    `--pack` adapters puts that many batches in one pass."""
+    lanes = ctx.cfg.runtime.pack or 1
     memory.fitting_rows(
         ctx.model,
-        [len(i.prompt) + len(i.answer) for i in train],
-        ctx.cfg.train.train_batch_size,
+        [len(i.prompt) + len(i.answer) for i in train] * lanes,
+        ctx.cfg.train.train_batch_size * lanes,
         max(len(i.answer) for i in train),
         True,
-        where,
+        list(where) * lanes,
         "a training step",
     )
 
@@ -152,9 +154,10 @@ class Trainee:
 
 def _check_progress(trainee: Trainee, stage_log: dict, depth: int) -> None:
     """A stage that diverged (a non-finite loss), or a method's first stage whose best dev state is still the fresh
-    adapter (it would hand over the base model as trained), is reported by `_diverged` and marked in its log. A later
+    adapter (with restore_best it would hand over the base model as trained), is reported by `_diverged` and marked
+    in its log. A later
     stage that beats no dev check keeps the previous stage's adapter, as early stopping means it to: one log line."""
-    if stage_log["improved"] or stage_log["diverged"]:
+    if stage_log["improved"] or stage_log["diverged"] or not trainee.cfg.restore_best:
         if stage_log["diverged"]:
             _diverged(trainee, stage_log)
         return

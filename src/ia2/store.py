@@ -9,7 +9,6 @@ bounded by a few batches whatever N and T are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -22,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import IA2Error
-from .paths import atomic_path
+from .paths import atomic_path, file_sha256
 
 INDEX = "index.json"
 INDEX_FIELDS = frozenset({"n", "shards", "shard_of", "names", "tokens"})
@@ -35,15 +34,6 @@ Entry = tuple[int, list[int], dict[str, torch.Tensor]]
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read a block at a time (a shard can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CorruptEntry(IA2Error):
@@ -78,7 +68,7 @@ class _Writer:
         if not self.count:
             return
         save_file(self.buffer, str(self.folder / shard_name(self.shards)))
-        self.digests.append(file_digest(self.folder / shard_name(self.shards)))
+        self.digests.append(file_sha256(self.folder / shard_name(self.shards)))
         self.buffer, self.count, self.bytes, self.shards = {}, 0, 0, self.shards + 1
 
 
@@ -206,7 +196,7 @@ def check_shards(folder: Path, index: dict[str, Any]) -> None:
     for name, tensors, recorded in zip(index["shards"], expected, digests):
         if not (folder / name).is_file():
             raise CorruptEntry(folder, f"{name} missing")
-        found = file_digest(folder / name)
+        found = file_sha256(folder / name)
         if found != recorded:
             raise CorruptEntry(folder, f"{name}: checksum {found[:12]} is not the recorded {recorded[:12]}")
         try:

@@ -327,12 +327,6 @@ class _Progress:
         }
 
 
-def divergences(logs: Sequence[dict]) -> str | None:
-    """The diverged stages of a method's stage logs in one line (`stage: why; ...`), or None when none diverged."""
-    found = [f"{log['stage']}: {log['diverged']}" for log in logs if log.get("diverged")]
-    return "; ".join(found) or None
-
-
 def train_lanes(
     model: PeftModel, tap: Tap, lanes: Sequence[Lane], stage: Stage, pad_id: int
 ) -> list[tuple[dict, dict[str, torch.Tensor]]]:

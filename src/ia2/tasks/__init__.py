@@ -8,6 +8,7 @@ from ..errors import IA2Error
 from . import benchmarks, bigbench, jsonl, offline
 from .base import Example, Task, check_sizes
 from .benchmarks import OOD_PAIRS, check_transfer
+from .hub import Unreachable
 from .packaged import PackagedFile
 
 __all__ = ["Example", "Task", "OOD_PAIRS", "check_sizes", "check_transfer", "data_files", "load_task", "register"]
@@ -56,7 +57,7 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
     """A declared benchmark; `labels`, if given, must be its own label words (they are fixed by the declaration)."""
     try:
         task = benchmarks.load_benchmark(name)
-    except IA2Error as exc:
+    except Unreachable as exc:
         stand_ins = offline.stand_ins(name)
         if not stand_ins:
             raise

