@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -477,3 +478,29 @@ def test_saving_an_adapter_asks_no_hub(llama_dir, tmp_path, monkeypatch):
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "someone/some-model"
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_of_processes_taking_over_one_stale_lock_at_once_only_one_gets_it(tmp_path):
+    """Four processes that all find the same stale lock and take it over together, each pausing between judging it
+    stale and acting on that (as a busy machine may): exactly one holds it, the others are refused naming a live
+    holder."""
+    path = lock.inside(tmp_path / "out")
+    hold(path, dead_pid())
+    go = tmp_path / "go"
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom ia2 import lock\nfrom ia2.errors import IA2Error\n"
+        "judged = lock._stale\nlock._stale = lambda holder: (judged(holder), time.sleep(0.2))[0]\n"
+        "while not Path(sys.argv[2]).exists():\n    time.sleep(0.001)\n"
+        "try:\n    with lock._lock(Path(sys.argv[1])):\n        print('held', flush=True)\n        time.sleep(1)\n"
+        "except IA2Error as exc:\n    print('refused' if 'in use by' in str(exc) else str(exc))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(path), str(go)], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(1.5)
+    go.touch()
+    said = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
+    assert said == ["held", "refused", "refused", "refused"], said
+    assert not path.exists()

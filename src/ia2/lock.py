@@ -3,6 +3,7 @@ lock whose holder is no longer running on this host is stale, and taken over wit
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -98,14 +99,34 @@ def _take(path: Path) -> None:
                 f"{holder.get('host')}, since {holder.get('since', '?')}); wait for it to finish, or delete {path} "
                 "if that process is gone"
             )
-        log.warning(
-            "%s: taking over the lock of pid %s (`%s`), which is no longer running",
-            path,
-            holder.get("pid"),
-            holder.get("command"),
-        )
-        path.unlink(missing_ok=True)
+        if _remove_stale(path, holder):
+            log.warning(
+                "%s: taking over the lock of pid %s (`%s`), which is no longer running",
+                path,
+                holder.get("pid"),
+                holder.get("command"),
+            )
     raise IA2Error(f"{path}: another process keeps taking this lock; try again")
+
+
+def _remove_stale(path: Path, holder: dict) -> bool:
+    """Delete a stale lock file unless another process is deleting or has replaced it: the file is flocked while it
+    is checked and deleted, so of two processes that judged it stale only one deletes it, and the other then meets
+    the winner's new lock (or none, and races for it with the atomic create)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(handle).st_ino != os.stat(path).st_ino or _holder(path) != holder:
+            return False
+        path.unlink()
+        return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(handle)
 
 
 def _create(path: Path, record: dict) -> bool:
