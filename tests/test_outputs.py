@@ -504,3 +504,22 @@ def test_of_processes_taking_over_one_stale_lock_at_once_only_one_gets_it(tmp_pa
     said = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
     assert said == ["held", "refused", "refused", "refused"], said
     assert not path.exists()
+
+
+def test_a_corrupt_spec_json_of_a_finished_sweep_run_is_set_aside_and_rewritten(
+    llama_dir, toy_jsonl, tmp_path, capsys, caplog
+):
+    """A sweep run's spec.json that no longer parses is named in a warning, renamed spec.json.corrupt and written
+    again, so the report reads the run."""
+    from test_errors import run_cli
+
+    plan = two_rates(tmp_path / "sweep.yaml", llama_dir, toy_jsonl)
+    assert run_cli(["sweep", str(plan)], capsys)[0] == 0
+    spec = sorted((tmp_path / "out").glob("runs/**/spec.json"))[0]
+    whole = json.loads(spec.read_text())
+    spec.write_text('{"config": ')
+    with caplog.at_level(logging.WARNING, logger="ia2.outdir"):
+        assert run_cli(["sweep", str(plan)], capsys)[0] == 0
+    warned = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert warned == [f"{spec}: corrupt, set aside as spec.json.corrupt and recomputed"]
+    assert json.loads(spec.read_text()) == whole and spec.with_name("spec.json.corrupt").read_text() == '{"config": '
