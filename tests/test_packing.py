@@ -9,14 +9,13 @@ differently; dev losses agree to 1e-5 relative and adapter weights to 1e-5 (meas
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
 from peft import set_peft_model_state_dict
 
 from conftest import ARCHS, icl_prompts, small_run, toy_task_and_encoder
-from ia2 import adapters, cli, config, forward_pass, models, packing, targets
+from ia2 import adapters, cli, config, forward_pass, memory, models, packing, targets
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.methods import Stage
@@ -146,9 +145,9 @@ def test_pack_size_default(loaded):
     cfg = config.make("m", "jsonl:t")
     items = [[Item([1] * 20, [2])] * 4] * 15
     assert packing.suggested(model, cfg, items) == 1
-    shape = SimpleNamespace(num_hidden_layers=36, hidden_size=2560)
-    per_lane = packing.lane_bytes(shape, "bfloat16", 24, 4)
-    assert packing.lane_bytes(shape, "float32", 24, 4) == packing.lane_bytes(shape, "bfloat16", 24, 8) == 2 * per_lane
+    qwen3_4b = memory.Shape(36, 2560, 9728, 32, 8, 128, 151936, 2, "sdpa", "cuda")
+    per_lane = memory.peak_bytes(qwen3_4b, 4, 24, 1, True)
+    assert memory.peak_bytes(replace(qwen3_4b, bytes=4), 4, 24, 1, True) > per_lane
     assert 2**30 < 15 * per_lane < 2**33, "a Qwen3-4B-shaped cell of 15 at the paper's sizes: a few GiB"
 
 

@@ -21,6 +21,7 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from . import memory
 from .errors import IA2Error
 
 if TYPE_CHECKING:
@@ -157,18 +158,11 @@ def state(model: PeftModel, name: str) -> dict[str, torch.Tensor]:
 def suggested(model: nn.Module, cfg: RunConfig, trains: Sequence[Sequence[Item]]) -> int:
     """How many adapters to pack when `pack` is not set: one on a CPU (already compute-bound at batch 4, so packing
     does not pay), under FSDP, and for kinds that do not pack; on a GPU all of them (`trains`: each one's training
-    items), up to what half the free device memory holds (`fitting`)."""
+    items), up to what half the available device memory holds by `memory`'s estimate of a training step."""
     device = next(model.parameters()).device
     if device.type != "cuda" or cfg.runtime.fsdp or refusal(cfg.adapter) or not trains:
         return 1
     width = max(len(i.prompt) + len(i.answer) for items in trains for i in items)
-    free, _ = torch.cuda.mem_get_info(device)
-    per_lane = lane_bytes(model.config.get_text_config(), cfg.runtime.dtype, width, cfg.train.train_batch_size)
-    return max(1, min(len(trains), free // 2 // per_lane))
-
-
-def lane_bytes(text_config: object, dtype: str, width: int, rows: int) -> int:
-    """An estimate of the activations one packed adapter's rows keep for the backward pass: 34 bytes per layer,
-    token and hidden unit in 16 bits (the usual transformer estimate without attention scores), twice that in fp32."""
-    per_token = 34 * text_config.num_hidden_layers * text_config.hidden_size * (2 if dtype == "float32" else 1)
-    return per_token * width * rows
+    keep = max(len(i.answer) for items in trains for i in items)
+    per_lane = memory.peak_bytes(memory.Shape.of(model), cfg.train.train_batch_size, width, keep, True)
+    return max(1, min(len(trains), memory.available_bytes(device) // 2 // per_lane))
