@@ -71,7 +71,8 @@ def peak_bytes(shape: Shape, rows: int, width: int, keep: int, training: bool) -
     attention holds them, and the [S, S] mask. Training keeps, for the backward pass, every layer's inputs to its
     products and its softmax probabilities (Korthikanti et al., 2022, without dropout), and the logits' gradients.
     Measured on a tiny Llama (tests/test_memory.py), the estimate is 1 to 1.5 times the peak, eager and SDPA,
-    inference and training.
+    inference and training; measured the same way on SmolLM2-135M on a CPU (fp32, SDPA; one row of 2,048 or 1,024
+    tokens, four of 1,024 or 512, equal or padded), 0.94 to 1.43 times.
     """
     b, s = shape.bytes, width
     qkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim
