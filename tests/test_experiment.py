@@ -281,3 +281,23 @@ def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
     assert results(out)["config"]["runtime"]["dtype"] == "bfloat16"
     with pytest.raises(IA2Error, match="^dtype must be one of"):
         config.make("m", "t", dtype="int8")
+
+
+def test_the_placebo_teacher_sees_the_same_demonstrations_with_shuffled_labels(tmp_path, model_dirs):
+    """--demo-labels shuffled: every teacher prompt shows the same demonstration questions in the same order, with
+    the same answers permuted; some prompts differ from the gold ones, the draw is fixed by the seed, and the policy
+    name (part of the targets' key) says so."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=8, n_test=10)
+    ctx = load_context(cfg)
+    split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
+    gold, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, 8, False, 0)
+    shuffled, placebo = teacher_prompts(ctx.encoder, split, cfg.prompt, 8, False, 0, "shuffled")
+    assert (policy, placebo) == ("leave-one-out k=7", "leave-one-out k=7, labels shuffled")
+    assert shuffled == teacher_prompts(ctx.encoder, split, cfg.prompt, 8, False, 0, "shuffled")[0]
+    assert len(shuffled) == len(gold) and shuffled != gold
+    labels = {ctx.encoder.tokenizer.decode(ids).strip() for ids in ctx.encoder.label_ids}
+    for real, fake in zip(gold, shuffled, strict=True):
+        real_words, fake_words = ctx.encoder.tokenizer.decode(real).split(), ctx.encoder.tokenizer.decode(fake).split()
+        assert [w for w in real_words if w not in labels] == [w for w in fake_words if w not in labels]
+        assert sorted(w for w in real_words if w in labels) == sorted(w for w in fake_words if w in labels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -150,25 +150,40 @@ class Encoder:
 
 
 def teacher_prompts(
-    encoder: Encoder, split: Split, prompt: PromptConfig, n_train: int, unlabelled: bool, seed: int
+    encoder: Encoder,
+    split: Split,
+    prompt: PromptConfig,
+    n_train: int,
+    unlabelled: bool,
+    seed: int,
+    demo_labels: str = "gold",
 ) -> tuple[list[list[int]], str]:
     """Token ids of the ICL prompts of the teacher's queries (`teacher_queries`), and the demo policy's name.
 
     Normally each training query gets k = min(k_max, N−1) leave-one-out demos (dev queries draw from the training
-    set); in low-data mode query j gets permutation j mod K of k = min(k_max, N) labelled examples.
+    set); in low-data mode query j gets permutation j mod K of k = min(k_max, N) labelled examples. With
+    `demo_labels` "shuffled" (the placebo control) each prompt's demos keep their questions and order but carry
+    their answers in a seeded random permutation.
     """
     rng, queries, examples = random.Random(f"demos-{seed}"), teacher_queries(split, unlabelled), encoder.task.examples
 
     def encode(i: int, demos: list[int]) -> list[int]:
-        return encoder.prompt_ids(examples[i], [examples[d] for d in demos])
+        shown = [examples[d] for d in demos]
+        if demo_labels == "shuffled":
+            answers = [e.answer for e in shown]
+            random.Random(f"placebo-{seed}-{i}").shuffle(answers)
+            shown = [replace(e, answer=a) for e, a in zip(shown, answers, strict=True)]
+        return encoder.prompt_ids(examples[i], shown)
 
+    labels = ", labels shuffled" if demo_labels == "shuffled" else ""
     if not unlabelled:
         k = min(prompt.k_max, n_train - 1)
-        return [encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in queries], f"leave-one-out k={k}"
+        prompts = [encode(i, draw_demos(split.train, k, rng, exclude=i)) for i in queries]
+        return prompts, f"leave-one-out k={k}{labels}"
     k = min(prompt.k_max, n_train)
     orders = [draw_demos(split.train, k, rng) for _ in range(prompt.permutations)]
     prompts = [encode(i, orders[j % len(orders)]) for j, i in enumerate(queries)]
-    return prompts, f"low-data k={k} permutations={prompt.permutations}"
+    return prompts, f"low-data k={k} permutations={prompt.permutations}{labels}"
 
 
 def teacher_queries(split: Split, unlabelled: bool) -> list[int]:

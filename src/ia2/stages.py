@@ -42,7 +42,8 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     the online teacher the ICL prompts to compute them from per batch) and, when a loss needs them, its next-token
     distributions."""
     cfg, unlabelled = ctx.cfg, bool(ctx.cfg.data.unlabelled)
-    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed)
+    n = cfg.data.n_train
+    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, n, unlabelled, seed, cfg.teacher.demo_labels)
     examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
     answer = max([ctx.task.max_new_tokens, *map(len, ctx.encoder.label_ids)])
     size = memory.fitting_rows(
@@ -64,7 +65,7 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
     ]
     dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
     gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
-    n, m = cfg.data.n_train, len(plain) - len(split.dev)
+    m = len(plain) - len(split.dev)
     agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
     items = {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}
     where = {"gold": [examples[i].where for i in split.train], "icl": [examples[i].where for i in queries[:m]]}
