@@ -301,3 +301,24 @@ def test_the_placebo_teacher_sees_the_same_demonstrations_with_shuffled_labels(t
         real_words, fake_words = ctx.encoder.tokenizer.decode(real).split(), ctx.encoder.tokenizer.decode(fake).split()
         assert [w for w in real_words if w not in labels] == [w for w in fake_words if w not in labels]
         assert sorted(w for w in real_words if w in labels) == sorted(w for w in fake_words if w in labels)
+
+
+def test_the_icl_baseline_averages_its_metrics_over_several_draws(tmp_path, model_dirs):
+    """--icl-draws 3: the ICL row's metrics are the means over three demonstration draws, the first of which is the
+    one a run with one draw makes (so rows of earlier runs stay valid), and the draws differ."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    rows = {}
+    for draws in (1, 3):
+        out = tmp_path / f"draws{draws}"
+        argv = small_run(model_dirs["llama"], f"jsonl:{task}", out, methods="zero-shot,icl", icl_demos="per-query")
+        assert cli.main([*argv, "--icl-draws", str(draws), "--n-test", "30"]) == 0
+        rows[draws] = next(r for r in json.loads((out / "results.json").read_text())["rows"] if r["method"] == "icl")
+    one, three = rows[1], rows[3]
+    assert "icl_draws" not in one and three["icl_draws"] == 3 and len(three["accuracy_by_draw"]) == 3
+    assert three["accuracy_by_draw"][0] == one["accuracy"]
+    assert three["accuracy"] == pytest.approx(np.mean(three["accuracy_by_draw"]))
+    cfg = config.make("m", f"jsonl:{task}", n_train=4)
+    split = splits.Split(train=list(range(4)), dev=[4, 5], test=list(range(10, 40)))
+    first, second = (prompts.icl_demos(split, range(40), "per-query", 4, 30, 0, draw) for draw in (0, 1))
+    assert first == prompts.icl_demos(split, range(40), "per-query", 4, 30, 0) and first != second
+    assert cfg.prompt.icl_draws == 1

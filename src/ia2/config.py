@@ -100,6 +100,11 @@ class PromptConfig:
         "shared",
         choices=("shared", "per-query", "pool"),
     )
+    icl_draws: int = setting(
+        "ICL baseline: demonstration draws per seed, its metrics the mean over them (the paper averages several)",
+        1,
+        least=1,
+    )
     permutations: int = setting("low-data mode: demonstration orders, query j gets order j mod K", 1, least=1)
     chat: bool = setting("wrap prompts in the tokenizer's chat template (instruct models)", False)
 

@@ -19,7 +19,7 @@ from .config import RunConfig
 from .context import RunContext, load_context
 from .errors import IA2Error
 from .manifest import manifest
-from .measure import SeedEval, dev_accuracy, evaluate, result_row, seed_eval
+from .measure import SeedEval, dev_accuracy, evaluate, mean_row, result_row, seed_eval
 from .methods import METHODS
 from .paths import check_output, write_json
 from .results import write_reports
@@ -205,12 +205,13 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
     name = se.eval.task.name
     with ctx.model.disable_adapter():
         icl, se.icl = evaluate(ctx, se, se.icl_prompts, f"icl s{seed}")
+        draws = [result_row(ctx, "icl", seed, se, icl, se.icl, se.k)]
+        for draw, prompts in enumerate(se.more_icl, start=1):
+            measured, acts = evaluate(ctx, se, prompts, f"icl s{seed} draw {draw}")
+            draws.append(result_row(ctx, "icl", seed, se, measured, acts, se.k))
         if name not in ctx.zero_shot:
             ctx.zero_shot[name] = evaluate(ctx, se, se.plain, "zero-shot")
-    return [
-        result_row(ctx, "icl", seed, se, icl, se.icl, se.k),
-        result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0),
-    ]
+    return [mean_row(draws), result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0)]
 
 
 def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep: PreparedSeed, out: Path) -> list[dict]:

@@ -4,7 +4,7 @@ result row of one (method, seed, evaluation set)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,16 +27,30 @@ class SeedEval:
     icl_prompts: list[Prompted]
     k: int
     icl: torch.Tensor | None = None
+    more_icl: list[list[Prompted]] = field(default_factory=list)
 
 
 def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval:
     """Test prompts of one evaluation set for one seed; ICL demonstrations are the training task's (`icl_demos`)."""
-    k = min(ctx.cfg.prompt.k_max, ctx.cfg.data.n_train)
-    demos = icl_demos(split, ctx.pool, ctx.cfg.prompt.icl_demos, k, len(ev.test), seed)
+    k, prompt = min(ctx.cfg.prompt.k_max, ctx.cfg.data.n_train), ctx.cfg.prompt
     source, examples = ctx.task.examples, ev.task.examples
     plain = [ev.encoder.encode(examples[i]) for i in ev.test]
-    icl = [ev.encoder.encode(examples[i], [source[d] for d in ds], ctx.task) for i, ds in zip(ev.test, demos)]
-    return SeedEval(ev, plain, np.array([p.label for p in plain]), icl, k)
+
+    def icl(draw: int) -> list[Prompted]:
+        demos = icl_demos(split, ctx.pool, prompt.icl_demos, k, len(ev.test), seed, draw)
+        return [ev.encoder.encode(examples[i], [source[d] for d in ds], ctx.task) for i, ds in zip(ev.test, demos)]
+
+    more = [icl(draw) for draw in range(1, prompt.icl_draws)]
+    return SeedEval(ev, plain, np.array([p.label for p in plain]), icl(0), k, more_icl=more)
+
+
+def mean_row(rows: Sequence[dict]) -> dict:
+    """One row for several ICL draws: every metric the mean over the draws (the first draw's reliability data and
+    generations kept), with the number of draws and each draw's accuracy."""
+    if len(rows) == 1:
+        return rows[0]
+    means = {k: float(np.mean([r[k] for r in rows])) for k, v in rows[0].items() if isinstance(v, float)}
+    return {**rows[0], **means, "icl_draws": len(rows), "accuracy_by_draw": [r["accuracy"] for r in rows]}
 
 
 def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:

@@ -192,11 +192,13 @@ def teacher_queries(split: Split, unlabelled: bool) -> list[int]:
     return (split.unlabelled if unlabelled else split.train) + split.dev
 
 
-def icl_demos(split: Split, pool: Sequence[int], policy: str, k: int, n_queries: int, seed: int) -> list[list[int]]:
+def icl_demos(
+    split: Split, pool: Sequence[int], policy: str, k: int, n_queries: int, seed: int, draw: int = 0
+) -> list[list[int]]:
     """The ICL baseline's demonstrations for each of `n_queries` test queries: from the N training examples, one
     draw shared by every query (`shared`) or one per query (`per-query`), or, as in the reference code, from the
-    pool outside the training and dev examples, one draw per query (`pool`)."""
-    rng = random.Random(f"icl-eval-{seed}")
+    pool outside the training and dev examples, one draw per query (`pool`); `draw` numbers a seed's draws."""
+    rng = random.Random(f"icl-eval-{seed}" + (f"-draw{draw}" if draw else ""))
     shared = draw_demos(split.train, k, rng)
     outside = sorted(set(pool) - set(split.train + split.dev + split.unlabelled))
     source = {"shared": None, "per-query": split.train, "pool": outside}[policy]
