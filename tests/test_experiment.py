@@ -322,3 +322,22 @@ def test_the_icl_baseline_averages_its_metrics_over_several_draws(tmp_path, mode
     first, second = (prompts.icl_demos(split, range(40), "per-query", 4, 30, 0, draw) for draw in (0, 1))
     assert first == prompts.icl_demos(split, range(40), "per-query", 4, 30, 0) and first != second
     assert cfg.prompt.icl_draws == 1
+
+
+def test_step_matched_sft_takes_exactly_the_steps_of_ia2_then_sft(tmp_path, model_dirs):
+    """sft-steps trains SFT for the optimizer steps IA2 → SFT took on the same seed, without early stopping, and
+    keeps its best dev state; run alone it trains IA2 → SFT only to count them."""
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    logs = {}
+    for methods in ("ia2-sft,sft-steps", "sft-steps"):
+        out = tmp_path / methods.replace(",", "+")
+        argv = small_run(model_dirs["llama"], f"jsonl:{task}", out, methods=methods, max_epochs=3, patience=1)
+        assert cli.main(argv) == 0
+        logs[methods] = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
+    together = logs["ia2-sft,sft-steps"]
+    budget = sum(stage["steps"] for stage in together["ia2-sft"])
+    (matched,) = together["sft-steps"]
+    assert matched["stage"] == "ce:gold" and matched["steps"] == budget
+    assert matched["history"][-1]["step"] == budget, "no early stop before the budget"
+    assert matched["best_dev_loss"] == min(h["dev_loss"] for h in matched["history"])
+    assert logs["sft-steps"]["sft-steps"] == [matched], "the same adapter whether or not IA2 -> SFT is reported"

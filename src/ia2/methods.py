@@ -13,10 +13,13 @@ from .losses import LOSSES
 @dataclass(frozen=True)
 class Stage:
     """One training stage: `loss` names a declared loss (`ia2.losses.LOSSES`); `labels` says whose answers are
-    fed: gold or the ICL teacher's."""
+    fed: gold or the ICL teacher's. With `steps_of` (a method's name) the stage takes exactly the optimizer steps
+    that method's stages took for the same adapter, without early stopping, and keeps its best dev state: a
+    budget-matched control."""
 
     loss: str
     labels: Literal["gold", "icl"]
+    steps_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -53,6 +56,7 @@ METHODS: dict[str, Method] = {
         Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2")),
         Method("ia2+sft", "IA2 + SFT", (Stage("joint", "icl"),)),
         Method("sft-ia2", "SFT → IA2", (SFT, IA2)),
+        Method("sft-steps", "SFT (IA2 → SFT's steps)", (Stage("ce", "gold", steps_of="ia2-sft"),)),
     )
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from peft import set_peft_model_state_dict
@@ -156,8 +156,8 @@ class Trainee:
 def _check_progress(trainee: Trainee, stage_log: dict, depth: int) -> None:
     """A stage that diverged (a non-finite loss), or a method's first stage whose best dev state is still the fresh
     adapter (with restore_best it would hand over the base model as trained), is reported by `_diverged` and marked
-    in its log. A later
-    stage that beats no dev check keeps the previous stage's adapter, as early stopping means it to: one log line."""
+    in its log. A later stage that beats no dev check keeps the previous stage's adapter, as early stopping means it
+    to: one log line."""
     if stage_log["improved"] or stage_log["diverged"] or not trainee.cfg.restore_best:
         if stage_log["diverged"]:
             _diverged(trainee, stage_log)
@@ -184,6 +184,15 @@ def _diverged(trainee: Trainee, stage_log: dict) -> None:
     log.warning("%s; recorded in its rows and model card (--on-divergence record)", what)
 
 
+def _stage_cfg(trainee: Trainee, stage: Stage) -> TrainConfig:
+    """The trainee's settings for a stage; a budget-matched stage (`steps_of`) runs exactly the steps its method took
+    for this trainee, with early stopping off (its best dev state is still the one kept)."""
+    if stage.steps_of is None:
+        return trainee.cfg
+    steps = max(1, sum(log["steps"] for log in trainee.memo[METHODS[stage.steps_of].stages][1]))
+    return replace(trainee.cfg, max_steps=steps, max_epochs=steps, patience=steps + 1)
+
+
 class StageRunner:
     """Trains methods' stages for several adapters (a run's seeds, a sweep cell's seeds and learning rates), in packs
     of at most `pack` that share each training pass (`train_lanes`)."""
@@ -195,6 +204,8 @@ class StageRunner:
         """Train `stages` for each of `who` (every trainee by default), each from its longest trained prefix; return
         every trainee's stage logs."""
         who = list(self.trainees if who is None else who)
+        for matched in dict.fromkeys(stage.steps_of for stage in stages if stage.steps_of):
+            self.train(METHODS[matched].stages, who)
         for depth, stage in enumerate(stages):
             path = stages[: depth + 1]
             todo = [t for t in who if path not in t.memo]
@@ -210,7 +221,7 @@ class StageRunner:
         lanes = [
             Lane(
                 *t.data.items[stage.labels],
-                t.cfg,
+                _stage_cfg(t, stage),
                 t.seed * 1000 + depth,
                 t.memo[path[:-1]][0],
                 f"{stage.loss}:{stage.labels} s{t.seed}",
