@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import sys
+import textwrap
 import warnings
 from collections.abc import Collection
 from importlib import metadata
@@ -30,8 +31,17 @@ DEMO = config.make(
     icl_demos="per-query",
     max_epochs=20,
 )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that never breaks a name at its hyphen: `zero-shot` and `ia2-sft` stay whole on one line."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 # Every option's default in --help (run's settings say theirs in their own help text).
-SHOWN = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+SHOWN = {"formatter_class": _HelpFormatter}
 # `ia2 train` makes one adapter: one method, one seed, unless the user says otherwise.
 TRAIN_DEFAULTS = {"methods": ["ia2-sft"], "seeds": [0]}
 # Settings `ia2 train` has no use for, and why: given, they would be silently ignored.
