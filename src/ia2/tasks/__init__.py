@@ -32,14 +32,18 @@ def _multiemo(binary: bool):
     return load
 
 
+def _fixed_labels(task: Task, labels: tuple[str, ...] | None) -> Task:
+    """A task whose label words its declaration fixes; `labels`, if given, must be those words."""
+    if labels is not None and tuple(labels) != task.labels:
+        raise IA2Error(f"task {task.name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
+    return task
+
+
 def _offline(source: str):
     """The offline tasks of one data package (`vader:tweets`); their labels are fixed by the declaration."""
 
     def load(name: str, labels: tuple[str, ...] | None) -> Task:
-        task = offline.load(f"{source}:{name}")
-        if labels is not None and tuple(labels) != task.labels:
-            raise IA2Error(f"task {task.name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
-        return task
+        return _fixed_labels(offline.load(f"{source}:{name}"), labels)
 
     return load
 
@@ -62,9 +66,7 @@ def _benchmark(name: str, labels: tuple[str, ...] | None) -> Task:
         if not stand_ins:
             raise
         raise IA2Error(f"{exc}; offline, {', '.join(stand_ins)} stands in for it (docs/data.md)") from None
-    if labels is not None and tuple(labels) != task.labels:
-        raise IA2Error(f"task {name!r} has fixed labels {list(task.labels)}, not --labels {list(labels)}")
-    return task
+    return _fixed_labels(task, labels)
 
 
 def data_files() -> dict[PackagedFile, list[str]]:
