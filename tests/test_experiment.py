@@ -284,9 +284,9 @@ def test_bfloat16_base_with_fp32_adapter(tmp_path, model_dirs):
 
 
 def test_the_placebo_teacher_sees_the_same_demonstrations_with_shuffled_labels(tmp_path, model_dirs):
-    """--demo-labels shuffled: every teacher prompt shows the same demonstration questions in the same order, with
-    the same answers permuted; some prompts differ from the gold ones, the draw is fixed by the seed, and the policy
-    name (part of the targets' key) says so."""
+    """The placebo teacher's prompts show the same demonstration questions in the same order as the ICL teacher's,
+    with the same answers permuted; some prompts differ from the gold ones, the draw is fixed by the seed, and the
+    policy name (part of the targets' key) says so."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=8, n_test=10)
     ctx = load_context(cfg)
@@ -341,3 +341,27 @@ def test_step_matched_sft_takes_exactly_the_steps_of_ia2_then_sft(tmp_path, mode
     assert matched["history"][-1]["step"] == budget, "no early stop before the budget"
     assert matched["best_dev_loss"] == min(h["dev_loss"] for h in matched["history"])
     assert logs["sft-steps"]["sft-steps"] == [matched], "the same adapter whether or not IA2 -> SFT is reported"
+
+
+def test_the_placebo_method_trains_on_its_own_teacher_and_the_long_ia2_on_four_times_the_epochs(
+    tmp_path, model_dirs, monkeypatch
+):
+    """ia2-sft-placebo trains IA2 on the placebo teacher's targets (their own cache key, named in its model card)
+    then SFT; ia2-long's IA2 stage may take 4x the run's epoch cap, and ia2-long-sft continues that very adapter."""
+    monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
+    task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    out = tmp_path / "run"
+    methods = "ia2,ia2-sft,ia2-sft-placebo,ia2-long,ia2-long-sft"
+    argv = small_run(model_dirs["llama"], f"jsonl:{task}", out, methods=methods, max_epochs=2, patience=100)
+    assert cli.main(argv) == 0
+    logs = {e["method"]: e["stages"] for e in json.loads((out / "train_logs.json").read_text())}
+    placebo, real = logs["ia2-sft-placebo"][0], logs["ia2-sft"][0]
+    assert [s["stage"] for s in logs["ia2-sft-placebo"]] == ["ia2:placebo", "ce:gold"] and real["stage"] == "ia2:icl"
+    assert placebo["history"] != real["history"], "trained on other targets"
+    cards = {m: out / "adapters" / "seed0" / m / "ia2.json" for m in ("ia2", "ia2-sft-placebo")}
+    keys = {m: json.loads(card.read_text())["teacher_targets"] for m, card in cards.items()}
+    assert keys["ia2"] != keys["ia2-sft-placebo"] and all(
+        (tmp_path / "cache" / "targets" / f"{k}.safetensors").is_file() for k in keys.values()
+    )
+    assert logs["ia2"][0]["steps"] * 4 == logs["ia2-long"][0]["steps"], "no early stop (patience 100): the whole cap"
+    assert logs["ia2-long-sft"][0] == logs["ia2-long"][0], "IA2 -> SFT (4x) continues the long IA2 stage"

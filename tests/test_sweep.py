@@ -227,7 +227,7 @@ def test_a_report_keeps_variants_apart(model_dirs, tmp_path):
         ("methods: [sft]\nseeds: [0]\ngrid: [a, b]\n", "grid must be a mapping of settings or a list of them"),
         (
             "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, methods: [icl]}\n",
-            "fixed: methods and seeds are given at the top",
+            "fixed: seeds are given at the top of a sweep file, and methods there or as a grid axis",
         ),
         (
             "methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t}\ntune: {lr: [{lr: 0.1, patience: 2}]}\n",
@@ -261,6 +261,23 @@ def test_a_grid_value_can_set_several_fields(tmp_path):
         ("sst2", ("finsen", "poems"), 2),
         ("sst2", ("finsen", "poems"), 4),
     ]
+
+
+def test_a_grid_can_run_its_own_methods(tmp_path):
+    """A grid's methods axis (each value a list) overrides the file's methods for its runs; one configuration listed
+    with two method lists is refused, as one of them would be dropped."""
+    path = tmp_path / "s.yaml"
+    head = "methods: [zero-shot, sft]\nseeds: [0]\nfixed: {model: m}\ngrid:\n"
+    path.write_text(
+        head + "  - {task: [a], n_train: [4]}\n  - {task: [a], n_train: [8], methods: [[sft, sft-steps]]}\n"
+    )
+    assert [(c.data.n_train, c.methods) for c in sweep.load(path).configs()] == [
+        (4, ("zero-shot", "sft")),
+        (8, ("sft", "sft-steps")),
+    ]
+    path.write_text(head + "  - {task: [a], n_train: [4]}\n  - {task: [a], n_train: [4], methods: [[sft]]}\n")
+    with pytest.raises(IA2Error, match="one configuration is listed twice with different methods"):
+        sweep.load(path)
 
 
 def test_a_list_of_grids_is_their_union(tmp_path):
@@ -378,3 +395,28 @@ def test_an_unfinished_run_folder_is_reported_from_its_run_json(swept, tmp_path)
     shutil.copy(run / "run.json", folder / "run.json")
     rows = aggregate.load_rows(folder)
     assert rows and {r["method"] for r in rows} == {"zero-shot", "icl", "sft", "ia2", "ia2-sft"}
+
+
+def test_a_sweep_with_declared_tests_reports_them(swept, tmp_path):
+    """The swept sweep's rows, with a `tests` block in its sweep.json: the report has the section and summary.json
+    the measured family, the secondary tests Holm-adjusted."""
+    out = tmp_path / "out"
+    shutil.copytree(swept["out"], out)
+    plan = json.loads((out / "sweep.json").read_text())
+    tests = {
+        "primary": {"name": "n6", "a": "ia2-sft", "b": "sft", "n_train": 6},
+        "secondary": [
+            {"name": "n4", "a": "ia2-sft", "b": "sft", "n_train": 4},
+            {"name": "ia2", "a": "ia2", "b": "sft"},
+        ],
+    }
+    (out / "sweep.json").write_text(json.dumps(plan | {"tests": tests}))
+    md = report.write(out)
+    measured = json.loads((out / "summary.json").read_text())["preregistered"]
+    assert [(t["role"], t["name"], t["pairs"]) for t in measured] == [
+        ("primary", "n6", 2),
+        ("secondary", "n4", 2),
+        ("secondary", "ia2", 4),
+    ]
+    assert "## Pre-registered tests" in md and "| primary | n6 | IA2 → SFT − SFT only | n_train=6 |" in md
+    assert sweep.load(swept["config"]).tests == {}, "a file without tests declares none"

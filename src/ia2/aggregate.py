@@ -187,13 +187,13 @@ def paired_test(
                 "pairs": len(both),
                 "mean_difference": float((x - y).mean()),
                 "alternative": alternative,
-                **_t_test(x, y, alternative),
+                **t_test(x, y, alternative),
             }
         )
     return out
 
 
-def _t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:
+def t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:
     """t of the paired x − y with its two-sided and one-sided (`alternative`) p, the 95% confidence interval of the
     mean difference and the effect size d_z (mean difference over its standard deviation); all None when t is
     undefined."""

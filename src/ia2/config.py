@@ -134,12 +134,6 @@ class TeacherConfig:
         "task",
         choices=("task", "eos"),
     )
-    demo_labels: str = setting(
-        "labels on the teacher's demonstrations: gold, or shuffled among them (the placebo control: the same "
-        "queries and demonstrations without their label information)",
-        "gold",
-        choices=("gold", "shuffled"),
-    )
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep:
             final = {k: row[k] for k in FINAL if isinstance(row.get(k), float)}
             ctx.tracking.reporter(f"seed{seed}/{method}/{row['eval_task']}")(final, 0)
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
-        files = adapter_files(ctx, method, seed, rows, logs, split, data.teacher_key)
+        files = adapter_files(ctx, method, seed, rows, logs, split, data.teacher_key(method))
         adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows
 

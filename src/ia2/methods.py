@@ -13,13 +13,15 @@ from .losses import LOSSES
 @dataclass(frozen=True)
 class Stage:
     """One training stage: `loss` names a declared loss (`ia2.losses.LOSSES`); `labels` says whose answers are
-    fed: gold or the ICL teacher's. With `steps_of` (a method's name) the stage takes exactly the optimizer steps
+    fed: gold, the ICL teacher's, or the placebo teacher's (the same queries and demonstrations, the demonstrations'
+    answers shuffled among them). With `steps_of` (a method's name) the stage takes exactly the optimizer steps
     that method's stages took for the same adapter, without early stopping, and keeps its best dev state: a
-    budget-matched control."""
+    budget-matched control. `epochs_times` multiplies the run's epoch cap (a stage given room to converge)."""
 
     loss: str
-    labels: Literal["gold", "icl"]
+    labels: Literal["gold", "icl", "placebo"]
     steps_of: str | None = None
+    epochs_times: int = 1
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -42,6 +44,7 @@ class Method:
 
 
 IA2 = Stage("ia2", "icl")
+IA2_LONG = Stage("ia2", "icl", epochs_times=4)
 SFT = Stage("ce", "gold")
 
 METHODS: dict[str, Method] = {
@@ -53,10 +56,13 @@ METHODS: dict[str, Method] = {
         Method("sft-icl", "SFT (ICL labels)", (Stage("ce", "icl"),)),
         Method("soft", "SFT (soft)", (Stage("soft", "icl"),)),
         Method("ia2", "IA2 only", (IA2,), tested_against=("sft",)),
-        Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2")),
+        Method("ia2-sft", "IA2 → SFT", (IA2, SFT), tested_against=("sft", "ia2", "sft-steps", "ia2-sft-placebo")),
         Method("ia2+sft", "IA2 + SFT", (Stage("joint", "icl"),)),
         Method("sft-ia2", "SFT → IA2", (SFT, IA2)),
         Method("sft-steps", "SFT (IA2 → SFT's steps)", (Stage("ce", "gold", steps_of="ia2-sft"),)),
+        Method("ia2-sft-placebo", "IA2 (shuffled demos) → SFT", (Stage("ia2", "placebo"), SFT)),
+        Method("ia2-long", "IA2 only (4× epochs)", (IA2_LONG,), tested_against=("ia2",)),
+        Method("ia2-long-sft", "IA2 (4× epochs) → SFT", (IA2_LONG, SFT), tested_against=("sft", "ia2-sft")),
     )
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregate, analysis, config, metrics, plots, tables
+from . import aggregate, analysis, config, metrics, plots, preregistered, tables
 from .methods import HEADLINE, METHODS, TESTED_PAIRS, display
 from .paths import write_json, write_text
 
@@ -129,14 +129,17 @@ def write(folder: Path, select_by: str | None = None) -> str:
     figures = folder / "figures"
     runs = {r["condition"]: r["run"] for r in kept}
     md, tex = _tables(cells, methods, select_by, pooled, runs, keys, protocol(rows)), _latex(cells, methods, keys)
+    declared = _sweep_setting(folder, "tests", {})
+    planned = (
+        preregistered.measure(preregistered.parse(declared, tuple(METHODS), str(folder)), kept) if declared else []
+    )
+    md += "\n" + preregistered.markdown(planned) if planned else ""
     md += _figures(kept, cells, figures, folder, keys)
     md += _overlaps(kept, folder, figures, overlap_records(rows, folder))
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
-    write_json(
-        folder / "summary.json",
-        {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled},
-    )
+    summary = {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled}
+    write_json(folder / "summary.json", summary | ({"preregistered": planned} if planned else {}))
     return md
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from peft import set_peft_model_state_dict
@@ -27,23 +27,56 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageData:
-    """Training and dev items per label source (`gold`, `icl`), the dev prompts without demonstrations, the cache
-    key of the teacher's targets they were made from, and how often the teacher's answer to a training query is its
-    gold label (None for generative tasks, and in low-data mode, whose queries have none)."""
+    """Training and dev items per label source (`gold`, `icl`, `placebo`), the dev prompts without demonstrations,
+    the cache keys of the teacher targets they were made from (per teacher label source), and how often the ICL
+    teacher's answer to a training query is its gold label (None for generative tasks, and in low-data mode, whose
+    queries have none)."""
 
     items: dict[str, tuple[list[Item], list[Item]]]
     dev_plain: list[Prompted]
-    teacher_key: str | None = None
+    teacher_keys: dict[str, str] = field(default_factory=dict)
     teacher_agreement: float | None = None
+
+    def teacher_key(self, method: str) -> str | None:
+        """The key of the teacher targets a method trained on (None for a method fed gold answers only)."""
+        sources = [s.labels for s in METHODS[method].stages if s.labels in self.teacher_keys]
+        return self.teacher_keys[sources[0]] if sources else None
 
 
 def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str]) -> StageData:
-    """Items for each label source: gold answers, and the ICL teacher's answers with activations (stored, or with
-    the online teacher the ICL prompts to compute them from per batch) and, when a loss needs them, its next-token
-    distributions."""
+    """Items for each label source: gold answers, the ICL teacher's answers with activations (stored, or with the
+    online teacher the ICL prompts to compute them from per batch) and, when a loss needs them, its next-token
+    distributions, and the placebo teacher's when a method trains on them."""
+    n, unlabelled = ctx.cfg.data.n_train, bool(ctx.cfg.data.unlabelled)
+    examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
+    sources = {stage.labels for method in methods for stage in METHODS[method].stages}
+    teachers = {
+        labels: _teacher_items(ctx, split, seed, methods, labels)
+        for labels in ("icl", "placebo")
+        if labels == "icl" or labels in sources
+    }
+    dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
+    gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
+    m = len(queries) - len(split.dev)
+    icl = teachers["icl"][0]
+    agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
+    items = {"gold": (gold[:n], gold[n:])} | {k: (t[:m], t[m:]) for k, (t, _) in teachers.items()}
+    gold_where = [examples[i].where for i in split.train]
+    for labels in sorted(sources):
+        _check_training(
+            ctx, items[labels][0], gold_where if labels == "gold" else [examples[i].where for i in queries[:m]]
+        )
+    return StageData(items, dev, {k: key for k, (_, key) in teachers.items() if key}, agreement)
+
+
+def _teacher_items(
+    ctx: RunContext, split: Split, seed: int, methods: Sequence[str], labels: str
+) -> tuple[list[Item], str | None]:
+    """The items of one teacher (`icl`, or `placebo`: its demonstrations' answers shuffled) for every teacher query,
+    training then dev, and the cache key of its targets."""
     cfg, unlabelled = ctx.cfg, bool(ctx.cfg.data.unlabelled)
-    n = cfg.data.n_train
-    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, n, unlabelled, seed, cfg.teacher.demo_labels)
+    demo_labels = "shuffled" if labels == "placebo" else "gold"
+    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed, demo_labels)
     examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
     answer = max([ctx.task.max_new_tokens, *map(len, ctx.encoder.label_ids)])
     size = memory.fitting_rows(
@@ -53,25 +86,17 @@ def stage_data(ctx: RunContext, split: Split, seed: int, methods: Sequence[str])
         answer,
         False,
         [examples[i].where for i in queries],
-        "the ICL teacher's pass",
+        f"the {'placebo' if labels == 'placebo' else 'ICL'} teacher's pass",
     )
     teacher = teacher_targets(ctx, prompts, policy, seed, methods, min(distributed.everyone(size)))
     plain = [ctx.encoder.prompt_ids(examples[i]) for i in queries]
     ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
     online = cfg.teacher.teacher_mode == "online"
-    icl = [
+    items = [
         Item(p, tokens, acts, top_ids, top_logp, q if online else None)
         for p, q, tokens, acts, top_ids, top_logp in zip(plain, prompts, teacher.tokens, teacher.acts, ids, logp)
     ]
-    dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
-    gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
-    m = len(plain) - len(split.dev)
-    agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
-    items = {"gold": (gold[:n], gold[n:]), "icl": (icl[:m], icl[m:])}
-    where = {"gold": [examples[i].where for i in split.train], "icl": [examples[i].where for i in queries[:m]]}
-    for labels in dict.fromkeys(stage.labels for method in methods for stage in METHODS[method].stages):
-        _check_training(ctx, items[labels][0], where[labels])
-    return StageData(items, dev, teacher.key, agreement)
+    return items, teacher.key
 
 
 def _check_training(ctx: RunContext, train: Sequence[Item], where: Sequence[str]) -> None:
@@ -188,7 +213,7 @@ def _stage_cfg(trainee: Trainee, stage: Stage) -> TrainConfig:
     """The trainee's settings for a stage; a budget-matched stage (`steps_of`) runs exactly the steps its method took
     for this trainee, with early stopping off (its best dev state is still the one kept)."""
     if stage.steps_of is None:
-        return trainee.cfg
+        return replace(trainee.cfg, max_epochs=trainee.cfg.max_epochs * stage.epochs_times)
     steps = max(1, sum(log["steps"] for log in trainee.memo[METHODS[stage.steps_of].stages][1]))
     return replace(trainee.cfg, max_steps=steps, max_epochs=steps, patience=steps + 1)
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import config, distributed, outdir
+from . import config, distributed, outdir, preregistered
 from .config import RunConfig
 from .errors import IA2Error
 from .paths import check_output, write_json
@@ -30,7 +30,9 @@ class Sweep:
 
     Axes and fixed settings name settings as a run file does (`lr`, `train.lr`, or sections); tuned axes are kept
     by their paths. `grid` in the file is one mapping of axes or a list of them (their union, e.g. one model at
-    more N than another).
+    more N than another); a grid's `methods` axis (each value a list of methods) overrides the file's methods for
+    its runs (controls run in one condition only). `tests` pre-registers the report's primary and secondary tests
+    (`ia2.preregistered`).
     """
 
     source: Path
@@ -41,6 +43,7 @@ class Sweep:
     tune: dict[str, list] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     select: str = "dev_loss"
+    tests: dict[str, Any] = field(default_factory=dict)
 
     def points(self) -> list[dict[str, tuple[Any, str]]]:
         """Every combination of grid and tuned values, as {path: (value, origin)}, conditions varying slowest; a list
@@ -66,7 +69,14 @@ class Sweep:
             "methods": (list(self.methods), f"{self.source}: methods"),
             "seeds": (list(self.seeds), f"{self.source}: seeds"),
         }
-        out = {config.key(c): c for c in (config.build({**fixed, **point, **listed}) for point in self.points())}
+        out: dict[str, RunConfig] = {}
+        for cfg in (config.build({**fixed, **listed, **point}) for point in self.points()):
+            same = out.setdefault(config.key(cfg), cfg)
+            if same.methods != cfg.methods:
+                raise IA2Error(
+                    f"{self.source}: one configuration is listed twice with different methods "
+                    f"({', '.join(same.methods)} and {', '.join(cfg.methods)}): give its methods once"
+                )
         return sorted(out.values(), key=lambda c: c.data.n_train)
 
     def tuned_paths(self) -> list[str]:
@@ -86,13 +96,16 @@ def _grids(path: Path, data: dict) -> list[dict]:
 
 def _check_blocks(path: Path, data: dict) -> None:
     """`grid` (each one), `tune` and `fixed` are mappings; grid and tune axes non-empty lists, a tuned value one
-    setting's (a mapping would tune settings the selection does not record); methods and seeds only at the top."""
+    setting's (a mapping would tune settings the selection does not record); seeds only at the top, methods at the
+    top or as a grid axis."""
     blocks = [("grid", g) for g in _grids(path, data)] + [(k, data.get(k) or {}) for k in ("tune", "fixed")]
     for key, block in blocks:
         if not isinstance(block, dict):
             raise IA2Error(f"{path}: {key} must be a mapping of settings, got {block!r}")
-        if {"methods", "seeds"} & set(block):
-            raise IA2Error(f"{path}: {key}: methods and seeds are given at the top of a sweep file")
+        if "seeds" in block or ("methods" in block and key != "grid"):
+            raise IA2Error(
+                f"{path}: {key}: seeds are given at the top of a sweep file, and methods there or as a grid axis"
+            )
         if key == "fixed":
             continue
         for axis, values in block.items():
@@ -145,7 +158,10 @@ def load(path: Path, out: Path | None = None) -> Sweep:
         tune=data.get("tune") or {},
         fixed=data.get("fixed") or {},
         select=data.get("select", "dev_loss"),
+        tests=data.get("tests") or {},
     )
+    if sweep.tests:
+        preregistered.parse(sweep.tests, sorted({m for c in sweep.configs() for m in c.methods}), str(path))
     _check_overlap(sweep)
     scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
     if scaling and sweep.select == "dev_loss":

@@ -97,7 +97,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
         cfg.data.n_dev,
         dev["accuracy"],
     )
-    files = adapter_files(ctx, method, seed, [dev], logs, split, data.teacher_key)
+    files = adapter_files(ctx, method, seed, [dev], logs, split, data.teacher_key(method))
     if distributed.is_main():
         adapters.save(ctx.model, out, cfg.model, files)
     distributed.barrier()
