@@ -8,7 +8,9 @@ example is trained on or screened on. Methods icl and sft at the demo's N with i
 
     .venv/bin/python scripts/choose_demo.py [--model gemma3-270m] [--n-train 8] [--out runs/choose-demo]
 
-prints one line per task and the chosen one, and writes the table to OUT/screening.md.
+prints one line per task and the chosen one, and writes the table to OUT/screening.md. The same screen chooses a
+study's second task away from its own test draw: `--test-rows 500 --data-seed S --tasks A,B` keeps the screening
+split disjoint from the 500 test examples of data seed S.
 """
 
 from __future__ import annotations
@@ -38,27 +40,27 @@ CANDIDATES = {
 DEMO_TEST, DEMO_DATA_SEED, SCREEN = 100, 1234, 40
 
 
-def screening_task(spec: str) -> str:
-    """Register the task with its demo test examples removed and 40 of the rest marked as the screening split."""
+def screening_task(spec: str, test_rows: int = DEMO_TEST, data_seed: int = DEMO_DATA_SEED) -> str:
+    """Register the task with the test draw's examples removed and 40 of the rest marked as the screening split."""
     task = load_task(spec)
-    test, rest = marked_test(task, DEMO_TEST, DEMO_DATA_SEED)
+    test, rest = marked_test(task, test_rows, data_seed)
     screen = set(random.Random(f"screen-{spec}").sample(rest, SCREEN))
     examples = [replace(task.examples[i], split="test" if i in screen else None) for i in sorted(rest)]
     return register(replace(task, name=f"screen-{spec}", examples=tuple(examples))).name
 
 
-def screen(model: str, spec: str, n_train: int, out: Path) -> dict[str, float]:
+def screen(model: str, spec: str, n_train: int, out: Path, test_rows: int, data_seed: int) -> dict[str, float]:
     """Mean screening accuracy of icl and sft over two seeds."""
     cfg = config.make(
         model,
-        screening_task(spec),
+        screening_task(spec, test_rows, data_seed),
         methods=["icl", "sft"],
         seeds=[0, 1],
         n_train=n_train,
         n_test=SCREEN,
         icl_demos="per-query",
         max_epochs=10,
-        **CANDIDATES[spec],
+        **CANDIDATES.get(spec, {}),
     )
     rows = experiment.run(cfg, out / spec.replace(":", "_").replace("@", "_"))["rows"]
     return {m: float(np.mean([r["accuracy"] for r in rows if r["method"] == m])) for m in ("icl", "sft")}
@@ -69,16 +71,22 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--n-train", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/choose-demo"))
+    parser.add_argument("--test-rows", type=int, default=DEMO_TEST, help="the test draw the screen stays clear of")
+    parser.add_argument("--data-seed", type=int, default=DEMO_DATA_SEED, help="that test draw's seed")
+    parser.add_argument("--tasks", default=",".join(CANDIDATES), help="candidate tasks, comma-separated")
     args = parser.parse_args()
     lines = ["| task | ICL | SFT | ICL − SFT |", "|---|---|---|---|"]
     gaps = {}
-    for spec in CANDIDATES:
-        acc = screen(args.model, spec, args.n_train, args.out)
+    for spec in args.tasks.split(","):
+        acc = screen(args.model, spec, args.n_train, args.out, args.test_rows, args.data_seed)
         gaps[spec] = acc["icl"] - acc["sft"]
         lines.append(f"| {spec} | {acc['icl']:.3f} | {acc['sft']:.3f} | {gaps[spec]:+.3f} |")
         print(lines[-1], flush=True)
     chosen = max(gaps, key=gaps.get)
-    lines.append(f"\nChosen: {chosen} ({args.model}, N = {args.n_train}, {SCREEN} screening queries, seeds 0, 1).")
+    away = f"clear of the {args.test_rows} test rows of data seed {args.data_seed}"
+    lines.append(
+        f"\nChosen: {chosen} ({args.model}, N = {args.n_train}, {SCREEN} screening queries {away}, seeds 0, 1)."
+    )
     write_text(args.out / "screening.md", "\n".join(lines) + "\n")
     print(lines[-1])
 

@@ -116,7 +116,16 @@ def test_all_display_names_come_from_the_method_table():
 def test_reports_test_the_pairs_the_method_table_declares():
     """The headline test and the adapter-overlap pairs are read from the methods' `tested_against`."""
     assert HEADLINE == ("ia2-sft", "sft")
-    assert TESTED_PAIRS == (("ia2", "sft"), ("ia2-sft", "sft"), ("ia2-sft", "ia2"))
+    assert TESTED_PAIRS == (
+        ("ia2", "sft"),
+        ("ia2-sft", "sft"),
+        ("ia2-sft", "ia2"),
+        ("ia2-sft", "sft-steps"),
+        ("ia2-sft", "ia2-sft-placebo"),
+        ("ia2-long", "ia2"),
+        ("ia2-long-sft", "sft"),
+        ("ia2-long-sft", "ia2-sft"),
+    )
 
 
 def test_significance_table():
