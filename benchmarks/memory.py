@@ -1,5 +1,5 @@
 """Host memory of sharded teacher targets: write N examples' activations as a shard store, then read them back batch
-by batch exactly as training does (`ia2.train.teacher_acts`), and report each phase's peak resident memory.
+by batch exactly as training does (`ia2.training.loop.teacher_acts`), and report each phase's peak resident memory.
 
     python benchmarks/memory.py --n 100,1000            # Qwen3-4B's target shape: 36 layers x T=200 x 2560, bf16
 
@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import torch
 
-from ia2 import store
-from ia2.train import Item, teacher_acts
+from ia2.teacher import store
+from ia2.training.loop import Item, teacher_acts
 
 GIB = 1 << 30
 
@@ -109,7 +109,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> str:
         "",
         f"Targets [{args.layers} layers, T={args.t}, hidden {args.hidden}] in {args.dtype}, shards of "
         f"{store.SHARD_SIZE} examples or {store.SHARD_BYTES >> 20} MiB, read in shuffled batches of {args.batch} "
-        f"by `ia2.train.teacher_acts`; torch {torch.__version__}, {os.cpu_count()} CPUs.",
+        f"by `ia2.training.loop.teacher_acts`; torch {torch.__version__}, {os.cpu_count()} CPUs.",
         f"Command: `python benchmarks/memory.py {' '.join(sys.argv[1:])}`",
         "",
         "| N | store | per example | write | peak RSS writing | read (epoch) | peak RSS (write + read) "

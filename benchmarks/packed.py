@@ -27,12 +27,13 @@ from torch.profiler import ProfilerActivity, profile
 
 import reference_loop
 import speed
-from ia2 import adapters, compiled, targets
 from ia2.config import TrainConfig
-from ia2.methods import IA2
+from ia2.model import adapters, compiled
+from ia2.model.taps import Tap
 from ia2.paths import write_json, write_text
-from ia2.taps import Tap
-from ia2.train import Item, Lane, adapter_state, train_lanes
+from ia2.teacher import targets
+from ia2.training.loop import Item, Lane, adapter_state, train_lanes
+from ia2.training.methods import IA2
 
 
 @dataclass

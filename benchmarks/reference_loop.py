@@ -1,6 +1,6 @@
 """A faithful, readable re-implementation of the reference code's teacher collection and training loop, for timing.
 
-Written from the description in reference.md §2.3–2.6 and §5 (not copied): the baseline our pipeline is compared with.
+Written from a description of the reference code (not copied): the baseline our pipeline is compared with.
 
 Teacher collection, one example at a time: for every generated token, a full forward pass over the whole prefix
 (no cache reuse), full-vocabulary logits at every position, hooks that clone each layer's full [1, S, H]

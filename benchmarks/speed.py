@@ -31,14 +31,15 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 import reference_loop
-from ia2 import adapters, models, targets
 from ia2.config import TrainConfig
-from ia2.methods import IA2, SFT, Stage
+from ia2.data.prompts import Encoder, draw_demos
+from ia2.data.tasks import Example, Task
+from ia2.model import adapters, loading
+from ia2.model.taps import Tap
 from ia2.paths import write_json, write_text
-from ia2.prompts import Encoder, draw_demos
-from ia2.taps import Tap
-from ia2.tasks import Example, Task
-from ia2.train import Item, train_stage
+from ia2.teacher import targets
+from ia2.training.loop import Item, train_stage
+from ia2.training.methods import IA2, SFT, Stage
 
 # Qwen3-4B's shape, from the config.json on its Hugging Face model card (Qwen/Qwen3-4B-Base; Qwen/Qwen3-4B has the same
 # shape): 4.02B parameters (3.6B without the tied embedding), built here with random weights, nothing downloaded.
@@ -119,7 +120,7 @@ def random_model(shape: dict, tok: PreTrainedTokenizerBase, device: str, dtype: 
 def build(name: str, device: str, dtype: torch.dtype) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The model and tokenizer named by --model."""
     if name == "smollm2-135m":
-        return models.load(name, dtype, device)
+        return loading.load(name, dtype, device)
     tok = word_tokenizer()
     return random_model(QWEN3_4B if name == "qwen3-4b-shape" else TINY, tok, device, dtype), tok
 
@@ -644,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    device = models.device(args.device)
+    device = loading.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     model, tok = build(args.model, device, dtype)
     data = make_data(

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ia2 import config, experiment
+from ia2 import config
+from ia2.data.splits import marked_test
+from ia2.data.tasks import load_task, register
 from ia2.paths import write_text
-from ia2.splits import marked_test
-from ia2.tasks import load_task, register
+from ia2.run import experiment
 
 # Every offline classification task with a training pool (docs/data.md); CommonsenseQA is OpenBookQA's label-shift
 # evaluation set and BBC News AG News's out-of-distribution set (all of its rows are test rows), not tasks to train on.

@@ -25,7 +25,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from ia2 import models
+from ia2.model import loading
 
 # The cache outside the tests (where an embedded model may already be converted), before any test overrides it.
 ORIGINAL_CACHE = Path(os.environ.get("IA2_CACHE", Path.home() / ".cache" / "ia2"))
@@ -188,8 +188,8 @@ def model_dir(model_dirs, arch) -> Path:
 
 @pytest.fixture
 def loaded(model_dir):
-    """(model, tokenizer) freshly loaded through ia2.models.load."""
-    return models.load(str(model_dir))
+    """(model, tokenizer) freshly loaded through ia2.model.loading.load."""
+    return loading.load(str(model_dir))
 
 
 @pytest.fixture
@@ -204,8 +204,8 @@ def toy_jsonl(tmp_path_factory) -> Path:
 
 def toy_task_and_encoder(path: Path, tokenizer, model):
     """The toy JSONL task and its Encoder for a loaded model."""
-    from ia2.prompts import Encoder
-    from ia2.tasks import load_task
+    from ia2.data.prompts import Encoder
+    from ia2.data.tasks import load_task
 
     task = load_task(f"jsonl:{path}")
     return task, Encoder(task, tokenizer, model.config.get_text_config().max_position_embeddings)
@@ -213,7 +213,7 @@ def toy_task_and_encoder(path: Path, tokenizer, model):
 
 def icl_prompts(task, encoder, indices, pool, k: int, seed: int = 0) -> list[list[int]]:
     """Token ids of ICL prompts for `indices`, with k leave-one-out demos drawn from `pool`."""
-    from ia2.prompts import draw_demos
+    from ia2.data.prompts import draw_demos
 
     rng = random.Random(seed)
     ex = task.examples
@@ -224,7 +224,7 @@ def full_attn_outputs(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor
     """Run one unpadded sequence (batch of 1) with plain hooks on what every layer's attention adds to the residual:
     self_attn's output, or on Gemma 3 that of post_attention_layernorm, which it applies before the add.
 
-    Returns (activations [L, S, H], logits [S, V]). Independent of ia2.taps.
+    Returns (activations [L, S, H], logits [S, V]). Independent of ia2.model.taps.
     """
     outs: list[torch.Tensor] = []
     layers = model.get_base_model().model.layers if hasattr(model, "get_base_model") else model.model.layers
@@ -248,8 +248,9 @@ def every_method_on_every_arch(model_dirs, task: str, tmp_path_factory, name: st
     """One run of every method per tiny architecture on `task` (N = 4, 10 test examples, seed 0, 2 epochs unless
     `settings` say otherwise; divergence recorded, see `small_run`), in a cache of its own: {arch: (result, output
     folder)}."""
-    from ia2 import config, experiment
-    from ia2.methods import METHODS
+    from ia2 import config
+    from ia2.run import experiment
+    from ia2.training.methods import METHODS
 
     small = {"n_train": 4, "n_test": 10, "seeds": [0], "max_epochs": 2, "on_divergence": "record"} | settings
     runs = {}
@@ -260,3 +261,17 @@ def every_method_on_every_arch(model_dirs, task: str, tmp_path_factory, name: st
             out = tmp_path_factory.mktemp(f"{name}-{arch}")
             runs[arch] = (experiment.run(cfg, out), out)
     return runs
+
+
+@pytest.fixture
+def declare():
+    """Register declarations for one test (`declare(REGISTRY, name, item)`), withdrawn afterwards."""
+    made = []
+
+    def register(registry, name, item):
+        made.append((registry, name))
+        return registry.register(name, item)
+
+    yield register
+    for registry, name in made:
+        registry.unregister(name)

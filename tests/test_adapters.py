@@ -19,13 +19,15 @@ from peft import (
 )
 from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
-from ia2 import adapters, config, forward_pass, generation, models, padding, train
-from ia2.config import TrainConfig
+from ia2 import config
+from ia2.config import TrainConfig, adapter_kinds
 from ia2.errors import IA2Error
-from ia2.evaluate import MIN_SHARED_PREFIX, common_prefix, score
-from ia2.methods import IA2, SFT
-from ia2.taps import Tap
-from ia2.train import Item
+from ia2.evaluation.scoring import MIN_SHARED_PREFIX, common_prefix, score
+from ia2.model import adapters, forward_pass, generation, loading, padding
+from ia2.model.taps import Tap
+from ia2.training import loop
+from ia2.training.loop import Item
+from ia2.training.methods import IA2, SFT
 
 TEXTS = [
     "Question: is the cat big?\nAnswer:",
@@ -38,7 +40,7 @@ DEMO = "Question: is the dog big?\nAnswer: yes\n\nQuestion: is the fish slow?\nA
 LR = {"lora": 1e-2, "ia3": 1e-1, "prompt": 1e-1, "prefix": 1e-2}
 
 
-@pytest.fixture(params=tuple(adapters.PRESETS))
+@pytest.fixture(params=tuple(adapter_kinds.PRESETS))
 def kind(request) -> str:
     return request.param
 
@@ -65,42 +67,44 @@ def _run(model, batch, tap=True):
 
 
 def test_defaults_are_the_papers_lora():
-    peft = adapters.peft_config(adapters.normalise("lora"))
+    peft = adapter_kinds.peft_config(adapter_kinds.normalise("lora"))
     assert isinstance(peft, LoraConfig)
     assert (peft.r, peft.lora_alpha, set(peft.target_modules)) == (8, 8, {"q_proj", "k_proj", "o_proj"})
 
 
 def test_each_kind_builds_its_peft_config():
-    ia3 = adapters.peft_config(adapters.normalise("ia3"))
+    ia3 = adapter_kinds.peft_config(adapter_kinds.normalise("ia3"))
     assert isinstance(ia3, IA3Config)
     assert set(ia3.target_modules) == {"q_proj", "k_proj", "o_proj"} and not ia3.feedforward_modules
-    with_ff = adapters.peft_config(
-        adapters.normalise(
+    with_ff = adapter_kinds.peft_config(
+        adapter_kinds.normalise(
             {"peft_type": "IA3", "target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]}
         )
     )
     assert with_ff.feedforward_modules == {"down_proj"}
-    prompt = adapters.peft_config(adapters.normalise("prompt"))
+    prompt = adapter_kinds.peft_config(adapter_kinds.normalise("prompt"))
     assert isinstance(prompt, PromptTuningConfig) and prompt.num_virtual_tokens == 20
     assert str(prompt.prompt_tuning_init).endswith("RANDOM")
-    prefix = adapters.peft_config(adapters.normalise({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 5}))
+    prefix = adapter_kinds.peft_config(adapter_kinds.normalise({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 5}))
     assert isinstance(prefix, PrefixTuningConfig) and prefix.num_virtual_tokens == 5
 
 
 def test_a_mapping_starts_from_its_preset_and_text_is_parsed():
-    assert adapters.normalise({"peft_type": "lora", "r": 16}) == {**adapters.PRESETS["lora"], "r": 16}
-    assert adapters.normalise('{"peft_type": "LORA", "lora_alpha": 32}')["lora_alpha"] == 32
+    assert adapter_kinds.normalise({"peft_type": "lora", "r": 16}) == {**adapter_kinds.PRESETS["lora"], "r": 16}
+    assert adapter_kinds.normalise('{"peft_type": "LORA", "lora_alpha": 32}')["lora_alpha"] == 32
 
 
 def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
     """A PEFT kind without a preset (LoHa) is taken as PEFT declares it; what it allows comes from its type (an
     untested kind is neither merged nor sharded)."""
-    spec = adapters.normalise({"peft_type": "LOHA", "target_modules": ["q_proj", "v_proj"], "r": 4})
-    assert adapters.capabilities(spec) == adapters.Capability(merge=False, fsdp=False, virtual_tokens=False)
-    assert adapters.capabilities(adapters.normalise("prefix")).virtual_tokens
+    spec = adapter_kinds.normalise({"peft_type": "LOHA", "target_modules": ["q_proj", "v_proj"], "r": 4})
+    assert adapter_kinds.kind_of(spec) == adapter_kinds.AdapterKind(
+        merge=False, fsdp=False, pack=False, virtual_tokens=False
+    )
+    assert adapter_kinds.kind_of(adapter_kinds.normalise("prefix")).virtual_tokens
     with pytest.raises(IA2Error, match="^merge_bf16 needs an adapter that merges"):
         config.make("m", "t", adapter=spec, merge_bf16=True)
-    model, _ = models.load(str(llama_dir))
+    model, _ = loading.load(str(llama_dir))
     peft = adapters.fresh(model, spec, 0)
     assert any("hada" in name for name, p in peft.named_parameters() if p.requires_grad)
 
@@ -126,19 +130,19 @@ def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
 )
 def test_bad_settings_are_one_line_errors(spec, message, llama_dir):
     if message is None:
-        assert adapters.normalise(spec) == adapters.PRESETS["lora"]
+        assert adapter_kinds.normalise(spec) == adapter_kinds.PRESETS["lora"]
         return
     with pytest.raises(IA2Error, match=message) as err:
-        adapters.normalise(spec)
+        adapter_kinds.normalise(spec)
     assert "\n" not in str(err.value)
-    model, _ = models.load(str(llama_dir))
+    model, _ = loading.load(str(llama_dir))
     with pytest.raises(IA2Error, match=message):
         adapters.fresh(model, spec, 0)
 
 
 @pytest.mark.parametrize("kind_", ["lora", "ia3"])
 def test_missing_target_modules_fail_at_fresh(kind_, llama_dir):
-    model, _ = models.load(str(llama_dir))
+    model, _ = loading.load(str(llama_dir))
     with pytest.raises(IA2Error, match=f"cannot add a {kind_.upper()} adapter to LlamaForCausalLM") as err:
         adapters.fresh(model, {"peft_type": kind_.upper(), "target_modules": ["nowhere"]}, 0)
     assert "\n" not in str(err.value)
@@ -176,7 +180,7 @@ def test_prefix_tuning_refuses_layers_without_a_kv_cache():
 
 def test_left_padding_does_not_change_a_row(model_dir, arch, kind):
     """A row in a left-padded batch has the logits and activations it has alone and unpadded, which are PEFT's own."""
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
     batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
@@ -197,7 +201,7 @@ def test_left_padding_does_not_change_a_row(model_dir, arch, kind):
 def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
     """Prompts sharing a long prefix (an instruction, demonstrations) score as each prompt does alone, under every
     adapter kind: the prefix KV cache must not be reused where the adapter rewrites the input (prompt tuning)."""
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     peft = _perturbed(model, kind)
     prompts = [tok(DEMO * 3 + t)["input_ids"] for t in TEXTS]
     assert common_prefix(prompts) >= MIN_SHARED_PREFIX, "setup: the prompts must share a cacheable prefix"
@@ -212,7 +216,7 @@ def test_scores_with_a_shared_prefix_are_each_rows_own(model_dir, kind):
 
 def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
     """The ground truth without PEFT's forward: the prompt embeddings concatenated before the row's embeddings."""
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     peft = _perturbed(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3})
     prompts, answers = _prompts_answers(tok)
     logits, _ = _run(peft, forward_pass.make_batch(prompts, answers, tok.pad_token_id), tap=False)
@@ -227,7 +231,7 @@ def test_prompt_tuning_puts_the_virtual_tokens_right_before_the_row(llama_dir):
 
 def test_prefix_on_sliding_window_batches_while_the_window_holds(model_dirs):
     """Gemma 3's sliding window (16 here) counts pads: short padded rows run batched, longer ones one at a time."""
-    model, tok = models.load(str(model_dirs["gemma3"]))
+    model, tok = loading.load(str(model_dirs["gemma3"]))
     peft = _perturbed(model, {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2})
     prompts, answers = _prompts_answers(tok, TEXTS[::2], ANSWERS[::2])
     batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
@@ -245,8 +249,8 @@ def test_prefix_on_sliding_window_batches_while_the_window_holds(model_dirs):
 
 def test_disabled_adapter_is_exactly_the_base_model(model_dir, kind):
     """The frozen ICL teacher runs as `disable_adapter()`: forward passes and greedy generation must be the base's."""
-    base, tok = models.load(str(model_dir))
-    model, _ = models.load(str(model_dir))
+    base, tok = loading.load(str(model_dir))
+    model, _ = loading.load(str(model_dir))
     peft = _perturbed(model, kind)
     prompts, answers = _prompts_answers(tok)
     batch = forward_pass.make_batch([tok(DEMO)["input_ids"] + p for p in prompts], answers, tok.pad_token_id)
@@ -273,7 +277,7 @@ def _items(peft, tok, with_acts: bool) -> list[Item]:
 
 @pytest.mark.parametrize("stage", [SFT, IA2], ids=["ce", "ia2"])
 def test_losses_fall_under_adam(model_dir, kind, stage):
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     peft = adapters.fresh(model, kind, 0)
     tap, cfg, pad = Tap(peft), TrainConfig(), tok.pad_token_id
     items = _items(peft, tok, with_acts=stage is IA2)
@@ -281,25 +285,25 @@ def test_losses_fall_under_adam(model_dir, kind, stage):
     assert trainable and all(any(s in n for s in ("lora_", "ia3_", "prompt_encoder")) for n in trainable)
     params = list(trainable.values())
     optimizer = torch.optim.Adam(params, lr=LR[kind])
-    before = train.dev_loss(train.Objective(peft, tap, stage, cfg, pad), items)
+    before = loop.dev_loss(loop.Objective(peft, tap, stage, cfg, pad), items)
     peft.train()
     for _ in range(8):
-        loss = train.batch_loss(train.Objective(peft, tap, stage, cfg, pad), items)
+        loss = loop.batch_loss(loop.Objective(peft, tap, stage, cfg, pad), items)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert train.dev_loss(train.Objective(peft, tap, stage, cfg, pad), items) < 0.9 * before
+    assert loop.dev_loss(loop.Objective(peft, tap, stage, cfg, pad), items) < 0.9 * before
 
 
 def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     peft = _perturbed(model, kind)
     adapters.save(peft, tmp_path / "adapter", "my-base", {"README.md": "# card\n"})
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "my-base", "the base model as the user named it, not a cache path"
     assert (tmp_path / "adapter" / "README.md").read_text() == "# card\n"
     assert peft.peft_config["default"].base_model_name_or_path == str(model_dir), "the live model is left as it was"
-    fresh_base, _ = models.load(str(model_dir))
+    fresh_base, _ = loading.load(str(model_dir))
     reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "adapter")).eval()
     prompts, answers = _prompts_answers(tok)
     batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
@@ -311,11 +315,11 @@ def test_saved_adapter_reloads_to_identical_logits(model_dir, kind, tmp_path):
 
 def test_adapter_state_round_trips(model_dir, kind):
     """The trainer's best-state restore: `adapter_state` copies, `set_peft_model_state_dict` puts it back."""
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     peft = adapters.fresh(model, kind, 0)
     prompts, answers = _prompts_answers(tok)
     batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
-    state, (want, _) = train.adapter_state(peft), _run(peft, batch, tap=False)
+    state, (want, _) = loop.adapter_state(peft), _run(peft, batch, tap=False)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # random, not uniform: Gemma 3 normalises right after q, k and o, undoing a uniform scale
         for p in peft.parameters():
@@ -329,27 +333,27 @@ def test_adapter_state_round_trips(model_dir, kind):
 
 
 def test_fresh_is_seeded(model_dir, kind):
-    model, _ = models.load(str(model_dir))
+    model, _ = loading.load(str(model_dir))
     first = adapters.fresh(model, kind, 7)
-    a = train.adapter_state(first)
+    a = loop.adapter_state(first)
     second = adapters.fresh(first, kind, 7)
-    b = train.adapter_state(second)
+    b = loop.adapter_state(second)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if kind != "ia3":  # IA3 vectors start at one; LoRA A, prompt and prefix embeddings are drawn from the seed
-        c = train.adapter_state(adapters.fresh(second, kind, 8))
+        c = loop.adapter_state(adapters.fresh(second, kind, 8))
         assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("first, second", list(itertools.product(adapters.PRESETS, adapters.PRESETS)))
+@pytest.mark.parametrize("first, second", list(itertools.product(adapter_kinds.PRESETS, adapter_kinds.PRESETS)))
 def test_rewrapping_replaces_an_adapter_of_any_kind(llama_dir, first, second):
-    clean, tok = models.load(str(llama_dir))
-    want = train.adapter_state(adapters.fresh(clean, second, 3))
-    model, _ = models.load(str(llama_dir))
+    clean, tok = loading.load(str(llama_dir))
+    want = loop.adapter_state(adapters.fresh(clean, second, 3))
+    model, _ = loading.load(str(llama_dir))
     n_modules = len(list(model.modules()))
     again = adapters.fresh(_perturbed(model, first), second, 3)
-    got = train.adapter_state(again)
+    got = loop.adapter_state(again)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
-    base, _ = models.load(str(llama_dir))
+    base, _ = loading.load(str(llama_dir))
     prompts, answers = _prompts_answers(tok)
     batch = forward_pass.make_batch(prompts, answers, tok.pad_token_id)
     with again.disable_adapter():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ia2 import aggregate
+from ia2.reporting import aggregate
 
 # (task, seed) -> (ia2-sft accuracy, sft accuracy, ia2-sft ECE, sft ECE)
 VALUES = {

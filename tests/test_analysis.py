@@ -10,8 +10,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ia2 import analysis, plots
 from ia2.errors import IA2Error
+from ia2.reporting import analysis, plots
 
 HIDDEN, RANK = 64, 8
 PROJS = ("q_proj", "v_proj")

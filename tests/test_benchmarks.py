@@ -10,11 +10,11 @@ import datasets
 import pandas as pd
 import pytest
 
+from ia2.data.tasks import OOD_PAIRS, check_transfer, load_task
+from ia2.data.tasks.benchmarks import BENCHMARKS, REMAP, load_benchmark
+from ia2.data.tasks.hub import load
 from ia2.errors import IA2Error
 from ia2.paths import cache_root
-from ia2.tasks import OOD_PAIRS, check_transfer, load_task
-from ia2.tasks.benchmarks import BENCHMARKS, REMAP, load_benchmark
-from ia2.tasks.hub import load
 
 
 @pytest.fixture

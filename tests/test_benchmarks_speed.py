@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import icl_prompts, toy_task_and_encoder
-from ia2 import adapters, models, targets
 from ia2.config import TrainConfig
-from ia2.methods import IA2, SFT
-from ia2.taps import Tap
-from ia2.train import Item, Objective, batch_loss
+from ia2.model import adapters, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training.loop import Item, Objective, batch_loss
+from ia2.training.methods import IA2, SFT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -47,7 +48,7 @@ def test_reference_teacher_equals_collect(loaded, toy_jsonl, max_new_tokens):
 
 
 def test_reference_ia2_epoch_lowers_the_loss(model_dirs, toy_jsonl):
-    model, tok = models.load(str(model_dirs["llama"]))
+    model, tok = loading.load(str(model_dirs["llama"]))
     prompts = _prompts(model, tok, toy_jsonl, n=8)
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     tokens, acts = reference_loop.collect(model, prompts, 1)
@@ -66,7 +67,7 @@ def test_reference_ia2_epoch_lowers_the_loss(model_dirs, toy_jsonl):
 
 def test_reference_losses_equal_the_library_s_on_one_example(model_dirs, toy_jsonl):
     """Σ_layers MSE at the answer positions and CE on the answer, as our trainer computes them for a batch of one."""
-    model, tok = models.load(str(model_dirs["qwen3"]))
+    model, tok = loading.load(str(model_dirs["qwen3"]))
     prompts = _prompts(model, tok, toy_jsonl, n=3)
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     tokens, acts = reference_loop.collect(model, prompts, 3)

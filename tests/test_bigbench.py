@@ -12,9 +12,9 @@ from pathlib import Path
 import datasets
 import pytest
 
+from ia2.data.tasks import bigbench, load_task
 from ia2.errors import IA2Error
 from ia2.paths import cache_root
-from ia2.tasks import bigbench, load_task
 
 TASK = {
     "examples": [

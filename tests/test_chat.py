@@ -11,10 +11,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import small_run, toy_rows, write_jsonl
-from ia2 import cli, models
+from ia2.commands import cli
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import load_task
 from ia2.errors import IA2Error
-from ia2.prompts import Encoder
-from ia2.tasks import load_task
+from ia2.model import loading
 
 TEMPLATE = (
     "{% for m in messages %}{% if m.role == 'user' %}Question: {{ m.content }}\n{% else %}Answer: {{ m.content }}"
@@ -26,14 +27,14 @@ TEMPLATE = (
 def chat_model_dir(tmp_path, llama_dir):
     folder = tmp_path / "chat-llama"
     shutil.copytree(llama_dir, folder)
-    _, tok = models.load(str(folder))
+    _, tok = loading.load(str(folder))
     tok.chat_template = TEMPLATE
     tok.save_pretrained(folder)
     return folder
 
 
 def test_chat_prompt_turns_and_answer_ids(chat_model_dir, toy_jsonl):
-    _, tok = models.load(str(chat_model_dir))
+    _, tok = loading.load(str(chat_model_dir))
     task = load_task(f"jsonl:{toy_jsonl}")
     encoder = Encoder(task, tok, 512, chat=True)
     q, d = task.examples[0], task.examples[1]
@@ -47,7 +48,7 @@ def test_chat_prompt_turns_and_answer_ids(chat_model_dir, toy_jsonl):
 
 
 def test_chat_needs_a_template(llama_dir, toy_jsonl):
-    _, tok = models.load(str(llama_dir))
+    _, tok = loading.load(str(llama_dir))
     with pytest.raises(IA2Error, match="has no chat template"):
         Encoder(load_task(f"jsonl:{toy_jsonl}"), tok, 512, chat=True)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ia2 import cli, config, experiment
+from ia2 import config
+from ia2.commands import cli
+from ia2.run import experiment
 from test_errors import error_lines, run_cli
 from test_outdir import args, refused
 
@@ -135,7 +137,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_does(llama_dir, toy_jsonl, tmp_
         code, err = run_cli(argv, capsys)
     assert code == 130
     assert error_lines(err) == ["ia2: interrupted; finished rows are kept: rerun the same command to resume"]
-    with caplog.at_level(logging.INFO, logger="ia2.experiment"):
+    with caplog.at_level(logging.INFO, logger="ia2.run.experiment"):
         assert run_cli(argv, capsys)[0] == 0
     reuse = [r.getMessage() for r in caplog.records if "reusing" in r.getMessage()]
     assert reuse == ["seed 0: reusing the finished rows of zero-shot, icl"]

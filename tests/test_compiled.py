@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import ARCHS, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, compiled, forward_pass, generation, models, targets
 from ia2.config import TrainConfig
-from ia2.methods import Stage
-from ia2.taps import Tap
-from ia2.train import Item, Lane, adapter_state, train_lanes
+from ia2.model import adapters, compiled, forward_pass, generation, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training.loop import Item, Lane, adapter_state, train_lanes
+from ia2.training.methods import Stage
 
 
 def _prompts(model, tok, toy_jsonl, n: int = 6, k: int = 3) -> list[list[int]]:
@@ -25,7 +26,7 @@ def _prompts(model, tok, toy_jsonl, n: int = 6, k: int = 3) -> list[list[int]]:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bucketed_widths_change_no_row(model_dirs, toy_jsonl, arch):
-    model, tok = models.load(str(model_dirs[arch]))
+    model, tok = loading.load(str(model_dirs[arch]))
     model = adapters.fresh(model, "lora", 0)
     prompts = _prompts(model, tok, toy_jsonl)
     batch = forward_pass.make_batch(prompts, [[5, 6]] * len(prompts), tok.pad_token_id)
@@ -41,7 +42,7 @@ def test_bucketed_widths_change_no_row(model_dirs, toy_jsonl, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_static_cache_generates_what_the_dynamic_one_does(model_dirs, toy_jsonl, arch):
-    model, tok = models.load(str(model_dirs[arch]))
+    model, tok = loading.load(str(model_dirs[arch]))
     prompts = _prompts(model, tok, toy_jsonl)
     dynamic = generation.generate(model, tok, prompts, 6, "")
     model.generation_config.cache_implementation = "static"
@@ -50,7 +51,7 @@ def test_static_cache_generates_what_the_dynamic_one_does(model_dirs, toy_jsonl,
 
 def test_compiled_layers_train_as_eager_ones(model_dirs, toy_jsonl):
     """An IA2 stage of 6 steps with dev checks, eager and with every decoder layer compiled (`--compile on`)."""
-    model, tok = models.load(str(model_dirs["llama"]))
+    model, tok = loading.load(str(model_dirs["llama"]))
     prompts = _prompts(model, tok, toy_jsonl, n=10)
     teacher = targets.collect(model, Tap(model), tok, prompts)
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)

@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from conftest import toy_rows, write_jsonl
-from ia2 import config, losses, methods, targets
+from ia2 import config
 from ia2.errors import IA2Error
-from ia2.experiment import run
-from ia2.losses import Loss, LossInputs
-from ia2.methods import Method, Stage
+from ia2.registry import LOSSES, METHODS
+from ia2.run.experiment import run
+from ia2.teacher import targets
+from ia2.training import methods
+from ia2.training.losses import Loss, LossInputs
+from ia2.training.methods import Method, Stage
 
 
 def _l1(x: LossInputs) -> torch.Tensor:
@@ -23,9 +26,9 @@ def _l1(x: LossInputs) -> torch.Tensor:
     return (per_layer / (x.mask.sum() * x.acts.shape[-1])).sum()
 
 
-def test_a_loss_and_a_method_declared_in_user_code_train_end_to_end(tmp_path, llama_dir, monkeypatch):
-    monkeypatch.setitem(losses.LOSSES, "l1", Loss("l1", _l1, needs_acts=True))
-    monkeypatch.setitem(methods.METHODS, "ia2-l1", Method("ia2-l1", "IA2 (L1)", (Stage("l1", "icl"),)))
+def test_a_loss_and_a_method_declared_in_user_code_train_end_to_end(tmp_path, llama_dir, monkeypatch, declare):
+    declare(LOSSES, "l1", Loss(_l1, needs_acts=True))
+    declare(METHODS, "ia2-l1", Method("ia2-l1", "IA2 (L1)", (Stage("l1", "icl"),), tested_against=("sft",)))
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     cfg = config.make(
@@ -38,9 +41,11 @@ def test_a_loss_and_a_method_declared_in_user_code_train_end_to_end(tmp_path, ll
     assert log["stage"] == "l1:icl" and log["best_dev_loss"] < log["history"][0]["dev_loss"]
     assert "| ia2-l1 |" in (tmp_path / "out" / "results.md").read_text()
     assert methods.display("ia2-l1") == "IA2 (L1)"
+    assert ("ia2-l1", "sft") in methods.comparisons(), "the report's analyses read the declaration when they run"
+    assert "ia2-l1" in config.paths()["methods"].metadata["choices"](), "and so do the settings' allowed values"
 
 
-def test_collection_asks_the_losses_whether_to_keep_distributions(tmp_path, llama_dir, monkeypatch):
+def test_collection_asks_the_losses_whether_to_keep_distributions(tmp_path, llama_dir, monkeypatch, declare):
     """Teacher distributions are collected for a run only when one of its stages' losses declares it needs them:
     here a user-declared loss that reads them, against the ia2 loss that reads activations only."""
     kept = []
@@ -52,8 +57,8 @@ def test_collection_asks_the_losses_whether_to_keep_distributions(tmp_path, llam
 
     real = targets.cached_collect
     monkeypatch.setattr(targets, "cached_collect", spy)
-    monkeypatch.setitem(losses.LOSSES, "kl", Loss("kl", losses.LOSSES["soft"].fn, needs_distribution=True))
-    monkeypatch.setitem(methods.METHODS, "kl", Method("kl", "KL", (Stage("kl", "icl"),)))
+    declare(LOSSES, "kl", Loss(LOSSES["soft"].fn, needs_distribution=True))
+    declare(METHODS, "kl", Method("kl", "KL", (Stage("kl", "icl"),)))
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     for name in ("ia2", "kl"):

@@ -28,18 +28,23 @@ from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 from conftest import ARCHS, small_run, toy_rows, toy_task_and_encoder, write_jsonl
-from ia2 import adapters, cli, config, distributed, evaluate, generation, models, paths, plots, store, targets
+from ia2 import config, paths
+from ia2.commands import cli
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
-from ia2.methods import Stage
-from ia2.store import resolve
-from ia2.taps import Tap
-from ia2.train import Item, Lane, adapter_state, train_lanes, train_stage
+from ia2.evaluation import scoring
+from ia2.model import adapters, distributed, generation, loading
+from ia2.model.taps import Tap
+from ia2.reporting import plots
+from ia2.teacher import store, targets
+from ia2.teacher.store import resolve
+from ia2.training.loop import Item, Lane, adapter_state, train_lanes, train_stage
+from ia2.training.methods import Stage
 
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
 METRICS_ATOL = 1e-5
-WRITERS = (paths, targets, store, adapters, models, plots)
+WRITERS = (paths, targets, store, adapters, loading, plots)
 PARALLEL = ("two", "fsdp")
 KINDS = ("lora", "ia3")
 # Under FSDP a layer runs on weights gathered into fresh, differently aligned memory (the loaded ones are mapped from
@@ -68,7 +73,7 @@ def recording(log: list[str]):
 
 def load_model(model_dir: Path, fsdp: bool):
     """The tiny model and its tokenizer, its weights sharded over the processes with `fsdp`."""
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     if fsdp:
         distributed.shard_model(model, "cpu")
     return model, tok
@@ -88,7 +93,7 @@ def probe(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(10)]
     out = {}
     for name, prompts in (("plain", plain), ("shared", shared)):
-        scores = evaluate.score(model, prompts, encoder.label_ids, tok.pad_token_id, tap, batch_size=3)
+        scores = scoring.score(model, prompts, encoder.label_ids, tok.pad_token_id, tap, batch_size=3)
         out[name] = dict(vars(scores))
     out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=3), batch_size=3)
     teacher = targets.cached_collect(
@@ -115,7 +120,7 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     plain = [encoder.encode(ex[i]).prompt for i in range(5)]
     shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(5)]
     out = {"held": held(model), "sharded": distributed.sharded(model)}
-    out["scores"] = dict(vars(evaluate.score(model, shared, encoder.label_ids, tok.pad_token_id, tap, batch_size=2)))
+    out["scores"] = dict(vars(scoring.score(model, shared, encoder.label_ids, tok.pad_token_id, tap, batch_size=2)))
     out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
     out["teacher"] = targets.cached_collect(
         model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8, batch_size=2, store="shards"
@@ -252,7 +257,7 @@ def test_exchanges_in_one_process(runs):
         "agree": True,
         "sum": [1.0, 2.0],
     }
-    assert distributed.device("auto") == models.device("auto")
+    assert distributed.device("auto") == loading.device("auto")
 
 
 def test_exchanges_across_two_processes(runs):
@@ -362,7 +367,7 @@ def test_fsdp_adapter_loads_whole(runs, model_dirs):
     """Under FSDP the main process saves the whole adapter in PEFT format: it loads onto the unsharded model and holds
     one process's weights."""
     folder = Path("adapters") / "seed0" / "ia2"
-    base, _ = models.load(str(model_dirs["llama"]))
+    base, _ = loading.load(str(model_dirs["llama"]))
     reloaded = get_peft_model_state_dict(PeftModel.from_pretrained(base, str(runs["root"] / "fsdp" / folder)))
     saved = load_file(str(runs["root"] / "one" / folder / "adapter_model.safetensors"))
     assert reloaded.keys() == saved.keys()

@@ -10,10 +10,11 @@ import logging
 import pytest
 
 from conftest import small_run, toy_rows, write_jsonl
-from ia2 import cli, config
+from ia2 import config
+from ia2.commands import cli
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
-from ia2.stages import Trainee, _check_progress
+from ia2.training.stages import Trainee, _check_progress
 
 
 def _train(model, task, out, *extra) -> list[str]:
@@ -82,7 +83,7 @@ def test_only_a_first_stage_that_beats_no_dev_check_is_a_divergence(caplog):
     """A method's first stage handing over its fresh adapter is the base model passed off as trained; a later stage
     (SFT after IA2) that beats no dev check keeps what the stage before it trained, as early stopping means it to."""
     trainee = Trainee(0, TrainConfig(on_divergence="fail"), None, {})
-    with caplog.at_level(logging.INFO, logger="ia2.stages"):
+    with caplog.at_level(logging.INFO, logger="ia2.training.stages"):
         later = _stage_log(improved=False)
         _check_progress(trainee, later, depth=1)
     assert later["diverged"] is None and "no dev check beat the state it started from" in caplog.text

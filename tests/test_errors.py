@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 
 from conftest import small_run, toy_rows, write_jsonl
-from ia2 import cli, config, experiment, models, splits
+from ia2 import config
+from ia2.commands import cli
+from ia2.data import splits
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import Example, Task, check_sizes, load_task
 from ia2.errors import IA2Error
-from ia2.prompts import Encoder
-from ia2.tasks import Example, Task, check_sizes, load_task
+from ia2.model import loading
+from ia2.run import experiment
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """(exit code, stderr) of ia2.cli.main, whether it returns or exits."""
+    """(exit code, stderr) of ia2.commands.cli.main, whether it returns or exits."""
     capsys.readouterr()
     try:
         code = cli.main(argv)
@@ -141,7 +145,7 @@ def test_repeated_questions_are_dropped_so_they_cannot_leak_into_test(tmp_path, 
     rows = toy_rows(30)
     rows[20] = rows[25] = {"question": rows[3]["question"], "answer": rows[3]["answer"]}
     path = write_jsonl(tmp_path / "dups.jsonl", rows)
-    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+    with caplog.at_level(logging.INFO, logger="ia2.data.tasks.base"):
         task = load_task(f"jsonl:{path}")
     assert len(task.examples) == 28 and [e.question for e in task.examples].count(rows[3]["question"]) == 1
     assert task.examples[3].where.endswith(":4") and task.examples[20].where.endswith(":22"), "first kept"
@@ -168,7 +172,7 @@ def test_repeats_with_another_answer_keep_the_first_in_fixed_data(caplog):
         Example(q, a, f"bigbench:t:example {i}")
         for i, (q, a) in enumerate([("q1", "yes"), ("q2", "no"), ("q1", "no"), ("q2", "no")])
     )
-    with caplog.at_level(logging.INFO, logger="ia2.tasks.base"):
+    with caplog.at_level(logging.INFO, logger="ia2.data.tasks.base"):
         task = Task("bigbench:t", examples, labels=("no", "yes")).unique()
     assert task.examples == examples[:2]
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
@@ -186,7 +190,7 @@ def test_labels_differing_only_in_case(tmp_path, llama_dir, capsys):
     task = load_task(f"jsonl:{path}")
     with pytest.raises(IA2Error, match=rf"^labels 'YES' \({path}:7\) and 'Yes' \({path}:3\) differ only in case"):
         task.check_label_case()
-    _, tok = models.load(str(llama_dir))
+    _, tok = loading.load(str(llama_dir))
     with pytest.raises(IA2Error, match="differ only in case: normalise them"):
         Encoder(task, tok, 512)
     assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, f"{path}:3", f"{path}:7", "case")
@@ -224,11 +228,11 @@ def test_unknown_task_source(tmp_path, llama_dir, capsys):
 
 def test_unknown_model_name(tmp_path, toy_jsonl, capsys):
     with pytest.raises(IA2Error, match="no-such-model"):
-        models.resolve("no-such-model")
+        loading.resolve("no-such-model")
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     with pytest.raises(IA2Error, match="config.json"):
-        models.resolve(str(not_a_model))
+        loading.resolve(str(not_a_model))
     assert_cli_fails(cli_args("no-such-model", f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, "no-such-model")
 
 
@@ -247,7 +251,7 @@ def test_model_folder_with_a_bad_config(tmp_path, toy_jsonl, capsys, config, fau
     folder.mkdir()
     (folder / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
     with pytest.raises(IA2Error, match=rf"^{folder / 'config.json'}: {fault}.*; not a transformers model folder$"):
-        models.resolve(str(folder))
+        loading.resolve(str(folder))
     assert_cli_fails(
         cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder / "config.json"), fault
     )
@@ -262,7 +266,7 @@ def test_model_config_transformers_refuses(tmp_path, llama_dir, toy_jsonl, capsy
     shutil.copytree(llama_dir, folder)
     (folder / "config.json").write_text(json.dumps({**json.loads((llama_dir / "config.json").read_text()), **change}))
     with pytest.raises(IA2Error, match=rf"^cannot load model '{folder}': .*{needle}") as info:
-        models.load(str(folder))
+        loading.load(str(folder))
     assert "\n" not in str(info.value)
     assert_cli_fails(cli_args(folder, f"jsonl:{toy_jsonl}", tmp_path / "out"), capsys, str(folder), needle)
 
@@ -334,7 +338,7 @@ def test_prompt_longer_than_context(tmp_path, short_context_dir, capsys):
 
 
 def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     rows = toy_rows(10)
     rows[5]["question"] = " ".join(["cat"] * 600)
     path = write_jsonl(tmp_path / "long.jsonl", rows)
@@ -349,7 +353,7 @@ def test_long_question_rejected_by_encoder(tmp_path, llama_dir):
 
 def test_long_demonstration_named_rather_than_the_query(tmp_path, llama_dir):
     """When the query alone fits, the overflow is the demonstrations': the longest one is named, with its size."""
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     rows = toy_rows(10)
     rows[5]["question"] = " ".join(["cat"] * 600)
     path = write_jsonl(tmp_path / "long.jsonl", rows)
@@ -372,7 +376,7 @@ def test_labels_with_identical_tokens(tmp_path, llama_dir, capsys):
     for i, r in enumerate(rows):
         r["answer"] = ("zebra", "giraffe")[i % 2]
     path = write_jsonl(tmp_path / "collide.jsonl", rows)
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     with pytest.raises(IA2Error, match="labels 'giraffe' and 'zebra' are the same tokens"):
         Encoder(load_task(f"jsonl:{path}"), tok, 512)
     assert_cli_fails(cli_args(llama_dir, f"jsonl:{path}", tmp_path / "out"), capsys, "collide.jsonl", "'zebra'")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import full_attn_outputs, toy_rows, write_jsonl
-from ia2 import evaluate
-from ia2.prompts import Encoder, draw_demos
-from ia2.taps import Tap
-from ia2.tasks import load_task
+from ia2.data.prompts import Encoder, draw_demos
+from ia2.data.tasks import load_task
+from ia2.evaluation import scoring
+from ia2.model.taps import Tap
 
 
 def _multi_token_task(tmp_path, tok):
@@ -24,7 +24,7 @@ def _multi_token_task(tmp_path, tok):
 
 
 def _check_scores_against_unpadded_runs(model, tok, prompts, label_ids, batch_size):
-    scores = evaluate.score(model, prompts, label_ids, tok.pad_token_id, Tap(model), batch_size=batch_size)
+    scores = scoring.score(model, prompts, label_ids, tok.pad_token_id, Tap(model), batch_size=batch_size)
     assert scores.label_logp.shape == (len(prompts), len(label_ids))
     assert scores.acts.shape == (len(prompts), model.config.num_hidden_layers, model.config.hidden_size)
     for i, p in enumerate(prompts):
@@ -71,9 +71,9 @@ def test_score_with_shared_demonstrations_matches_unpadded_runs(loaded, tmp_path
 
 
 def test_common_prefix_leaves_every_prompt_a_token():
-    assert evaluate.common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
-    assert evaluate.common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
-    assert evaluate.common_prefix([[7], [7, 8]]) == 0
+    assert scoring.common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert scoring.common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert scoring.common_prefix([[7], [7, 8]]) == 0
 
 
 def test_encoder_prompt_layout_and_answer_ids(loaded, toy_jsonl):

@@ -13,11 +13,18 @@ import torch
 from peft import PeftModel
 
 from conftest import small_run, toy_rows, write_jsonl
-from ia2 import cli, config, evaluate, measure, models, prompts, splits, stages, targets
-from ia2.context import declared, load_context
+from ia2 import config
+from ia2.commands import cli
+from ia2.data import prompts, splits
+from ia2.data.prompts import Encoder, teacher_prompts, teacher_queries
+from ia2.data.tasks import load_task
 from ia2.errors import IA2Error
-from ia2.prompts import Encoder, teacher_prompts, teacher_queries
-from ia2.tasks import load_task
+from ia2.evaluation import scoring
+from ia2.model import loading
+from ia2.run import measure
+from ia2.run.context import declared, load_context
+from ia2.teacher import targets
+from ia2.training import stages
 
 CONTRACT = {"task", "model", "method", "n_train", "seed", "accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim"}
 METHODS = ["zero-shot", "icl", "sft", "ia2", "ia2-sft"]
@@ -119,13 +126,13 @@ def test_saved_adapter_reproduces_its_row(runs):
     out = runs["a"]
     manifest = json.loads((out / "manifest.json").read_text())
     row = next(r for r in results(out)["rows"] if r["seed"] == 0 and r["method"] == "ia2")
-    model, tok = models.load(str(runs["model"]))
+    model, tok = loading.load(str(runs["model"]))
     peft = PeftModel.from_pretrained(model, str(out / "adapters" / "seed0" / "ia2")).eval()
     task = load_task(f"jsonl:{runs['task']}")
     encoder = Encoder(task, tok, 512)
     plain = [encoder.encode(task.examples[i]) for i in manifest["task"]["test_indices"]]
-    scores = evaluate.score(peft, [p.prompt for p in plain], encoder.label_ids, tok.pad_token_id)
-    got = evaluate.summarise(scores, np.array([p.label for p in plain]), [ids[0] for ids in encoder.label_ids])
+    scores = scoring.score(peft, [p.prompt for p in plain], encoder.label_ids, tok.pad_token_id)
+    got = scoring.summarise(scores, np.array([p.label for p in plain]), [ids[0] for ids in encoder.label_ids])
     for metric in ("accuracy", "ece", "brier", "nll"):
         assert got[metric] == pytest.approx(row[metric], abs=1e-6), metric
 

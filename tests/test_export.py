@@ -11,11 +11,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from conftest import toy_task_and_encoder
-from ia2 import adapters, cli, models
-from ia2.card import rendering
-from ia2.evaluate import score
-from ia2.targets import model_fingerprint
-from ia2.tasks import Task
+from ia2.commands import cli
+from ia2.data.tasks import Task
+from ia2.evaluation.scoring import score
+from ia2.model import adapters, loading
+from ia2.run.card import rendering
+from ia2.teacher.targets import model_fingerprint
 
 # fp32 merge: the same products summed in another order; bf16: the weights rounded to 8 bits of mantissa.
 TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
@@ -23,7 +24,7 @@ TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
 
 def _saved(model_dir, kind: str, folder):
     """A perturbed adapter (LoRA and IA3 start as the identity) saved as a run saves it, with its record."""
-    model, tok = models.load(str(model_dir))
+    model, tok = loading.load(str(model_dir))
     record = {
         "base_model": str(model_dir),
         "base_fingerprint": model_fingerprint(model),
@@ -58,10 +59,10 @@ def test_merged_model_loads_alone_and_scores_as_the_adapter(model_dirs, toy_json
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert {p.dtype for p in merged.parameters()} == {getattr(torch, dtype)}
     assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters()), "no adapter layers left"
-    base, _ = models.load(str(model_dir))
+    base, _ = loading.load(str(model_dir))
     unmerged = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     want = _label_probs(unmerged, tok, toy_jsonl)
-    untrained = _label_probs(models.load(str(model_dir))[0], tok, toy_jsonl)
+    untrained = _label_probs(loading.load(str(model_dir))[0], tok, toy_jsonl)
     assert abs(want - untrained).max() > 10 * TOLERANCE[dtype], "setup: the adapter changes the label probabilities"
     got = _label_probs(merged.float(), tok, toy_jsonl)
     assert abs(got - want).max() < TOLERANCE[dtype]

@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 
 from conftest import ADJECTIVES, ANIMALS, write_jsonl
-from ia2 import cli, config, evaluate, models, report, targets
-from ia2.context import declared
+from ia2 import config
+from ia2.commands import cli
+from ia2.data.prompts import Encoder
 from ia2.errors import IA2Error
-from ia2.prompts import Encoder
+from ia2.evaluation import scoring
+from ia2.model import loading
+from ia2.reporting import report
+from ia2.run.context import declared
+from ia2.teacher import targets
 
 
 def copy_rows(n: int = 40) -> list[dict]:
@@ -28,12 +33,12 @@ def copy_rows(n: int = 40) -> list[dict]:
 
 
 def test_generation_metrics_count_parse_failures_as_wrong():
-    got = evaluate.generation_metrics(
+    got = scoring.generation_metrics(
         ["#### cat", "no answer here", "#### dog"], ["x\n#### cat", "#### cow", "#### cow"], "sciq"
     )
     assert got == {"accuracy": pytest.approx(1 / 3), "parse_failure_rate": pytest.approx(1 / 3)}
     with pytest.raises(IA2Error, match="gold answer has no parsable answer"):
-        evaluate.generation_metrics(["#### cat"], ["no marker"], "sciq")
+        scoring.generation_metrics(["#### cat"], ["no marker"], "sciq")
 
 
 def test_gold_answers_end_with_the_stop_string(tmp_path, llama_dir):
@@ -41,7 +46,7 @@ def test_gold_answers_end_with_the_stop_string(tmp_path, llama_dir):
     cfg = config.make(str(llama_dir), f"jsonl:{task_path}", methods=["sft"], parser="text", max_new_tokens=6)
     task = declared(cfg.data.task, cfg)
     assert task.generative and task.parser == "text" and task.max_new_tokens == 6
-    _, tok = models.load(str(llama_dir))
+    _, tok = loading.load(str(llama_dir))
     prompted = Encoder(task, tok, 512).encode(task.examples[0])
     assert prompted.label == -1
     assert tok.decode(prompted.answer) == " " + task.examples[0].answer + "\n\n"
@@ -95,7 +100,7 @@ def test_generative_run_end_to_end(tmp_path, llama_dir):
         report.write(out, "dev_accuracy")
     (target_file,) = (Path(os.environ["IA2_CACHE"]) / "targets").glob("*.safetensors")
     teacher = targets.load(target_file)
-    _, tok = models.load(str(llama_dir))
+    _, tok = loading.load(str(llama_dir))
     assert len(teacher.tokens) == 4 + 2 and all(1 <= len(t) <= 5 for t in teacher.tokens)
     assert all(a.shape[1] == len(t) for a, t in zip(teacher.acts, teacher.tokens)), "one activation per answer token"
     for t in teacher.tokens:

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import ARCHS, every_method_on_every_arch, icl_prompts, toy_rows, write_jsonl
-from ia2 import targets
-from ia2.evaluate import score
-from ia2.methods import METHODS
-from ia2.prompts import Encoder
-from ia2.taps import SITES, Tap
-from ia2.tasks import load_task
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import load_task
+from ia2.evaluation.scoring import score
+from ia2.model.taps import SITES, Tap
+from ia2.teacher import targets
+from ia2.training.methods import METHODS
 
 # The toy task's yes/no answers as two labels that share their first token " yes".
 SHARED = {"no": "yes maybe", "yes": "yes please"}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import losses, methods, tasks
+from ia2.data import tasks
+from ia2.registry import LOSSES, METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,14 +27,17 @@ def docs_world(llama_dir, tmp_path, monkeypatch):
     restored afterwards."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
-    saved = [(table, dict(table)) for table in (methods.METHODS, losses.LOSSES, tasks.REGISTERED)]
+    declared = {registry: set(registry) for registry in (METHODS, LOSSES)}
+    registered = dict(tasks.REGISTERED)
     write_jsonl(tmp_path / "my_examples.jsonl", toy_rows(24))
     write_jsonl(tmp_path / "my_task.jsonl", toy_rows(80, seed=1))
     write_jsonl(tmp_path / "new.jsonl", toy_rows(6, seed=2))
     yield lambda code: code.replace('"smollm2-135m"', repr(str(llama_dir))).replace("max_epochs=5", "max_epochs=1")
-    for table, content in saved:
-        table.clear()
-        table.update(content)
+    for registry, names in declared.items():
+        for name in set(registry) - names:
+            registry.unregister(name)
+    tasks.REGISTERED.clear()
+    tasks.REGISTERED.update(registered)
 
 
 def test_every_block_of_the_library_doc_runs(docs_world, capsys):

@@ -13,11 +13,15 @@ import torch
 from peft import PeftModel
 
 from conftest import ARCHS, every_method_on_every_arch, toy_rows, write_jsonl
-from ia2 import adapters, config, experiment, models, stages, train
-from ia2.evaluate import score, summarise
-from ia2.methods import METHODS
-from ia2.prompts import Encoder
-from ia2.tasks import load_task
+from ia2 import config
+from ia2.config import adapter_kinds
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import load_task
+from ia2.evaluation.scoring import score, summarise
+from ia2.model import adapters, loading
+from ia2.run import experiment
+from ia2.training import loop, stages
+from ia2.training.methods import METHODS
 
 SMALL = dict(n_train=4, n_test=10, seeds=[0], max_epochs=2)
 
@@ -71,7 +75,7 @@ def _metrics(peft: PeftModel, tok, task_path: Path, test: list[int]) -> dict:
     return summarise(scores, np.array([p.label for p in plain]), [ids[0] for ids in encoder.label_ids])
 
 
-@pytest.mark.parametrize("kind", tuple(adapters.PRESETS))
+@pytest.mark.parametrize("kind", tuple(adapter_kinds.PRESETS))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_adapter_kind_trains_saves_and_reloads(model_dirs, data, tmp_path, arch, kind):
     """Each PEFT preset trains IA2 through the run on each architecture, and its saved adapter, reloaded by PEFT on
@@ -84,11 +88,14 @@ def test_every_adapter_kind_trains_saves_and_reloads(model_dirs, data, tmp_path,
     assert row["method"] == "ia2" and math.isfinite(row["nll"])
     test = json.loads((tmp_path / "manifest.json").read_text())["task"]["test_indices"]
     adapter = tmp_path / "adapters" / "seed0" / "ia2"
-    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == adapters.PRESETS[kind]["peft_type"]
-    base, tok = models.load(str(model_dirs[arch]))
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
+        == adapter_kinds.PRESETS[kind]["peft_type"]
+    )
+    base, tok = loading.load(str(model_dirs[arch]))
     untrained = _metrics(adapters.fresh(base, kind, 0), tok, data["task"], test)
     assert abs(untrained["nll"] - row["nll"]) > 1e-4, "setup: training moved the adapter"
-    base, tok = models.load(str(model_dirs[arch]))
+    base, tok = loading.load(str(model_dirs[arch]))
     got = _metrics(PeftModel.from_pretrained(base, str(adapter)), tok, data["task"], test)
     assert got["accuracy"] == row["accuracy"]
     assert got["nll"] == pytest.approx(row["nll"], abs=1e-5)
@@ -118,7 +125,7 @@ def test_ia2_sft_continues_from_ia2s_restored_best_with_a_fresh_optimizer(model_
     """IA2 → SFT's SFT stage starts from the state IA2 restored (its best on dev, not its last nor a fresh adapter)
     with a new, empty Adam, and `ia2` and `ia2-sft` share one trained IA2 stage: the method is IA2 then SFT."""
     calls, checked = [], []
-    real_stage, real_dev_losses = stages.train_lanes, train.dev_losses
+    real_stage, real_dev_losses = stages.train_lanes, loop.dev_losses
 
     def recording_stage(model, tap, lanes, stage, pad_id):
         (lane,) = lanes
@@ -131,12 +138,12 @@ def test_ia2_sft_continues_from_ia2s_restored_best_with_a_fresh_optimizer(model_
         """The dev loss, made to peak at the check after step 2 so that the best state is neither first nor last."""
         (loss,) = real_dev_losses(objective, *args, **kwargs)
         loss += 0.0 if len(checked) == 2 else 100.0
-        checked.append((loss, train.adapter_state(objective.model)))
+        checked.append((loss, loop.adapter_state(objective.model)))
         return [loss]
 
     CountingAdam.made = []
     monkeypatch.setattr(stages, "train_lanes", recording_stage)
-    monkeypatch.setattr(train, "dev_losses", recording_dev_losses)
+    monkeypatch.setattr(loop, "dev_losses", recording_dev_losses)
     monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
     cfg = config.make(
         str(model_dirs["llama"]),

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, memory, models
+from ia2.commands import cli
+from ia2.model import loading, memory
 
 # One pass in a fresh process: its peak resident memory (VmHWM, reset after a warm-up pass) over the memory resident
 # before it, beside ia2's estimate. Large allocations are mmapped (MALLOC_MMAP_THRESHOLD_), so a freed tensor leaves
@@ -21,13 +22,13 @@ MEASURE = """
 import json, sys
 from pathlib import Path
 import torch
-from ia2 import adapters, memory, models
-from ia2.forward_pass import forward, make_batch
+from ia2.model import adapters, loading, memory
+from ia2.model.forward_pass import forward, make_batch
 
 torch.set_num_threads(1)
 folder, rows, width, training, attention = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 training = training == "1"
-model, tok = models.load(folder)
+model, tok = loading.load(folder)
 model.set_attn_implementation(attention)
 if training:
     model = adapters.fresh(model, "lora", 0).train()
@@ -73,9 +74,9 @@ def test_a_row_too_long_for_memory_is_refused_in_one_line(llama_dir, tmp_path, m
     task = write_jsonl(tmp_path / "toy.jsonl", rows)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 20)
     argv = ["train", "--model", str(llama_dir), "--task", f"jsonl:{task}", "--out", str(tmp_path / "a")]
-    with caplog.at_level(logging.INFO, logger="ia2.memory"):
+    with caplog.at_level(logging.INFO, logger="ia2.model.memory"):
         assert cli.main(argv) == 2
-    (split,) = [r.getMessage() for r in caplog.records if r.name == "ia2.memory"]
+    (split,) = [r.getMessage() for r in caplog.records if r.name == "ia2.model.memory"]
     assert split.startswith("the ICL teacher's pass: batches of ") and "the most that fit in 1.0 MiB" in split
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"ia2: error: {task}:6: a training step of 4 row(s) of "), err
@@ -84,7 +85,7 @@ def test_a_row_too_long_for_memory_is_refused_in_one_line(llama_dir, tmp_path, m
 
 
 def test_an_inference_batch_is_split_where_fewer_rows_fit_and_a_training_batch_refused(llama_dir, monkeypatch):
-    model, _ = models.load(str(llama_dir))
+    model, _ = loading.load(str(llama_dir))
     shape, widths, where = memory.Shape.of(model), [30, 50, 40, 50], ["a:1", "a:2", "a:3", "a:4"]
     free = memory.peak_bytes(shape, 2, 50, 1, False)
     monkeypatch.setattr(memory, "available_bytes", lambda device: free)

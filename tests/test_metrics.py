@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from ia2 import evaluate, metrics
+from ia2.evaluation import metrics, scoring
 
 # Six predictions; none sits on a bin edge of 2 or 15 equal-width bins (edges k/15).
 CONF = np.array([0.95, 0.81, 0.84, 0.30, 0.62, 0.55])
@@ -115,7 +115,7 @@ def test_vocab_metrics_by_hand():
 
 
 def test_scores_label_probs_renormalise_over_labels():
-    scores = evaluate.Scores(
+    scores = scoring.Scores(
         np.log(np.array([[0.2, 0.3], [0.01, 0.04]])),
         np.zeros(2),
         np.zeros(2, dtype=int),
@@ -128,7 +128,7 @@ def test_scores_label_probs_renormalise_over_labels():
 
 def test_summarise_combines_label_and_vocab_metrics():
     label_logp = np.log(np.array([[0.6, 0.2], [0.1, 0.3]]))
-    scores = evaluate.Scores(
+    scores = scoring.Scores(
         label_logp,
         np.array([0.6, 0.5]),
         np.array([11, 99]),
@@ -136,7 +136,7 @@ def test_summarise_combines_label_and_vocab_metrics():
         np.array([0.9, 0.8]),
         None,
     )
-    out = evaluate.summarise(scores, np.array([0, 1]), label_first=[11, 12])
+    out = scoring.summarise(scores, np.array([0, 1]), label_first=[11, 12])
     # label-renormalised: [.75, .25] right, [.25, .75] right
     assert out["accuracy"] == 1.0
     assert out["nll"] == pytest.approx(-math.log(0.75))
@@ -153,7 +153,7 @@ def test_layer_cosine():
     student = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 1.0]]])
     teacher = torch.tensor([[[1.0, 0.0], [1.0, -1.0]], [[1.0, 0.0], [2.0, 2.0]]])
     # layer 0: cos 1 and 0 -> .5; layer 1: cos 0 and 1 -> .5
-    assert evaluate.layer_cosine(student, teacher) == pytest.approx([0.5, 0.5])
+    assert scoring.layer_cosine(student, teacher) == pytest.approx([0.5, 0.5])
 
 
 def test_reference_bins_are_n_over_15_with_the_remainder_last():

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ORIGINAL_CACHE
-from ia2 import cli
+from ia2.commands import cli
+from ia2.data.tasks import check_sizes, check_transfer, data_files, load_task, offline
+from ia2.data.tasks.offline import OFFLINE, OFFLINE_OOD_PAIRS
+from ia2.data.tasks.packaged import PackagedFile, sha256
 from ia2.errors import IA2Error
-from ia2.tasks import check_sizes, check_transfer, data_files, load_task, offline
-from ia2.tasks.offline import OFFLINE, OFFLINE_OOD_PAIRS
-from ia2.tasks.packaged import PackagedFile, sha256
 from test_errors import error_lines
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "data.md"

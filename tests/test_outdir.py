@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import small_run
-from ia2 import models, stages
-from ia2.models import Embedded
+from ia2.model import loading
+from ia2.model.loading import Embedded
+from ia2.training import stages
 from test_errors import error_lines, run_cli
 
 
@@ -27,7 +28,7 @@ def never_load(monkeypatch) -> None:
     def load(*args, **kwargs):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(models, "load", load)
+    monkeypatch.setattr(loading, "load", load)
 
 
 def refused(argv: list[str], capsys, monkeypatch) -> str:
@@ -126,8 +127,8 @@ def test_unwritable_out_is_refused(llama_dir, toy_jsonl, tmp_path, capsys, monke
 @pytest.fixture
 def embedded_tiny(llama_dir, monkeypatch) -> str:
     """The tiny Llama as an embedded model name, already converted into the (test-private) cache."""
-    shutil.copytree(llama_dir, models.cache_root() / "models" / "tiny-llama")
-    monkeypatch.setitem(models.EMBEDDED, "tiny-llama", Embedded(gguf=lambda: Path("unused.gguf"), package="none"))
+    shutil.copytree(llama_dir, loading.cache_root() / "models" / "tiny-llama")
+    monkeypatch.setitem(loading.EMBEDDED, "tiny-llama", Embedded(gguf=lambda: Path("unused.gguf"), package="none"))
     return "tiny-llama"
 
 

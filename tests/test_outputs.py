@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import small_run
-from ia2 import lock, paths
-from ia2.cli import main as cli_main
+from ia2 import paths
+from ia2.commands.cli import main as cli_main
 from ia2.errors import IA2Error
+from ia2.run import lock
 from test_errors import error_lines
 from test_outdir import refused
 
@@ -103,8 +104,8 @@ def test_folder_outputs_refuse_links_and_unwritable(command, llama_dir, toy_json
     ):
         if command == "export":
             argv = ["export", str(tmp_path / "adapter"), "--merged", str(out)]
-            monkeypatch.setattr("ia2.saved.adapter_config", lambda a: {"peft_type": "LORA"})
-            monkeypatch.setattr("ia2.saved.load_record", lambda a: {})
+            monkeypatch.setattr("ia2.run.saved.adapter_config", lambda a: {"peft_type": "LORA"})
+            monkeypatch.setattr("ia2.run.saved.load_record", lambda a: {})
         else:
             argv = run_args(llama_dir, toy_jsonl, out)
             if command == "train":
@@ -140,7 +141,7 @@ def test_a_stale_lock_is_taken_over_with_a_log_line(llama_dir, toy_jsonl, tmp_pa
     out = tmp_path / "out"
     pid = dead_pid()
     hold(lock.inside(out), pid)
-    with caplog.at_level(logging.WARNING, logger="ia2.lock"):
+    with caplog.at_level(logging.WARNING, logger="ia2.run.lock"):
         assert run_cli(run_args(llama_dir, toy_jsonl, out), capsys)[0] == 0
     assert [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()] == [
         f"{lock.inside(out).absolute()}: taking over the lock of pid {pid} (`ia2 run --lr 0.01`), which is no "
@@ -196,7 +197,7 @@ def test_a_corrupt_row_or_run_json_is_set_aside_and_recomputed(llama_dir, toy_js
     whole = json.loads(row.read_text())
     row.write_text(row.read_text()[:20])
     (out / "run.json").write_text('{"key": ')
-    with caplog.at_level(logging.WARNING, logger="ia2.outdir"):
+    with caplog.at_level(logging.WARNING, logger="ia2.run.outdir"):
         assert run_cli(argv, capsys)[0] == 0
     warned = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
     assert warned == [
@@ -226,7 +227,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(llama_dir, toy_json
     """No space left while a row is written: one line naming the file, exit 2, the rows written before it kept."""
     import errno
 
-    from ia2 import experiment
+    from ia2.run import experiment
     from test_errors import run_cli
 
     written = []
@@ -250,7 +251,7 @@ def test_train_says_what_a_stop_leaves(llama_dir, toy_jsonl, tmp_path, capsys, m
     (train has no rows to resume from); the folder holds nothing half-written."""
     from safetensors import SafetensorError
 
-    from ia2 import adapters
+    from ia2.model import adapters
     from test_errors import run_cli
 
     argv = ["train", "--model", str(llama_dir), "--task", f"jsonl:{toy_jsonl}", "--max-steps", "1"]
@@ -314,7 +315,7 @@ def test_shards_split_configurations_and_dry_run_lists_a_shards_own(llama_dir, t
 
 
 def test_a_packed_cell_is_one_unit_of_a_shard(llama_dir, toy_jsonl, tmp_path, capsys):
-    from ia2 import sweep
+    from ia2.run import sweep
 
     plan = sweep.load(two_rates(tmp_path / "sweep.yaml", llama_dir, toy_jsonl, pack=2))
     assert sweep.units(plan.configs()) == [[0, 1]] and sweep.share(plan.configs(), (0, 1)) == [0, 1]
@@ -328,7 +329,7 @@ def test_a_packed_cell_is_one_unit_of_a_shard(llama_dir, toy_jsonl, tmp_path, ca
 def test_tqdm_disable_silences_every_progress_bar():
     """TQDM_DISABLE=1, as the README says, silences the bars ia2 draws itself (tqdm reads it when imported)."""
     code = (
-        "from ia2 import distributed\n"
+        "from ia2.model import distributed\n"
         "assert list(distributed.map_batches(None, [1, 2], lambda b: b, desc='scoring')) == [1, 2]\n"
     )
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -368,22 +369,22 @@ def test_small_messages_say_what_is_wrong(llama_dir, toy_jsonl, tmp_path, capsys
 
         code, err = run_cli(argv, capsys)
         assert (code, error_lines(err)) == (2, [line])
-    monkeypatch.setattr("ia2.saved.load_record", lambda a: {"task": {}, "train_examples": [{}] * 6})
-    monkeypatch.setattr("ia2.predict.task_of", lambda record, examples: None)
+    monkeypatch.setattr("ia2.run.saved.load_record", lambda a: {"task": {}, "train_examples": [{}] * 6})
+    monkeypatch.setattr("ia2.commands.predict.task_of", lambda record, examples: None)
     code, err = run_cli([*predict, "--input", str(toy_jsonl), "--icl", "-2"], capsys)
     assert (code, error_lines(err)) == (2, ["ia2: error: --icl -2: the number of demonstrations must be at least 0"])
 
 
 def test_a_run_names_the_files_it_wrote(tmp_path, capsys, monkeypatch):
     """A generative run draws no reliability diagram, so the closing line does not name one."""
-    from ia2 import cli
+    from ia2.commands import cli
 
     def wrote(cfg, out, overwrite=False):
         for name in ("results.json", "results.md", "manifest.json"):
             (out / name).write_text("x")
         (out / "adapters").mkdir()
 
-    monkeypatch.setattr("ia2.experiment.run", wrote)
+    monkeypatch.setattr("ia2.run.experiment.run", wrote)
     (tmp_path / "out").mkdir()
     assert cli.main(["run", "--model", "m", "--task", "t", "--out", str(tmp_path / "out")]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
@@ -391,7 +392,7 @@ def test_a_run_names_the_files_it_wrote(tmp_path, capsys, monkeypatch):
 
 
 def test_train_help_hides_the_flags_train_refuses(capsys):
-    from ia2 import cli
+    from ia2.commands import cli
 
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
@@ -424,7 +425,7 @@ def test_yaml_numbers_in_plain_notation_still_read(tmp_path):
 
 
 def test_a_sweep_setting_both_fixed_and_tuned_is_refused(tmp_path):
-    from ia2 import sweep
+    from ia2.run import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text("methods: [sft]\nseeds: [0]\nfixed: {model: m, task: t, train: {lr: 0.1}}\ntune: {lr: [1, 2]}\n")
@@ -453,7 +454,7 @@ def test_help_version_and_refusals_load_no_heavy_module(argv):
     """`ia2 --version`, the help and a refused flag start in a fraction of a second: torch, transformers, peft,
     datasets and matplotlib (seconds to import) are imported only by the commands that use them."""
     code = (
-        "import sys\nfrom ia2 import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom ia2.commands import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "heavy = ('torch', 'transformers', 'peft', 'datasets', 'matplotlib', 'accelerate')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
@@ -467,13 +468,13 @@ def test_saving_an_adapter_asks_no_hub(llama_dir, tmp_path, monkeypatch):
     adapter recording a hub id as its base saves without it."""
     import peft.utils.save_and_load as peft_saving
 
-    from ia2 import adapters, models
+    from ia2.model import adapters, loading
 
     def no_hub(*args, **kwargs):
         raise AssertionError("the hub was asked")
 
     monkeypatch.setattr(peft_saving, "check_file_exists_on_hf_hub", no_hub)
-    model = adapters.fresh(models.load(str(llama_dir))[0], "lora", 0)
+    model = adapters.fresh(loading.load(str(llama_dir))[0], "lora", 0)
     adapters.save(model, tmp_path / "adapter", "someone/some-model", {"README.md": "card"})
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "someone/some-model"
@@ -488,7 +489,7 @@ def test_of_processes_taking_over_one_stale_lock_at_once_only_one_gets_it(tmp_pa
     hold(path, dead_pid())
     go = tmp_path / "go"
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom ia2 import lock\nfrom ia2.errors import IA2Error\n"
+        "import sys, time\nfrom pathlib import Path\nfrom ia2.run import lock\nfrom ia2.errors import IA2Error\n"
         "judged = lock._stale\nlock._stale = lambda holder: (judged(holder), time.sleep(0.2))[0]\n"
         "while not Path(sys.argv[2]).exists():\n    time.sleep(0.001)\n"
         "try:\n    with lock._lock(Path(sys.argv[1])):\n        print('held', flush=True)\n        time.sleep(1)\n"
@@ -518,7 +519,7 @@ def test_a_corrupt_spec_json_of_a_finished_sweep_run_is_set_aside_and_rewritten(
     spec = sorted((tmp_path / "out").glob("runs/**/spec.json"))[0]
     whole = json.loads(spec.read_text())
     spec.write_text('{"config": ')
-    with caplog.at_level(logging.WARNING, logger="ia2.outdir"):
+    with caplog.at_level(logging.WARNING, logger="ia2.run.outdir"):
         assert run_cli(["sweep", str(plan)], capsys)[0] == 0
     warned = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
     assert warned == [f"{spec}: corrupt, set aside as spec.json.corrupt and recomputed"]

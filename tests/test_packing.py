@@ -15,12 +15,17 @@ import torch
 from peft import set_peft_model_state_dict
 
 from conftest import ARCHS, icl_prompts, small_run, toy_task_and_encoder
-from ia2 import adapters, cli, config, forward_pass, memory, models, packing, targets
+from ia2 import config
+from ia2.commands import cli
 from ia2.config import TrainConfig
+from ia2.config.adapter_kinds import normalise, pack_refusal
 from ia2.errors import IA2Error
-from ia2.methods import Stage
-from ia2.taps import Tap
-from ia2.train import Item, Lane, adapter_state, train_lanes
+from ia2.model import adapters, forward_pass, loading, memory
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training import packing
+from ia2.training.loop import Item, Lane, adapter_state, train_lanes
+from ia2.training.methods import Stage
 
 IA2, SFT = Stage("ia2", "icl"), Stage("ce", "gold")
 LOSS_RTOL, WEIGHTS_ATOL = 1e-5, 1e-5
@@ -28,7 +33,7 @@ LOSS_RTOL, WEIGHTS_ATOL = 1e-5, 1e-5
 
 def _items(folder, toy_jsonl):
     """A tiny model and 24 IA2 items (teacher activations from 3 leave-one-out demos) with their gold answers."""
-    model, tok = models.load(str(folder))
+    model, tok = loading.load(str(folder))
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     idx = list(range(24))
     teacher = targets.collect(model, Tap(model), tok, icl_prompts(task, encoder, idx, idx, k=3))
@@ -118,9 +123,9 @@ def test_routed_rows_compute_their_own_adapters_output(model_dirs, toy_jsonl, ar
 
 
 def test_prompt_learning_and_dropout_are_refused():
-    assert "PROMPT_TUNING" in packing.refusal(adapters.normalise("prompt"))
-    assert "lora_dropout" in packing.refusal(adapters.normalise({"peft_type": "LORA", "lora_dropout": 0.1}))
-    assert packing.refusal(adapters.normalise("lora")) is None and packing.refusal(adapters.normalise("ia3")) is None
+    assert "PROMPT_TUNING" in pack_refusal(normalise("prompt"))
+    assert "lora_dropout" in pack_refusal(normalise({"peft_type": "LORA", "lora_dropout": 0.1}))
+    assert pack_refusal(normalise("lora")) is None and pack_refusal(normalise("ia3")) is None
 
 
 def test_lanes_with_different_losses_are_refused(model_dirs, toy_jsonl):
@@ -165,10 +170,8 @@ def test_packed_lanes_with_the_online_teacher(model_dirs, toy_jsonl):
 
 
 def test_biases_and_saved_modules_are_refused_and_a_failed_pack_leaves_nothing(model_dirs, toy_jsonl):
-    assert "bias" in packing.refusal(adapters.normalise({"peft_type": "LORA", "bias": "all"}))
-    assert "modules_to_save" in packing.refusal(
-        adapters.normalise({"peft_type": "LORA", "modules_to_save": ["lm_head"]})
-    )
+    assert "bias" in pack_refusal(normalise({"peft_type": "LORA", "bias": "all"}))
+    assert "modules_to_save" in pack_refusal(normalise({"peft_type": "LORA", "modules_to_save": ["lm_head"]}))
     model, tok, icl, _ = _items(model_dirs["llama"], toy_jsonl)
     lanes, model = _lanes(model, "lora", icl)
     broken = {k: v[:1] for k, v in lanes[1].state.items()}  # a state of the wrong shape fails while loading
@@ -192,7 +195,7 @@ def test_dropout_draws_depend_on_the_lane_not_on_what_trained_before(model_dirs,
 
 
 def test_a_cell_of_runs_that_differ_in_more_than_lr_is_refused(llama_dir, toy_jsonl, tmp_path):
-    from ia2.experiment import Member, run_cell
+    from ia2.run.experiment import Member, run_cell
 
     base = config.make(str(llama_dir), f"jsonl:{toy_jsonl}", seeds=[0])
     other = replace(base, seeds=(0, 1), train=replace(base.train, lr=3e-4))

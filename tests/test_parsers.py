@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ia2 import parsers
+from ia2.data import parsers
+from ia2.data.parsers import boxed, extract, gsm8k, gsm8k_reference, is_correct, number, sciq
 from ia2.errors import IA2Error
-from ia2.parsers import boxed, extract, gsm8k, gsm8k_reference, is_correct, number, sciq
 
 # GSM8K train example 0, verbatim, calculator annotations included.
 NATALIA = (

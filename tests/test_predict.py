@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, config, models
-from ia2.evaluate import score
-from ia2.experiment import run
-from ia2.predict import predict
-from ia2.prompts import Encoder
-from ia2.tasks import Example, load_task
+from ia2 import config
+from ia2.commands import cli
+from ia2.commands.predict import predict
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import Example, load_task
+from ia2.evaluation.scoring import score
+from ia2.model import loading
+from ia2.run.experiment import run
 from test_errors import error_lines
 
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll")
@@ -127,7 +129,7 @@ def test_a_model_alone_predicts_with_a_tasks_rendering(trained, model_dirs, tmp_
     the base model's on the task's own encoding); with --icl K its first K examples are the demonstrations."""
     spec = f"jsonl:{trained['root'] / 'toy.jsonl'}"
     alone = predict(str(model_dirs["llama"]), trained["labelled"], tmp_path / "z.jsonl", task_spec=spec)
-    model, tok = models.load(str(model_dirs["llama"]))
+    model, tok = loading.load(str(model_dirs["llama"]))
     encoder = Encoder(load_task(spec), tok, model.config.max_position_embeddings)
     inputs = [Example(json.loads(line)["question"], "") for line in trained["labelled"].read_text().splitlines()]
     want = score(model, [encoder.prompt_ids(e) for e in inputs], encoder.label_ids, tok.pad_token_id).label_probs()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ia2 import preregistered
 from ia2.errors import IA2Error
+from ia2.reporting import preregistered
 from test_aggregate import VALUES, rows
 
 METHODS = ("sft", "ia2-sft", "icl")

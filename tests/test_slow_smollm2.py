@@ -11,9 +11,10 @@ import pytest
 from safetensors import safe_open
 
 from conftest import ORIGINAL_CACHE, small_run, write_jsonl
-from ia2 import cli, models
-from ia2.prompts import Encoder
-from ia2.tasks import load_task
+from ia2.commands import cli
+from ia2.data.prompts import Encoder
+from ia2.data.tasks import load_task
+from ia2.model import loading
 
 POSITIVE = [
     "I loved this film",
@@ -105,7 +106,7 @@ def test_smollm2_chat_template_prompts(tmp_path, monkeypatch):
     """SmolLM2-Instruct's own chat template: demonstrations as turns, labels right after the assistant header."""
     if not (ORIGINAL_CACHE / "models" / "smollm2-135m" / "config.json").exists():
         pytest.skip("smollm2-135m is not converted in the cache")
-    _, tok = models.load(str(ORIGINAL_CACHE / "models" / "smollm2-135m"))
+    _, tok = loading.load(str(ORIGINAL_CACHE / "models" / "smollm2-135m"))
     rows = [{"question": s, "answer": "positive"} for s in POSITIVE] + [
         {"question": s, "answer": "negative"} for s in NEGATIVE
     ]

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import full_attn_outputs, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, losses, targets, train
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
-from ia2.methods import Stage
-from ia2.taps import Tap
-from ia2.train import Item
+from ia2.model import adapters
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training import loop, losses
+from ia2.training.loop import Item
+from ia2.training.methods import Stage
 
 SOFT = Stage("soft", "icl")
 B, T, V = 3, 4, 11
@@ -164,14 +166,14 @@ def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_json
     student = adapters.fresh(model, "lora", seed=0)
     tap, cfg = Tap(student), TrainConfig()
     with torch.no_grad():
-        assert abs(train.batch_loss(train.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item()) < 1e-5
+        assert abs(loop.batch_loss(loop.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item()) < 1e-5
         for name, param in student.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
-        assert train.batch_loss(train.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item() > 1e-4
+        assert loop.batch_loss(loop.Objective(student, tap, SOFT, cfg, tok.pad_token_id), items).item() > 1e-4
         with pytest.raises(IA2Error, match="distribution"):
-            train.batch_loss(
-                train.Objective(student, tap, SOFT, cfg, tok.pad_token_id),
+            loop.batch_loss(
+                loop.Objective(student, tap, SOFT, cfg, tok.pad_token_id),
                 [Item(p, t) for p, t in zip(prompts, teacher.tokens)],
             )
 
@@ -188,7 +190,7 @@ def test_soft_training_lowers_dev_kl(loaded, toy_jsonl, distribution):
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, teacher.tokens, ids, teacher.top_logp)]
     student = adapters.fresh(model, "lora", seed=0)
     cfg = TrainConfig(lr=1e-2, train_batch_size=4, max_epochs=4, eval_every=2, patience=4)
-    log = train.train_stage(student, Tap(student), items[:8], items[8:], SOFT, cfg, seed=0, pad_id=tok.pad_token_id)
+    log = loop.train_stage(student, Tap(student), items[:8], items[8:], SOFT, cfg, seed=0, pad_id=tok.pad_token_id)
     assert log["stage"] == "soft:icl"
     assert log["history"][0]["dev_loss"] > 0
     assert log["best_dev_loss"] < 0.9 * log["history"][0]["dev_loss"]

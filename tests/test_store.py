@@ -12,14 +12,18 @@ import torch
 from safetensors import safe_open
 
 from conftest import icl_prompts, overwrite_in_place, small_run, toy_rows, toy_task_and_encoder, write_jsonl
-from ia2 import adapters, cli, config, models, targets, train
+from ia2 import config
+from ia2.commands import cli
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
-from ia2.methods import Stage
-from ia2.store import Stored, TargetStore
-from ia2.taps import Tap
-from ia2.targets import CollectSettings
-from ia2.train import Item
+from ia2.model import adapters, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.teacher.store import Stored, TargetStore
+from ia2.teacher.targets import CollectSettings
+from ia2.training import loop
+from ia2.training.loop import Item
+from ia2.training.methods import Stage
 
 IA2 = Stage("ia2", "icl")
 N, N_TRAIN, SHARD = 64, 48, 8
@@ -32,7 +36,7 @@ def toy64(tmp_path_factory) -> Path:
 
 def _prompts(folder: Path, task_path: Path, n: int = N):
     """(model, tokenizer, ICL prompts, plain prompts) for n toy queries with 2 demos from the first 8 examples."""
-    model, tok = models.load(str(folder))
+    model, tok = loading.load(str(folder))
     task, encoder = toy_task_and_encoder(task_path, tok, model)
     queries = list(range(8, 8 + n))
     plain = [encoder.encode(task.examples[i]).prompt for i in queries]
@@ -42,10 +46,10 @@ def _prompts(folder: Path, task_path: Path, n: int = N):
 def _train(model, items: list[Item], cfg: TrainConfig) -> tuple[dict, dict]:
     """An IA2 stage on a fresh seeded LoRA (replacing the model's earlier one): (log, adapter state)."""
     peft = adapters.fresh(model, "lora", 0)
-    log = train.train_stage(
+    log = loop.train_stage(
         peft, Tap(peft), items[:N_TRAIN], items[N_TRAIN:], IA2, cfg, seed=0, pad_id=peft.config.pad_token_id
     )
-    return log, train.adapter_state(peft)
+    return log, loop.adapter_state(peft)
 
 
 def test_store_keeps_what_collect_returns(model_dirs, toy64, tmp_path):
@@ -92,8 +96,8 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
         for param in (p for n, p in peft.named_parameters() if "lora_B" in n):
             param.normal_(0, 0.1)
         losses = [
-            train.batch_loss(
-                train.Objective(peft, Tap(peft), Stage("soft", "icl"), TrainConfig(), tok.pad_token_id),
+            loop.batch_loss(
+                loop.Objective(peft, Tap(peft), Stage("soft", "icl"), TrainConfig(), tok.pad_token_id),
                 [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, t.tokens, t.top_ids, t.top_logp)],
             )
             for t in (want, got)
@@ -155,8 +159,8 @@ def test_online_teacher_matches_cached_targets(model_dirs, toy64):
         assert ours.keys() == theirs.keys()
         assert ours == pytest.approx(theirs, abs=1e-5, rel=1e-5)
     with pytest.raises(IA2Error, match="needs teacher activations"):
-        train.batch_loss(
-            train.Objective(model, Tap(model), IA2, cfg, tok.pad_token_id),
+        loop.batch_loss(
+            loop.Objective(model, Tap(model), IA2, cfg, tok.pad_token_id),
             [Item(p, t) for p, t in zip(plain[:2], answers.tokens)],
         )
 
@@ -169,7 +173,7 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
     peft = adapters.fresh(model, "lora", 0)
     tap, keep = Tap(peft), max(len(t) for t in teacher.tokens)
     items = [Item(p, t, icl_prompt=q) for p, t, q in zip(plain, teacher.tokens, prompts)]
-    got = train.online_acts(peft, tap, items, tok.pad_token_id)
+    got = loop.online_acts(peft, tap, items, tok.pad_token_id)
     assert got.shape[2] == keep
     for row, act in enumerate(teacher.acts):
         torch.testing.assert_close(got[row, :, keep - act.shape[1] :], act, rtol=1e-5, atol=1e-5)
@@ -178,12 +182,12 @@ def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
         TrainConfig(per_layer_norm=True, dev_batch_size=3),
         [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)],
     )
-    want = train.teacher_scale(stored, IA2, cfg)
+    want = loop.teacher_scale(stored, IA2, cfg)
     torch.testing.assert_close(
-        train.dev_scale(train.Objective(peft, tap, IA2, cfg, tok.pad_token_id), stored), want, rtol=1e-6, atol=0
+        loop.dev_scale(loop.Objective(peft, tap, IA2, cfg, tok.pad_token_id), stored), want, rtol=1e-6, atol=0
     )
     torch.testing.assert_close(
-        train.dev_scale(train.Objective(peft, tap, IA2, cfg, tok.pad_token_id), items), want, rtol=1e-5, atol=0
+        loop.dev_scale(loop.Objective(peft, tap, IA2, cfg, tok.pad_token_id), items), want, rtol=1e-5, atol=0
     )
 
 
@@ -240,7 +244,7 @@ def test_corrupt_store_is_recomputed(model_dirs, toy64, tmp_path, monkeypatch, c
     [folder] = [p for p in (tmp_path / "cache" / "targets").iterdir() if not p.name.startswith(".")]
     assert len(json.loads((folder / "index.json").read_text())["shards"]) == 2
     damage(folder)
-    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+    with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
         again = targets.cached_collect(*args, max_new_tokens=2, store="shards")
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"cached targets at {folder} are corrupt" in warnings[0] and "\n" not in warnings[0]

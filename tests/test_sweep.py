@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import adapters, aggregate, cli, config, experiment, report, stages, sweep, train
+from ia2 import config
+from ia2.commands import cli
+from ia2.config import adapter_kinds
 from ia2.errors import IA2Error
+from ia2.reporting import aggregate, report
+from ia2.run import experiment, sweep
+from ia2.training import loop, stages
 
 
 def write_yaml(path: Path, model: Path, task: Path, **extra: str) -> Path:
@@ -81,7 +86,7 @@ def test_finished_sweep_is_skipped_and_a_lost_row_is_recomputed(swept, monkeypat
     lost = next(swept["out"].rglob("rows/*/seed1/sft.json"))
     lost.unlink()
     calls = []
-    real = train.train_lanes
+    real = loop.train_lanes
     monkeypatch.setattr(stages, "train_lanes", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     sweep.execute(plan)
     assert lost.exists()
@@ -96,7 +101,7 @@ def test_a_packed_cell_gives_the_rows_of_runs_trained_one_at_a_time(swept, tmp_p
     text = swept["config"].read_text().replace("train: {", "runtime: {pack: 4}\n  train: {")
     packed_yaml = tmp_path / "packed.yaml"
     packed_yaml.write_text(text)
-    sizes, real = [], train.train_lanes
+    sizes, real = [], loop.train_lanes
     monkeypatch.setattr(
         stages, "train_lanes", lambda model, tap, lanes, *a: sizes.append(len(lanes)) or real(model, tap, lanes, *a)
     )
@@ -326,7 +331,7 @@ def test_configs_of_the_earlier_flat_layout_upgrade_to_todays():
     got = config.from_dict(old)
     assert (got.data.task, got.data.n_train, got.prompt.k_max, got.teacher.teacher_mode) == ("t", 4, 16, "online")
     assert (got.runtime.batch_size, got.train.train_batch_size, got.train.lr) == (32, 2, 0.001)
-    assert got.adapter == {**adapters.PRESETS["lora"], "r": 16, "target_modules": ["q_proj"]}
+    assert got.adapter == {**adapter_kinds.PRESETS["lora"], "r": 16, "target_modules": ["q_proj"]}
     assert config.from_dict(config.to_dict(got)) == got
 
 

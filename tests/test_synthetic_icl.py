@@ -1,4 +1,4 @@
-"""Behaviour test on a tiny model that genuinely learns in context (DESIGN.md §4, the synthetic ICL world).
+"""Behaviour test on a tiny model that genuinely learns in context (`ia2.model.synthetic`, the synthetic ICL world).
 
 (a) In-context learning must beat zero-shot on a held-out mapping, and (b) IA2 must carry that gain into adapter
 weights: a student without demonstrations, trained only to match the ICL teacher's activations on a few training
@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from ia2 import adapters, targets
 from ia2.config import TrainConfig
-from ia2.evaluate import layer_cosine, score, summarise
-from ia2.methods import IA2
-from ia2.prompts import draw_demos
-from ia2.synthetic import PretrainConfig, World, load, pretrain, save
-from ia2.taps import Tap
-from ia2.train import Item, train_stage
+from ia2.data.prompts import draw_demos
+from ia2.evaluation.scoring import layer_cosine, score, summarise
+from ia2.model import adapters
+from ia2.model.synthetic import PretrainConfig, World, load, pretrain, save
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training.loop import Item, train_stage
+from ia2.training.methods import IA2
 
 WORLD_SEED = 0
 K = 8  # demonstrations per ICL prompt

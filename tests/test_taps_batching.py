@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ia2 import forward_pass, targets
 from ia2.errors import IA2Error
-from ia2.forward_pass import forward, make_batch
-from ia2.taps import Tap, layer_modules
+from ia2.model import forward_pass
+from ia2.model.forward_pass import forward, make_batch
+from ia2.model.taps import Tap, layer_modules
+from ia2.teacher import targets
 
 
 def _batch_for(tokenizer, texts, answers):

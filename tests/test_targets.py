@@ -12,11 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import full_attn_outputs, icl_prompts, overwrite_in_place, toy_task_and_encoder
-from ia2 import adapters, forward_pass, generation, losses, models, targets, train
 from ia2.config import TrainConfig
-from ia2.methods import Stage
-from ia2.taps import Tap
-from ia2.train import Item
+from ia2.model import adapters, forward_pass, generation, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training import loop, losses
+from ia2.training.loop import Item
+from ia2.training.methods import Stage
 
 IA2 = Stage("ia2", "icl")
 
@@ -46,7 +48,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
     items = [Item(p, t, a) for p, t, a in zip(prompts, teacher.tokens, teacher.acts)]
     cfg = TrainConfig()
     with torch.no_grad():
-        loss = train.batch_loss(train.Objective(student, tap, IA2, cfg, tok.pad_token_id), items)
+        loss = loop.batch_loss(loop.Objective(student, tap, IA2, cfg, tok.pad_token_id), items)
     assert loss.item() == 0.0
 
     # the same comparison is sensitive: a non-zero adapter makes the loss positive
@@ -54,7 +56,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
         for name, param in student.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
-        assert train.batch_loss(train.Objective(student, tap, IA2, cfg, tok.pad_token_id), items).item() > 0
+        assert loop.batch_loss(loop.Objective(student, tap, IA2, cfg, tok.pad_token_id), items).item() > 0
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 3])
@@ -99,7 +101,7 @@ def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, ma
     expected = (expected_loss_terms / (n_positions * H)).sum()
     items = [Item(p, a, t) for p, a, t in zip(plain, teacher.tokens, teacher.acts)]
     with torch.no_grad():
-        got = train.batch_loss(train.Objective(model, tap, IA2, TrainConfig(), tok.pad_token_id), items)
+        got = loop.batch_loss(loop.Objective(model, tap, IA2, TrainConfig(), tok.pad_token_id), items)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -201,7 +203,7 @@ def _drop_one_tensor(path):
 def cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch) -> tuple[tuple, targets.Targets, Path]:
     """Collect targets once into a private cache: (the collection's arguments, the targets, the cached file)."""
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
     args = (model, Tap(model), tok, prompts, {"seed": 0})
@@ -218,7 +220,7 @@ def cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch) -> tuple[tuple, tar
 def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monkeypatch, caplog, damage):
     args, first, path = cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch)
     damage(path)
-    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+    with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
         again = targets.cached_collect(*args, max_new_tokens=2)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"cached targets at {path} are corrupt" in warnings[0] and "\n" not in warnings[0]
@@ -236,7 +238,7 @@ def test_a_cached_file_overwritten_in_place_is_found_by_its_checksum(
     assert path.stat().st_size == size
     with safe_open(str(path), framework="pt") as handle:
         assert set(handle.keys()), "setup: the damaged file still reads"
-    with caplog.at_level(logging.WARNING, logger="ia2.targets"):
+    with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
         again = targets.cached_collect(*args, max_new_tokens=2)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
@@ -257,11 +259,11 @@ def test_fingerprint_changes_with_weights(loaded):
 
 def test_fingerprint_ignores_where_the_model_folder_is(llama_dir, tmp_path):
     """The same model copied to two folders (as moving $IA2_CACHE does) keeps its fingerprint, hence its cache keys."""
-    model, tok = models.load(str(llama_dir))
+    model, tok = loading.load(str(llama_dir))
     for name in ("a", "b"):
         model.save_pretrained(tmp_path / name / "model")
         tok.save_pretrained(tmp_path / name / "model")
-    first, second = (models.load(str(tmp_path / name / "model"))[0] for name in ("a", "b"))
+    first, second = (loading.load(str(tmp_path / name / "model"))[0] for name in ("a", "b"))
     assert first.config._name_or_path != second.config._name_or_path
     assert targets.model_fingerprint(first) == targets.model_fingerprint(second) == targets.model_fingerprint(model)
     with torch.no_grad():

@@ -10,8 +10,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, config
-from ia2.experiment import run
+from ia2 import config
+from ia2.commands import cli
+from ia2.run.experiment import run
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:

@@ -10,11 +10,13 @@ import torch
 from peft import PeftModel
 
 from conftest import ARCHS, icl_prompts, toy_task_and_encoder
-from ia2 import adapters, forward_pass, models, targets, train
 from ia2.config import TrainConfig
-from ia2.methods import Stage
-from ia2.taps import Tap
-from ia2.train import Item
+from ia2.model import adapters, forward_pass, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training import loop
+from ia2.training.loop import Item
+from ia2.training.methods import Stage
 
 IA2 = Stage("ia2", "icl")
 N_TRAIN, N_DEV = 8, 4
@@ -33,7 +35,7 @@ class Setup:
 
 
 def _setup(folder, toy_jsonl, seed=0) -> Setup:
-    model, tok = models.load(str(folder))
+    model, tok = loading.load(str(folder))
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     train_idx, dev_idx = list(range(N_TRAIN)), list(range(N_TRAIN, N_TRAIN + N_DEV))
     # leave-one-out demos from the training examples for both train and dev teacher prompts
@@ -53,7 +55,7 @@ def _setup(folder, toy_jsonl, seed=0) -> Setup:
 def trained(request, model_dirs, toy_jsonl):
     s = _setup(model_dirs[request.param], toy_jsonl)
     cfg = TrainConfig(lr=3e-3, train_batch_size=4, max_epochs=15, eval_every=2, patience=3)
-    log = train.train_stage(
+    log = loop.train_stage(
         s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
     )
     return s, cfg, log
@@ -83,8 +85,8 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
     s, cfg, _ = trained
     cfg = replace(cfg, per_layer_norm=per_layer_norm)
     losses = [
-        train.dev_loss(
-            train.Objective(s.model, s.tap, IA2, replace(cfg, dev_batch_size=size), s.tokenizer.pad_token_id),
+        loop.dev_loss(
+            loop.Objective(s.model, s.tap, IA2, replace(cfg, dev_batch_size=size), s.tokenizer.pad_token_id),
             s.dev_items,
         )
         for size in (1, 3, 16)
@@ -95,7 +97,7 @@ def test_dev_loss_does_not_depend_on_its_batch_size(trained, per_layer_norm):
 
 def test_best_dev_state_is_restored(trained):
     s, cfg, log = trained
-    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
+    again = loop.dev_loss(loop.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
     assert not s.model.training
 
@@ -119,12 +121,12 @@ def test_restores_best_state_when_later_steps_are_worse(model_dirs, toy_jsonl):
     the best one, not the last one."""
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4)
-    log = train.train_stage(
+    log = loop.train_stage(
         s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
     )
     worse_later = [h for h in log["history"] if h["step"] > log["best_step"] and h["dev_loss"] > log["best_dev_loss"]]
     assert worse_later, "setup: the run should have worsened after its best point"
-    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
+    again = loop.dev_loss(loop.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["best_dev_loss"], abs=1e-6, rel=1e-6)
 
 
@@ -133,18 +135,18 @@ def test_keep_last_state_for_reference_parity(model_dirs, toy_jsonl):
     logged."""
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=0.3, train_batch_size=4, max_epochs=12, eval_every=1, patience=4, restore_best=False)
-    log = train.train_stage(
+    log = loop.train_stage(
         s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
     )
     assert log["history"][-1]["dev_loss"] > log["best_dev_loss"], "setup: the last state should be worse than the best"
-    again = train.dev_loss(train.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
+    again = loop.dev_loss(loop.Objective(s.model, s.tap, IA2, cfg, s.tokenizer.pad_token_id), s.dev_items)
     assert again == pytest.approx(log["history"][-1]["dev_loss"], abs=1e-6, rel=1e-6)
 
 
 def test_max_steps_caps_a_stage(model_dirs, toy_jsonl):
     s = _setup(model_dirs["llama"], toy_jsonl)
     cfg = TrainConfig(lr=1e-3, train_batch_size=4, max_epochs=50, eval_every=2, patience=100, max_steps=5)
-    log = train.train_stage(
+    log = loop.train_stage(
         s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=0, pad_id=s.tokenizer.pad_token_id
     )
     assert log["steps"] == 5 and log["epochs"] == 3
@@ -157,11 +159,11 @@ def test_training_is_deterministic_for_a_seed(model_dirs, toy_jsonl):
         s = _setup(model_dirs["llama"], toy_jsonl)
         cfg = TrainConfig(lr=3e-3, max_epochs=4, eval_every=1)
         logs.append(
-            train.train_stage(
+            loop.train_stage(
                 s.model, s.tap, s.train_items, s.dev_items, IA2, cfg, seed=5, pad_id=s.tokenizer.pad_token_id
             )
         )
-        states.append(train.adapter_state(s.model))
+        states.append(loop.adapter_state(s.model))
     assert logs[0] == logs[1]
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -172,9 +174,7 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
     gold = [Item(i.prompt, i.answer) for i in s.train_items]  # ce needs no activations
     dev = [Item(i.prompt, i.answer) for i in s.dev_items]
     cfg = TrainConfig(lr=1e-2, max_epochs=6, eval_every=1, patience=6)
-    log = train.train_stage(
-        s.model, s.tap, gold, dev, Stage("ce", "gold"), cfg, seed=0, pad_id=s.tokenizer.pad_token_id
-    )
+    log = loop.train_stage(s.model, s.tap, gold, dev, Stage("ce", "gold"), cfg, seed=0, pad_id=s.tokenizer.pad_token_id)
     assert log["stage"] == "ce:gold"
     assert log["best_dev_loss"] < log["history"][0]["dev_loss"]
     # the ce dev loss is the mean −log p of the dev answers
@@ -183,8 +183,8 @@ def test_sft_stage_trains_on_ce(model_dirs, toy_jsonl):
         logits, _ = forward_pass.forward(s.model, batch)
     logp = torch.log_softmax(logits[:, -1].float(), -1)
     want = -logp[torch.arange(len(dev)), torch.tensor([i.answer[0] for i in dev])].mean().item()
-    assert train.dev_loss(
-        train.Objective(s.model, s.tap, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id), dev
+    assert loop.dev_loss(
+        loop.Objective(s.model, s.tap, Stage("ce", "gold"), cfg, s.tokenizer.pad_token_id), dev
     ) == pytest.approx(want, rel=1e-5)
 
 
@@ -194,7 +194,7 @@ def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
     adapters.save(s.model, path, "tiny", {"README.md": "# card\n"})
     assert (path / "adapter_config.json").exists()
     assert not list(tmp_path.glob(".adapter.*")), "atomic save must not leave a temporary folder"
-    base, _ = models.load(str(s.folder))
+    base, _ = loading.load(str(s.folder))
     reloaded = PeftModel.from_pretrained(base, str(path)).eval()
     prompts = [i.prompt for i in s.dev_items + s.train_items]
     batch = forward_pass.make_batch(prompts, [[0]] * len(prompts), s.tokenizer.pad_token_id)
@@ -208,7 +208,7 @@ def test_saved_adapter_reloads_to_identical_logits(trained, tmp_path):
 
 
 def test_fresh_unwraps_an_earlier_adapter(model_dirs):
-    model, _ = models.load(str(model_dirs["llama"]))
+    model, _ = loading.load(str(model_dirs["llama"]))
     first = adapters.fresh(model, "lora", 0)
     with torch.no_grad():
         for n, p in first.named_parameters():
@@ -220,8 +220,8 @@ def test_fresh_unwraps_an_earlier_adapter(model_dirs):
     names = [n for n, _ in second.named_modules() if n.endswith("q_proj")]
     assert len(names) == model.config.num_hidden_layers, "adapters must not nest"
     # same seed, same initialisation
-    a = train.adapter_state(adapters.fresh(second, "lora", 7))
-    b = train.adapter_state(adapters.fresh(second, "lora", 7))
+    a = loop.adapter_state(adapters.fresh(second, "lora", 7))
+    b = loop.adapter_state(adapters.fresh(second, "lora", 7))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -242,7 +242,7 @@ def test_merged_bf16_copy_is_close_but_not_the_trained_model(trained):
 
 
 def test_merge_needs_a_mergeable_adapter(model_dirs):
-    model, _ = models.load(str(model_dirs["llama"]))
+    model, _ = loading.load(str(model_dirs["llama"]))
     prompt = adapters.fresh(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}, 0)
     with pytest.raises(adapters.IA2Error, match="only LoRA and IA3"):
         adapters.merged_bf16(prompt)

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from conftest import toy_rows, write_jsonl
-from ia2 import cli, targets, trainer
+from ia2.commands import cli, train
 from ia2.errors import IA2Error
+from ia2.teacher import targets
 
 
 def _train(model, task, out, *extra) -> list[str]:
@@ -51,7 +52,7 @@ def test_train_takes_unlabelled_queries_from_a_file(llama_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize("rows, expected", [(3, (2, 1)), (12, (8, 4)), (16, (11, 5)), (17, (12, 5))])
 def test_all_rows_go_to_training_and_dev_by_the_usual_rule(rows, expected):
-    assert trainer.sizes(rows, "t") == expected and sum(expected) == rows
+    assert train.sizes(rows, "t") == expected and sum(expected) == rows
 
 
 def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
@@ -79,4 +80,4 @@ def test_what_train_cannot_do_is_one_line(llama_dir, tmp_path, capsys):
     assert cli.main([*_train(llama_dir, task, tmp_path / "a"), "--config", str(tmp_path / "run.yaml")]) == 2
     assert "run.yaml: icl_demos: ia2 train evaluates no ICL baseline; drop it" in capsys.readouterr().err
     with pytest.raises(IA2Error, match="at least 3"):
-        trainer.sizes(1, "t")
+        train.sizes(1, "t")

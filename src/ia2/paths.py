@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import IA2Error
+from ia2.errors import IA2Error
 
 
 def file_sha256(path: Path) -> str:

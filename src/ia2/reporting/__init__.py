@@ -1,0 +1,2 @@
+"""Reports regenerated from result rows: dev-only selection, cells, paired and pre-registered tests, tables,
+figures, and adapter subspace analyses."""

@@ -1,0 +1,130 @@
+"""A run's set-up: its task as declared, held-out sets, and the frozen model with its tokenizer, encoders and tap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ia2.config import RunConfig
+from ia2.data.prompts import Encoder
+from ia2.data.splits import marked_test, test_and_pool
+from ia2.data.tasks import Task, check_transfer, load_task
+from ia2.data.tasks.jsonl import read_jsonl
+from ia2.errors import IA2Error
+from ia2.model import compiled, distributed, loading
+from ia2.model.taps import Tap
+from ia2.teacher import targets
+from ia2.training.tracking import Tracking
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A held-out test set every method is scored on: the run's own task, or an out-of-distribution one."""
+
+    task: Task
+    encoder: Encoder
+    test: list[int]
+
+
+@dataclass
+class RunContext:
+    """What every seed of a run shares: the task and its pool, the model (its adapter replaced per seed), the
+    tokenizer, encoders, evaluation sets and tap, the zero-shot scores of each evaluation set once measured, and the
+    trackers metrics go to (None unless `report_to` names some); `unlabelled` indexes the queries read from an
+    unlabelled-queries file (low-data mode), appended after the task's own examples."""
+
+    cfg: RunConfig
+    task: Task
+    test: list[int]
+    pool: list[int]
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    encoder: Encoder
+    evals: list[EvalSet]
+    tap: Tap
+    fingerprint: str
+    model_class: str
+    zero_shot: dict[str, tuple[dict, torch.Tensor]] = field(default_factory=dict)
+    tracking: Tracking | None = None
+    unlabelled: list[int] = field(default_factory=list)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def declared(spec: str, cfg: RunConfig) -> Task:
+    """A task as declared, made generative by `parser` (scored by that answer extractor), with its answer prefix and
+    answer length overridden when given."""
+    data = cfg.data
+    task = load_task(spec, data.labels if spec == data.task else None)
+    if data.parser is not None and not task.generative and data.max_new_tokens is None:
+        raise IA2Error(f"parser {data.parser} makes {spec} generative: give max_new_tokens (--max-new-tokens) too")
+    if data.parser is not None:
+        task = replace(task, labels=(), parser=data.parser)
+    if data.answer_prefix is not None:
+        task = replace(task, answer_prefix=data.answer_prefix)
+    if data.label_score != task.label_score:
+        task = replace(task, label_score=data.label_score)
+    return task if data.max_new_tokens is None else replace(task, max_new_tokens=data.max_new_tokens)
+
+
+def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
+    """Load the task (checked to be large enough), then the model on this process's device (sharded with fsdp).
+    Without `held_out` (training only) every example is in the pool and there is nothing to evaluate on."""
+    device = distributed.device(cfg.runtime.device)
+    with distributed.main_first():
+        task = declared(cfg.data.task, cfg)
+        test, pool = test_and_pool(task, cfg.data) if held_out else ([], list(range(len(task.examples))))
+        task, from_file = with_unlabelled(task, cfg.data.unlabelled)
+        model, tokenizer = loading.load(
+            cfg.model, getattr(torch, cfg.runtime.dtype), "cpu" if cfg.runtime.fsdp else device
+        )
+        context = model.config.get_text_config().max_position_embeddings
+        encoder = Encoder(task, tokenizer, context, cfg.prompt.chat)
+        ood = [_ood_set(name, task, tokenizer, context, cfg) for name in cfg.data.eval_tasks] if held_out else []
+        evals = [EvalSet(task, encoder, test), *ood] if held_out else []
+    fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
+    compiled.apply(model, cfg.runtime.compile)
+    if cfg.runtime.fsdp:
+        distributed.shard_model(model, device)
+    tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)
+    return RunContext(
+        cfg, task, test, pool, model, tokenizer, encoder, evals, tap, fingerprint, model_class, unlabelled=from_file
+    )
+
+
+def with_unlabelled(task: Task, unlabelled: int | str | None) -> tuple[Task, list[int]]:
+    """The task with the questions of an unlabelled-queries file (low-data mode from a file) appended after its own
+    examples, and their indices; as it is, and none, otherwise (M queries are then drawn from the pool)."""
+    if not isinstance(unlabelled, str):
+        return task, []
+    queries = [replace(e, answer="") for e in read_jsonl(Path(unlabelled).expanduser(), answers=False)]
+    start = len(task.examples)
+    return replace(task, examples=task.examples + tuple(queries)), list(range(start, start + len(queries)))
+
+
+def _ood_set(name: str, task: Task, tokenizer: PreTrainedTokenizerBase, context: int, cfg: RunConfig) -> EvalSet:
+    """An out-of-distribution evaluation set whose labels must be the training task's (or a superset of them)."""
+    ood = declared(name, cfg)
+    check_transfer(task, ood)
+    test, _ = marked_test(ood, cfg.data.n_test, cfg.data.data_seed)
+    return EvalSet(ood, Encoder(ood, tokenizer, context, cfg.prompt.chat), test)
+
+
+@contextmanager
+def tracked(ctx: RunContext, folder: Path, name: str) -> Iterator[None]:
+    """While open, `ctx.tracking` holds the trackers `report_to` names (None for none), on the main process only (it
+    alone reports); they are closed on the way out, whatever happens inside."""
+    cfg = ctx.cfg
+    ctx.tracking = Tracking(cfg, folder, name) if cfg.runtime.report_to and distributed.is_main() else None
+    try:
+        yield
+    finally:
+        if ctx.tracking is not None:
+            ctx.tracking.finish()
