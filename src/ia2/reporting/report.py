@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -11,11 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ia2 import config
-from ia2.evaluation import metrics
 from ia2.paths import write_json, write_text
 from ia2.registry import METHODS
-from ia2.reporting import aggregate, analysis, plots, preregistered, tables
-from ia2.training.methods import HEADLINE, comparisons, display
+from ia2.reporting import aggregate, analysis, overlaps, plots, preregistered, tables
+from ia2.training.methods import HEADLINE, display
 
 SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
 # The settings that define a protocol: a report states them whether or not they are ia2's defaults.
@@ -138,7 +136,8 @@ def write(folder: Path, select_by: str | None = None) -> str:
     )
     md += "\n" + preregistered.markdown(planned) if planned else ""
     md += _figures(kept, cells, figures, folder, keys)
-    md += _overlaps(kept, folder, figures, overlap_records(rows, folder))
+    records = overlaps.overlap_records(rows, folder)
+    md += overlaps.section(kept, folder, figures, records, variants(r["condition"] for r in kept))
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
     summary = {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled}
@@ -334,105 +333,3 @@ def _pooled_reliability(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     conf = np.concatenate([r["reliability"]["confidence"] for r in rows])
     correct = np.concatenate([r["reliability"]["correct"] for r in rows])
     return conf, correct
-
-
-OVERLAPS = "overlaps.json"
-
-
-def _adapter_dir(row: dict) -> Path:
-    return Path(row["run"]) / "adapters" / f"seed{row['seed']}" / row["method"]
-
-
-def _pair_key(folder: Path, a: Path, b: Path) -> str:
-    return " | ".join(str(d.resolve().relative_to(folder.resolve())) for d in (a, b))
-
-
-def _pair_overlap(a: Path, b: Path) -> dict | None:
-    """One pair's record: its base model, mean overlap and the random-subspace level, or why it was skipped; None
-    while an adapter is not on disk."""
-    if not all((d / "adapter_config.json").exists() for d in (a, b)):
-        return None
-    config = json.loads((a / "adapter_config.json").read_text())
-    if config.get("peft_type") != "LORA":
-        return {"skipped": "not LoRA"}
-    try:
-        result = analysis.adapter_overlap(a, b)
-    except analysis.EmptySubspace:
-        return {"skipped": "untrained"}
-    chance = float(np.mean([_random(m["dim"], m["rank"]) for m in result["modules"]]))
-    return {"model": config["base_model_name_or_path"], "mean": result["mean"], "random": chance}
-
-
-def overlap_records(rows: list[dict], folder: Path) -> dict[str, dict]:
-    """The overlap of every tested pair of one (condition, seed)'s adapters, for every combination of tuned values,
-    read from `overlaps.json` or measured now where both adapters are on disk (and then added to it). A sweep's
-    committed run folders keep rows but not adapters, so overlaps measured while the adapters existed stay reported
-    whichever tuned values the selection picks later."""
-    path = folder / OVERLAPS
-    cache = json.loads(path.read_text()) if path.exists() else {}
-    found: dict[tuple, dict[str, set[Path]]] = defaultdict(lambda: defaultdict(set))
-    for r in rows:
-        found[r["condition"], r["seed"]][r["method"]].add(_adapter_dir(r))
-    added = 0
-    for methods in found.values():
-        for b, a in comparisons():
-            for first in sorted(methods.get(a, ())):
-                for second in sorted(methods.get(b, ())):
-                    key = _pair_key(folder, first, second)
-                    record = cache.get(key) or _pair_overlap(first, second)
-                    if record is not None and key not in cache:
-                        cache[key], added = record, added + 1
-    if added:
-        write_json(path, dict(sorted(cache.items())))
-    return cache
-
-
-def _overlaps(kept: list[dict], folder: Path, figures: Path, records: dict[str, dict]) -> str:
-    """LoRA subspace overlap between methods trained on the same seed of the reported (dev-selected) runs, per base
-    model and variant, beside the overlap of random subspaces of the same dimensions (mean over modules)."""
-    names = variants(r["condition"] for r in kept)
-    overlaps: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    baselines: dict[str, float] = {}
-    skipped = {"untrained": 0, "not LoRA": 0}
-    chosen: dict[tuple, dict[str, Path]] = defaultdict(dict)  # each method's adapter from its own selected run
-    for r in kept:
-        chosen[r["condition"], r["seed"]][r["method"]] = _adapter_dir(r)
-    for (condition, _), adapters in chosen.items():
-        for b, a in comparisons():
-            record = (
-                records.get(_pair_key(folder, adapters[a], adapters[b])) if a in adapters and b in adapters else None
-            )
-            if record is None:
-                continue
-            if "skipped" in record:
-                skipped[record["skipped"]] += 1
-                continue
-            overlaps[record["model"], names[condition]][f"{a} vs {b}"].append(record["mean"])
-            baselines.setdefault(record["model"], record["random"])
-    text = ""
-    for i, ((model, variant), pairs) in enumerate(sorted(overlaps.items())):
-        path = figures / f"subspace_overlap__{i}.png"
-        plots.plot_overlap(pairs, baselines[model], path)
-        lines = "\n".join(
-            f"| {pair} | {np.mean(v):.3f} ± {metrics.sample_std(v):.3f} | {len(v)} |" for pair, v in pairs.items()
-        )
-        text += (
-            f"\n## LoRA subspace overlap, {Path(model).name}{', ' + variant if variant else ''}\n\n"
-            "(1/r)·‖U₁ᵀU₂‖²_F of the update's column space, "
-            f"mean over modules; random subspaces of the same sizes: {baselines[model]:.3f}. "
-            f"`{path.relative_to(folder)}`"
-            f"\n\n| pair | overlap | adapters |\n|---|---|---|\n{lines}\n"
-        )
-    if skipped["untrained"]:
-        text += (
-            f"\n{skipped['untrained']} pairs skipped: an adapter kept its initial state (no dev improvement), so it "
-            "has no update.\n"
-        )
-    if skipped["not LoRA"]:
-        text += f"\n{skipped['not LoRA']} pairs skipped: subspace overlap is defined for LoRA adapters only.\n"
-    return text
-
-
-@functools.cache
-def _random(dim: int, rank: int) -> float:
-    return analysis.random_overlap(dim, rank, samples=50)
