@@ -36,7 +36,7 @@ from ia2.evaluation import scoring
 from ia2.model import adapters, distributed, generation, loading
 from ia2.model.taps import Tap
 from ia2.reporting import plots
-from ia2.teacher import store, targets
+from ia2.teacher import store, target_files, targets
 from ia2.teacher.store import resolve
 from ia2.training.loop import Item, Lane, adapter_state, train_lanes, train_stage
 from ia2.training.methods import Stage
@@ -44,7 +44,7 @@ from ia2.training.methods import Stage
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
 METRICS_ATOL = 1e-5
-WRITERS = (paths, targets, store, adapters, loading, plots)
+WRITERS = (paths, target_files, store, adapters, loading, plots)
 PARALLEL = ("two", "fsdp")
 KINDS = ("lora", "ia3")
 # Under FSDP a layer runs on weights gathered into fresh, differently aligned memory (the loaded ones are mapped from

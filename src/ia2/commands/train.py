@@ -69,8 +69,8 @@ def train(cfg: RunConfig, out: Path) -> Path:
     with lock.holding([lock.beside(out)]):
         cfg = sized(cfg)
         ctx = load_context(cfg, held_out=False)
-        with tracked(ctx, out.parent / "trackers", out.name):
-            return _train(ctx, out)
+        with tracked(cfg, out.parent / "trackers", out.name) as tracking:
+            return _train(replace(ctx, tracking=tracking), out)
 
 
 def _train(ctx: RunContext, out: Path) -> Path:
@@ -78,7 +78,7 @@ def _train(ctx: RunContext, out: Path) -> Path:
     cfg = ctx.cfg
     (method,), (seed,) = cfg.methods, cfg.seeds
     split = draw_split([], ctx.pool, cfg.data, seed, ctx.unlabelled)
-    ctx.model = adapters.fresh(ctx.model, cfg.adapter, seed)
+    ctx = ctx.with_model(adapters.fresh(ctx.model, cfg.adapter, seed))
     data = stage_data(ctx, split, seed, [method])
     trainee = Trainee.fresh(seed, cfg.train, data, adapter_state(ctx.model))
     runner = StageRunner(ctx, [trainee])

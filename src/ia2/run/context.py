@@ -31,12 +31,12 @@ class EvalSet:
     test: list[int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """What every seed of a run shares: the task and its pool, the model (its adapter replaced per seed), the
-    tokenizer, encoders, evaluation sets and tap, the zero-shot scores of each evaluation set once measured, and the
-    trackers metrics go to (None unless `report_to` names some); `unlabelled` indexes the queries read from an
-    unlabelled-queries file (low-data mode), appended after the task's own examples."""
+    """What every seed of a run shares, frozen: the task and its pool, the model and its tap, the tokenizer, encoders
+    and evaluation sets, and the trackers metrics go to (None unless `report_to` names some); `unlabelled` indexes the
+    queries read from an unlabelled-queries file (low-data mode), appended after the task's own examples. A seed's
+    fresh adapter, or the merged copy of reference parity, is a new context (`with_model`), never an assignment."""
 
     cfg: RunConfig
     task: Task
@@ -49,13 +49,27 @@ class RunContext:
     tap: Tap
     fingerprint: str
     model_class: str
-    zero_shot: dict[str, tuple[dict, torch.Tensor]] = field(default_factory=dict)
     tracking: Tracking | None = None
     unlabelled: list[int] = field(default_factory=list)
 
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    def with_model(self, model: PreTrainedModel) -> RunContext:
+        """This set-up with another model (a fresh adapter around the same base keeps the tap's layers; another
+        model, such as a merged copy, gets a tap of its own)."""
+        tap = (
+            self.tap
+            if _base(model) is _base(self.model)
+            else Tap(model, self.cfg.teacher.site, self.cfg.teacher.layers)
+        )
+        return replace(self, model=model, tap=tap)
+
+
+def _base(model: PreTrainedModel) -> PreTrainedModel:
+    """The transformer a (PEFT-wrapped) model runs on."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def declared(spec: str, cfg: RunConfig) -> Task:
@@ -118,13 +132,12 @@ def _ood_set(name: str, task: Task, tokenizer: PreTrainedTokenizerBase, context:
 
 
 @contextmanager
-def tracked(ctx: RunContext, folder: Path, name: str) -> Iterator[None]:
-    """While open, `ctx.tracking` holds the trackers `report_to` names (None for none), on the main process only (it
-    alone reports); they are closed on the way out, whatever happens inside."""
-    cfg = ctx.cfg
-    ctx.tracking = Tracking(cfg, folder, name) if cfg.runtime.report_to and distributed.is_main() else None
+def tracked(cfg: RunConfig, folder: Path, name: str) -> Iterator[Tracking | None]:
+    """The trackers `report_to` names (None for none), on the main process only (it alone reports), while open;
+    they are closed on the way out, whatever happens inside."""
+    tracking = Tracking(cfg, folder, name) if cfg.runtime.report_to and distributed.is_main() else None
     try:
-        yield
+        yield tracking
     finally:
-        if ctx.tracking is not None:
-            ctx.tracking.finish()
+        if tracking is not None:
+            tracking.finish()

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ia2 import config
@@ -18,7 +19,6 @@ from ia2.config import RunConfig
 from ia2.data.splits import Split, draw_split, majority
 from ia2.errors import IA2Error
 from ia2.model import adapters, distributed, loading
-from ia2.model.taps import Tap
 from ia2.paths import check_output, write_json
 from ia2.registry import METHODS
 from ia2.run import lock, outdir
@@ -70,8 +70,8 @@ def run_cell(members: Sequence[Member], overwrite: bool = False) -> list[dict]:
             outdir.claim(member.out, member.cfg, overwrite)
         ctx = load_context(first)
         out = members[0].out
-        with tracked(ctx, out / "trackers", out.name or "ia2"):
-            return _run(ctx, members)
+        with tracked(first, out / "trackers", out.name or "ia2") as tracking:
+            return _run(replace(ctx, tracking=tracking), members)
 
 
 def _row_paths(ctx: RunContext, member: Member, seed: int) -> dict[tuple[str, str], Path]:
@@ -85,7 +85,7 @@ def _run(ctx: RunContext, members: Sequence[Member]) -> list[dict]:
     """`run_cell` once set up, in three phases: per seed the split, the baselines and the teacher's targets; then each
     trained method for every (run, seed) that lacks it, packed; then each run's files."""
     todo = _todo(ctx, members)
-    prepared = _prepare(ctx, members, todo)
+    ctx, prepared = _prepare(ctx, members, todo)
     _train_methods(ctx, members, todo, prepared)
     return [_finish(replace(ctx, cfg=member.cfg), member) for member in members]
 
@@ -106,16 +106,19 @@ def _todo(ctx: RunContext, members: Sequence[Member]) -> dict[tuple[int, int], l
 
 def _prepare(
     ctx: RunContext, members: Sequence[Member], todo: dict[tuple[int, int], list[str]]
-) -> dict[int, PreparedSeed]:
-    """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them."""
+) -> tuple[RunContext, dict[int, PreparedSeed]]:
+    """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them;
+    the context holding the model with the last seed's adapter, which training loads each trainee's state into."""
     runs = range(len(members))
     seeds = [seed for seed in ctx.cfg.seeds if any(todo[m, seed] for m in runs)]
+    prepared, zero_shot = {}, {}
     with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
-        prepared = {seed: prepare_seed(ctx, seed, [todo[m, seed] for m in runs]) for seed in bar}
+        for seed in bar:
+            ctx, prepared[seed] = prepare_seed(ctx, seed, [todo[m, seed] for m in runs], zero_shot)
     for seed, prep in prepared.items():
         for m in runs:
             _write(ctx, members[m], seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
-    return prepared
+    return ctx, prepared
 
 
 def _train_methods(
@@ -189,21 +192,27 @@ class PreparedSeed:
     data: StageData | None
 
 
-def prepare_seed(ctx: RunContext, seed: int, todo: Sequence[Sequence[str]]) -> PreparedSeed:
-    """One seed's split, fresh adapter, baselines (ICL and zero-shot rows) and, when some run still trains a method,
-    the teacher's targets as stage data."""
+def prepare_seed(
+    ctx: RunContext, seed: int, todo: Sequence[Sequence[str]], zero_shot: dict[str, tuple[dict, torch.Tensor]]
+) -> tuple[RunContext, PreparedSeed]:
+    """One seed's split, the context with its fresh adapter, baselines (ICL and zero-shot rows; zero-shot is scored
+    once per run and kept in `zero_shot`) and, when some run still trains a method, the teacher's targets as stage
+    data."""
     split = draw_split(ctx.test, ctx.pool, ctx.cfg.data, seed, ctx.unlabelled)
-    ctx.model = adapters.fresh(ctx.model, ctx.cfg.adapter, seed)
+    ctx = ctx.with_model(adapters.fresh(ctx.model, ctx.cfg.adapter, seed))
     start = adapter_state(ctx.model)
     evals = [seed_eval(ctx, ev, split, seed) for ev in ctx.evals]
-    baselines = [r for se in evals for r in baseline_rows(ctx, seed, se)]
+    baselines = [r for se in evals for r in baseline_rows(ctx, seed, se, zero_shot)]
     trained = list(dict.fromkeys(m for methods in todo for m in methods if not METHODS[m].baseline))
     data = stage_data(ctx, split, seed, trained) if trained else None
-    return PreparedSeed(split, evals, baselines, start, data)
+    return ctx, PreparedSeed(split, evals, baselines, start, data)
 
 
-def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
-    """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run."""
+def baseline_rows(
+    ctx: RunContext, seed: int, se: SeedEval, zero_shot: dict[str, tuple[dict, torch.Tensor]]
+) -> list[dict]:
+    """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run, its
+    scores kept in `zero_shot` by evaluation set."""
     name = se.eval.task.name
     with ctx.model.disable_adapter():
         icl, se.icl = evaluate(ctx, se, se.icl_prompts, f"icl s{seed}")
@@ -211,16 +220,16 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
         for draw, prompts in enumerate(se.more_icl, start=1):
             measured, acts = evaluate(ctx, se, prompts, f"icl s{seed} draw {draw}")
             draws.append(result_row(ctx, "icl", seed, se, measured, acts, se.k))
-        if name not in ctx.zero_shot:
-            ctx.zero_shot[name] = evaluate(ctx, se, se.plain, "zero-shot")
-    return [mean_row(draws), result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0)]
+        if name not in zero_shot:
+            zero_shot[name] = evaluate(ctx, se, se.plain, "zero-shot")
+    return [mean_row(draws), result_row(ctx, "zero-shot", seed, se, *zero_shot[name], 0)]
 
 
 def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep: PreparedSeed, out: Path) -> list[dict]:
     """A trained method's rows (the adapter in the model) on the dev set and every evaluation set without
     demonstrations, then its adapter and model card."""
-    evals, data, split = prep.evals, prep.data, prep.split
-    with evaluated(ctx):
+    evals, data, split, trained = prep.evals, prep.data, prep.split, ctx
+    with evaluated(trained) as ctx:
         extra = {
             "dev_accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev s{seed}"),
             "diverged": divergences(logs),
@@ -237,23 +246,15 @@ def method_rows(ctx: RunContext, method: str, seed: int, logs: list[dict], prep:
             ctx.tracking.reporter(f"seed{seed}/{method}/{row['eval_task']}")(final, 0)
     if ctx.cfg.runtime.save_adapters and distributed.is_main():
         files = adapter_files(ctx, method, seed, rows, logs, split, data.teacher_key(method))
-        adapters.save(ctx.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
+        adapters.save(trained.model, out / "adapters" / f"seed{seed}" / method, ctx.cfg.model, files)
     return rows
 
 
 @contextmanager
-def evaluated(ctx: RunContext) -> Iterator[None]:
-    """Evaluate the trained adapter as it is or, with merge_bf16 (reference parity), merged into a bf16 copy."""
-    if not ctx.cfg.runtime.merge_bf16:
-        yield
-        return
-    trained, tap = ctx.model, ctx.tap
-    ctx.model = adapters.merged_bf16(trained)
-    ctx.tap = Tap(ctx.model, ctx.cfg.teacher.site, ctx.cfg.teacher.layers)
-    try:
-        yield
-    finally:
-        ctx.model, ctx.tap = trained, tap
+def evaluated(ctx: RunContext) -> Iterator[RunContext]:
+    """The context to evaluate the trained adapter in: as it is or, with merge_bf16 (reference parity), a copy
+    merged into bf16 weights, dropped on the way out."""
+    yield ctx.with_model(adapters.merged_bf16(ctx.model)) if ctx.cfg.runtime.merge_bf16 else ctx
 
 
 def write_outputs(result: dict, rows: list[dict], ctx: RunContext, out: Path) -> None:
