@@ -407,6 +407,30 @@ def test_interrupted_run_keeps_finished_rows_and_resumes_from_them(tmp_path, lla
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the resume writes only the missing method's rows"
 
 
+def test_a_run_interrupted_while_preparing_seeds_keeps_the_finished_seeds_baselines(
+    tmp_path, llama_dir, toy_jsonl, monkeypatch
+):
+    """The baselines of each seed are written as soon as the seed is prepared: a stop while the second seed is
+    prepared keeps the first seed's ICL and zero-shot rows."""
+    out, real = tmp_path / "out", experiment.prepare_seed
+
+    def second_fails(ctx, seed, *args):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(ctx, seed, *args)
+
+    monkeypatch.setattr(experiment, "prepare_seed", second_fails)
+    cfg = config.make(
+        str(llama_dir), f"jsonl:{toy_jsonl}", methods=["zero-shot", "icl", "sft"], n_train=4, seeds=[0, 1], n_test=10
+    )
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg, out)
+    assert sorted(str(p.relative_to(p.parents[1])) for p in out.rglob("rows/*/seed*/*.json")) == [
+        "seed0/icl.json",
+        "seed0/zero-shot.json",
+    ]
+
+
 @pytest.mark.parametrize(
     "option, value",
     [

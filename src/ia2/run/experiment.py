@@ -107,17 +107,17 @@ def _todo(ctx: RunContext, members: Sequence[Member]) -> dict[tuple[int, int], l
 def _prepare(
     ctx: RunContext, members: Sequence[Member], todo: dict[tuple[int, int], list[str]]
 ) -> tuple[RunContext, dict[int, PreparedSeed]]:
-    """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them;
-    the context holding the model with the last seed's adapter, which training loads each trainee's state into."""
+    """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them as
+    soon as the seed is prepared (an interrupted run keeps them); the context holding the model with the last seed's
+    adapter, which training loads each trainee's state into."""
     runs = range(len(members))
     seeds = [seed for seed in ctx.cfg.seeds if any(todo[m, seed] for m in runs)]
     prepared, zero_shot = {}, {}
     with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
         for seed in bar:
             ctx, prepared[seed] = prepare_seed(ctx, seed, [todo[m, seed] for m in runs], zero_shot)
-    for seed, prep in prepared.items():
-        for m in runs:
-            _write(ctx, members[m], seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
+            for m in runs:
+                _write(ctx, members[m], seed, [r for r in prepared[seed].baselines if r["method"] in todo[m, seed]])
     return ctx, prepared
 
 
