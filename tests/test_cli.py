@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ia2 import config
-from ia2.commands import cli
+from ia2.commands import cli, flags
 from ia2.run import experiment
 from test_errors import error_lines, run_cli
 from test_outdir import args, refused
@@ -85,7 +85,7 @@ def test_help_shows_every_settings_default(capsys):
     for path in config.paths():
         action = options[config.flag(path)]
         assert action.dest == path and config.flag(path) in text
-        shown = "[required]" if path in config.REQUIRED else f"[default: {cli._shown(config.default(path))}]"
+        shown = "[required]" if path in config.REQUIRED else f"[default: {flags.shown(config.default(path))}]"
         assert action.help.replace("%%", "%").endswith(shown), (path, action.help)
 
 
@@ -97,7 +97,7 @@ def test_a_shown_default_typed_back_is_the_default(llama_dir, toy_jsonl):
     for path in config.paths():
         value = config.default(path)
         if path not in config.REQUIRED and config.annotation(path) is not bool and value not in (None, ()):
-            typed += [config.flag(path), cli._shown(value)]
+            typed += [config.flag(path), flags.shown(value)]
     assert cli.config_from_args(cli.parse(given + typed))[0] == cli.config_from_args(cli.parse(given))[0]
 
 

@@ -8,16 +8,15 @@ import errno
 import json
 import logging
 import sys
-import textwrap
 import warnings
-from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ia2 import config
 from ia2.commands import export
-from ia2.config import RunConfig, adapter_kinds
+from ia2.commands.flags import SHOWN, add_settings
+from ia2.config import RunConfig
 from ia2.config.legacy import OLD_FLAGS, new_spelling
 from ia2.errors import IA2Error
 from ia2.model import distributed
@@ -36,15 +35,6 @@ DEMO = config.make(
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that never breaks a name at its hyphen: `zero-shot` and `ia2-sft` stay whole on one line."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-
-# Every option's default in --help (run's settings say theirs in their own help text).
-SHOWN = {"formatter_class": _HelpFormatter}
 # `ia2 train` makes one adapter: one method, one seed, unless the user says otherwise.
 TRAIN_DEFAULTS = {"methods": ["ia2-sft"], "seeds": [0]}
 # Settings `ia2 train` has no use for, and why: given, they would be silently ignored.
@@ -80,63 +70,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
         raise argparse.ArgumentTypeError(f"expected I/K with 0 <= I < K, got {text!r}")
     return int(index), int(count)
-
-
-def _shown(value: Any) -> str:
-    """A default as a user would type it; "unset" for a setting that is off unless given."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "unset"
-    if isinstance(value, dict):
-        return next((name for name, preset in adapter_kinds.PRESETS.items() if preset == value), json.dumps(value))
-    return "unset" if value is None else str(value)
-
-
-def add_settings(
-    p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None, hidden: Collection[str] = ()
-) -> None:
-    """One flag per setting, grouped by section, each with its help text, allowed values and default (`defaults`:
-    the command's own, by setting name); a flag's destination is the setting's path, and flags not given stay unset
-    (so a --config file's values hold). The `hidden` settings' flags are left out of --help (the command refuses
-    them, in one line that says why)."""
-    groups: dict[str, Any] = {}
-    for path, f in config.paths().items():
-        section = path.partition(".")[0] if "." in path else "run"
-        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(f"{section} settings"))
-        name = path.rpartition(".")[2]
-        meta = f.metadata
-        value = tuple(defaults[name]) if defaults and name in defaults else config.default(path)
-        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
-        help_text = meta["help"] + (f"; one of: {', '.join(choices)}" if choices else "")
-        help_text += " (comma-separated)" if isinstance(value, tuple) or path == "data.labels" else ""
-        help_text += f" [default: {_shown(value)}]" if path not in config.REQUIRED else " [required]"
-        kind = config.annotation(path)
-        help_text = argparse.SUPPRESS if path in hidden else help_text.replace("%", "%%")
-        if kind is bool:
-            group.add_argument(
-                config.flag(path),
-                dest=path,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            group.add_argument(
-                config.flag(path),
-                dest=path,
-                default=argparse.SUPPRESS,
-                metavar=_metavar(kind),
-                help=help_text,
-            )
-
-
-def _metavar(kind: Any) -> str:
-    """What a flag takes, from the setting's type."""
-    text = str(kind)
-    if "tuple" in text:
-        return "A,B,..."
-    if "int" in text:
-        return "INT|FILE" if "str" in text else "INT"
-    return "X" if "float" in text else "NAME|MAPPING" if "dict" in text else "TEXT"
 
 
 def config_from_args(
