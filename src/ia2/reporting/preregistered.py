@@ -82,7 +82,7 @@ def _test(spec: Any, methods: Sequence[str], where: str) -> Test:
             raise IA2Error(f"{where}: {side}: {spec[side]!r} is not one of the sweep's methods ({', '.join(methods)})")
     if spec.get("metric", "accuracy") not in METRICS:
         raise IA2Error(f"{where}: metric must be one of {', '.join(METRICS)}")
-    return Test(**{k: v for k, v in spec.items()})
+    return Test(**spec)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -163,8 +163,6 @@ def load(path: Path, out: Path | None = None) -> Sweep:
         select=data.get("select", "dev_loss"),
         tests=data.get("tests") or {},
     )
-    if sweep.tests:
-        preregistered.parse(sweep.tests, sorted({m for c in sweep.configs() for m in c.methods}), str(path))
     _check_overlap(sweep)
     scaling = sorted(k for k, p in zip(sweep.tune, sweep.tuned_paths()) if p in {"train.w", "train.per_layer_norm"})
     if scaling and sweep.select == "dev_loss":
@@ -172,7 +170,9 @@ def load(path: Path, out: Path | None = None) -> Sweep:
             f"{path}: tuning {scaling[0]} rescales the training loss, so dev losses are not comparable "
             "across its values: use select: dev_accuracy"
         )
-    sweep.configs()
+    configs = sweep.configs()
+    if sweep.tests:
+        preregistered.parse(sweep.tests, sorted({m for c in configs for m in c.methods}), str(path))
     return sweep
 
 

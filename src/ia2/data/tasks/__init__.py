@@ -114,6 +114,6 @@ def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
         return SOURCES[source].load(arg, labels).unique()
     if spec in benchmarks.names():
         return _benchmark(spec, labels).unique()
-    sources = SOURCES.values()
-    known = [n for s in sources if s.argument for n in s.known], [n for s in sources if not s.argument for n in s.known]
-    raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join([*known[0], *benchmarks.names(), *known[1]]))
+    spelled = [n for s in SOURCES.values() if s.argument for n in s.known]
+    bare = [n for s in SOURCES.values() if not s.argument for n in s.known]
+    raise IA2Error(f"unknown task {spec!r}: expected one of " + ", ".join([*spelled, *benchmarks.names(), *bare]))
