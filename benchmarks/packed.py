@@ -32,6 +32,7 @@ from ia2.model import adapters, compiled
 from ia2.model.taps import Tap
 from ia2.paths import write_json, write_text
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training.loop import Item, Lane, adapter_state, train_lanes
 from ia2.training.methods import IA2
 
@@ -91,7 +92,7 @@ def measure(args: argparse.Namespace) -> tuple[dict, list[Side], str]:
     compiled.apply(model, args.compile)
     data = speed.make_data(tok, model.config.max_position_embeddings, args.n, args.dev, args.demos, args.words, 0)
     tap = Tap(model)
-    teacher = targets.collect(model, tap, tok, data.icl, 1, "", args.collect_batch)
+    teacher = targets.collect(model, tap, tok, data.icl, CollectSettings(1, "", args.collect_batch))
     items = [Item(p, t, a) for p, t, a in zip(data.plain, teacher.tokens, teacher.acts)]
     train, dev = items[: data.n], items[data.n :]
     student, lanes = cell(model, train, dev, args)
@@ -146,7 +147,7 @@ def t1_profile(model: PeftModel, tap: Tap, tok, prompts: list[list[int]], args: 
     """torch.profiler's table of one T=1 teacher collection over every prompt, sorted by device (or CPU) time."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     with profile(activities=activities) as prof, model.disable_adapter():
-        targets.collect(model, tap, tok, prompts, 1, "", args.collect_batch)
+        targets.collect(model, tap, tok, prompts, CollectSettings(1, "", args.collect_batch))
         speed.sync(args.device)
     key = "cuda_time_total" if args.device.startswith("cuda") else "cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=25)

@@ -38,6 +38,7 @@ from ia2.model import adapters, loading
 from ia2.model.taps import Tap
 from ia2.paths import write_json, write_text
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training.loop import Item, train_stage
 from ia2.training.methods import IA2, SFT, Stage
 
@@ -263,7 +264,8 @@ class Bench:
 
     def ours_collect(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> targets.Targets:
         """Our batched teacher collection, EOS as the only stop (as the reference)."""
-        return targets.collect(self.base(), self.tap, self.tok, prompts, max_new_tokens, "", self.args.collect_batch)
+        settings = CollectSettings(max_new_tokens, "", self.args.collect_batch)
+        return targets.collect(self.base(), self.tap, self.tok, prompts, settings)
 
     def ref_collect(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> tuple[list, list]:
         """The reference's teacher collection."""

@@ -15,6 +15,7 @@ from ia2.config import TrainConfig
 from ia2.model import adapters, loading
 from ia2.model.taps import Tap
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training.loop import Item, Objective, batch_loss
 from ia2.training.methods import IA2, SFT
 
@@ -36,7 +37,11 @@ def test_reference_teacher_equals_collect(loaded, toy_jsonl, max_new_tokens):
     model, tok = loaded
     prompts = _prompts(model, tok, toy_jsonl)
     ours = targets.collect(
-        model, Tap(model, "attn_pre_norm"), tok, prompts, max_new_tokens=max_new_tokens, stop="", batch_size=4
+        model,
+        Tap(model, "attn_pre_norm"),
+        tok,
+        prompts,
+        CollectSettings(max_new_tokens=max_new_tokens, stop="", batch_size=4),
     )
     tokens, acts = reference_loop.collect(model, prompts, max_new_tokens)
     assert tokens == ours.tokens

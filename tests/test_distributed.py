@@ -38,6 +38,7 @@ from ia2.model.taps import Tap
 from ia2.reporting import plots
 from ia2.teacher import store, target_files, targets
 from ia2.teacher.store import resolve
+from ia2.teacher.targets import CollectSettings
 from ia2.training.loop import Item, Lane, adapter_state, train_lanes, train_stage
 from ia2.training.methods import Stage
 
@@ -97,7 +98,13 @@ def probe(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
         out[name] = dict(vars(scores))
     out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=3), batch_size=3)
     teacher = targets.cached_collect(
-        model, tap, tok, shared, {"model": "probe"}, max_new_tokens=2, batch_size=3, distribution=4, store="shards"
+        model,
+        tap,
+        tok,
+        shared,
+        {"model": "probe"},
+        CollectSettings(max_new_tokens=2, batch_size=3, distribution=4),
+        store="shards",
     )
     out["teacher"] = [teacher.tokens] + [
         [resolve(t) for t in getattr(teacher, name)] for name in ("acts", "top_ids", "top_logp")
@@ -123,7 +130,7 @@ def uneven(model_dir: Path, task_path: Path, fsdp: bool = False) -> dict:
     out["scores"] = dict(vars(scoring.score(model, shared, encoder.label_ids, tok.pad_token_id, tap, batch_size=2)))
     out["generated"] = generation.generate_texts(model, tok, plain, replace(task, max_new_tokens=8), batch_size=2)
     out["teacher"] = targets.cached_collect(
-        model, None, tok, shared, {"model": "uneven"}, max_new_tokens=8, batch_size=2, store="shards"
+        model, None, tok, shared, {"model": "uneven"}, CollectSettings(max_new_tokens=8, batch_size=2), store="shards"
     ).tokens
     model = adapters.fresh(model, "ia3", 0)
     items = [Item(p, t, icl_prompt=s) for p, t, s in zip(plain, out["teacher"], shared)]
@@ -141,7 +148,7 @@ def packed(model_dir: Path, task_path: Path, kind: str, alone: bool = False) -> 
     ex, tap = task.examples, Tap(model)
     plain = [encoder.encode(ex[i]).prompt for i in range(12)]
     shared = [encoder.encode(ex[i], [ex[d] for d in (20, 21, 22)]).prompt for i in range(12)]
-    teacher = targets.collect(model, tap, tok, shared, batch_size=4)
+    teacher = targets.collect(model, tap, tok, shared, CollectSettings(batch_size=4))
     items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
     lanes = []
     for seed, lr in ((0, 1e-2), (1, 1e-2), (2, 3e-3)):

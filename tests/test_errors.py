@@ -414,10 +414,10 @@ def test_a_run_interrupted_while_preparing_seeds_keeps_the_finished_seeds_baseli
     prepared keeps the first seed's ICL and zero-shot rows."""
     out, real = tmp_path / "out", experiment.prepare_seed
 
-    def second_fails(ctx, seed, *args):
+    def second_fails(setup, handle, seed, *args):
         if seed == 1:
             raise KeyboardInterrupt
-        return real(ctx, seed, *args)
+        return real(setup, handle, seed, *args)
 
     monkeypatch.setattr(experiment, "prepare_seed", second_fails)
     cfg = config.make(

@@ -22,7 +22,7 @@ from ia2.errors import IA2Error
 from ia2.evaluation import scoring
 from ia2.model import loading
 from ia2.run import measure
-from ia2.run.context import declared, load_context
+from ia2.run.context import declared, set_up
 from ia2.teacher import targets
 from ia2.training import stages
 
@@ -199,7 +199,7 @@ def test_low_data_mode_trains_ia2_on_unlabelled_queries(tmp_path, model_dirs, mo
     cfg = config.make(
         str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10, unlabelled=10, permutations=3
     )
-    ctx = load_context(cfg)
+    ctx, _ = set_up(cfg)
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     assert set(split.unlabelled).isdisjoint(split.train + split.dev + split.test) and len(split.unlabelled) == 10
     assert splits.draw_split(ctx.test, ctx.pool, replace(cfg.data, unlabelled=None), 0).train == split.train
@@ -224,8 +224,8 @@ def test_low_data_mode_takes_its_unlabelled_queries_from_a_file(tmp_path, model_
         str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=4, n_test=10, unlabelled=str(queries)
     )
     assert cfg.data.unlabelled == str(queries) and config.make("m", "t", unlabelled="10").data.unlabelled == 10
-    ctx = load_context(cfg)
-    plain = load_context(replace(cfg, data=replace(cfg.data, unlabelled=None)))
+    ctx, _ = set_up(cfg)
+    plain, _ = set_up(replace(cfg, data=replace(cfg.data, unlabelled=None)))
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0, ctx.unlabelled)
     assert (ctx.test, ctx.pool) == (plain.test, plain.pool)
     assert split.train == splits.draw_split(plain.test, plain.pool, plain.cfg.data, 0).train
@@ -244,7 +244,7 @@ def test_icl_demo_policies(tmp_path, model_dirs, policy, monkeypatch):
     pool (reference parity): a draw per query from the pool outside train and dev."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["icl"], n_train=4, n_test=6, icl_demos=policy)
-    ctx = load_context(cfg)
+    ctx, _ = set_up(cfg)
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     drawn = []
     real = prompts.draw_demos
@@ -296,7 +296,7 @@ def test_the_placebo_teacher_sees_the_same_demonstrations_with_shuffled_labels(t
     policy name (part of the targets' key) says so."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
     cfg = config.make(str(model_dirs["llama"]), f"jsonl:{task}", methods=["ia2"], n_train=8, n_test=10)
-    ctx = load_context(cfg)
+    ctx, _ = set_up(cfg)
     split = splits.draw_split(ctx.test, ctx.pool, cfg.data, 0)
     gold, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, 8, False, 0)
     shuffled, placebo = teacher_prompts(ctx.encoder, split, cfg.prompt, 8, False, 0, "shuffled")

@@ -18,6 +18,7 @@ from ia2.data.tasks import load_task
 from ia2.evaluation.scoring import score
 from ia2.model.taps import SITES, Tap
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training.methods import METHODS
 
 # The toy task's yes/no answers as two labels that share their first token " yes".
@@ -67,7 +68,7 @@ def test_the_teacher_answers_with_its_highest_scoring_label_and_keeps_every_labe
     model, tok = loaded
     task, encoder = encoder_for(shared_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, range(8), range(8), k=3)
-    teacher = targets.collect(model, Tap(model), tok, prompts, batch_size=3, choices=encoder.label_ids)
+    teacher = targets.collect(model, Tap(model), tok, prompts, CollectSettings(batch_size=3, choices=encoder.label_ids))
     scored = score(model, prompts, encoder.label_ids, tok.pad_token_id).label_logp
     assert teacher.tokens == [encoder.label_ids[c] for c in scored.argmax(axis=1)]
     layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
@@ -85,7 +86,7 @@ def test_distinct_first_tokens_keep_the_greedy_first_token_teacher(loaded, toy_j
     prompts = icl_prompts(task, encoder, range(6), range(6), k=3)
     monkeypatch.setenv("IA2_CACHE", str(tmp_path))
     tap, fields = Tap(model), {"model": "m"}
-    cached = targets.cached_collect(model, tap, tok, prompts, fields, choices=None)
+    cached = targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(choices=None))
     greedy = targets.collect(model, tap, tok, prompts)
     assert cached.tokens == greedy.tokens and all(len(t) == 1 for t in cached.tokens)
     before = {**fields, "max_new_tokens": 1, "stop": "\n\n", "site": "attn"}

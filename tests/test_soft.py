@@ -15,6 +15,7 @@ from ia2.errors import IA2Error
 from ia2.model import adapters
 from ia2.model.taps import Tap
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training import loop, losses
 from ia2.training.loop import Item
 from ia2.training.methods import Stage
@@ -99,8 +100,10 @@ def test_collected_distribution_is_the_unpadded_teacher_forced_one(loaded, toy_j
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, list(range(6)), list(range(12)), k=3)
     tap = Tap(model)
-    plain = targets.collect(model, tap, tok, prompts, max_new_tokens=3, batch_size=4)
-    got = targets.collect(model, tap, tok, prompts, max_new_tokens=3, batch_size=4, distribution=distribution)
+    plain = targets.collect(model, tap, tok, prompts, CollectSettings(max_new_tokens=3, batch_size=4))
+    got = targets.collect(
+        model, tap, tok, prompts, CollectSettings(max_new_tokens=3, batch_size=4, distribution=distribution)
+    )
     assert plain.top_ids is None and plain.top_logp is None
     assert got.tokens == plain.tokens and all(torch.equal(a, b) for a, b in zip(got.acts, plain.acts))
     assert (got.top_ids is None) == (distribution == 0)
@@ -128,11 +131,15 @@ def test_cached_distribution_round_trips(loaded, arch, toy_jsonl, tmp_path, monk
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, list(range(5)), list(range(10)), k=2)
     tap, fields = Tap(model), {"model": targets.model_fingerprint(model), "seed": 0}
-    first = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, distribution=distribution)
+    first = targets.cached_collect(
+        model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2, distribution=distribution)
+    )
     calls = []
     real = targets.collect
     monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
-    second = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, distribution=distribution)
+    second = targets.cached_collect(
+        model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2, distribution=distribution)
+    )
     assert calls == [], "the second call must load the cached file"
     assert second.tokens == first.tokens
     for name in ("acts", "top_ids", "top_logp"):
@@ -145,7 +152,7 @@ def test_cached_distribution_round_trips(loaded, arch, toy_jsonl, tmp_path, monk
     base |= {"module": "post_attention_layernorm"} if arch == "gemma3" else {}
     names = {f.name for f in (tmp_path / "cache" / "targets").glob("*.safetensors")}
     assert names == {f"{targets.cache_key({**base, 'distribution': distribution}, prompts)}.safetensors"}
-    assert targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2).top_logp is None
+    assert targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2)).top_logp is None
     assert f"{targets.cache_key(base, prompts)}.safetensors" in {
         f.name for f in (tmp_path / "cache" / "targets").iterdir()
     }
@@ -159,7 +166,7 @@ def test_soft_loss_of_a_zero_adapter_on_its_own_teacher_is_zero(loaded, toy_json
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = [encoder.encode(task.examples[i]).prompt for i in range(9)]
     teacher = targets.collect(
-        model, Tap(model), tok, prompts, max_new_tokens=3, batch_size=3, distribution=distribution
+        model, Tap(model), tok, prompts, CollectSettings(max_new_tokens=3, batch_size=3, distribution=distribution)
     )
     ids = teacher.top_ids or [None] * len(prompts)
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(prompts, teacher.tokens, ids, teacher.top_logp)]
@@ -184,7 +191,9 @@ def test_soft_training_lowers_dev_kl(loaded, toy_jsonl, distribution):
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     indices = list(range(12))
     prompts = icl_prompts(task, encoder, indices, indices[:8], k=4)
-    teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=2, distribution=distribution)
+    teacher = targets.collect(
+        model, Tap(model), tok, prompts, CollectSettings(max_new_tokens=2, distribution=distribution)
+    )
     plain = [encoder.encode(task.examples[i]).prompt for i in indices]
     ids = teacher.top_ids or [None] * len(plain)
     items = [Item(p, t, None, i, lp) for p, t, i, lp in zip(plain, teacher.tokens, ids, teacher.top_logp)]

@@ -56,7 +56,7 @@ def test_store_keeps_what_collect_returns(model_dirs, toy64, tmp_path):
     """Shards of at most 8 examples (or of a byte budget), one index; fp32 tensors bit-identical, bf16 the cast."""
     model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 20)
     tap = Tap(model)
-    want = targets.collect(model, tap, tok, prompts, max_new_tokens=3, batch_size=4, distribution=5)
+    want = targets.collect(model, tap, tok, prompts, CollectSettings(max_new_tokens=3, batch_size=4, distribution=5))
     for dtype, size, budget in (("float32", SHARD, 1 << 30), ("bfloat16", 100, 3000)):
         folder = tmp_path / dtype
         targets.write_store(
@@ -86,7 +86,7 @@ def test_store_keeps_what_collect_returns(model_dirs, toy64, tmp_path):
 def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
     model, tok, prompts, plain = _prompts(model_dirs["llama"], toy64, 8)
     tap = Tap(model)
-    want = targets.collect(model, tap, tok, prompts, max_new_tokens=3, distribution=5)
+    want = targets.collect(model, tap, tok, prompts, CollectSettings(max_new_tokens=3, distribution=5))
     targets.write_store(
         tmp_path / "s", targets.rows(model, tap, tok, prompts, CollectSettings(3, distribution=5)), 8, {}, "bfloat16", 3
     )
@@ -107,8 +107,8 @@ def test_soft_loss_reads_stored_distributions(model_dirs, toy64, tmp_path):
 
 def test_answers_only_store_has_no_activations(model_dirs, toy64, tmp_path):
     model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 6)
-    want = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3)
-    bare = targets.collect(model, None, tok, prompts, max_new_tokens=3)
+    want = targets.collect(model, Tap(model), tok, prompts, CollectSettings(max_new_tokens=3))
+    bare = targets.collect(model, None, tok, prompts, CollectSettings(max_new_tokens=3))
     assert bare.tokens == want.tokens and bare.acts == [None] * 6
     targets.write_store(tmp_path / "s", targets.rows(model, None, tok, prompts, CollectSettings(3)), 6, {})
     got = targets.open_store(tmp_path / "s")
@@ -168,7 +168,7 @@ def test_online_teacher_matches_cached_targets(model_dirs, toy64):
 def test_online_teacher_with_multi_token_answers(model_dirs, toy64):
     """T > 1: the online targets of a batch equal the collected ones at every answer position."""
     model, tok, prompts, plain = _prompts(model_dirs["llama"], toy64, 8)
-    teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=3)
+    teacher = targets.collect(model, Tap(model), tok, prompts, CollectSettings(max_new_tokens=3))
     assert len({len(t) for t in teacher.tokens}) > 1, "answers of different lengths exercise the masked positions"
     peft = adapters.fresh(model, "lora", 0)
     tap, keep = Tap(peft), max(len(t) for t in teacher.tokens)
@@ -202,21 +202,23 @@ def test_cache_formats_are_interchangeable_and_default_keys_unchanged(model_dirs
         "stop": "\n\n",
     }
     root = tmp_path / "cache" / "targets"
-    old = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
+    old = targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2))
     calls = []
     monkeypatch.setattr(targets, "rows", lambda *a, **k: calls.append(1))
-    reused = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, store="shards")
+    reused = targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2), store="shards")
     assert calls == [] and all(isinstance(a, torch.Tensor) for a in reused.acts), "an old single file is reused"
     monkeypatch.undo()
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
     sharded = targets.cached_collect(
-        model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16", store="shards"
+        model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2), dtype="bfloat16", store="shards"
     )
     key = targets.cache_key(targets.key_fields(fields, tap, targets.CollectSettings(2, "\n\n"), "bfloat16"), prompts)
     assert (root / key / "index.json").is_file() and sharded.tokens == old.tokens
     assert all(a.load().dtype == torch.bfloat16 for a in sharded.acts)
     monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1))
-    again = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2, dtype="bfloat16")
+    again = targets.cached_collect(
+        model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2), dtype="bfloat16"
+    )
     assert calls == [] and isinstance(again.acts[0], Stored), "a store is reused when a file is asked for"
 
 
@@ -240,15 +242,15 @@ def test_corrupt_store_is_recomputed(model_dirs, toy64, tmp_path, monkeypatch, c
     monkeypatch.setattr(targets, "write_store", partial(targets.write_store, shard_size=4))
     model, tok, prompts, _ = _prompts(model_dirs["llama"], toy64, 6)
     args = (model, Tap(model), tok, prompts, {"seed": 0})
-    targets.cached_collect(*args, max_new_tokens=2, store="shards")
+    targets.cached_collect(*args, CollectSettings(max_new_tokens=2), store="shards")
     [folder] = [p for p in (tmp_path / "cache" / "targets").iterdir() if not p.name.startswith(".")]
     assert len(json.loads((folder / "index.json").read_text())["shards"]) == 2
     damage(folder)
     with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
-        again = targets.cached_collect(*args, max_new_tokens=2, store="shards")
+        again = targets.cached_collect(*args, CollectSettings(max_new_tokens=2), store="shards")
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"cached targets at {folder} are corrupt" in warnings[0] and "\n" not in warnings[0]
-    fresh = targets.collect(*args[:4], max_new_tokens=2)
+    fresh = targets.collect(*args[:4], CollectSettings(max_new_tokens=2))
     assert again.tokens == fresh.tokens and all(torch.equal(a.load(), b) for a, b in zip(again.acts, fresh.acts))
 
 

@@ -21,6 +21,7 @@ from ia2.model import adapters
 from ia2.model.synthetic import PretrainConfig, World, load, pretrain, save
 from ia2.model.taps import Tap
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training.loop import Item, train_stage
 from ia2.training.methods import IA2
 
@@ -98,7 +99,7 @@ def held_out_run(
     tap = Tap(base, "attn")
     model = adapters.fresh(base, adapter_cfg, seed)
     with model.disable_adapter():
-        teacher = targets.collect(model, tap, tokenizer, teacher_prompts, max_new_tokens=1)
+        teacher = targets.collect(model, tap, tokenizer, teacher_prompts, CollectSettings(max_new_tokens=1))
         icl = score(model, icl_test, label_ids, pad_id, tap)
         zero = score(model, plain(test), label_ids, pad_id, tap)
 

@@ -16,6 +16,7 @@ from ia2.config import TrainConfig
 from ia2.model import adapters, forward_pass, generation, loading
 from ia2.model.taps import Tap
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training import loop, losses
 from ia2.training.loop import Item
 from ia2.training.methods import Stage
@@ -33,7 +34,7 @@ def test_zero_demos_teacher_equals_fresh_student_and_ia2_loss_is_zero(loaded, to
     model, tok = loaded
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = _plain_prompts_sorted(task, encoder)
-    teacher = targets.collect(model, Tap(model), tok, prompts, batch_size=len(prompts))
+    teacher = targets.collect(model, Tap(model), tok, prompts, CollectSettings(batch_size=len(prompts)))
 
     student = adapters.fresh(model, "lora", seed=0)
     tap = Tap(student)
@@ -68,7 +69,9 @@ def test_teacher_and_student_positions_match_unpadded_runs(loaded, toy_jsonl, ma
     indices, pool = list(range(6)), list(range(12))
     prompts = icl_prompts(task, encoder, indices, pool, k=3)
     assert len({len(p) for p in prompts}) > 1
-    teacher = targets.collect(model, Tap(model), tok, prompts, max_new_tokens=max_new_tokens, batch_size=4)
+    teacher = targets.collect(
+        model, Tap(model), tok, prompts, CollectSettings(max_new_tokens=max_new_tokens, batch_size=4)
+    )
     L, H = model.config.num_hidden_layers, model.config.hidden_size
     if max_new_tokens > 1:
         assert any(len(a) > 1 for a in teacher.tokens), "multi-token answers should be exercised"
@@ -163,7 +166,7 @@ def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypa
     tap = Tap(model)
     fields = {"model": targets.model_fingerprint(model), "task": task.name, "seed": 0}
 
-    first = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
+    first = targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2))
     files = list((tmp_path / "cache" / "targets").glob("*.safetensors"))
     assert len(files) == 1
     mtime = os.stat(files[0]).st_mtime_ns
@@ -171,11 +174,11 @@ def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypa
     calls = []
     real = targets.collect
     monkeypatch.setattr(targets, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
-    second = targets.cached_collect(model, tap, tok, prompts, fields, max_new_tokens=2)
+    second = targets.cached_collect(model, tap, tok, prompts, fields, CollectSettings(max_new_tokens=2))
     assert calls == [], "the second call must load the cached file, not recompute"
     assert os.stat(files[0]).st_mtime_ns == mtime
 
-    fresh = real(model, tap, tok, prompts, max_new_tokens=2)
+    fresh = real(model, tap, tok, prompts, CollectSettings(max_new_tokens=2))
     assert second.tokens == fresh.tokens == first.tokens
     for a, b in zip(second.acts, fresh.acts):
         assert a.dtype == b.dtype and torch.equal(a, b)
@@ -187,7 +190,7 @@ def test_cached_collect_writes_then_reuses(loaded, toy_jsonl, tmp_path, monkeypa
     assert targets.cache_key({**full, "max_new_tokens": 1}, prompts) != key
     assert targets.cache_key(full, prompts[:-1]) != key
     assert targets.cache_key(dict(reversed(list(full.items()))), prompts) == key
-    targets.cached_collect(model, tap, tok, prompts, {**fields, "seed": 1}, max_new_tokens=2)
+    targets.cached_collect(model, tap, tok, prompts, {**fields, "seed": 1}, CollectSettings(max_new_tokens=2))
     assert len(list((tmp_path / "cache" / "targets").glob("*.safetensors"))) == 2
     assert calls == [1]
 
@@ -207,7 +210,7 @@ def cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch) -> tuple[tuple, tar
     task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
     prompts = icl_prompts(task, encoder, list(range(4)), list(range(8)), k=2)
     args = (model, Tap(model), tok, prompts, {"seed": 0})
-    first = targets.cached_collect(*args, max_new_tokens=2)
+    first = targets.cached_collect(*args, CollectSettings(max_new_tokens=2))
     [path] = (tmp_path / "cache" / "targets").glob("*.safetensors")
     return args, first, path
 
@@ -221,7 +224,7 @@ def test_corrupt_cached_file_is_recomputed(llama_dir, toy_jsonl, tmp_path, monke
     args, first, path = cached_once(llama_dir, toy_jsonl, tmp_path, monkeypatch)
     damage(path)
     with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
-        again = targets.cached_collect(*args, max_new_tokens=2)
+        again = targets.cached_collect(*args, CollectSettings(max_new_tokens=2))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"cached targets at {path} are corrupt" in warnings[0] and "\n" not in warnings[0]
     assert again.tokens == first.tokens and all(torch.equal(a, b) for a, b in zip(again.acts, first.acts))
@@ -239,7 +242,7 @@ def test_a_cached_file_overwritten_in_place_is_found_by_its_checksum(
     with safe_open(str(path), framework="pt") as handle:
         assert set(handle.keys()), "setup: the damaged file still reads"
     with caplog.at_level(logging.WARNING, logger="ia2.teacher.targets"):
-        again = targets.cached_collect(*args, max_new_tokens=2)
+        again = targets.cached_collect(*args, CollectSettings(max_new_tokens=2))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert f"cached targets at {path} are corrupt (content checksum" in warnings[0]

@@ -12,15 +12,16 @@ from ia2.config import RunConfig, validate
 from ia2.data.splits import draw_split
 from ia2.errors import IA2Error
 from ia2.model import adapters, distributed
+from ia2.model.handle import ModelHandle
 from ia2.paths import check_output
 from ia2.registry import METHODS
 from ia2.run import lock
 from ia2.run.card import adapter_files
-from ia2.run.context import RunContext, declared, load_context, tracked
+from ia2.run.context import RunSetup, declared, set_up, tracked
 from ia2.run.measure import dev_accuracy
 from ia2.training.loop import adapter_state
 from ia2.training.stages import StageRunner, Trainee, stage_data
-from ia2.training.tracking import check_available
+from ia2.training.tracking import Tracking, check_available
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +69,26 @@ def train(cfg: RunConfig, out: Path) -> Path:
         raise IA2Error(f"{out}: already exists and is not an empty folder; train into a new folder")
     with lock.holding([lock.beside(out)]):
         cfg = sized(cfg)
-        ctx = load_context(cfg, held_out=False)
+        setup, handle = set_up(cfg, held_out=False)
         with tracked(cfg, out.parent / "trackers", out.name) as tracking:
-            return _train(replace(ctx, tracking=tracking), out)
+            return _train(setup, handle, tracking, out)
 
 
-def _train(ctx: RunContext, out: Path) -> Path:
+def _train(setup: RunSetup, handle: ModelHandle, tracking: Tracking | None, out: Path) -> Path:
     """`train` once set up: split, collect the teacher's targets, train the stages, save."""
-    cfg = ctx.cfg
+    cfg = setup.cfg
     (method,), (seed,) = cfg.methods, cfg.seeds
-    split = draw_split([], ctx.pool, cfg.data, seed, ctx.unlabelled)
-    ctx = ctx.with_model(adapters.fresh(ctx.model, cfg.adapter, seed))
-    data = stage_data(ctx, split, seed, [method])
-    trainee = Trainee.fresh(seed, cfg.train, data, adapter_state(ctx.model))
-    runner = StageRunner(ctx, [trainee])
+    split = draw_split([], setup.pool, cfg.data, seed, setup.unlabelled)
+    handle = handle.with_model(adapters.fresh(handle.model, cfg.adapter, seed))
+    data = stage_data(setup, handle, split, seed, [method])
+    trainee = Trainee.fresh(seed, cfg.train, data, adapter_state(handle.model))
+    runner = StageRunner(handle, cfg, [trainee], tracking=tracking)
     (logs,) = runner.train(METHODS[method].stages)
     runner.load(trainee, METHODS[method].stages)
-    dev = {
-        "eval_task": f"{ctx.task.name} (dev)",
-        "split": "dev",
-        "accuracy": dev_accuracy(ctx, data.dev_plain, f"{method} dev"),
-    }
-    if ctx.tracking is not None and dev["accuracy"] is not None:
-        ctx.tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
+    accuracy = dev_accuracy(handle, setup.encoder, data.dev_plain, cfg.runtime.batch_size, f"{method} dev")
+    dev = {"eval_task": f"{setup.task.name} (dev)", "split": "dev", "accuracy": accuracy}
+    if tracking is not None and dev["accuracy"] is not None:
+        tracking.reporter(f"seed{seed}/{method}")({"dev_accuracy": dev["accuracy"]}, 0)
     log.info(
         "%s: %d training and %d dev examples, dev accuracy %s",
         method,
@@ -98,8 +96,8 @@ def _train(ctx: RunContext, out: Path) -> Path:
         cfg.data.n_dev,
         dev["accuracy"],
     )
-    files = adapter_files(ctx, method, seed, [dev], logs, split, data.teacher_key(method))
+    files = adapter_files(setup, handle.fingerprint, method, seed, [dev], logs, split, data.teacher_key(method))
     if distributed.is_main():
-        adapters.save(ctx.model, out, cfg.model, files)
+        adapters.save(handle.model, out, cfg.model, files)
     distributed.barrier()
     return out

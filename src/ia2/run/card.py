@@ -15,7 +15,7 @@ from ia2.registry import METHODS
 if TYPE_CHECKING:
     from ia2.data.prompts import Encoder
     from ia2.data.splits import Split
-    from ia2.run.context import RunContext
+    from ia2.run.context import RunSetup
 
 RECORD = "ia2.json"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
@@ -182,15 +182,24 @@ def rendering(task: Task) -> dict:
 
 
 def adapter_files(
-    ctx: RunContext, method: str, seed: int, rows: list[dict], logs: list[dict], split: Split, teacher_key: str | None
+    setup: RunSetup,
+    fingerprint: str,
+    method: str,
+    seed: int,
+    rows: list[dict],
+    logs: list[dict],
+    split: Split,
+    teacher_key: str | None,
 ) -> dict[str, str]:
-    """The files saved beside an adapter: its model card (README.md) and its record (ia2.json)."""
-    trained_on = [ctx.task.examples[i] for i in split.train]
-    record = adapter_record(ctx.cfg, ctx.task, method, seed, trained_on, ctx.fingerprint, teacher_key)
+    """The files saved beside an adapter: its model card (README.md) and its record (ia2.json); `fingerprint` names
+    the base model it was trained on."""
+    cfg, task = setup.cfg, setup.task
+    trained_on = [task.examples[i] for i in split.train]
+    record = adapter_record(cfg, task, method, seed, trained_on, fingerprint, teacher_key)
     record["diverged"] = divergences(logs)
-    record["serving"] = serving(ctx.encoder, trained_on[0])
+    record["serving"] = serving(setup.encoder, trained_on[0])
     return {
-        "README.md": model_card(ctx.cfg, ctx.task, method, seed, rows, logs, record["serving"]),
+        "README.md": model_card(cfg, task, method, seed, rows, logs, record["serving"]),
         RECORD: json.dumps(record, indent=2) + "\n",
     }
 

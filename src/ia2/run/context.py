@@ -1,4 +1,5 @@
-"""A run's set-up: its task as declared, held-out sets, and the frozen model with its tokenizer, encoders and tap."""
+"""A run's set-up: its task as declared, pool, encoder and held-out sets (`RunSetup`), loaded with the model's
+handle (`set_up`), and the trackers a run reports to (`tracked`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ia2.config import RunConfig
 from ia2.data.prompts import Encoder
@@ -17,6 +18,7 @@ from ia2.data.tasks import Task, check_transfer, load_task
 from ia2.data.tasks.jsonl import read_jsonl
 from ia2.errors import IA2Error
 from ia2.model import compiled, distributed, loading
+from ia2.model.handle import ModelHandle
 from ia2.model.taps import Tap
 from ia2.teacher import targets
 from ia2.training.tracking import Tracking
@@ -32,44 +34,18 @@ class EvalSet:
 
 
 @dataclass(frozen=True)
-class RunContext:
-    """What every seed of a run shares, frozen: the task and its pool, the model and its tap, the tokenizer, encoders
-    and evaluation sets, and the trackers metrics go to (None unless `report_to` names some); `unlabelled` indexes the
-    queries read from an unlabelled-queries file (low-data mode), appended after the task's own examples. A seed's
-    fresh adapter, or the merged copy of reference parity, is a new context (`with_model`), never an assignment."""
+class RunSetup:
+    """What every seed of a run shares apart from the model, frozen: the settings, the task and its pool, its encoder
+    and the evaluation sets; `unlabelled` indexes the queries read from an unlabelled-queries file (low-data mode),
+    appended after the task's own examples. The model travels beside it, in a `ModelHandle`."""
 
     cfg: RunConfig
     task: Task
     test: list[int]
     pool: list[int]
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
     encoder: Encoder
     evals: list[EvalSet]
-    tap: Tap
-    fingerprint: str
-    model_class: str
-    tracking: Tracking | None = None
     unlabelled: list[int] = field(default_factory=list)
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    def with_model(self, model: PreTrainedModel) -> RunContext:
-        """This set-up with another model (a fresh adapter around the same base keeps the tap's layers; another
-        model, such as a merged copy, gets a tap of its own)."""
-        tap = (
-            self.tap
-            if _base(model) is _base(self.model)
-            else Tap(model, self.cfg.teacher.site, self.cfg.teacher.layers)
-        )
-        return replace(self, model=model, tap=tap)
-
-
-def _base(model: PreTrainedModel) -> PreTrainedModel:
-    """The transformer a (PEFT-wrapped) model runs on."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def declared(spec: str, cfg: RunConfig) -> Task:
@@ -88,7 +64,7 @@ def declared(spec: str, cfg: RunConfig) -> Task:
     return task if data.max_new_tokens is None else replace(task, max_new_tokens=data.max_new_tokens)
 
 
-def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
+def set_up(cfg: RunConfig, held_out: bool = True) -> tuple[RunSetup, ModelHandle]:
     """Load the task (checked to be large enough), then the model on this process's device (sharded with fsdp).
     Without `held_out` (training only) every example is in the pool and there is nothing to evaluate on."""
     device = distributed.device(cfg.runtime.device)
@@ -108,9 +84,8 @@ def load_context(cfg: RunConfig, held_out: bool = True) -> RunContext:
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)
     tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)
-    return RunContext(
-        cfg, task, test, pool, model, tokenizer, encoder, evals, tap, fingerprint, model_class, unlabelled=from_file
-    )
+    setup = RunSetup(cfg, task, test, pool, encoder, evals, from_file)
+    return setup, ModelHandle(model, tokenizer, tap, fingerprint, model_class)
 
 
 def with_unlabelled(task: Task, unlabelled: int | str | None) -> tuple[Task, list[int]]:

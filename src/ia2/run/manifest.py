@@ -9,7 +9,11 @@ import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ia2.model.handle import ModelHandle
+    from ia2.run.context import RunSetup
 
 PACKAGES = ("ia2", "torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "numpy", "tokenizers")
 
@@ -35,20 +39,21 @@ def git_commit() -> str | None:
         return None
 
 
-def manifest(cfg: Any, exp: Any) -> dict:
+def manifest(setup: RunSetup, handle: ModelHandle) -> dict:
     """The run's provenance, written as manifest.json beside its results."""
+    cfg, task = setup.cfg, setup.task
     return {
         "config": asdict(cfg),
         "seeds": list(cfg.seeds),
         "task": {
-            "name": exp.task.name,
-            "source": exp.task.source,
-            "data_hash": exp.task.data_hash(),
-            "n_examples": len(exp.task.examples),
-            "labels": list(exp.task.labels),
-            "test_indices": exp.test,
+            "name": task.name,
+            "source": task.source,
+            "data_hash": task.data_hash(),
+            "n_examples": len(task.examples),
+            "labels": list(task.labels),
+            "test_indices": setup.test,
         },
-        "model": {"spec": cfg.model, "fingerprint": exp.fingerprint, "class": exp.model_class},
+        "model": {"spec": cfg.model, "fingerprint": handle.fingerprint, "class": handle.model_class},
         "versions": versions(),
         "git_commit": git_commit(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ia2.data.prompts import Prompted, icl_demos
+from ia2.data.prompts import Encoder, Prompted, icl_demos
 from ia2.data.splits import Split
 from ia2.evaluation.scoring import Scores, generation_metrics, layer_cosine, reliability, score, summarise
 from ia2.model.generation import generate_texts
-from ia2.run.context import EvalSet, RunContext
+from ia2.model.handle import ModelHandle
+from ia2.run.context import EvalSet, RunSetup
 
 
 @dataclass
@@ -30,15 +31,15 @@ class SeedEval:
     more_icl: list[list[Prompted]] = field(default_factory=list)
 
 
-def seed_eval(ctx: RunContext, ev: EvalSet, split: Split, seed: int) -> SeedEval:
+def seed_eval(setup: RunSetup, ev: EvalSet, split: Split, seed: int) -> SeedEval:
     """Test prompts of one evaluation set for one seed; ICL demonstrations are the training task's (`icl_demos`)."""
-    k, prompt = min(ctx.cfg.prompt.k_max, ctx.cfg.data.n_train), ctx.cfg.prompt
-    source, examples = ctx.task.examples, ev.task.examples
+    k, prompt = min(setup.cfg.prompt.k_max, setup.cfg.data.n_train), setup.cfg.prompt
+    source, examples = setup.task.examples, ev.task.examples
     plain = [ev.encoder.encode(examples[i]) for i in ev.test]
 
     def icl(draw: int) -> list[Prompted]:
-        demos = icl_demos(split, ctx.pool, prompt.icl_demos, k, len(ev.test), seed, draw)
-        return [ev.encoder.encode(examples[i], [source[d] for d in ds], ctx.task) for i, ds in zip(ev.test, demos)]
+        demos = icl_demos(split, setup.pool, prompt.icl_demos, k, len(ev.test), seed, draw)
+        return [ev.encoder.encode(examples[i], [source[d] for d in ds], setup.task) for i, ds in zip(ev.test, demos)]
 
     more = [icl(draw) for draw in range(1, prompt.icl_draws)]
     return SeedEval(ev, plain, np.array([p.label for p in plain]), icl(0), k, more_icl=more)
@@ -53,60 +54,62 @@ def mean_row(rows: Sequence[dict]) -> dict:
     return {**rows[0], **means, "icl_draws": len(rows), "accuracy_by_draw": [r["accuracy"] for r in rows]}
 
 
-def scores(ctx: RunContext, prompts: Sequence[Prompted], label_ids: Sequence[Sequence[int]], desc: str) -> Scores:
-    """Label scores (by the task's `label_score`) and last-prompt-token activations of the current model."""
-    return score(
-        ctx.model,
-        [p.prompt for p in prompts],
-        label_ids,
-        ctx.pad_id,
-        ctx.tap,
-        ctx.cfg.runtime.batch_size,
-        desc,
-        ctx.task.label_score,
-    )
+def scores(
+    handle: ModelHandle,
+    prompts: Sequence[Prompted],
+    label_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    label_score: str,
+    desc: str,
+) -> Scores:
+    """Label scores (by `label_score`) and last-prompt-token activations of the handle's model."""
+    model, pad, tap = handle.model, handle.pad_id, handle.tap
+    return score(model, [p.prompt for p in prompts], label_ids, pad, tap, batch_size, desc, label_score)
 
 
-def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: str) -> tuple[dict, torch.Tensor]:
-    """The current model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
+def evaluate(
+    handle: ModelHandle, se: SeedEval, prompts: Sequence[Prompted], batch_size: int, desc: str
+) -> tuple[dict, torch.Tensor]:
+    """The model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
 
     Classification is scored from the answer distribution; a generative task generates, cuts at the stop rule
     and compares parsed answers (parse failures count as wrong).
     """
     task, encoder = se.eval.task, se.eval.encoder
     if task.generative:
-        texts = generate_texts(
-            ctx.model, ctx.tokenizer, [p.prompt for p in prompts], task, ctx.cfg.runtime.batch_size, desc
-        )
+        texts = generate_texts(handle.model, handle.tokenizer, [p.prompt for p in prompts], task, batch_size, desc)
         golds = [task.examples[i].answer for i in se.eval.test]
-        acts = scores(ctx, prompts, [[ctx.pad_id]], f"{desc} acts").acts
+        acts = scores(handle, prompts, [[handle.pad_id]], batch_size, task.label_score, f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
-    measured = scores(ctx, prompts, encoder.label_ids, desc)
+    measured = scores(handle, prompts, encoder.label_ids, batch_size, task.label_score, desc)
     result = summarise(measured, se.gold, encoder.label_first())
     return {**result, "reliability": reliability(measured, se.gold)}, measured.acts
 
 
-def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:
+def dev_accuracy(
+    handle: ModelHandle, encoder: Encoder, dev: Sequence[Prompted], batch_size: int, desc: str
+) -> float | None:
     """Label accuracy on the dev examples without demonstrations (None for generative tasks, which would need
     generation: their hyperparameters are chosen on dev loss)."""
-    if ctx.task.generative:
+    task = encoder.task
+    if task.generative:
         return None
-    measured = scores(ctx, dev, ctx.encoder.label_ids, desc)
+    measured = scores(handle, dev, encoder.label_ids, batch_size, task.label_score, desc)
     return float((measured.label_probs().argmax(axis=1) == np.array([p.label for p in dev])).mean())
 
 
 def result_row(
-    ctx: RunContext, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor, demos: int
+    setup: RunSetup, method: str, seed: int, se: SeedEval, measured: dict, acts: torch.Tensor, demos: int
 ) -> dict:
     """One (method, seed, evaluation set) result: the metrics and the per-layer cosine to the ICL teacher's
     activations on the same test queries (None for ICL itself)."""
     cos = layer_cosine(acts, se.icl) if method != "icl" else None
     return {
-        "task": ctx.task.name,
+        "task": setup.task.name,
         "eval_task": se.eval.task.name,
-        "model": ctx.cfg.model,
+        "model": setup.cfg.model,
         "method": method,
-        "n_train": ctx.cfg.data.n_train,
+        "n_train": setup.cfg.data.n_train,
         "seed": seed,
         **measured,
         "asim": float(np.mean(cos)) if cos is not None else None,

@@ -84,8 +84,12 @@ class CollectSettings:
     batch_size: int = 8
     desc: str = "teacher"
     distribution: int | None = None
-    choices: tuple[tuple[int, ...], ...] | None = None
+    choices: Sequence[Sequence[int]] | None = None
     label_score: str = "sum"
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:  # any sequences of token ids, kept as tuples (hashable, as the key records them)
+            object.__setattr__(self, "choices", tuple(tuple(c) for c in self.choices))
 
 
 @torch.no_grad()
@@ -163,32 +167,21 @@ def collect(
     tap: Tap | None,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int = 1,
-    stop: str = "\n\n",
-    batch_size: int = 8,
-    desc: str = "teacher",
-    distribution: int | None = None,
-    *,
-    choices: Sequence[Sequence[int]] | None = None,
-    label_score: str = "sum",
+    settings: CollectSettings = CollectSettings(),
 ) -> Targets:
     """Generate each ICL answer (or, with `choices`, pick the label scored highest), then read activations in one
     teacher-forced pass over prompt ⊕ answer.
 
-    With one new token the generating forward pass is the teacher-forced pass, so it runs once. `distribution`
-    also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary (fp32, V floats
-    per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts` are None.
+    With one new token the generating forward pass is the teacher-forced pass, so it runs once. The settings'
+    `distribution` also keeps the teacher's next-token distribution from that pass: None no, 0 the full vocabulary
+    (fp32, V floats per answer token: 1 MB each for Gemma's 262k vocabulary), k > 0 the top k. Without a tap, `acts`
+    are None.
     """
-    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution, _choices(choices), label_score)
     done = sorted(rows(model, tap, tokenizer, prompts, settings), key=lambda r: r.index)
-    tokens, acts = [r.tokens for r in done], [r.acts for r in done]
+    tokens, acts, distribution = [r.tokens for r in done], [r.acts for r in done], settings.distribution
     if distribution is None:
         return Targets(tokens, acts)
     return Targets(tokens, acts, [r.top_ids for r in done] if distribution > 0 else None, [r.top_logp for r in done])
-
-
-def _choices(choices: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...] | None:
-    return None if choices is None else tuple(tuple(c) for c in choices)
 
 
 def cache_key(fields: dict, prompts: Sequence[Sequence[int]]) -> str:
@@ -267,16 +260,10 @@ def cached_collect(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     fields: dict,
-    max_new_tokens: int = 1,
-    stop: str = "\n\n",
-    batch_size: int = 8,
-    desc: str = "teacher",
-    distribution: int | None = None,
+    settings: CollectSettings = CollectSettings(),
+    *,
     dtype: str = "float32",
     store: str = "file",
-    *,
-    choices: Sequence[Sequence[int]] | None = None,
-    label_score: str = "sum",
 ) -> Targets:
     """`collect`, reusing targets cached under a hash of the prompts and `fields`, which must name the model
     (`model_fingerprint` of the base model) and may name task, split, seed and demo policy.
@@ -290,7 +277,6 @@ def cached_collect(
     With several processes (sharing the cache folder) each collects its share of the batches, the main process
     alone writes the entry, and every process returns all the targets.
     """
-    settings = CollectSettings(max_new_tokens, stop, batch_size, desc, distribution, _choices(choices), label_score)
     fields = key_fields(fields, tap, settings, dtype)
     root, key = cache_root() / "targets", cache_key(fields, prompts)
     found = cached(root, key)
@@ -307,19 +293,7 @@ def cached_collect(
         stored = open_store(root / key)
         stored.key = key
         return stored
-    targets = collect(
-        model,
-        tap,
-        tokenizer,
-        prompts,
-        max_new_tokens,
-        stop,
-        batch_size,
-        desc,
-        distribution,
-        choices=choices,
-        label_score=label_score,
-    )
+    targets = collect(model, tap, tokenizer, prompts, settings)
     if dtype != "float32":
         targets.acts = [None if a is None else a.to(getattr(torch, dtype)) for a in targets.acts]
     if distributed.is_main():

@@ -19,36 +19,28 @@ from ia2.errors import IA2Error
 from ia2.model import distributed, memory
 from ia2.registry import LOSSES, METHODS
 from ia2.teacher import targets
+from ia2.teacher.targets import CollectSettings
 from ia2.training import packing
 from ia2.training.loop import Item, Lane, train_lanes
 from ia2.training.methods import Stage
 from ia2.training.tracking import Reporter, Tracking
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
     from ia2.data.tasks import Task
-    from ia2.model.taps import Tap
+    from ia2.model.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
 
 class Setup(Protocol):
-    """What training reads of a run's set-up (`ia2.run.context.RunContext` is one): the settings, the task and its
-    encoder, the model with its tap and tokenizer, the model's fingerprint (part of the teacher targets' key) and
-    where metrics go."""
+    """What training reads of a run's set-up (`ia2.run.context.RunSetup` is one): the settings, and the task with
+    its encoder."""
 
     cfg: RunConfig
     task: Task
     encoder: Encoder
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    tap: Tap
-    fingerprint: str
-    tracking: Tracking | None
-
-    @property
-    def pad_id(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -69,44 +61,47 @@ class StageData:
         return self.teacher_keys[sources[0]] if sources else None
 
 
-def stage_data(ctx: Setup, split: Split, seed: int, methods: Sequence[str]) -> StageData:
+def stage_data(setup: Setup, handle: ModelHandle, split: Split, seed: int, methods: Sequence[str]) -> StageData:
     """Items for each label source: gold answers, the ICL teacher's answers with activations (stored, or with the
     online teacher the ICL prompts to compute them from per batch) and, when a loss needs them, its next-token
     distributions, and the placebo teacher's when a method trains on them."""
-    n, unlabelled = ctx.cfg.data.n_train, bool(ctx.cfg.data.unlabelled)
-    examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
+    n, unlabelled = setup.cfg.data.n_train, bool(setup.cfg.data.unlabelled)
+    examples, queries = setup.task.examples, teacher_queries(split, unlabelled)
     sources = {stage.labels for method in methods for stage in METHODS[method].stages}
     teachers = {
-        labels: _teacher_items(ctx, split, seed, methods, labels)
+        labels: _teacher_items(setup, handle, split, seed, methods, labels)
         for labels in ("icl", "placebo")
         if labels == "icl" or labels in sources
     }
-    dev = [ctx.encoder.encode(examples[i]) for i in split.dev]
-    gold = [Item(p.prompt, p.answer) for p in [ctx.encoder.encode(examples[i]) for i in split.train] + dev]
+    dev = [setup.encoder.encode(examples[i]) for i in split.dev]
+    gold = [Item(p.prompt, p.answer) for p in [setup.encoder.encode(examples[i]) for i in split.train] + dev]
     m = len(queries) - len(split.dev)
     icl = teachers["icl"][0]
-    agreement = None if unlabelled or ctx.task.generative else _agreement(icl[:n], gold[:n])
+    agreement = None if unlabelled or setup.task.generative else _agreement(icl[:n], gold[:n])
     items = {"gold": (gold[:n], gold[n:])} | {k: (t[:m], t[m:]) for k, (t, _) in teachers.items()}
     gold_where = [examples[i].where for i in split.train]
     for labels in sorted(sources):
         _check_training(
-            ctx, items[labels][0], gold_where if labels == "gold" else [examples[i].where for i in queries[:m]]
+            setup.cfg,
+            handle.model,
+            items[labels][0],
+            gold_where if labels == "gold" else [examples[i].where for i in queries[:m]],
         )
     return StageData(items, dev, {k: key for k, (_, key) in teachers.items() if key}, agreement)
 
 
 def _teacher_items(
-    ctx: Setup, split: Split, seed: int, methods: Sequence[str], labels: str
+    setup: Setup, handle: ModelHandle, split: Split, seed: int, methods: Sequence[str], labels: str
 ) -> tuple[list[Item], str | None]:
     """The items of one teacher (`icl`, or `placebo`: its demonstrations' answers shuffled) for every teacher query,
     training then dev, and the cache key of its targets."""
-    cfg, unlabelled = ctx.cfg, bool(ctx.cfg.data.unlabelled)
+    cfg, unlabelled = setup.cfg, bool(setup.cfg.data.unlabelled)
     demo_labels = "shuffled" if labels == "placebo" else "gold"
-    prompts, policy = teacher_prompts(ctx.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed, demo_labels)
-    examples, queries = ctx.task.examples, teacher_queries(split, unlabelled)
-    answer = max([ctx.task.max_new_tokens, *map(len, ctx.encoder.label_ids)])
+    prompts, policy = teacher_prompts(setup.encoder, split, cfg.prompt, cfg.data.n_train, unlabelled, seed, demo_labels)
+    examples, queries = setup.task.examples, teacher_queries(split, unlabelled)
+    answer = max([setup.task.max_new_tokens, *map(len, setup.encoder.label_ids)])
     size = memory.fitting_rows(
-        ctx.model,
+        handle.model,
         [len(p) + answer for p in prompts],
         cfg.runtime.batch_size,
         answer,
@@ -114,8 +109,8 @@ def _teacher_items(
         [examples[i].where for i in queries],
         f"the {'placebo' if labels == 'placebo' else 'ICL'} teacher's pass",
     )
-    teacher = teacher_targets(ctx, prompts, policy, seed, methods, min(distributed.everyone(size)))
-    plain = [ctx.encoder.prompt_ids(examples[i]) for i in queries]
+    teacher = teacher_targets(setup, handle, prompts, policy, seed, methods, min(distributed.everyone(size)))
+    plain = [setup.encoder.prompt_ids(examples[i]) for i in queries]
     ids, logp = teacher.top_ids or [None] * len(plain), teacher.top_logp or [None] * len(plain)
     online = cfg.teacher.teacher_mode == "online"
     items = [
@@ -125,14 +120,14 @@ def _teacher_items(
     return items, teacher.key
 
 
-def _check_training(ctx: Setup, train: Sequence[Item], where: Sequence[str]) -> None:
+def _check_training(cfg: RunConfig, model: PreTrainedModel, train: Sequence[Item], where: Sequence[str]) -> None:
     """Refuse in one line a training batch of the longest rows that would not fit in memory (`memory`); a pack of
     `--pack` adapters puts that many batches in one pass."""
-    lanes = ctx.cfg.runtime.pack or 1
+    lanes = cfg.runtime.pack or 1
     memory.fitting_rows(
-        ctx.model,
+        model,
         [len(i.prompt) + len(i.answer) for i in train] * lanes,
-        ctx.cfg.train.train_batch_size * lanes,
+        cfg.train.train_batch_size * lanes,
         max(len(i.answer) for i in train),
         True,
         list(where) * lanes,
@@ -147,7 +142,8 @@ def _agreement(teacher: Sequence[Item], gold: Sequence[Item]) -> float:
 
 
 def teacher_targets(
-    ctx: Setup,
+    setup: Setup,
+    handle: ModelHandle,
     prompts: Sequence[list[int]],
     policy: str,
     seed: int,
@@ -157,33 +153,36 @@ def teacher_targets(
     """The ICL teacher's answers, activations (none for the online teacher) and, when some method's loss needs them,
     next-token distributions, from the cache or collected now with the adapter disabled, in batches of `batch_size`
     (default: the runtime's)."""
-    teacher = ctx.cfg.teacher
+    teacher = setup.cfg.teacher
     distribution = any(LOSSES[stage.loss].needs_distribution for m in methods for stage in METHODS[m].stages)
     fields = {
-        "model": ctx.fingerprint,
-        "task": ctx.task.name,
-        "data": ctx.task.data_hash(),
+        "model": handle.fingerprint,
+        "task": setup.task.name,
+        "data": setup.task.data_hash(),
         "seed": seed,
         "demos": policy,
     }
-    tap = ctx.tap if teacher.teacher_mode == "cached" else None
-    stop = ctx.task.stop[0] if ctx.task.stop and teacher.teacher_stop == "task" else ""
-    with ctx.model.disable_adapter():
+    tap = handle.tap if teacher.teacher_mode == "cached" else None
+    stop = setup.task.stop[0] if setup.task.stop and teacher.teacher_stop == "task" else ""
+    settings = CollectSettings(
+        setup.task.max_new_tokens,
+        stop,
+        batch_size or setup.cfg.runtime.batch_size,
+        f"teacher s{seed}",
+        teacher.soft_top_k if distribution else None,
+        setup.encoder.label_ids if setup.encoder.whole_labels else None,
+        setup.task.label_score,
+    )
+    with handle.model.disable_adapter():
         return targets.cached_collect(
-            ctx.model,
+            handle.model,
             tap,
-            ctx.tokenizer,
+            handle.tokenizer,
             list(prompts),
             fields,
-            ctx.task.max_new_tokens,
-            stop,
-            batch_size or ctx.cfg.runtime.batch_size,
-            f"teacher s{seed}",
-            teacher.soft_top_k if distribution else None,
-            teacher.target_dtype,
-            teacher.target_store,
-            choices=ctx.encoder.label_ids if ctx.encoder.whole_labels else None,
-            label_score=ctx.task.label_score,
+            settings,
+            dtype=teacher.target_dtype,
+            store=teacher.target_store,
         )
 
 
@@ -248,8 +247,15 @@ class StageRunner:
     """Trains methods' stages for several adapters (a run's seeds, a sweep cell's seeds and learning rates), in packs
     of at most `pack` that share each training pass (`train_lanes`)."""
 
-    def __init__(self, ctx: Setup, trainees: Sequence[Trainee], pack: int | None = 1) -> None:
-        self.ctx, self.trainees, self.pack = ctx, list(trainees), pack
+    def __init__(
+        self,
+        handle: ModelHandle,
+        cfg: RunConfig,
+        trainees: Sequence[Trainee],
+        pack: int | None = 1,
+        tracking: Tracking | None = None,
+    ) -> None:
+        self.handle, self.cfg, self.trainees, self.pack, self.tracking = handle, cfg, list(trainees), pack, tracking
 
     def train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None = None) -> list[list[dict]]:
         """Train `stages` for each of `who` (every trainee by default), each from its longest trained prefix; return
@@ -261,7 +267,7 @@ class StageRunner:
             path = stages[: depth + 1]
             todo = [t for t in who if path not in t.memo]
             trains = [t.data.items[stage.labels][0] for t in todo]
-            size = self.pack or min(distributed.everyone(packing.suggested(self.ctx.model, self.ctx.cfg, trains)))
+            size = self.pack or min(distributed.everyone(packing.suggested(self.handle.model, self.cfg, trains)))
             for start in range(0, len(todo), size):
                 self._train_pack(todo[start : start + size], path)
         return [t.memo[stages][1] for t in who]
@@ -280,7 +286,9 @@ class StageRunner:
             )
             for t in pack
         ]
-        for t, (log, state) in zip(pack, train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id)):
+        for t, (log, state) in zip(
+            pack, train_lanes(self.handle.model, self.handle.tap, lanes, stage, self.handle.pad_id)
+        ):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
             _check_progress(t, log, depth)
@@ -288,10 +296,10 @@ class StageRunner:
 
     def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:
         """Put a trainee's state after `stages` into the model's own adapter, to evaluate or save it."""
-        set_peft_model_state_dict(self.ctx.model, trainee.memo[stages][0])
+        set_peft_model_state_dict(self.handle.model, trainee.memo[stages][0])
 
     def _reporter(self, seed: int, path: tuple[Stage, ...]) -> Reporter | None:
         """Where a stage's metrics go: under `seed<S>/<the stages trained so far>` (e.g. `ia2:icl>ce:gold`)."""
-        if self.ctx.tracking is None:
+        if self.tracking is None:
             return None
-        return self.ctx.tracking.reporter(f"seed{seed}/" + ">".join(f"{s.loss}:{s.labels}" for s in path))
+        return self.tracking.reporter(f"seed{seed}/" + ">".join(f"{s.loss}:{s.labels}" for s in path))
