@@ -25,6 +25,7 @@ from ia2.errors import IA2Error
 from ia2.evaluation.scoring import MIN_SHARED_PREFIX, common_prefix, score
 from ia2.model import adapters, forward_pass, generation, loading, padding
 from ia2.model.taps import Tap
+from ia2.registry import ADAPTER_KINDS
 from ia2.training import loop
 from ia2.training.loop import Item
 from ia2.training.methods import IA2, SFT
@@ -107,6 +108,24 @@ def test_any_peft_type_trains_with_capabilities_from_the_table(llama_dir):
     model, _ = loading.load(str(llama_dir))
     peft = adapters.fresh(model, spec, 0)
     assert any("hada" in name for name, p in peft.named_parameters() if p.requires_grad)
+
+
+def test_a_kind_declared_in_user_code_is_named_where_the_kinds_are_listed():
+    """The messages that list what merges, shards or packs read the registry when they are raised."""
+    assert adapter_kinds.kinds_with("merge") == "LORA and IA3"
+    ADAPTER_KINDS.register("LOHA", adapter_kinds.AdapterKind(merge=True, fsdp=False, pack=False, virtual_tokens=False))
+    try:
+        assert adapter_kinds.kinds_with("merge") == "LORA, IA3 and LOHA"
+        assert (
+            adapter_kinds.pack_refusal({"peft_type": "LOHA"})
+            == "must be 1 for LOHA adapters (packing takes LORA and IA3)"
+        )
+        with pytest.raises(
+            IA2Error, match=r"^merge_bf16 needs an adapter that merges \(LORA, IA3 and LOHA\), not PREFIX"
+        ):
+            config.make("m", "t", adapter="prefix", merge_bf16=True)
+    finally:
+        ADAPTER_KINDS.unregister("LOHA")
 
 
 @pytest.mark.parametrize(

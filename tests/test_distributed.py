@@ -402,7 +402,7 @@ def test_fsdp_needs_a_launcher(llama_dir, toy_jsonl, tmp_path, capsys):
 @pytest.mark.parametrize(
     "change, needle",
     [
-        ({"adapter": "prompt"}, "^fsdp supports LoRA and IA3 adapters, not PROMPT_TUNING"),
+        ({"adapter": "prompt"}, "^fsdp supports LORA and IA3 adapters, not PROMPT_TUNING"),
         ({"adapter": "prefix"}, "not PREFIX_TUNING"),
         ({"merge_bf16": True}, "^merge_bf16 merges the adapter into a whole copy"),
     ],

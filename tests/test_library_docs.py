@@ -10,7 +10,7 @@ import pytest
 
 from conftest import toy_rows, write_jsonl
 from ia2.data import tasks
-from ia2.registry import LOSSES, METHODS
+from ia2.registry import LOSSES, METHODS, TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +27,7 @@ def docs_world(llama_dir, tmp_path, monkeypatch):
     restored afterwards."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IA2_CACHE", str(tmp_path / "cache"))
-    declared = {registry: set(registry) for registry in (METHODS, LOSSES)}
-    registered = dict(tasks.REGISTERED)
+    declared = {registry: set(registry) for registry in (METHODS, LOSSES, TASKS)}
     write_jsonl(tmp_path / "my_examples.jsonl", toy_rows(24))
     write_jsonl(tmp_path / "my_task.jsonl", toy_rows(80, seed=1))
     write_jsonl(tmp_path / "new.jsonl", toy_rows(6, seed=2))
@@ -36,8 +35,6 @@ def docs_world(llama_dir, tmp_path, monkeypatch):
     for registry, names in declared.items():
         for name in set(registry) - names:
             registry.unregister(name)
-    tasks.REGISTERED.clear()
-    tasks.REGISTERED.update(registered)
 
 
 def test_every_block_of_the_library_doc_runs(docs_world, capsys):

@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from conftest import small_run
+from ia2 import config
+from ia2.data.tasks import Example, Task
 from ia2.model import loading
 from ia2.model.loading import Embedded
+from ia2.run.card import metadata
 from ia2.training import stages
 from test_errors import error_lines, run_cli
 
@@ -174,3 +178,15 @@ def test_model_card_describes_the_run(llama_dir, toy_jsonl, tmp_path, capsys):
     assert record["config_key"] == result["config"]["key"]
     assert record["task"]["template"] == "Question: {question}\nAnswer:" and record["task"]["labels"] == ["no", "yes"]
     assert (record["task"]["answer_prefix"], record["chat"]) == (" ", False)
+    hub = ModelCard(card).data
+    assert (hub.base_model, hub.library_name, hub.datasets) == (str(llama_dir), "peft", None)
+    assert hub.tags == ["ia2", "arxiv:2509.22621"], "the method's name is a tag once"
+
+
+def test_a_hub_task_names_its_dataset_in_the_card_metadata():
+    """A task read from the hub names its dataset id (the revision dropped), which the hub links to."""
+    task = Task("sst2", (Example("q", "a"),), ("a",), source="hub:stanfordnlp/sst2@8d51e7e")
+    front = metadata(config.make("Qwen/Qwen3-4B-Base", "sst2"), task, "ia2-sft").to_yaml()
+    data = ModelCard(f"---\n{front}\n---\n").data
+    assert (data.base_model, data.datasets) == ("Qwen/Qwen3-4B-Base", ["stanfordnlp/sst2"])
+    assert data.tags == ["ia2", "ia2-sft", "arxiv:2509.22621"]

@@ -140,7 +140,7 @@ def test_the_cli_refuses_a_pack_it_cannot_train_in_one_line(llama_dir, toy_jsonl
     argv = small_run(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out", pack=2, adapter="prompt")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ia2: error: --pack must be 1 for PROMPT_TUNING adapters (packing takes LoRA and IA3)"]
+    assert err == ["ia2: error: --pack must be 1 for PROMPT_TUNING adapters (packing takes LORA and IA3)"]
     assert not (tmp_path / "out").exists()
 
 

@@ -244,5 +244,5 @@ def test_merged_bf16_copy_is_close_but_not_the_trained_model(trained):
 def test_merge_needs_a_mergeable_adapter(model_dirs):
     model, _ = loading.load(str(model_dirs["llama"]))
     prompt = adapters.fresh(model, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}, 0)
-    with pytest.raises(adapters.IA2Error, match="only LoRA and IA3"):
+    with pytest.raises(adapters.IA2Error, match="only LORA and IA3"):
         adapters.merged_bf16(prompt)

@@ -1,8 +1,9 @@
 """Extension points as registries: the named declarations of one kind (methods, losses, answer parsers, task
-sources, activation sites), each declared once where its code lives and added to with `register`, from ia2 itself or
-from user code alike. A registry loads the module of its built-in declarations the first time it is read, so that the
-settings can name the allowed values without importing the code behind them, and every table derived from a registry
-is computed when read: a declaration registered from user code counts everywhere.
+sources, activation sites, adapter kinds, tasks built in Python), each declared once where its code lives and added
+to with `register`, from ia2 itself or from user code alike. A registry loads the module of its built-in declarations
+the first time it is read, so that the settings can name the allowed values without importing the code behind them,
+and every table derived from a registry is computed when read: a declaration registered from user code counts
+everywhere.
 """
 
 from __future__ import annotations
@@ -82,3 +83,4 @@ PARSERS: Registry = Registry("answer parser", "ia2.data.parsers")
 SOURCES: Registry = Registry("task source", "ia2.data.tasks", "ia2.model.synthetic")
 SITES: Registry = Registry("activation site", "ia2.model.taps")
 ADAPTER_KINDS: Registry = Registry("adapter kind", "ia2.config.adapter_kinds")
+TASKS: Registry = Registry("task")  # tasks built in Python (`ia2.data.tasks.register`), loadable by name

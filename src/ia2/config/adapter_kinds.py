@@ -123,6 +123,13 @@ def merges(peft_type: str) -> bool:
     return peft_type in ADAPTER_KINDS and ADAPTER_KINDS[peft_type].merge
 
 
+def kinds_with(capability: str) -> str:
+    """The declared kinds that allow `capability` (`merge`, `fsdp` or `pack`), as messages name them ("LORA and
+    IA3"): read from the registry, so a kind declared in user code is named too."""
+    names = [name for name, kind in ADAPTER_KINDS.items() if getattr(kind, capability)]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def kind_of(spec: Mapping[str, Any]) -> AdapterKind:
     """What an adapter mapping's kind allows: its declaration, or for an undeclared kind nothing but what PEFT says
     of virtual tokens (neither merged, sharded nor packed)."""
@@ -150,15 +157,16 @@ def from_old(old: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pack_refusal(peft_cfg: Mapping) -> str | None:
-    """Why adapters of this PEFT config mapping cannot be packed, or None: only plain LoRA and IA3 on linear layers
+    """Why adapters of this PEFT config mapping cannot be packed, or None: only plain adapters of the kinds declared
+    packable (LoRA and IA3) on linear layers
     (no dropout, DoRA, LoRA bias, trained base biases or modules to save: per-row randomness or weights shared by
     every adapter, which the packed pass does not reproduce)."""
     kind = str(peft_cfg.get("peft_type"))
     if kind not in ADAPTER_KINDS or not ADAPTER_KINDS[kind].pack:
-        return f"must be 1 for {kind} adapters (packing takes LoRA and IA3)"
+        return f"must be 1 for {kind} adapters (packing takes {kinds_with('pack')})"
     for name in ("lora_dropout", "use_dora", "lora_bias", "modules_to_save"):
         if peft_cfg.get(name):
-            return f"must be 1 for adapters with {name} (packing takes plain LoRA and IA3)"
+            return f"must be 1 for adapters with {name} (packing takes plain {kinds_with('pack')})"
     if peft_cfg.get("bias", "none") != "none":
-        return "must be 1 for adapters that train biases (packing takes plain LoRA and IA3)"
+        return f"must be 1 for adapters that train biases (packing takes plain {kinds_with('pack')})"
     return None

@@ -214,13 +214,14 @@ def _validate_combinations(cfg: RunConfig) -> None:
     capability = adapter_kinds.kind_of(cfg.adapter)
     if cfg.runtime.merge_bf16 and not capability.merge:
         raise SettingError(
-            "runtime.merge_bf16", f"needs an adapter that merges (LoRA, IA3), not {cfg.adapter['peft_type']}"
+            "runtime.merge_bf16",
+            f"needs an adapter that merges ({adapter_kinds.kinds_with('merge')}), not {cfg.adapter['peft_type']}",
         )
     if cfg.runtime.fsdp and not capability.fsdp:
         raise SettingError(
             "runtime.fsdp",
-            f"supports LoRA and IA3 adapters, not {cfg.adapter['peft_type']} (its "
-            "virtual tokens are embedded outside the sharded model)",
+            f"supports {adapter_kinds.kinds_with('fsdp')} adapters, not {cfg.adapter['peft_type']}"
+            + (" (its virtual tokens are embedded outside the sharded model)" if capability.virtual_tokens else ""),
         )
     if cfg.runtime.fsdp and cfg.runtime.merge_bf16:
         raise SettingError(

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ia2.config.adapter_kinds import merges, normalise, peft_config
+from ia2.config.adapter_kinds import kinds_with, merges, normalise, peft_config
 from ia2.errors import IA2Error
 from ia2.paths import atomic_path
 
@@ -86,7 +86,7 @@ def merged_bf16(model: PeftModel) -> nn.Module:
     only: the merge rounds the small update onto the bf16 grid of the base weights, so it is not the trained model)."""
     kind = model.peft_config[model.active_adapter].peft_type.value
     if not merges(kind):
-        raise IA2Error(f"only LoRA and IA3 adapters can be merged, not {kind}")
+        raise IA2Error(f"only {kinds_with('merge')} adapters can be merged, not {kind}")
     import torch
 
     merged = copy.deepcopy(model).to(torch.bfloat16).merge_and_unload()

@@ -154,14 +154,19 @@ def shared_backward(
     loss: Callable[[Sequence[T]], torch.Tensor],
     params: Sequence[nn.Parameter],
     width: int = 1,
+    alone: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A data-parallel backward pass; returns the losses [width] summed over processes. Each process runs the backward
     pass of the sum of `loss` (a tensor of `width` losses) on its share of `items` (every world_size-th one from its
     rank); the gradients of `params` (zeros from a process without items, which with a sharded model runs the passes
     on the first item, gradients dropped) and the losses are summed over processes, so every process holds the same
-    sums."""
+    sums. A single process runs `alone` (the losses of all items at once) instead, when given."""
     import torch
 
+    if alone is not None and world_size() == 1:
+        losses = alone()
+        losses.sum().backward()
+        return losses.detach()
     local, total = list(items[rank() :: world_size()]), torch.zeros(width, device=params[0].device)
     if local:
         total = loss(local)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from huggingface_hub import ModelCardData
+
 from ia2.config import RunConfig, key
 from ia2.data.tasks import Example, Task
 from ia2.registry import METHODS
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from ia2.run.context import RunSetup
 
 RECORD = "ia2.json"
+# The IA2 paper on arXiv: the hub links a card tagged `arxiv:<id>` to the paper's page.
+PAPER = "2509.22621"
 METRICS = ("accuracy", "ece", "ece_equal_mass", "brier", "nll", "asim", "parse_failure_rate")
 
 
@@ -40,9 +44,7 @@ def model_card(
     diverged = divergences(logs)
     warning = f"\n**Diverged, not to be used as trained**: {diverged}.\n" if diverged else ""
     return f"""---
-base_model: {cfg.model}
-library_name: peft
-tags: [ia2, {method}]
+{metadata(cfg, task, method).to_yaml()}
 ---
 
 # {METHODS[method].display} adapter for {cfg.model}
@@ -80,6 +82,15 @@ Labels: {labels}.
 Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), PATH)`, where BASE is the base
 model above (for an ia2 embedded name, the folder `ia2.model.loading.resolve(name)` returns).
 """
+
+
+def metadata(cfg: RunConfig, task: Task, method: str) -> ModelCardData:
+    """The card's hub metadata: the base model as the user named it, `library_name: peft`, tags naming ia2, the
+    method and the paper, and the dataset when the task was read from the hub (a local or packaged task has no hub
+    id to link to)."""
+    tags = list(dict.fromkeys(["ia2", method, f"arxiv:{PAPER}"]))
+    hub = task.source.removeprefix("hub:").partition("@")[0] if task.source.startswith("hub:") else None
+    return ModelCardData(base_model=cfg.model, library_name="peft", tags=tags, datasets=[hub] if hub else None)
 
 
 def _prompt_section(task: Task, served: dict) -> str:

@@ -206,20 +206,19 @@ def batch_gradient(
     adapters' parameters are disjoint, so the gradient of their sum is each one's own. One process runs the forward
     and backward passes; several split the rows (`shared_backward`), each weighing its shard of batch g by the shard's
     share of that batch's answer positions and normalising it by the whole batch's teacher scale."""
-    if distributed.world_size() == 1:
-        losses = torch.stack(group_losses(objective, batches, adapters))
-        losses.sum().backward()
-        return losses.detach()
-    scales = [teacher_scale(batch, objective.stage, objective.cfg) for batch in batches]
-    positions = [answer_positions(batch) for batch in batches]
     rows = [(g, item) for g, batch in enumerate(batches) for item in batch]
 
+    def whole_losses() -> torch.Tensor:
+        return torch.stack(group_losses(objective, batches, adapters))
+
     def shard_losses(local: Sequence[tuple[int, Item]]) -> torch.Tensor:
+        scales = [teacher_scale(batch, objective.stage, objective.cfg) for batch in batches]
         groups = [[item for h, item in local if h == g] for g in range(len(batches))]
         losses = group_losses(objective, groups, adapters, scales)
+        positions = [answer_positions(batch) for batch in batches]
         return torch.stack([loss * (answer_positions(group) / n) for loss, group, n in zip(losses, groups, positions)])
 
-    return distributed.shared_backward(objective.model, rows, shard_losses, params, len(batches))
+    return distributed.shared_backward(objective.model, rows, shard_losses, params, len(batches), whole_losses)
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

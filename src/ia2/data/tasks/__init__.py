@@ -10,7 +10,7 @@ from ia2.data.tasks.benchmarks import OOD_PAIRS, check_transfer
 from ia2.data.tasks.hub import Unreachable
 from ia2.data.tasks.packaged import PackagedFile
 from ia2.errors import IA2Error
-from ia2.registry import SOURCES
+from ia2.registry import SOURCES, TASKS
 
 __all__ = [
     "Example",
@@ -90,25 +90,20 @@ def data_files() -> dict[PackagedFile, list[str]]:
     return files
 
 
-# Tasks made in Python (`register`), by name.
-REGISTERED: dict[str, Task] = {}
-
-
 def register(task: Task) -> Task:
-    """Make a task built from Python objects loadable by its name, as `--task` and configs name tasks."""
+    """Make a task built from Python objects loadable by its name, as `--task` and configs name tasks (`TASKS`)."""
     if task.name in benchmarks.names() or task.name.partition(":")[0] in SOURCES:
         raise IA2Error(f"task name {task.name!r} is taken by a benchmark or a source: choose another")
-    REGISTERED[task.name] = task
-    return task
+    return TASKS.register(task.name, task)
 
 
 def load_task(spec: str, labels: tuple[str, ...] | None = None) -> Task:
     """Resolve a task spec to a Task (`source:argument`, a benchmark name, `name@source`, or a registered task's
     name), repeated questions dropped."""
-    if spec in REGISTERED:
-        if labels is not None and tuple(labels) != REGISTERED[spec].labels:
-            raise IA2Error(f"task {spec!r} was registered with labels {list(REGISTERED[spec].labels)}: drop --labels")
-        return REGISTERED[spec].unique()
+    if spec in TASKS:
+        if labels is not None and tuple(labels) != TASKS[spec].labels:
+            raise IA2Error(f"task {spec!r} was registered with labels {list(TASKS[spec].labels)}: drop --labels")
+        return TASKS[spec].unique()
     source, colon, arg = spec.partition(":")
     if source in SOURCES and (bool(arg) if SOURCES[source].argument else not colon):
         return SOURCES[source].load(arg, labels).unique()
