@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).parents[1] / "src" / "ia2"
 # Foundation first, then the pipeline's stages in order (docs/architecture.md).
-ORDER = ("", "config", "data", "model", "evaluation", "teacher", "training", "reporting", "run", "commands")
+ORDER = ("", "config", "data", "model", "evaluation", "teacher", "training", "reporting", "run", "trainer", "commands")
 FOUNDATION = ("errors", "paths", "registry")
 
 

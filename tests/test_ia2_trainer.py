@@ -1,0 +1,161 @@
+"""IA2Trainer: ia2's stages inside a transformers Trainer, on the tiny models: it trains the adapter `ia2 train`
+trains, reads the ecosystem's dataset shapes, and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import EarlyStoppingCallback
+
+from conftest import toy_rows, write_jsonl
+from ia2 import config
+from ia2.commands import train as ia2_train
+from ia2.data.splits import draw_split
+from ia2.errors import IA2Error
+from ia2.model import adapters, loading
+from ia2.trainer import IA2Config, IA2Trainer
+from ia2.trainer.examples import to_row
+
+
+def _args(tmp_path, **settings) -> IA2Config:
+    quiet = dict(report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    return IA2Config(output_dir=str(tmp_path / "trainer"), **{**quiet, **settings})
+
+
+@pytest.mark.parametrize("method", ["ia2", "ia2-sft"])
+def test_the_trainer_trains_the_adapter_ia2_train_trains(llama_dir, tmp_path, method):
+    """Same rows, split, seed, batch, learning rate and steps: the adapter IA2Trainer leaves equals the one `ia2 train`
+    saves (to 1e-6; both run Adam, as AdamW without weight decay here, at a constant rate, no clipping)."""
+    rows = toy_rows(15)
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = config.make(
+        str(llama_dir), f"jsonl:{path}", methods=[method], seeds=[0], max_steps=3, eval_every=100, restore_best=False
+    )
+    ia2_train.train(cfg, tmp_path / "ia2")
+    split = draw_split([], list(range(len(rows))), ia2_train.sized(cfg).data, 0)
+    model, tok = loading.load(str(llama_dir))
+    peft = adapters.fresh(model, cfg.adapter, 0)
+    args = _args(tmp_path, method=method, max_steps=3, k_max=cfg.prompt.k_max, seed=0)
+    train, dev = [rows[i] for i in split.train], [rows[i] for i in split.dev]
+    IA2Trainer(peft, args, train_dataset=train, eval_dataset=dev, processing_class=tok).train()
+    want = load_file(tmp_path / "ia2" / "adapter_model.safetensors")
+    got = get_peft_model_state_dict(peft)
+    assert sorted(want) == sorted(got)
+    moved = max((want[k] - adapters_start(llama_dir, cfg)[k]).abs().max().item() for k in want)
+    assert moved > 1e-4, "the adapters trained"
+    assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-6
+
+
+def adapters_start(llama_dir, cfg) -> dict[str, torch.Tensor]:
+    """The fresh adapter both paths start from."""
+    model, _ = loading.load(str(llama_dir))
+    return get_peft_model_state_dict(adapters.fresh(model, cfg.adapter, 0))
+
+
+def _with_demos(rows: list[dict], k: int = 3) -> list[dict]:
+    """prompt/completion rows, each with the k rows after it as demonstrations."""
+    as_pair = lambda r: {"prompt": f"Question: {r['question']}\nAnswer:", "completion": f" {r['answer']}"}  # noqa: E731
+    return [
+        {**as_pair(r), "demonstrations": [as_pair(rows[(i + j) % len(rows)]) for j in range(1, k + 1)]}
+        for i, r in enumerate(rows)
+    ]
+
+
+def test_prompt_completion_rows_with_demonstrations_train_ia2_and_its_dev_loss_falls(llama_dir, tmp_path):
+    """A `datasets.Dataset` of prompt/completion rows: the teacher answers each prompt after its demonstrations, the
+    student sees the prompt alone, and the IA2 dev loss the Trainer logs falls."""
+    rows = _with_demos(toy_rows(24))
+    model, tok = loading.load(str(llama_dir))
+    args = _args(tmp_path, method="ia2", max_steps=12, eval_strategy="steps", eval_steps=4, learning_rate=3e-3)
+    train, dev = Dataset.from_list(rows[:16]), Dataset.from_list(rows[16:])
+    trainer = IA2Trainer(adapters.fresh(model, "lora", 0), args, train, dev, processing_class=tok)
+    trainer.train()
+    (first, *_), (student, *_) = trainer.stage_data.items["icl"][0], trainer.stage_data.items["gold"][0]
+    assert first.prompt == tok(rows[0]["prompt"]).input_ids == student.prompt
+    assert first.acts.shape[:2] == (model.config.num_hidden_layers, len(first.answer))
+    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_conversations_take_their_earlier_turns_as_the_teachers_demonstrations(llama_dir, tmp_path):
+    """The last user turn alone is the student's prompt; the teacher reads the whole conversation before it."""
+    model, tok = loading.load(str(llama_dir))
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    rows = toy_rows(12)
+
+    def turns(r: dict) -> list[dict]:
+        return [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+
+    data = [{"messages": turns(rows[(i + 1) % 12]) + turns(rows[(i + 2) % 12]) + turns(r)} for i, r in enumerate(rows)]
+    args = _args(tmp_path, method="ia2", max_steps=2)
+    trainer = IA2Trainer(adapters.fresh(model, "lora", 0), args, data[:8], data[8:], processing_class=tok)
+    trainer.train()
+    item = trainer.stage_data.items["icl"][0][0]
+    ids = lambda text: tok(text, add_special_tokens=False).input_ids  # noqa: E731
+    assert item.prompt == ids(f"user: {rows[0]['question']}\nassistant:")
+    whole = to_row(data[0], "row 0", tok, args, "messages").teacher_prompt
+    assert whole == ids("".join(f"user: {r['question']}\nassistant: {r['answer']}\n" for r in rows[1:3])) + item.prompt
+
+
+def test_early_stopping_and_the_best_state_are_the_trainers_own(llama_dir, tmp_path):
+    """EarlyStoppingCallback stops on the dev loss and load_best_model_at_end leaves the best checkpoint's adapter."""
+    model, tok = loading.load(str(llama_dir))
+    rows = toy_rows(18)
+    peft = adapters.fresh(model, "lora", 0)
+    args = _args(
+        tmp_path,
+        method="sft",
+        max_steps=40,
+        learning_rate=0.05,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
+    trainer = IA2Trainer(
+        peft,
+        args,
+        rows[:12],
+        rows[12:],
+        processing_class=tok,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
+    )
+    trainer.train()
+    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert trainer.state.global_step < 40 and trainer.state.best_metric == min(losses)
+    best = load_file(f"{trainer.state.best_model_checkpoint}/adapter_model.safetensors")
+    got = get_peft_model_state_dict(peft)
+    assert all(torch.equal(best[k], got[k]) for k in best)
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("columns", r"^train_dataset: columns \['text'\]: expected one of: prompt and completion; messages; question"),
+        ("method", r"^IA2Config.method 'icl': expected a trained method, one of sft, sft-icl, "),
+        ("model", r"^IA2Trainer: model must be a PEFT model \(peft.get_peft_model\), not LlamaForCausalLM$"),
+        ("demos", r"^train row 0: the demonstrations and prompt take \d+ tokens, and the answer \d+ more: over the "),
+        ("no demos", r"^IA2Config.method 'ia2' trains on the ICL teacher: give demonstrations$"),
+    ],
+)
+def test_bad_input_is_one_line(llama_dir, short_context_dir, tmp_path, case, needle):
+    model, tok = loading.load(str(short_context_dir if case == "demos" else llama_dir))
+    rows = _with_demos(toy_rows(8), k=6 if case == "demos" else 2)
+    if case == "no demos":
+        rows = [{k: v for k, v in r.items() if k != "demonstrations"} for r in rows]
+    with pytest.raises(IA2Error, match=needle) as caught:
+        args = _args(tmp_path, method="icl" if case == "method" else "ia2", max_steps=1)
+        data = [{"text": "x"}] if case == "columns" else rows
+        IA2Trainer(
+            model if case == "model" else adapters.fresh(model, "lora", 0), args, data, processing_class=tok
+        ).train()
+    assert "\n" not in str(caught.value)
