@@ -158,6 +158,11 @@ class RuntimeConfig:
         None,
         least=1,
     )
+    activation_checkpointing: bool = setting(
+        "gradient checkpointing: recompute each decoder layer's activations in the backward pass instead of keeping "
+        "them (less memory, about a third more compute; the taps still record each position once)",
+        False,
+    )
     merge_bf16: bool = setting("evaluate adapters merged into bf16 weights (reference parity)", False)
     save_adapters: bool = setting("save every trained adapter in PEFT format", True)
     report_to: tuple[str, ...] = setting(

@@ -43,6 +43,7 @@ NOT_IN_KEY = (
     "runtime.fsdp",
     "runtime.pack",
     "runtime.compile",
+    "runtime.activation_checkpointing",
     "runtime.save_adapters",
     "runtime.report_to",
 )

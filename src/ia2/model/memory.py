@@ -36,6 +36,7 @@ class Shape:
     bytes: int
     attention: str
     device: str
+    checkpointed: bool = False
 
     @classmethod
     def of(cls, model: nn.Module) -> Shape:
@@ -54,6 +55,7 @@ class Shape:
             bytes=param.element_size(),
             attention=str(getattr(model.config, "_attn_implementation", None) or "eager"),
             device=param.device.type,
+            checkpointed=bool(getattr(model, "is_activation_checkpointing", False)),
         )
 
     def scores_held(self) -> bool:
@@ -69,7 +71,8 @@ def peak_bytes(shape: Shape, rows: int, width: int, keep: int, training: bool) -
     Inference holds one layer's work at a time: the residual and normed inputs, q, k, v and the attention output,
     the MLP's gate, up and activation, the [heads, S, S] scores in the weights' dtype and fp32 softmax where the
     attention holds them, and the [S, S] mask. Training keeps, for the backward pass, every layer's inputs to its
-    products and its softmax probabilities (Korthikanti et al., 2022, without dropout), and the logits' gradients.
+    products and its softmax probabilities (Korthikanti et al., 2022, without dropout), and the logits' gradients;
+    with gradient checkpointing only every layer's input, and one layer's saved activations while it is recomputed.
     Measured on a tiny Llama (tests/test_memory.py), the estimate is 1 to 1.5 times the peak, eager and SDPA,
     inference and training; measured the same way on SmolLM2-135M on a CPU (fp32, SDPA; one row of 2,048 or 1,024
     tokens, four of 1,024 or 512, equal or padded), 0.94 to 1.43 times.
@@ -84,7 +87,8 @@ def peak_bytes(shape: Shape, rows: int, width: int, keep: int, training: bool) -
     if training:
         saved = rows * s * b * (5 * shape.hidden + qkv + 3 * shape.intermediate)
         saved += rows * shape.heads * s * s * b if shape.scores_held() else 0
-        peak += shape.layers * saved + logits
+        kept = shape.layers * rows * s * b * shape.hidden + saved if shape.checkpointed else shape.layers * saved
+        peak += kept + logits
     return peak
 
 

@@ -81,6 +81,8 @@ def set_up(cfg: RunConfig, held_out: bool = True) -> tuple[RunSetup, ModelHandle
         evals = [EvalSet(task, encoder, test), *ood] if held_out else []
     fingerprint, model_class = targets.model_fingerprint(model), type(model).__name__
     compiled.apply(model, cfg.runtime.compile)
+    if cfg.runtime.activation_checkpointing:  # non-reentrant: the taps' outputs keep their gradients
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if cfg.runtime.fsdp:
         distributed.shard_model(model, device)
     tap = Tap(model, cfg.teacher.site, cfg.teacher.layers)

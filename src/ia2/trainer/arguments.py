@@ -44,6 +44,10 @@ class IA2Config(TrainingArguments):
     max_grad_norm: float = field(default=0.0, metadata=_help("gradient clipping norm (0: none, as the paper)"))
     per_device_train_batch_size: int = field(default=4, metadata=_help("training batch per device"))
     remove_unused_columns: bool = field(default=False, metadata=_help("kept: the trainer reads its own columns"))
+    activation_checkpointing_kwargs: dict | None = field(
+        default_factory=lambda: {"use_reentrant": False},
+        metadata=_help("non-reentrant checkpointing: the activation loss needs the taps' gradients"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,6 +56,11 @@ class IA2Config(TrainingArguments):
             raise IA2Error(f"IA2Config.method {self.method!r}: expected a trained method, one of {', '.join(trained)}")
         if self.site not in SITES:
             raise IA2Error(f"IA2Config.site {self.site!r}: expected one of {', '.join(SITES.names())}")
+        if self.activation_checkpointing and (self.activation_checkpointing_kwargs or {}).get("use_reentrant", True):
+            raise IA2Error(
+                "IA2Config.activation_checkpointing_kwargs: use_reentrant must be False (reentrant checkpointing drops "
+                "the gradients of the activations IA2 aligns)"
+            )
         if self.teacher_mode not in TEACHER_MODES:
             raise IA2Error(f"IA2Config.teacher_mode {self.teacher_mode!r}: expected one of {', '.join(TEACHER_MODES)}")
 
