@@ -144,6 +144,12 @@ class RuntimeConfig:
     dtype: str = setting(
         "base model weights (losses and adapters stay fp32)", "float32", choices=("float32", "bfloat16", "float16")
     )
+    quantization: str = setting(
+        "load the base model's linear layers in 4 bits (nf4: bitsandbytes NF4, QLoRA; the teacher is the same "
+        "quantised base with the adapter disabled); computes in `dtype`",
+        "none",
+        choices=("none", "nf4"),
+    )
     batch_size: int = setting("inference batch size (teacher collection, evaluation)", 8, least=1)
     fsdp: bool = setting("under torchrun or accelerate launch, shard the base model over the processes (FSDP2)", False)
     compile: str = setting(

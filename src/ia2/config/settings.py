@@ -230,12 +230,24 @@ def _validate_combinations(cfg: RunConfig) -> None:
         )
     if cfg.runtime.fsdp and cfg.runtime.compile != "off":
         raise SettingError("runtime.compile", "must be off with --fsdp (compiling sharded layers is untested)")
+    _check_quantization(cfg)
     if (cfg.runtime.pack or 1) > 1:
         if cfg.runtime.fsdp:
             raise SettingError("runtime.pack", "must be 1 with --fsdp (packing is untested there)")
         refused = adapter_kinds.pack_refusal(cfg.adapter)
         if refused:
             raise SettingError("runtime.pack", refused)
+
+
+def _check_quantization(cfg: RunConfig) -> None:
+    """A 4-bit base trains LoRA and IA3 adapters alone, unsharded and unmerged (what is tested)."""
+    if cfg.runtime.quantization == "none":
+        return
+    for path, on in (("runtime.fsdp", cfg.runtime.fsdp), ("runtime.merge_bf16", cfg.runtime.merge_bf16)):
+        if on:
+            raise SettingError(path, f"must be off with quantization {cfg.runtime.quantization} (untested there)")
+    if (cfg.runtime.pack or 1) > 1:
+        raise SettingError("runtime.pack", f"must be 1 with quantization {cfg.runtime.quantization}")
 
 
 def changed(obj: object) -> dict:

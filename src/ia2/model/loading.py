@@ -11,7 +11,13 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ia2.errors import IA2Error
 from ia2.model import synthetic
@@ -136,17 +142,26 @@ def _summary(exc: Exception) -> str:
 
 
 def load(
-    spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu", quantization: str = "none"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a frozen causal LM in eval mode and its tokenizer, padded on the left."""
+    """Load a frozen causal LM in eval mode and its tokenizer, padded on the left; with `quantization` nf4 its linear
+    layers in 4 bits (bitsandbytes), computing in `dtype`."""
     source = resolve(spec)
+    placed = {} if quantization == "none" else {"quantization_config": _nf4(dtype), "device_map": {"": device}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placed)
     except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
         raise IA2Error(f"cannot load model {spec!r}: {_summary(exc)}") from exc
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval().requires_grad_(False)
+    (model if placed else model.to(device)).eval().requires_grad_(False)
     return model, tokenizer
+
+
+def _nf4(dtype: torch.dtype) -> BitsAndBytesConfig:
+    """bitsandbytes' NF4 quantisation (QLoRA's), computing in `dtype`; one line when bitsandbytes is missing."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise IA2Error("quantization nf4 needs bitsandbytes: pip install 'ia2[qlora]'")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)

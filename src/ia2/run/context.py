@@ -73,7 +73,10 @@ def set_up(cfg: RunConfig, held_out: bool = True) -> tuple[RunSetup, ModelHandle
         test, pool = test_and_pool(task, cfg.data) if held_out else ([], list(range(len(task.examples))))
         task, from_file = with_unlabelled(task, cfg.data.unlabelled)
         model, tokenizer = loading.load(
-            cfg.model, getattr(torch, cfg.runtime.dtype), "cpu" if cfg.runtime.fsdp else device
+            cfg.model,
+            getattr(torch, cfg.runtime.dtype),
+            "cpu" if cfg.runtime.fsdp else device,
+            cfg.runtime.quantization,
         )
         context = model.config.get_text_config().max_position_embeddings
         encoder = Encoder(task, tokenizer, context, cfg.prompt.chat)
