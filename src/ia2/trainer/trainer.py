@@ -92,6 +92,8 @@ class IA2Trainer(Trainer):
         tokenizer = kwargs.pop("processing_class", None)
         if tokenizer is None:
             raise IA2Error("IA2Trainer: give the tokenizer as processing_class")
+        if tokenizer.pad_token_id is None:  # as ia2 loads a model: padding is masked, its id only fills
+            tokenizer.pad_token = tokenizer.eos_token
         super().__init__(
             model=model,
             args=args,
