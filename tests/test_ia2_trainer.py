@@ -3,6 +3,11 @@ trains, reads the ecosystem's dataset shapes, and refuses bad input in one line.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from datasets import Dataset
@@ -159,3 +164,44 @@ def test_bad_input_is_one_line(llama_dir, short_context_dir, tmp_path, case, nee
             model if case == "model" else adapters.fresh(model, "lora", 0), args, data, processing_class=tok
         ).train()
     assert "\n" not in str(caught.value)
+
+
+LAUNCHED = """
+import sys
+import torch
+from peft import get_peft_model_state_dict
+from ia2.model import adapters, loading
+from ia2.trainer import IA2Config, IA2Trainer
+
+folder, out, rows, batch = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read()), int(sys.argv[4])
+model, tok = loading.load(folder)
+peft = adapters.fresh(model, "lora", 0)
+args = IA2Config(output_dir=out, method="ia2-sft", max_steps=3, report_to="none", use_cpu=True, save_strategy="no",
+                 disable_tqdm=True, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=batch)
+trainer = IA2Trainer(peft, args, rows[:12], rows[12:], processing_class=tok)
+trainer.train()
+torch.save(get_peft_model_state_dict(peft), f"{out}/state{trainer.args.process_index}.pt")
+"""
+
+
+def test_two_cpu_processes_under_accelerate_launch_train_as_one_with_their_batches_together(llama_dir, tmp_path):
+    """`accelerate launch` with two gloo processes of batch 2: both hold the same adapter, the one a single process of
+    batch 4 trains (each global batch is the two processes' batches, DDP averaging their gradients)."""
+    script, data = tmp_path / "launched.py", tmp_path / "rows.json"
+    script.write_text("import json\n" + LAUNCHED)
+    data.write_text(json.dumps(toy_rows(16)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    for out, batch, prefix in ((tmp_path / "two", 2, launch), (tmp_path / "one", 4, [sys.executable])):
+        out.mkdir()
+        done = subprocess.run(
+            [*prefix, str(script), str(llama_dir), str(out), str(data), str(batch)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, *two = (torch.load(p) for p in (tmp_path / "one" / "state0.pt", *sorted((tmp_path / "two").glob("state*.pt"))))
+    assert len(two) == 2 and all(torch.equal(two[0][k], two[1][k]) for k in one), "the processes agree"
+    assert max((two[0][k] - one[k]).abs().max().item() for k in one) < 1e-6
