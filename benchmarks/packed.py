@@ -200,7 +200,6 @@ def describe(args: argparse.Namespace, model: PeftModel, items: list[Item]) -> d
             "cuda": torch.version.cuda,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
-            "ia2": ia2.__version__ if hasattr(ia2, "__version__") else None,
             "ia2_source": str(source),
             "ia2_commit": head.stdout.strip() or None,
         },
