@@ -295,7 +295,7 @@ class StageRunner:
             for t in pack
         ]
         adapters = self._adapters_for(len(lanes)) if len(lanes) > 1 else None
-        trained = train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id, pack=adapters)
+        trained = train_lanes(self.ctx.model, self.ctx.tap, lanes, stage, self.ctx.pad_id, adapters)
         for t, (log, state) in zip(pack, trained):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
