@@ -66,7 +66,15 @@ TINY = dict(
     intermediate_size=128,
     max_position_embeddings=1024,
 )
-MODELS = ("tiny", "smollm2-135m", "qwen3-4b-shape")
+# Qwen3-4B's layout (36 layers, 4 query heads per KV head, tied embeddings) at tiny widths: every pass has the full
+# model's count of layers, adapted modules and kernel launches but almost no arithmetic, so on a CPU its time is the
+# host's per-layer overhead (a proxy for what a GPU waits on).
+QWEN3_4B_LAYOUT = {
+    **{k: v for k, v in QWEN3_4B.items() if k != "vocab_size"},
+    **dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, head_dim=8, intermediate_size=128),
+}
+SHAPES = {"tiny": TINY, "qwen3-4b-shape": QWEN3_4B, "qwen3-4b-layout": QWEN3_4B_LAYOUT}
+MODELS = ("tiny", "smollm2-135m", "qwen3-4b-shape", "qwen3-4b-layout")
 
 # NVIDIA's H100 SXM datasheet: 989 TFLOP/s dense bf16 tensor-core peak (1,979 is the 2:4-sparsity figure).
 H100_SXM_BF16_TFLOPS = 989.0
@@ -123,7 +131,7 @@ def build(name: str, device: str, dtype: torch.dtype) -> tuple[nn.Module, PreTra
     if name == "smollm2-135m":
         return loading.load(name, dtype, device)
     tok = word_tokenizer()
-    return random_model(QWEN3_4B if name == "qwen3-4b-shape" else TINY, tok, device, dtype), tok
+    return random_model(SHAPES[name], tok, device, dtype), tok
 
 
 def synthetic_task(size: int, words: int, seed: int) -> Task:
@@ -518,6 +526,14 @@ def device_name(device: str) -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def device_slug(device: str) -> str:
+    """The device's name as a file-name prefix (`nvidia-h100-80gb-hbm3`; `cpu` for any CPU), so that result files
+    say which card measured them."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    return "-".join("".join(c if c.isalnum() else " " for c in device_name(device).lower()).split())
+
+
 def meta(args: argparse.Namespace, argv: Sequence[str], model: nn.Module, data: Data, device: str) -> dict:
     """Everything needed to read and reproduce the numbers: machine, versions, model, data, settings, command."""
     return {
@@ -653,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = make_data(
         tok, model.config.get_text_config().max_position_embeddings, args.n, args.dev, args.demos, args.words, args.seed
     )
-    out = args.out or Path(__file__).resolve().parent / "results" / f"{device.split(':')[0]}-{args.model}"
+    out = args.out or Path(__file__).resolve().parent / "results" / f"{device_slug(device)}-{args.model}"
     info = meta(args, argv, model, data, device)
     rows = Bench(args, model, tok, data, lambda done: write(out, info, done)).run()
     print(markdown(info, rows), end="")

@@ -106,12 +106,12 @@ def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return hf
 
 
-def build_model(arch: str, tokenizer, max_positions: int = 512, hidden: int = 32):
+def build_model(arch: str, tokenizer, max_positions: int = 512, layers: int = 2, hidden: int = 32):
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden // 2,
@@ -142,9 +142,9 @@ def build_model(arch: str, tokenizer, max_positions: int = 512, hidden: int = 32
     return model
 
 
-def make_model_folder(folder: Path, arch: str, max_positions: int = 512, hidden: int = 32) -> Path:
+def make_model_folder(folder: Path, arch: str, max_positions: int = 512, layers: int = 2, hidden: int = 32) -> Path:
     tokenizer = build_tokenizer(folder)
-    model = build_model(arch, tokenizer, max_positions, hidden)
+    model = build_model(arch, tokenizer, max_positions, layers, hidden)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -7,10 +7,13 @@ weights to 1e-4 (measured: 1.1e-7 and 7.2e-6)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import pytest
 import torch
 
-from conftest import ARCHS, icl_prompts, toy_task_and_encoder
+from conftest import ARCHS, icl_prompts, make_model_folder, toy_task_and_encoder
 from ia2.config import TrainConfig
 from ia2.model import adapters, compiled, forward_pass, generation, loading
 from ia2.model.taps import Tap
@@ -76,3 +79,53 @@ def test_compiled_layers_train_as_eager_ones(model_dirs, toy_jsonl):
     for name, weight in eager_state.items():
         torch.testing.assert_close(state[name], weight, atol=1e-4, rtol=0)
     assert eager_log["history"][-1]["dev_loss"] < eager_log["history"][0]["dev_loss"]
+
+
+def _counting_backend(calls: list[int]):
+    """torch.compile's eager backend, counting each run of a compiled graph in calls[0]."""
+
+    def backend(graph: torch.fx.GraphModule, example_inputs):
+        def run(*args):
+            calls[0] += 1
+            return graph.forward(*args)
+
+        return run
+
+    return backend
+
+
+def test_every_layer_call_of_a_deep_model_runs_compiled(tmp_path, toy_jsonl):
+    """12 decoder layers, more than torch's default of 8 recompiles: across a teacher collection, one adapter, a pack
+    of 3 and one adapter again, every layer call runs as one compiled graph (the eager backend keeps it cheap)."""
+    model, tok = loading.load(str(make_model_folder(tmp_path / "deep", "llama", layers=12)))
+    graphs, passes = [0], [0]
+    model.model.register_forward_pre_hook(lambda module, args: passes.__setitem__(0, passes[0] + 1))
+    compiled.apply(model, "on", backend=_counting_backend(graphs))
+    task, encoder = toy_task_and_encoder(toy_jsonl, tok, model)
+    teacher = targets.collect(model, Tap(model), tok, icl_prompts(task, encoder, list(range(12)), list(range(12)), 3))
+    counts = [("collection", passes[0] * 12, graphs[0])]
+    plain = [encoder.encode(task.examples[i]).prompt for i in range(12)]
+    items = [Item(p, t, a) for p, t, a in zip(plain, teacher.tokens, teacher.acts)]
+    states = [adapter_state(model := adapters.fresh(model, "lora", seed)) for seed in range(3)]
+    cfg = TrainConfig(lr=1e-2, train_batch_size=3, max_steps=4, eval_every=2)
+    lanes = [Lane(items[:9], items[9:], replace(cfg, max_steps=3 + k), k, states[k]) for k in range(3)]
+    for name, trained in (("one adapter", lanes[:1]), ("a pack of 3", lanes), ("one again", lanes[1:2])):
+        train_lanes(model, Tap(model), trained, Stage("ia2", "icl"), tok.pad_token_id)
+        counts.append((name, passes[0] * 12, graphs[0]))
+    assert compiled.eager_calls(model) == 0
+    assert [(name, calls) for name, calls, _ in counts] == [(name, ran) for name, _, ran in counts]
+    assert counts[-1][1] > counts[-2][1] > counts[1][1] > counts[0][1] > 0
+
+
+def test_a_layer_that_falls_back_to_eager_is_warned_about(model_dirs, toy_jsonl, caplog, monkeypatch):
+    """Past the recompile limit torch runs a layer eagerly: ia2 counts it and warns once, with torch's reason."""
+    model, tok = loading.load(str(model_dirs["llama"]))
+    compiled.apply(model, "on", backend="eager")
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    with caplog.at_level(logging.WARNING, logger="ia2.model.compiled"):
+        targets.collect(model, Tap(model), tok, _prompts(model, tok, toy_jsonl, n=4))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=False)  # no mask: a variant over the limit
+    assert compiled.eager_calls(model) > 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "ia2.model.compiled"]
+    assert len(warned) == 1 and "ran uncompiled" in warned[0] and "recompile_limit" in warned[0], warned

@@ -127,10 +127,10 @@ def test_ia2_sft_continues_from_ia2s_restored_best_with_a_fresh_optimizer(model_
     calls, checked = [], []
     real_stage, real_dev_losses = stages.train_lanes, loop.dev_losses
 
-    def recording_stage(model, tap, lanes, stage, pad_id):
+    def recording_stage(model, tap, lanes, stage, pad_id, pack=None):
         (lane,) = lanes
         checked.clear()
-        ((log, exit),) = real_stage(model, tap, lanes, stage, pad_id)
+        ((log, exit),) = real_stage(model, tap, lanes, stage, pad_id, pack)
         calls.append({"stage": log["stage"], "entry": dict(lane.state), "exit": exit, "checked": [*checked]})
         return [(log, exit)]
 

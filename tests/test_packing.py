@@ -14,7 +14,7 @@ import pytest
 import torch
 from peft import set_peft_model_state_dict
 
-from conftest import ARCHS, icl_prompts, small_run, toy_task_and_encoder
+from conftest import ARCHS, icl_prompts, make_model_folder, small_run, toy_task_and_encoder
 from ia2 import config
 from ia2.commands import cli
 from ia2.config import TrainConfig
@@ -201,3 +201,91 @@ def test_a_cell_of_runs_that_differ_in_more_than_lr_is_refused(llama_dir, toy_js
     other = replace(base, seeds=(0, 1), train=replace(base.train, lr=3e-4))
     with pytest.raises(IA2Error, match="may differ only in their learning rate"):
         run_cell([Member(base, tmp_path / "a"), Member(other, tmp_path / "b")])
+
+
+def test_a_pack_of_twelve_trains_as_each_alone(model_dirs, toy_jsonl):
+    """Twelve lanes (6 seeds × 2 learning rates, training sets of 6 to 11 items, patience 1 or 3): a sweep cell's
+    size, where every layer reads all twelve adapters and most lanes leave the pack before the last. Steps, epochs,
+    early stops and dev losses agree as with four; weights too, but for a few elements where Adam, dividing by the
+    root of a near-zero second moment, magnifies the rounding of the wider products (measured: eleven lanes within
+    4e-6, one at lr 1e-2 with 7 of 4096 elements up to 4.2e-4; 2.1e-5 before fused Adam)."""
+    model, tok, icl, _ = _items(model_dirs["qwen3"], toy_jsonl)
+    base = TrainConfig(train_batch_size=3, max_epochs=3, eval_every=1)
+    lanes = []
+    for k in range(12):
+        seed, lr = k // 2, (3e-3, 1e-2)[k % 2]
+        model = adapters.fresh(model, "lora", seed)
+        cfg = replace(base, lr=lr, patience=1 + 2 * (k % 3 == 0))
+        lanes.append(Lane(icl[k % 7 : k % 7 + 6 + k % 6], icl[18:24], cfg, seed, adapter_state(model), f"lane{k}"))
+    alone = [train_lanes(model, Tap(model), [lane], IA2, tok.pad_token_id)[0] for lane in lanes]
+    packed = train_lanes(model, Tap(model), lanes, IA2, tok.pad_token_id)
+    assert len({log["steps"] for log, _ in packed}) > 2, "lanes left the pack at different steps"
+    for (log_a, state_a), (log_p, state_p) in zip(alone, packed):
+        assert (log_p["steps"], log_p["epochs"], log_p["best_step"]) == (
+            log_a["steps"],
+            log_a["epochs"],
+            log_a["best_step"],
+        )
+        for h_a, h_p in zip(log_a["history"], log_p["history"]):
+            assert h_p["dev_loss"] == pytest.approx(h_a["dev_loss"], rel=LOSS_RTOL)
+        diff = torch.cat([(state_p[k] - state_a[k]).abs().flatten() for k in state_a])
+        assert (diff > WEIGHTS_ATOL).float().mean() < 0.005 and diff.max() < 1e-3
+
+
+def test_a_base_model_with_dropout_is_not_packed(tmp_path, toy_jsonl):
+    """Dropout in the base model (here attention dropout) draws one mask over a packed batch, not each lane's own:
+    a pack is refused in one line naming the setting, and the default packs nothing."""
+    from transformers import AutoConfig
+
+    folder = make_model_folder(tmp_path / "dropout", "llama")
+    config = AutoConfig.from_pretrained(folder)
+    config.attention_dropout = 0.1
+    config.save_pretrained(folder)
+    model, tok, icl, _ = _items(folder, toy_jsonl)
+    lanes, model = _lanes(model, "lora", icl)
+    assert packing.base_dropout(model) == "attention_dropout=0.1"
+    with pytest.raises(IA2Error, match="^--pack must be 1 for this model: its dropout attention_dropout=0.1") as err:
+        train_lanes(model, Tap(model), lanes[:2], IA2, tok.pad_token_id)
+    assert "\n" not in str(err.value)
+    assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
+    assert len(train_lanes(model, Tap(model), lanes[:1], IA2, tok.pad_token_id)) == 1, "alone it trains"
+
+
+def test_best_states_are_copied_from_the_parameters_and_skipped_without_restore(model_dirs, toy_jsonl, monkeypatch):
+    """PEFT's state-dict walk runs once per adapter to map its keys to its parameters, not at every better dev check;
+    without restore_best no best state is copied at all, only the final one."""
+    model, tok, icl, _ = _items(model_dirs["llama"], toy_jsonl)
+    lanes, model = _lanes(model, "lora", icl)
+    walks, copies = [], []
+    walk, copy = packing.get_peft_model_state_dict, packing.copy_state
+    monkeypatch.setattr(packing, "get_peft_model_state_dict", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    monkeypatch.setattr(packing, "copy_state", lambda *a: copies.append(1) or copy(*a))
+    (log, _), *_ = train_lanes(model, Tap(model), lanes[:1], IA2, tok.pad_token_id)
+    better = sum(
+        h["dev_loss"] < min(p["dev_loss"] for p in log["history"][:k]) for k, h in enumerate(log["history"]) if k
+    )
+    assert (len(walks), len(copies)) == (1, better) and better > 2
+    walks.clear(), copies.clear()
+    train_lanes(model, Tap(model), lanes, IA2, tok.pad_token_id)
+    assert len(walks) == len(lanes), "one walk per packed adapter, when the pack is built"
+    copies.clear()
+    plain = [replace(lane, cfg=replace(lane.cfg, restore_best=False)) for lane in lanes]
+    train_lanes(model, Tap(model), plain, IA2, tok.pad_token_id)
+    assert len(copies) == len(lanes), "only each lane's final state"
+
+
+def test_a_pack_serves_every_stage_of_a_method(llama_dir, toy_jsonl, tmp_path, monkeypatch):
+    """IA2 → SFT for three seeds packed: the three adapters are added once for both stages, and removed before the
+    adapters are evaluated and saved (each saved adapter is the model's own alone)."""
+    from peft import PeftModel
+
+    added = []
+    add = PeftModel.add_adapter
+    monkeypatch.setattr(
+        PeftModel, "add_adapter", lambda self, name, *a, **k: added.append(name) or add(self, name, *a, **k)
+    )
+    argv = small_run(llama_dir, f"jsonl:{toy_jsonl}", tmp_path / "out", methods="ia2-sft", seeds="0,1,2", pack=3)
+    assert cli.main([*argv, "--max-epochs", "2"]) == 0
+    assert added == ["pack0", "pack1", "pack2"]
+    saved = sorted(p.parent.name for p in (tmp_path / "out").rglob("adapter_config.json"))
+    assert saved and not any(name.startswith("pack") for name in saved)

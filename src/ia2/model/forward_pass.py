@@ -21,19 +21,21 @@ class Batch:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     n_answer: torch.Tensor
+    pad_id: int = 0
 
     def padded(self, multiple: int) -> Batch:
-        """The batch left-padded to a width that is a multiple of `multiple` (masked pads at position 0 change no
-        row's result), so that compiled passes see few shapes."""
+        """The batch left-padded with its pad id to a width that is a multiple of `multiple` (masked pads at position
+        0 change no row's result), so that compiled passes see few shapes; a Python fill, so no device read."""
         extra = -self.input_ids.shape[1] % multiple
         if not extra:
             return self
         pad = lambda t, value: torch.cat([t.new_full((t.shape[0], extra), value), t], dim=1)  # noqa: E731
         return Batch(
-            pad(self.input_ids, self.input_ids[0, 0]),
+            pad(self.input_ids, self.pad_id),
             pad(self.attention_mask, 0),
             pad(self.position_ids, 0),
             self.n_answer,
+            self.pad_id,
         )
 
     @property
@@ -59,7 +61,15 @@ def make_batch(
         mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     n_answer = torch.tensor([max(len(a), 1) for a in answers])
-    return Batch(ids.to(device), mask.to(device), positions.to(device), n_answer)
+    return Batch(to_device(ids, device), to_device(mask, device), to_device(positions, device), n_answer, pad_id)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory and without blocking, since a copy from pageable
+    memory waits for the work already queued on the device (a host stall per batch)."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def right_align(rows: Sequence[torch.Tensor], keep: int, dim: int = 0) -> torch.Tensor:
@@ -101,9 +111,8 @@ def _row_by_row(model: nn.Module, batch: Batch, tap: Tap | None) -> tuple[torch.
     for row, length in enumerate(batch.attention_mask.sum(-1).tolist()):
         ids = batch.input_ids[row : row + 1, -length:]
         positions = torch.arange(length, device=ids.device).unsqueeze(0)
-        row_logits, row_acts = forward(
-            model, Batch(ids, torch.ones_like(ids), positions, torch.tensor([min(batch.keep, length)])), tap
-        )
+        alone = Batch(ids, torch.ones_like(ids), positions, torch.tensor([min(batch.keep, length)]), batch.pad_id)
+        row_logits, row_acts = forward(model, alone, tap)
         logits.append(row_logits[0])
         if row_acts is not None:
             acts.append(row_acts[0])

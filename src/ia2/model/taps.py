@@ -71,7 +71,8 @@ def layer_modules(model: nn.Module, site: str = "attn") -> list[nn.Module]:
 
 
 class Tap:
-    """Records, per layer, the module output at the last `keep` positions of each forward pass.
+    """Records, per layer, the module output at the last `keep` positions of each forward pass (one tap per site may
+    record at a time: the record is kept on the module read).
 
     For `attn` that is what the self-attention sublayer adds to the residual stream: its output after o_proj and,
     on architectures with output norms (Gemma 3), after `post_attention_layernorm`; `module` names the module read,
@@ -88,14 +89,18 @@ class Tap:
         self.site, self.layers = site, tuple(range(len(modules))) if layers is None else tuple(sorted(layers))
         self.modules, self.all_layers = [modules[i] for i in self.layers], len(self.layers) == len(modules)
         self.module = site_module(decoder_layers(model)[0], site)
-        self.keep, self._outputs, self._handles = 1, [], []
+        self.keep, self._handles, self._slot = 1, [], f"ia2_tapped_{site}"
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        """Keep the output's last `keep` positions on the module itself: the same code and constants for every layer,
+        so that one compiled decoder layer serves them all (appending to a list made each layer's list length a
+        guard, and a recompile per layer)."""
         out = output[0] if isinstance(output, tuple) else output
-        self._outputs.append(out[:, -self.keep :, :])
+        setattr(module, self._slot, out[:, -self.keep :, :])
 
     def __enter__(self) -> Tap:
-        self._outputs = []
+        for m in self.modules:
+            setattr(m, self._slot, None)
         self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
         return self
 
@@ -106,10 +111,12 @@ class Tap:
 
     def take(self) -> torch.Tensor:
         """The recorded outputs as [batch, layers, keep, hidden]; clears the record."""
-        if len(self._outputs) != len(self.modules):
-            raise RuntimeError(f"tap recorded {len(self._outputs)} outputs for {len(self.modules)} layers")
+        outputs = [getattr(m, self._slot, None) for m in self.modules]
+        missing = sum(o is None for o in outputs)
+        if missing:
+            raise RuntimeError(f"tap recorded no output for {missing} of {len(self.modules)} layers")
         import torch
 
-        stacked = torch.stack(self._outputs, dim=1)
-        self._outputs = []
-        return stacked
+        for m in self.modules:
+            setattr(m, self._slot, None)
+        return torch.stack(outputs, dim=1)

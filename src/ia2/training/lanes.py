@@ -81,15 +81,21 @@ class Progress:
         self.start += self.lane.cfg.train_batch_size
         return batch
 
-    def stepped(self, loss: float) -> bool:
-        """Count an optimizer step; whether a dev check is due (every eval_every steps, and the last step)."""
+    def stepped(self) -> bool:
+        """Count an optimizer step (its loss comes later, `took`); whether a dev check is due (every eval_every steps,
+        and the last step)."""
         self.step += 1
-        self.loss = loss
-        self.report({"train_loss": loss, "lr": self.lane.cfg.lr}, self.step)
-        if not math.isfinite(loss):
-            self.failure = f"training loss {loss} at step {self.step}"
-            return False
         return self.step % self.lane.cfg.eval_every == 0 or self.step >= self.limit
+
+    def took(self, step: int, loss: float) -> None:
+        """Record step `step`'s training loss; a non-finite one ends the lane there (its later steps, taken before
+        the loss was read, do not count)."""
+        if self.failure is not None:
+            return
+        self.loss = loss
+        self.report({"train_loss": loss, "lr": self.lane.cfg.lr}, step)
+        if not math.isfinite(loss):
+            self.failure, self.step = f"training loss {loss} at step {step}", step
 
     def checked(self, current: float, state: Callable[[], dict[str, torch.Tensor]]) -> None:
         """Record a dev check; keep the state (`state()`, read only then) when it is the best so far."""

@@ -3,19 +3,19 @@ adapters (lanes) may be trained together in one pass (`train_lanes`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model_state_dict
 from torch import nn
 from tqdm.auto import tqdm
 
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
 from ia2.model import distributed
-from ia2.model.forward_pass import forward, make_batch, right_align
+from ia2.model.forward_pass import forward, make_batch, right_align, to_device
 from ia2.model.taps import Tap
 from ia2.registry import LOSSES
 from ia2.teacher.store import resolve
@@ -52,11 +52,11 @@ def group_losses(
     loss = LOSSES[objective.stage.loss]
     items = [i for g in groups for i in g]
     batch = make_batch([i.prompt for i in items], [i.answer for i in items], pad_id, model.device.type)
-    mask = batch.answer_mask().to(model.device)
+    mask = to_device(batch.answer_mask(), model.device)
     routing = packing.routed(model, adapters, [len(g) for g in groups]) if adapters else nullcontext()
     with routing:
         logits, acts = forward(model, batch, tap if loss.needs_acts else None)
-    answers = right_align([torch.tensor(i.answer) for i in items], batch.keep).to(model.device)
+    answers = to_device(right_align([torch.tensor(i.answer) for i in items], batch.keep), model.device)
     teacher: dict[str, torch.Tensor | None] = {}
     if loss.needs_acts:
         teacher["teacher_acts"] = teacher_acts(model, tap, items, batch.keep, pad_id)
@@ -90,7 +90,7 @@ def teacher_acts(model: nn.Module, tap: Tap, items: Sequence[Item], keep: int, p
         return online_acts(model, tap, items, pad_id)
     if any(i.acts is None for i in items):
         raise IA2Error("the ia2 loss needs teacher activations: collect targets with a tap or use the online teacher")
-    return right_align([resolve(i.acts) for i in items], keep, dim=1).to(model.device).float()
+    return to_device(right_align([resolve(i.acts) for i in items], keep, dim=1), model.device).float()
 
 
 @torch.no_grad()
@@ -132,6 +132,7 @@ def dev_losses(
     every set together). With several processes each computes every world_size-th batch and the sums run in batch
     order, so every process gets the numbers one process gets. Batches of `dev_batch_size`: no gradients are kept,
     so a dev pass can take larger batches than training, and its per-pass overhead does not grow with the dev set.
+    The sums stay on the device in float64 (as the host would add them) and are read once, at the end.
 
     With --per-layer-norm every batch is normalised by its whole dev set's teacher scale, `scales[g]` (computed here
     when not given: see `dev_scale`), so that the dev loss does not depend on `dev_batch_size`.
@@ -142,14 +143,18 @@ def dev_losses(
     chunked = [[items[start : start + size] for start in range(0, len(items), size)] for items in dev_sets]
     rounds = [[c[j] if j < len(c) else [] for c in chunked] for j in range(max(map(len, chunked)))]
 
-    def weighted(groups: list[Sequence[Item]]) -> list[float]:
-        losses = group_losses(objective, groups, adapters, scales)
-        return [loss.item() * answer_positions(group) for loss, group in zip(losses, groups)]
+    device = objective.model.device
 
-    totals = [0.0] * len(dev_sets)
+    def weighted(groups: list[Sequence[Item]]) -> torch.Tensor | list[float]:
+        losses = torch.stack(group_losses(objective, groups, adapters, scales)).double()
+        sums = losses * to_device(torch.tensor([answer_positions(g) for g in groups], dtype=torch.float64), device)
+        return sums.tolist() if distributed.launched() else sums  # objects cross processes, tensors stay here
+
+    totals = torch.zeros(len(dev_sets), dtype=torch.float64, device=device)
     for values in distributed.map_batches(objective.model, rounds, weighted):
-        totals = [total + value for total, value in zip(totals, values)]
-    return [total / answer_positions(items) for total, items in zip(totals, dev_sets)]
+        totals = totals + torch.as_tensor(values, dtype=torch.float64, device=device)
+    positions = to_device(torch.tensor([answer_positions(items) for items in dev_sets], dtype=torch.float64), device)
+    return (totals / positions).tolist()
 
 
 def dev_loss(objective: Objective, items: Sequence[Item], layer_scale: torch.Tensor | None = None) -> float:
@@ -227,13 +232,19 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_lanes(
-    model: PeftModel, tap: Tap, lanes: Sequence[Lane], stage: Stage, pad_id: int
+    model: PeftModel,
+    tap: Tap,
+    lanes: Sequence[Lane],
+    stage: Stage,
+    pad_id: int,
+    pack: packing.Pack | None = None,
 ) -> list[tuple[dict, dict[str, torch.Tensor]]]:
     """Train each lane's adapter on one stage with a fresh optimizer and return its log and final state (its best-dev
     state with restore_best). One lane trains the model's own adapter; several are packed: each gets an adapter of
-    its own (`packing.lanes`), they share every forward and backward pass, training and dev alike, and a lane that
-    stops leaves the pack. Each keeps its own data order, Adam state, learning rate, dev checks and early stopping,
-    so a lane trains as it would alone (up to the rounding of the larger batched products).
+    its own (of `pack` when given, which then outlives the call; else of one built for it, `packing.Pack`), they
+    share every forward and backward pass, training and dev alike, and a lane that stops leaves the pack. Each keeps
+    its own data order, Adam state, learning rate, dev checks and early stopping, so a lane trains as it would alone
+    (up to the rounding of the larger batched products).
 
     With several processes every process draws the same batches and holds the same adapters: each step's rows are
     split across them (`batch_gradient`) and the dev passes too, so early stopping decides alike everywhere.
@@ -242,10 +253,16 @@ def train_lanes(
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(lanes[0].seed)  # random draws (dropout; packs have none) depend on the lane, not on the order
         if len(lanes) == 1:
-            set_peft_model_state_dict(model, dict(lanes[0].state))
-            return _train(model, tap, lanes, stage, pad_id, None)
-        with packing.lanes(model, [lane.state for lane in lanes]) as names:
-            return _train(model, tap, lanes, stage, pad_id, names)
+            own = model.active_adapter
+            live = packing.live_state(model, own)
+            packing.load_state(model, own, live, lanes[0].state)
+            out = _train(model, tap, lanes, stage, pad_id, None, lambda i: packing.copy_state(model, own, live))
+            if lanes[0].cfg.restore_best:
+                packing.load_state(model, own, live, out[0][1])
+            return out
+        with nullcontext(pack) if pack else packing.Pack(model, len(lanes)) as opened:
+            with opened.active([lane.state for lane in lanes]):
+                return _train(model, tap, lanes, stage, pad_id, opened, opened.state)
 
 
 def _check_packable(lanes: Sequence[Lane]) -> None:
@@ -255,45 +272,82 @@ def _check_packable(lanes: Sequence[Lane]) -> None:
         raise IA2Error("packed adapters must share w, per_layer_norm and dev_batch_size: train them apart (--pack 1)")
 
 
+def _optimizer(params: Sequence[Sequence[nn.Parameter]], lanes: Sequence[Lane]) -> torch.optim.Adam:
+    """Adam with one parameter group per lane (its own learning rate), fused into a kernel per group where the
+    parameters' device has one (CUDA, CPU), else torch's default multi-tensor path."""
+    devices = {p.device.type for group in params for p in group}
+    fused = True if devices <= {"cuda", "cpu"} else None
+    return torch.optim.Adam([{"params": p, "lr": lane.cfg.lr} for p, lane in zip(params, lanes)], fused=fused)
+
+
 def _train(
-    model: PeftModel, tap: Tap, lanes: Sequence[Lane], stage: Stage, pad_id: int, names: Sequence[str] | None
+    model: PeftModel,
+    tap: Tap,
+    lanes: Sequence[Lane],
+    stage: Stage,
+    pad_id: int,
+    pack: packing.Pack | None,
+    state: Callable[[int], dict[str, torch.Tensor]],
 ) -> list[tuple[dict, dict[str, torch.Tensor]]]:
-    """`train_lanes` once the lanes' adapters are in place: the model's own (`names` None) or named ones."""
-    params = (
-        [packing.parameters(model, n) for n in names] if names else [[p for p in model.parameters() if p.requires_grad]]
-    )
-    optimizer = torch.optim.Adam([{"params": p, "lr": lane.cfg.lr} for p, lane in zip(params, lanes)])
+    """`train_lanes` once the lanes' adapters are in place: the model's own (`pack` None) or the pack's active ones;
+    `state(i)` copies lane i's weights. The host reads the device once per dev round: each step's training losses
+    wait on the device until a check is due, then are read in one go and taken in order (`Progress.took`)."""
+    names = pack.names[: len(lanes)] if pack else None
+    params = pack.params[: len(lanes)] if pack else [[p for p in model.parameters() if p.requires_grad]]
+    optimizer = _optimizer(params, lanes)
     objective = Objective(model, tap, stage, lanes[0].cfg, pad_id)
-    state = (lambda i: packing.state(model, names[i])) if names else (lambda i: adapter_state(model))
     pick = lambda idx: None if names is None else [names[i] for i in idx]  # noqa: E731
     scales = [dev_scale(objective, lane.dev) for lane in lanes]
     first = dev_losses(objective, [lane.dev for lane in lanes], names, scales)
     runs = [Progress(lane, value) for lane, value in zip(lanes, first)]
-    bar = tqdm(
-        total=max(r.limit for r in runs), desc=lanes[0].desc if names is None else f"pack of {len(lanes)}", leave=False
-    )
+    keep = [(lambda i=i: state(i)) if lane.cfg.restore_best else (lambda: None) for i, lane in enumerate(lanes)]
+    desc = lanes[0].desc if pack is None else f"pack of {len(lanes)}"
+    bar = tqdm(total=max(r.limit for r in runs), desc=desc, leave=False)
+    pending: list[tuple[list[int], list[int], torch.Tensor]] = []
     while active := [i for i, r in enumerate(runs) if not r.done]:
         model.train()
         batches = [runs[i].next_batch() for i in active]
         optimizer.zero_grad(set_to_none=True)
         losses = batch_gradient(objective, batches, [p for i in active for p in params[i]], pick(active))
+        _drop_gradients(params, active)
         optimizer.step()
         bar.update()
-        due = [i for i, loss in zip(active, losses.tolist()) if runs[i].stepped(loss)]
+        checks = [i for i in active if runs[i].stepped()]
+        pending.append((active, [runs[i].step for i in active], losses))
+        if not checks:
+            continue
+        _took(runs, pending)
+        pending = []
+        due = [i for i in checks if runs[i].failure is None]
         if due:  # the last steps are checked too, never dropped unseen
             values = dev_losses(objective, [lanes[i].dev for i in due], pick(due), [scales[i] for i in due])
             for i, value in zip(due, values):
-                runs[i].checked(value, lambda i=i: state(i))
+                runs[i].checked(value, keep[i])
             bar.set_postfix(dev=f"{values[0]:.4g}", best=f"{runs[due[0]].best:.4g}", active=len(active))
     bar.close()
     model.eval()
-    out = [
+    return [
         (r.log(stage), r.best_state if lane.cfg.restore_best else state(i))
         for i, (r, lane) in enumerate(zip(runs, lanes))
     ]
-    if names is None and lanes[0].cfg.restore_best:
-        set_peft_model_state_dict(model, runs[0].best_state)
-    return out
+
+
+def _drop_gradients(params: Sequence[Sequence[nn.Parameter]], active: Sequence[int]) -> None:
+    """Forget the gradients of lanes that have stopped: a packed pass reads every adapter of the pack, so theirs come
+    back as zeros, which Adam would still step with its momentum (it skips a parameter without one)."""
+    for i in set(range(len(params))) - set(active):
+        for p in params[i]:
+            p.grad = None
+
+
+def _took(runs: Sequence[Progress], pending: Sequence[tuple[list[int], list[int], torch.Tensor]]) -> None:
+    """Hand each lane its training losses of the steps since the last read, in order, read from the device at once."""
+    values = torch.cat([losses for _, _, losses in pending]).tolist()
+    start = 0
+    for active, steps, losses in pending:
+        for i, step, loss in zip(active, steps, values[start : start + len(active)]):
+            runs[i].took(step, loss)
+        start += len(active)
 
 
 def train_stage(

@@ -256,10 +256,24 @@ class StageRunner:
         tracking: Tracking | None = None,
     ) -> None:
         self.handle, self.cfg, self.trainees, self.pack, self.tracking = handle, cfg, list(trainees), pack, tracking
+        self._adapters: packing.Pack | None = None
+        self._depth = 0
 
     def train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None = None) -> list[list[dict]]:
         """Train `stages` for each of `who` (every trainee by default), each from its longest trained prefix; return
-        every trainee's stage logs."""
+        every trainee's stage logs. The packs' adapters are added once and serve every stage and pack of the call
+        (adding 15 costs seconds); they are removed before it returns, so that the model evaluated and saved after
+        holds its own adapter only."""
+        self._depth += 1
+        try:
+            return self._train(stages, who)
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._close()
+
+    def _train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None) -> list[list[dict]]:
+        """`train`, within the adapters it keeps."""
         who = list(self.trainees if who is None else who)
         for matched in dict.fromkeys(stage.steps_of for stage in stages if stage.steps_of):
             self.train(METHODS[matched].stages, who)
@@ -286,13 +300,26 @@ class StageRunner:
             )
             for t in pack
         ]
-        for t, (log, state) in zip(
-            pack, train_lanes(self.handle.model, self.handle.tap, lanes, stage, self.handle.pad_id)
-        ):
+        adapters = self._adapters_for(len(lanes)) if len(lanes) > 1 else None
+        trained = train_lanes(self.handle.model, self.handle.tap, lanes, stage, self.handle.pad_id, adapters)
+        for t, (log, state) in zip(pack, trained):
             if stage.labels == "icl":
                 log["teacher_agreement"] = t.data.teacher_agreement
             _check_progress(t, log, depth)
             t.memo[path] = (state, t.memo[path[:-1]][1] + [log])
+
+    def _adapters_for(self, size: int) -> packing.Pack:
+        """The open pack's adapters when there are enough of them, else a pack of `size` in their place."""
+        if self._adapters is None or len(self._adapters.names) < size:
+            self._close()
+            self._adapters = packing.Pack(self.handle.model, size).__enter__()
+        return self._adapters
+
+    def _close(self) -> None:
+        """Remove the pack's adapters, if any."""
+        if self._adapters is not None:
+            adapters, self._adapters = self._adapters, None
+            adapters.__exit__()
 
     def load(self, trainee: Trainee, stages: tuple[Stage, ...]) -> None:
         """Put a trainee's state after `stages` into the model's own adapter, to evaluate or save it."""
