@@ -23,7 +23,6 @@ import packed
 import speed
 from ia2.model.taps import Tap
 from ia2.paths import write_json
-from ia2.teacher import targets
 from ia2.training.loop import Item, train_lanes
 from ia2.training.methods import IA2
 
@@ -50,7 +49,7 @@ def check(args: argparse.Namespace) -> dict:
     model, tok = speed.build(args.model, args.device, dtype)
     data = speed.make_data(tok, model.config.max_position_embeddings, args.n, args.dev, 5, 12, 0)
     tap = Tap(model)
-    teacher = targets.collect(model, tap, tok, data.icl, 1, "", 32)
+    teacher = packed.collect(model, tap, tok, data.icl, 32)
     items = [Item(p, t, a) for p, t, a in zip(data.plain, teacher.tokens, teacher.acts)]
     cell = argparse.Namespace(seeds=args.adapters, lrs=[args.lr], steps=args.steps, train_batch=4)
     student, lanes = packed.cell(model, items[: data.n], items[data.n :], cell)
