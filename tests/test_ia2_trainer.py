@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
-from peft import get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import EarlyStoppingCallback
+from transformers import AutoModel, EarlyStoppingCallback
 
 from conftest import toy_rows, write_jsonl
 from ia2 import config
@@ -205,3 +205,10 @@ def test_two_cpu_processes_under_accelerate_launch_train_as_one_with_their_batch
     one, *two = (torch.load(p) for p in (tmp_path / "one" / "state0.pt", *sorted((tmp_path / "two").glob("state*.pt"))))
     assert len(two) == 2 and all(torch.equal(two[0][k], two[1][k]) for k in one), "the processes agree"
     assert max((two[0][k] - one[k]).abs().max().item() for k in one) < 1e-6
+
+
+def test_a_base_that_is_not_a_causal_lm_is_refused_in_one_line(llama_dir, tmp_path):
+    _, tok = loading.load(str(llama_dir))
+    bare = get_peft_model(AutoModel.from_pretrained(llama_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(IA2Error, match=r"^IA2Trainer: the base model must be a causal LM, not LlamaModel$"):
+        IA2Trainer(bare, _args(tmp_path, method="sft", max_steps=1), toy_rows(8), processing_class=tok)
