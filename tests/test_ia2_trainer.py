@@ -212,3 +212,20 @@ def test_a_base_that_is_not_a_causal_lm_is_refused_in_one_line(llama_dir, tmp_pa
     bare = get_peft_model(AutoModel.from_pretrained(llama_dir), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(IA2Error, match=r"^IA2Trainer: the base model must be a causal LM, not LlamaModel$"):
         IA2Trainer(bare, _args(tmp_path, method="sft", max_steps=1), toy_rows(8), processing_class=tok)
+
+
+def test_the_config_is_trls_sft_config_where_trl_is_installed_and_transformers_arguments_without():
+    """A TRL script's SFTConfig settings carry over; without TRL the config stands on TrainingArguments alone."""
+    trl = pytest.importorskip("trl")
+    args = IA2Config(output_dir="out", max_length=256, report_to="none", use_cpu=True)
+    assert isinstance(args, trl.SFTConfig) and args.max_length == 256
+    assert (args.learning_rate, args.bf16, args.max_grad_norm) == (1e-3, False, 0.0), "the paper's fp32 Adam"
+    without = (
+        "import sys; sys.modules['trl'] = None\n"
+        "from transformers import TrainingArguments\n"
+        "from ia2.trainer import IA2Config\n"
+        "assert IA2Config.__mro__[1] is TrainingArguments\n"
+        "assert IA2Config(output_dir='out', report_to='none').method == 'ia2-sft'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,11 +1,15 @@
-"""`IA2Config`: transformers' `TrainingArguments` with IA2's settings, named as ia2 names them everywhere else, and
-the paper's optimisation as defaults (Adam at a constant 1e-3, batch 4, no gradient clipping)."""
+"""`IA2Config`: the usual training arguments (TRL's `SFTConfig` where TRL is installed, the `trl` extra, else
+transformers' `TrainingArguments`) with IA2's settings, named as ia2 names them everywhere else, and the paper's
+optimisation as defaults (Adam at a constant 1e-3, batch 4, no gradient clipping, fp32)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
+try:  # a TRL script's SFTConfig settings carry over
+    from trl import SFTConfig as Arguments
+except ImportError:
+    from transformers import TrainingArguments as Arguments
 
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
@@ -19,7 +23,7 @@ def _help(text: str) -> dict:
 
 
 @dataclass
-class IA2Config(TrainingArguments):
+class IA2Config(Arguments):
     """Training arguments for `IA2Trainer`: `method` is the recipe (`ia2-sft`: IA2, then SFT on the labels, the same
     adapter), trained stage by stage, each with a fresh optimizer, its own early stopping and best-state loading."""
 
@@ -44,6 +48,7 @@ class IA2Config(TrainingArguments):
     max_grad_norm: float = field(default=0.0, metadata=_help("gradient clipping norm (0: none, as the paper)"))
     per_device_train_batch_size: int = field(default=4, metadata=_help("training batch per device"))
     remove_unused_columns: bool = field(default=False, metadata=_help("kept: the trainer reads its own columns"))
+    bf16: bool | None = field(default=False, metadata=_help("bf16 mixed precision (off: fp32, as ia2 trains)"))
     activation_checkpointing_kwargs: dict | None = field(
         default_factory=lambda: {"use_reentrant": False},
         metadata=_help("non-reentrant checkpointing: the activation loss needs the taps' gradients"),
