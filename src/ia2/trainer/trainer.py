@@ -6,7 +6,7 @@ stopping (`EarlyStoppingCallback`), best-state loading (`load_best_model_at_end`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ class EpochOrder(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
