@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModel, EarlyStoppingCallback
@@ -21,6 +22,7 @@ from ia2.commands import train as ia2_train
 from ia2.data.splits import draw_split
 from ia2.errors import IA2Error
 from ia2.model import adapters, loading
+from ia2.teacher.targets import model_fingerprint
 from ia2.trainer import IA2Config, IA2Trainer
 from ia2.trainer.examples import to_row
 
@@ -150,6 +152,7 @@ def test_early_stopping_and_the_best_state_are_the_trainers_own(llama_dir, tmp_p
         ("model", r"^IA2Trainer: model must be a PEFT model \(peft.get_peft_model\), not LlamaForCausalLM$"),
         ("demos", r"^train row 0: the demonstrations and prompt take \d+ tokens, and the answer \d+ more: over the "),
         ("no demos", r"^IA2Config.method 'ia2' trains on the ICL teacher: give demonstrations$"),
+        ("optimizer", r"^IA2Trainer: each stage makes its own optimizer: set optim and learning_rate in IA2Config$"),
     ],
 )
 def test_bad_input_is_one_line(llama_dir, short_context_dir, tmp_path, case, needle):
@@ -160,9 +163,9 @@ def test_bad_input_is_one_line(llama_dir, short_context_dir, tmp_path, case, nee
     with pytest.raises(IA2Error, match=needle) as caught:
         args = _args(tmp_path, method="icl" if case == "method" else "ia2", max_steps=1)
         data = [{"text": "x"}] if case == "columns" else rows
-        IA2Trainer(
-            model if case == "model" else adapters.fresh(model, "lora", 0), args, data, processing_class=tok
-        ).train()
+        student = model if case == "model" else adapters.fresh(model, "lora", 0)
+        optimizers = (torch.optim.SGD(model.parameters(), lr=0.1), None) if case == "optimizer" else (None, None)
+        IA2Trainer(student, args, data, processing_class=tok, optimizers=optimizers).train()
     assert "\n" not in str(caught.value)
 
 
@@ -229,3 +232,22 @@ def test_the_config_is_trls_sft_config_where_trl_is_installed_and_transformers_a
     )
     done = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_teachers_cache_key_names_the_base_model_not_the_adapters_initialisation(llama_dir, tmp_path):
+    keys = set()
+    for kind, seed in (("lora", 0), ("lora", 1), ("ia3", 0)):
+        model, tok = loading.load(str(llama_dir))
+        plain = model_fingerprint(model)
+        trainer = IA2Trainer(adapters.fresh(model, kind, seed), _args(tmp_path), toy_rows(8), processing_class=tok)
+        keys.add(trainer.handle.fingerprint)
+    assert keys == {plain}
+
+
+def test_the_card_keeps_what_push_to_hub_passes(llama_dir, tmp_path):
+    model, tok = loading.load(str(llama_dir))
+    trainer = IA2Trainer(adapters.fresh(model, "lora", 0), _args(tmp_path), toy_rows(8), processing_class=tok)
+    trainer.create_model_card(license="apache-2.0", tags=["sentiment"], dataset="stanfordnlp/sst2")
+    card = ModelCard.load(tmp_path / "trainer" / "README.md").data
+    assert card.tags == ["ia2", "ia2-sft", "arxiv:2509.22621", "sentiment"]
+    assert (card.license, card.datasets, card.library_name) == ("apache-2.0", ["stanfordnlp/sst2"], "peft")

@@ -146,6 +146,8 @@ def load(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM in eval mode and its tokenizer, padded on the left; with `quantization` nf4 its linear
     layers in 4 bits (bitsandbytes), computing in `dtype`."""
+    if quantization not in ("none", "nf4"):
+        raise IA2Error(f"quantization {quantization!r}: expected none or nf4")
     source = resolve(spec)
     placed = {} if quantization == "none" else {"quantization_config": _nf4(dtype), "device_map": {"": device}}
     try:

@@ -49,7 +49,7 @@ class IA2Config(Arguments):
     per_device_train_batch_size: int = field(default=4, metadata=_help("training batch per device"))
     remove_unused_columns: bool = field(default=False, metadata=_help("kept: the trainer reads its own columns"))
     bf16: bool | None = field(default=False, metadata=_help("bf16 mixed precision (off: fp32, as ia2 trains)"))
-    activation_checkpointing_kwargs: dict | None = field(
+    activation_checkpointing_kwargs: dict | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
         metadata=_help("non-reentrant checkpointing: the activation loss needs the taps' gradients"),
     )
@@ -61,7 +61,8 @@ class IA2Config(Arguments):
             raise IA2Error(f"IA2Config.method {self.method!r}: expected a trained method, one of {', '.join(trained)}")
         if self.site not in SITES:
             raise IA2Error(f"IA2Config.site {self.site!r}: expected one of {', '.join(SITES.names())}")
-        if self.activation_checkpointing and (self.activation_checkpointing_kwargs or {}).get("use_reentrant", True):
+        kwargs = self.activation_checkpointing_kwargs
+        if self.activation_checkpointing and isinstance(kwargs, dict) and kwargs.get("use_reentrant", False):
             raise IA2Error(
                 "IA2Config.activation_checkpointing_kwargs: use_reentrant must be False (reentrant checkpointing drops "
                 "the gradients of the activations IA2 aligns)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -61,13 +61,17 @@ def build(
     kind: str,
 ) -> StageData:
     """Stage data for `args.method` from training and dev rows of one shape, the teacher being the handle's model with
-    its adapter disabled (targets from ia2's collector, cached under the rows' hash)."""
-    if kind == "question-answer":
-        return _from_questions(train, dev, handle, args)
-    rows = [to_row(r, f"train row {i}", handle.tokenizer, args, kind) for i, r in enumerate(train)]
-    rows += [to_row(r, f"eval row {i}", handle.tokenizer, args, kind) for i, r in enumerate(dev)]
-    _check_context(rows, handle, args)
-    return _from_rows(rows, len(train), handle, args)
+    its adapter disabled, in eval mode (targets from ia2's collector, cached under the rows' hash)."""
+    training = handle.model.training
+    handle.model.eval()
+    try:
+        if kind == "question-answer":
+            return _from_questions(train, dev, handle, args)
+        rows = [to_row(r, f"train row {i}", handle.tokenizer, args, kind) for i, r in enumerate(train)]
+        rows += [to_row(r, f"eval row {i}", handle.tokenizer, args, kind) for i, r in enumerate(dev)]
+        return _from_rows(rows, len(train), handle, args, "" if kind == "messages" else args.demo_separator)
+    finally:
+        handle.model.train(training)
 
 
 def to_row(data: Mapping[str, Any], where: str, tokenizer: PreTrainedTokenizerBase, args: IA2Config, kind: str) -> Row:
@@ -80,32 +84,37 @@ def to_row(data: Mapping[str, Any], where: str, tokenizer: PreTrainedTokenizerBa
             raise IA2Error(f"{where}: demonstrations[{j}]: expected a mapping with prompt and completion")
     context = "".join(d["prompt"] + d["completion"] + args.demo_separator for d in demos)
     prompt = tokenizer(data["prompt"]).input_ids
-    completion = tokenizer(data["completion"], add_special_tokens=False).input_ids
-    if not completion:
-        raise IA2Error(f"{where}: field 'completion' is empty")
+    completion = _after(prompt, tokenizer(data["prompt"] + data["completion"]).input_ids, where)
     return Row(prompt, completion, tokenizer(context + data["prompt"]).input_ids, where)
 
 
+def _after(prompt: list[int], whole: list[int], where: str) -> list[int]:
+    """The completion's tokens as the model reads them after the prompt (tokenized together, so a tokenizer that
+    merges across the boundary or marks word starts is honoured); one line when the prompt's tokens change."""
+    if whole[: len(prompt)] != prompt or len(whole) == len(prompt):
+        raise IA2Error(f"{where}: the completion is empty, or changes how the prompt before it is tokenized")
+    return whole[len(prompt) :]
+
+
 def _conversation(messages: Sequence[Mapping[str, str]], where: str, tokenizer: PreTrainedTokenizerBase) -> Row:
-    """A conversation whose last turn is the completion and whose earlier user/assistant turns are demonstrations:
-    the student sees the system turn (if any) and the last user turn only."""
+    """A conversation whose last turn is the completion (with its end-of-turn tokens) and whose earlier user/assistant
+    turns are demonstrations: the student sees the system turn (if any) and the last user turn only."""
     if not tokenizer.chat_template:
         raise IA2Error(f"{where}: messages need a tokenizer with a chat template; {tokenizer.name_or_path!r} has none")
     if len(messages) < 2 or messages[-1].get("role") != "assistant" or messages[-2].get("role") != "user":
         raise IA2Error(f"{where}: field 'messages' must end with a user turn and the assistant's answer")
     system = [m for m in messages[:1] if m.get("role") == "system"]
-    student = tokenizer.apply_chat_template([*system, messages[-2]], add_generation_prompt=True, tokenize=False)
-    teacher = tokenizer.apply_chat_template(list(messages[:-1]), add_generation_prompt=True, tokenize=False)
-    completion = tokenizer(messages[-1]["content"], add_special_tokens=False).input_ids
     ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731 (the template has them)
-    return Row(ids(student), completion, ids(teacher), where)
+    render = lambda turns, ask: tokenizer.apply_chat_template(turns, add_generation_prompt=ask, tokenize=False)  # noqa: E731
+    student = ids(render([*system, messages[-2]], True))
+    completion = _after(student, ids(render([*system, *messages[-2:]], False)), where)
+    return Row(student, completion, ids(render(list(messages[:-1]), True)), where)
 
 
-def _check_context(rows: Sequence[Row], handle: ModelHandle, args: IA2Config) -> None:
+def _check_context(rows: Sequence[Row], answer: int, handle: ModelHandle) -> None:
     """Refuse, naming the row, a teacher prompt that leaves no room for its answer in the model's context."""
     context = handle.model.config.get_text_config().max_position_embeddings
     for row in rows:
-        answer = args.max_new_tokens or len(row.completion)
         if len(row.teacher_prompt) + answer > context:
             raise IA2Error(
                 f"{row.where}: the demonstrations and prompt take {len(row.teacher_prompt)} tokens, and the answer "
@@ -113,47 +122,39 @@ def _check_context(rows: Sequence[Row], handle: ModelHandle, args: IA2Config) ->
             )
 
 
-def _from_rows(rows: Sequence[Row], n_train: int, handle: ModelHandle, args: IA2Config) -> StageData:
-    """Items per label source: the gold completions and, when a stage trains on them, the ICL teacher's answers."""
+def _from_rows(rows: Sequence[Row], n_train: int, handle: ModelHandle, args: IA2Config, stop: str) -> StageData:
+    """Items per label source: the gold completions and, when a stage trains on them, the ICL teacher's answers
+    (cut at `stop`)."""
     gold = [Item(r.prompt, r.completion) for r in rows]
     items = {"gold": (gold[:n_train], gold[n_train:])}
     sources = {stage.labels for stage in METHODS[args.method].stages}
     if "placebo" in sources:
         raise IA2Error(f"IA2Config.method {args.method!r}: the placebo teacher needs question/answer rows")
-    keys = {}
-    if "icl" in sources:
-        if all(r.teacher_prompt == r.prompt for r in rows):
-            raise IA2Error(f"IA2Config.method {args.method!r} trains on the ICL teacher: give demonstrations")
-        teacher = _teacher(rows, handle, args)
-        online = args.teacher_mode == "online"
-        icl = [
-            Item(r.prompt, tokens, acts, ids, logp, r.teacher_prompt if online else None)
-            for r, tokens, acts, ids, logp in zip(
-                rows,
-                teacher.tokens,
-                teacher.acts,
-                *(_or_none(x, len(rows)) for x in (teacher.top_ids, teacher.top_logp)),
-            )
-        ]
-        items["icl"], keys["icl"] = (icl[:n_train], icl[n_train:]), teacher.key
-    return StageData(items, [], keys)
+    if "icl" not in sources:
+        return StageData(items, [])
+    if all(r.teacher_prompt == r.prompt for r in rows):
+        raise IA2Error(f"IA2Config.method {args.method!r} trains on the ICL teacher: give demonstrations")
+    answer = args.max_new_tokens or max(len(r.completion) for r in rows)
+    _check_context(rows, answer, handle)
+    teacher = _teacher(rows, handle, args, CollectSettings(answer, stop, args.per_device_eval_batch_size, "teacher"))
+    online = args.teacher_mode == "online"
+    ids, logp = (_or_none(x, len(rows)) for x in (teacher.top_ids, teacher.top_logp))
+    icl = [
+        Item(r.prompt, tokens, acts, top_ids, top_logp, r.teacher_prompt if online else None)
+        for r, tokens, acts, top_ids, top_logp in zip(rows, teacher.tokens, teacher.acts, ids, logp)
+    ]
+    return StageData(items | {"icl": (icl[:n_train], icl[n_train:])}, [], {"icl": teacher.key})
 
 
 def _or_none(values: Sequence | None, n: int) -> Sequence:
     return values if values is not None else [None] * n
 
 
-def _teacher(rows: Sequence[Row], handle: ModelHandle, args: IA2Config) -> targets.Targets:
-    """The teacher's greedy answers to the demonstration prompts (cut at the demonstration separator) with their
-    activations, cached by the rows' content and the model."""
+def _teacher(rows: Sequence[Row], handle: ModelHandle, args: IA2Config, settings: CollectSettings) -> targets.Targets:
+    """The teacher's greedy answers to the demonstration prompts with their activations (and its next-token
+    distributions when a loss needs them), cached by the rows' content and the base model."""
     distribution = any(LOSSES[s.loss].needs_distribution for s in METHODS[args.method].stages)
-    settings = CollectSettings(
-        args.max_new_tokens or max(len(r.completion) for r in rows),
-        args.demo_separator,
-        args.per_device_eval_batch_size,
-        "teacher",
-        0 if distribution else None,
-    )
+    settings = replace(settings, distribution=0 if distribution else None)
     digest = hashlib.sha256(json.dumps([[r.prompt, r.teacher_prompt] for r in rows]).encode()).hexdigest()[:16]
     fields = {"model": handle.fingerprint, "rows": digest, "source": "ia2.trainer"}
     tap = handle.tap if args.teacher_mode == "cached" else None

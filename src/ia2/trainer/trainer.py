@@ -76,7 +76,8 @@ class _Through:
 
 class IA2Trainer(Trainer):
     """Trains `args.method` (IA2, SFT, IA2 → SFT, ...) on a PEFT causal LM, one `Trainer.train` per stage, each with a
-    fresh optimizer, its own early stopping and best-state loading, and checkpoints under `output_dir/stage<i>-<loss>`.
+    fresh optimizer, its own early stopping and best-state loading, and checkpoints under
+    `output_dir/stage<i>-<loss>-<labels>`.
 
     `train_dataset` and `eval_dataset` are `datasets.Dataset`s (or lists of rows) of one shape: `prompt`/`completion`
     with `demonstrations`, conversational `messages`, or ia2's `question`/`answer`. The teacher is the same model with
@@ -84,11 +85,8 @@ class IA2Trainer(Trainer):
     """
 
     def __init__(self, model: PeftModel, args: IA2Config, train_dataset: Any, eval_dataset: Any = None, **kwargs: Any):
-        _check_model(model)
-        if not isinstance(args, IA2Config):
-            raise IA2Error(
-                "IA2Trainer: args must be an IA2Config (transformers' TrainingArguments plus ia2's settings)"
-            )
+        _check_setting(model, args, kwargs)
+        fingerprint = model_fingerprint(_Base(model))  # first: checkpointing below rewrites the config's use_cache
         tokenizer = kwargs.pop("processing_class", None)
         if tokenizer is None:
             raise IA2Error("IA2Trainer: give the tokenizer as processing_class")
@@ -108,9 +106,10 @@ class IA2Trainer(Trainer):
         if len(kinds) > 1:
             raise IA2Error(f"train_dataset and eval_dataset have different shapes: {', '.join(sorted(kinds))}")
         self.kind = kinds.pop()
+        if args.activation_checkpointing:  # now, so that the memory check of the stage data counts it
+            model.activation_checkpointing_enable(args.activation_checkpointing_kwargs)
         tap = Tap(model, args.site, tuple(args.layers) if args.layers else None)
-        base = model.get_base_model()
-        self.handle = ModelHandle(model, tokenizer, tap, model_fingerprint(base), type(base).__name__)
+        self.handle = ModelHandle(model, tokenizer, tap, fingerprint, type(model.get_base_model()).__name__)
         self.stage: Stage | None = None
         self.depth = 0
         self.stage_data: StageData | None = None
@@ -118,24 +117,33 @@ class IA2Trainer(Trainer):
     def train(self, *args: Any, **kwargs: Any):
         """Collect the teacher's targets, then train each stage of the method in turn; returns the last stage's
         output."""
+        stages = METHODS[self.args.method].stages
+        if len(stages) > 1 and (args or kwargs.get("resume_from_checkpoint")):
+            raise IA2Error(f"IA2Trainer: {self.args.method} trains {len(stages)} stages; resuming one is not supported")
         self.stage_data = build(self.rows["train"], self.rows["eval"], self.handle, self.args, self.kind)
         base, output = self.args.output_dir, None
-        for depth, stage in enumerate(METHODS[self.args.method].stages):
-            self.stage, self.depth = stage, depth
-            train, dev = self.stage_data.items[stage.labels]
-            self.train_dataset = Items(train)
-            if self.eval_dataset is not None:
-                self.eval_dataset = Items(dev)
-            self.args.output_dir = os.path.join(base, f"stage{depth}-{stage.loss}-{stage.labels}")
-            self.optimizer, self.lr_scheduler, self.state = None, None, TrainerState()
-            _reset_early_stopping(self.callback_handler.callbacks)
-            output = super().train(*args, **kwargs)
-        self.args.output_dir = base
+        try:
+            for depth, stage in enumerate(stages):
+                self.stage, self.depth = stage, depth
+                train, dev = self.stage_data.items[stage.labels]
+                self.train_dataset = Items(train)
+                if self.eval_dataset is not None:
+                    self.eval_dataset = Items(dev)
+                self.args.output_dir = os.path.join(base, f"stage{depth}-{stage.loss}-{stage.labels}")
+                self.optimizer, self.lr_scheduler, self.state = None, None, TrainerState()
+                _reset_early_stopping(self.callback_handler.callbacks)
+                output = super().train(*args, **kwargs)
+        finally:
+            self.args.output_dir = base
         return output
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        """The stage's ia2 loss on a batch of items."""
+        """The stage's ia2 loss on a batch of items. Under a launcher every trainable weight takes part, at zero
+        weight: an activation loss leaves weights past the last aligned layer without a gradient, which DDP, finding
+        them used by the logits, would wait for."""
         loss = batch_loss(self._objective(model), inputs["items"])
+        if model is not self.handle.model:
+            loss = loss + sum(0.0 * p.sum() for p in self.handle.model.parameters() if p.requires_grad)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model: nn.Module, inputs: dict, prediction_loss_only: bool, ignore_keys=None):
@@ -156,16 +164,70 @@ class IA2Trainer(Trainer):
         forward = inner if model is inner else _Through(model, inner)
         return Objective(forward, self.handle.tap, self.stage, self.args.train_config(), self.handle.pad_id)
 
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """The card the hub reads: the base model, `library_name: peft`, tags naming ia2, the method and the paper."""
-        base = self.handle.model.peft_config[self.handle.model.active_adapter].base_model_name_or_path
-        data = ModelCardData(
-            base_model=base, library_name="peft", tags=list(dict.fromkeys(["ia2", self.args.method, f"arxiv:{PAPER}"]))
-        )
-        text = f"---\n{data.to_yaml()}\n---\n\n# {METHODS[self.args.method].display} adapter for {base}\n\n"
-        text += f"Trained with ia2's `IA2Trainer`, method `{self.args.method}`.\n"
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        **ignored: Any,
+    ) -> None:
+        """README.md in output_dir with the hub's metadata (`card`); what `push_to_hub` passes is kept."""
         if self.is_world_process_zero():
+            text = card(self.handle.model, self.args.method, language, license, tags, dataset)
             ModelCard(text).save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def card(
+    model: PeftModel,
+    method: str,
+    language: str | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    dataset: str | list[str] | None = None,
+) -> str:
+    """The card the hub reads: the base model, `library_name: peft`, tags naming ia2, the method and the paper (and
+    any given), the license, language and dataset when given."""
+    base = model.peft_config[model.active_adapter].base_model_name_or_path
+    given = [tags] if isinstance(tags, str) else list(tags or [])
+    data = ModelCardData(
+        base_model=base,
+        library_name="peft",
+        license=license,
+        language=language,
+        tags=list(dict.fromkeys(["ia2", method, f"arxiv:{PAPER}", *given])),
+        datasets=[dataset] if isinstance(dataset, str) else dataset,
+    )
+    title = f"# {METHODS[method].display} adapter for {base}\n\nTrained with ia2's `IA2Trainer`, method `{method}`.\n"
+    return f"---\n{data.to_yaml()}\n---\n\n{title}"
+
+
+class _Base:
+    """The base model as ia2 fingerprints it before an adapter is added (the adapter's weights left out and PEFT's
+    `base_layer` names undone), so that a teacher's cached targets do not depend on the adapter's initialisation."""
+
+    def __init__(self, model: PeftModel) -> None:
+        self.config, self._model = model.get_base_model().config, model
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        adapters = tuple(f".{name}." for name in self._model.peft_config)
+        for name, param in self._model.get_base_model().named_parameters():
+            if not any(a in f"{name}." for a in adapters):
+                yield name.replace(".base_layer.", "."), param
+
+
+def _check_setting(model: Any, args: Any, kwargs: dict) -> None:
+    """What IA2Trainer trains: a PEFT causal LM, with an IA2Config, a fresh optimizer per stage, and one device per
+    process (DataParallel's copies would escape the activation taps)."""
+    _check_model(model)
+    if not isinstance(args, IA2Config):
+        raise IA2Error("IA2Trainer: args must be an IA2Config (transformers' TrainingArguments plus ia2's settings)")
+    if any(part is not None for part in kwargs.get("optimizers", ())):
+        raise IA2Error("IA2Trainer: each stage makes its own optimizer: set optim and learning_rate in IA2Config")
+    if args.n_gpu > 1:
+        raise IA2Error("IA2Trainer: one GPU per process: start several with accelerate launch or torchrun")
+    if args.world_size > 1 and model.peft_config[model.active_adapter].is_prompt_learning:
+        raise IA2Error("IA2Trainer: prompt and prefix tuning train in one process only (untested under a launcher)")
 
 
 def _check_model(model: Any) -> None:

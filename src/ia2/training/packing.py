@@ -225,11 +225,13 @@ def lanes(model: PeftModel, states: Sequence[Mapping[str, torch.Tensor]]) -> Ite
 
 def suggested(model: nn.Module, cfg: RunConfig, trains: Sequence[Sequence[Item]]) -> int:
     """How many adapters to pack when `pack` is not set: one on a CPU (already compute-bound at batch 4, so packing
-    does not pay), under FSDP, and for kinds that do not pack; on a GPU all of them (`trains`: each one's training
+    does not pay), under FSDP, on a 4-bit base (its layers are not plain linear ones) and for kinds that do not pack;
+    on a GPU all of them (`trains`: each one's training
     items), up to what half the available device memory holds by `memory`'s estimate of a training step. A base
     model with dropout trains one at a time (`base_dropout`)."""
     device = next(model.parameters()).device
-    if device.type != "cuda" or cfg.runtime.fsdp or pack_refusal(cfg.adapter) or base_dropout(model) or not trains:
+    alone = cfg.runtime.fsdp or cfg.runtime.quantization != "none" or pack_refusal(cfg.adapter) or base_dropout(model)
+    if device.type != "cuda" or alone or not trains:
         return 1
     width = max(len(i.prompt) + len(i.answer) for items in trains for i in items)
     keep = max(len(i.answer) for items in trains for i in items)
