@@ -49,6 +49,9 @@ class IA2Config(Arguments):
     per_device_train_batch_size: int = field(default=4, metadata=_help("training batch per device"))
     remove_unused_columns: bool = field(default=False, metadata=_help("kept: the trainer reads its own columns"))
     bf16: bool | None = field(default=False, metadata=_help("bf16 mixed precision (off: fp32, as ia2 trains)"))
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata=_help("transformers' older name of activation_checkpointing (off unless asked for)")
+    )
     activation_checkpointing_kwargs: dict | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
         metadata=_help("non-reentrant checkpointing: the activation loss needs the taps' gradients"),
