@@ -123,6 +123,8 @@ def split_timing(
     calls, brief, _ = speed.timed(lambda: run(short), device)
     calls_full, full, peak = speed.timed(lambda: run(steps), device)
     per_step = (full - brief) / (calls_full - calls)
+    if per_step <= 0:  # other work on the machine swamped the difference: the whole run, set-up counted as steps
+        per_step = full / calls_full
     return per_step * calls_full, max(0.0, full - per_step * calls_full), peak, calls_full
 
 
