@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCardData
 
@@ -85,12 +85,19 @@ model above (for an ia2 embedded name, the folder `ia2.model.loading.resolve(nam
 
 
 def metadata(cfg: RunConfig, task: Task, method: str) -> ModelCardData:
-    """The card's hub metadata: the base model as the user named it, `library_name: peft`, tags naming ia2, the
-    method and the paper, and the dataset when the task was read from the hub (a local or packaged task has no hub
-    id to link to)."""
-    tags = list(dict.fromkeys(["ia2", method, f"arxiv:{PAPER}"]))
+    """A run's adapter card metadata (`hub_metadata`), with the dataset when the task was read from the hub (a local
+    or packaged task has no hub id to link to)."""
     hub = task.source.removeprefix("hub:").partition("@")[0] if task.source.startswith("hub:") else None
-    return ModelCardData(base_model=cfg.model, library_name="peft", tags=tags, datasets=[hub] if hub else None)
+    return hub_metadata(cfg.model, method, [hub] if hub else None)
+
+
+def hub_metadata(
+    base_model: str, method: str, datasets: list[str] | None = None, tags: Sequence[str] = (), **more: Any
+) -> ModelCardData:
+    """The hub's metadata of an ia2 adapter: the base model as the user named it, `library_name: peft`, tags naming
+    ia2, the method and the paper (then `tags`), the datasets and any other card field given (`more`)."""
+    tags = list(dict.fromkeys(["ia2", method, f"arxiv:{PAPER}", *tags]))
+    return ModelCardData(base_model=base_model, library_name="peft", tags=tags, datasets=datasets, **more)
 
 
 def _prompt_section(task: Task, served: dict) -> str:

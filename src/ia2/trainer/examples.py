@@ -19,11 +19,12 @@ from ia2.data.splits import Split
 from ia2.data.tasks import Example, Task
 from ia2.errors import IA2Error
 from ia2.model.handle import ModelHandle
-from ia2.registry import LOSSES, METHODS
+from ia2.registry import METHODS
 from ia2.teacher import targets
 from ia2.teacher.targets import CollectSettings
 from ia2.trainer.arguments import IA2Config
 from ia2.training.lanes import Item
+from ia2.training.methods import needs_distribution
 from ia2.training.stages import StageData, stage_data
 
 SHAPES = {
@@ -153,8 +154,7 @@ def _or_none(values: Sequence | None, n: int) -> Sequence:
 def _teacher(rows: Sequence[Row], handle: ModelHandle, args: IA2Config, settings: CollectSettings) -> targets.Targets:
     """The teacher's greedy answers to the demonstration prompts with their activations (and its next-token
     distributions when a loss needs them), cached by the rows' content and the base model."""
-    distribution = any(LOSSES[s.loss].needs_distribution for s in METHODS[args.method].stages)
-    settings = replace(settings, distribution=0 if distribution else None)
+    settings = replace(settings, distribution=0 if needs_distribution([args.method]) else None)
     digest = hashlib.sha256(json.dumps([[r.prompt, r.teacher_prompt] for r in rows]).encode()).hexdigest()[:16]
     fields = {"model": handle.fingerprint, "rows": digest, "source": "ia2.trainer"}
     tap = handle.tap if args.teacher_mode == "cached" else None
@@ -191,12 +191,8 @@ def _from_questions(
         teacher_mode=args.teacher_mode,
         target_dtype=args.target_dtype,
         batch_size=args.per_device_eval_batch_size,
-        lr=args.learning_rate,
-        train_batch_size=args.per_device_train_batch_size,
-        w=args.w,
-        per_layer_norm=args.per_layer_norm,
     )
-    setup = _Setup(cfg, task, Encoder(task, handle.tokenizer, context))
+    setup = _Setup(replace(cfg, train=args.train_config()), task, Encoder(task, handle.tokenizer, context))
     split = Split(list(range(len(train))), list(range(len(train), len(examples))), [])
     return stage_data(setup, handle, split, args.seed, [args.method])
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import Dataset, Sampler
@@ -20,7 +20,7 @@ from ia2.errors import IA2Error
 from ia2.model.handle import ModelHandle
 from ia2.model.taps import Tap
 from ia2.registry import METHODS
-from ia2.run.card import PAPER
+from ia2.run.card import hub_metadata
 from ia2.teacher.targets import model_fingerprint
 from ia2.trainer.arguments import IA2Config
 from ia2.trainer.examples import build, shape
@@ -190,14 +190,8 @@ def card(
     any given), the license, language and dataset when given."""
     base = model.peft_config[model.active_adapter].base_model_name_or_path
     given = [tags] if isinstance(tags, str) else list(tags or [])
-    data = ModelCardData(
-        base_model=base,
-        library_name="peft",
-        license=license,
-        language=language,
-        tags=list(dict.fromkeys(["ia2", method, f"arxiv:{PAPER}", *given])),
-        datasets=[dataset] if isinstance(dataset, str) else dataset,
-    )
+    datasets = [dataset] if isinstance(dataset, str) else dataset
+    data = hub_metadata(base, method, datasets, given, license=license, language=language)
     title = f"# {METHODS[method].display} adapter for {base}\n\nTrained with ia2's `IA2Trainer`, method `{method}`.\n"
     return f"---\n{data.to_yaml()}\n---\n\n{title}"
 

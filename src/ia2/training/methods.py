@@ -3,6 +3,7 @@ is fed), the name reports show, and the methods a report tests it against."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,12 @@ for _method in (
 def baselines() -> tuple[str, ...]:
     """The declared methods that train nothing (they score the base model)."""
     return tuple(name for name, m in METHODS.items() if m.baseline)
+
+
+def needs_distribution(names: Iterable[str]) -> bool:
+    """Whether a stage of these methods trains on the teacher's next-token distributions (its loss says so), which
+    the teacher's collection must then keep."""
+    return any(LOSSES[stage.loss].needs_distribution for name in names for stage in METHODS[name].stages)
 
 
 def comparisons() -> tuple[tuple[str, str], ...]:

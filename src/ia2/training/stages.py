@@ -17,12 +17,12 @@ from ia2.data.prompts import Encoder, Prompted, teacher_prompts, teacher_queries
 from ia2.data.splits import Split
 from ia2.errors import IA2Error
 from ia2.model import distributed, memory
-from ia2.registry import LOSSES, METHODS
+from ia2.registry import METHODS
 from ia2.teacher import targets
 from ia2.teacher.targets import CollectSettings
 from ia2.training import packing
 from ia2.training.loop import Item, Lane, train_lanes
-from ia2.training.methods import Stage
+from ia2.training.methods import Stage, needs_distribution
 from ia2.training.tracking import Reporter, Tracking
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def teacher_targets(
     next-token distributions, from the cache or collected now with the adapter disabled, in batches of `batch_size`
     (default: the runtime's)."""
     teacher = setup.cfg.teacher
-    distribution = any(LOSSES[stage.loss].needs_distribution for m in methods for stage in METHODS[m].stages)
+    distribution = needs_distribution(methods)
     fields = {
         "model": handle.fingerprint,
         "task": setup.task.name,
