@@ -24,7 +24,7 @@ from ia2.run.card import hub_metadata
 from ia2.teacher.targets import model_fingerprint
 from ia2.trainer.arguments import IA2Config
 from ia2.trainer.examples import build, shape
-from ia2.training.lanes import Item
+from ia2.training.lanes import EpochOrder, Item
 from ia2.training.loop import Objective, batch_loss
 from ia2.training.methods import Stage
 from ia2.training.stages import StageData
@@ -45,19 +45,6 @@ class Items(Dataset):
 
 def collate(items: list[Item]) -> dict[str, list[Item]]:
     return {"items": items}
-
-
-class EpochOrder(Sampler[int]):
-    """A fresh random order at each epoch from one seeded generator: the order ia2's own loop draws for a seed."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.generator = n, torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
 class _Through:

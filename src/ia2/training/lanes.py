@@ -5,10 +5,11 @@ checks, early stopping, the best state and the stage's log)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Sampler
 
 from ia2.config import TrainConfig
 from ia2.teacher.store import Stored
@@ -48,13 +49,27 @@ class Lane:
     report: Reporter | None = None
 
 
+class EpochOrder(Sampler[int]):
+    """A fresh random order of n items at each epoch (each iteration), from one generator seeded once: a lane's data
+    order, and IA2Trainer's, which so draws the same."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.generator = n, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
 class Progress:
     """A lane's way through its stage: its data order, step, dev checks, best state and log."""
 
     def __init__(self, lane: Lane, first_dev: float) -> None:
         self.lane, cfg = lane, lane.cfg
-        self.generator = torch.Generator().manual_seed(lane.seed)
-        self.order, self.start, self.epoch = torch.randperm(len(lane.train), generator=self.generator).tolist(), 0, 0
+        self.orders = EpochOrder(len(lane.train), lane.seed)
+        self.order, self.start, self.epoch = list(self.orders), 0, 0
         self.step, self.stale, self.loss = 0, 0, math.nan
         self.best, self.best_state = first_dev, dict(lane.state)
         self.failure = None if math.isfinite(first_dev) else f"initial dev loss {first_dev}"
@@ -75,7 +90,7 @@ class Progress:
     def next_batch(self) -> list[Item]:
         """The next training batch, drawing a new order at each epoch's start."""
         if self.start >= len(self.order):
-            self.order, self.start = torch.randperm(len(self.lane.train), generator=self.generator).tolist(), 0
+            self.order, self.start = list(self.orders), 0
             self.epoch += 1
         batch = [self.lane.train[i] for i in self.order[self.start : self.start + self.lane.cfg.train_batch_size]]
         self.start += self.lane.cfg.train_batch_size
