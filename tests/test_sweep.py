@@ -172,10 +172,13 @@ def test_overlaps_stay_reported_after_the_adapters_are_deleted(swept, tmp_path):
     shutil.copytree(swept["out"], copy)
     before = report.write(copy)
     records = json.loads((copy / "overlaps.json").read_text())
-    assert len(records) == 2 * 2 * 3 * 2 * 2, "2 N × 2 seeds × 3 pairs × 2 × 2 learning-rate combinations"
+    same_seed = 2 * 2 * 3 * 2 * 2  # 2 N × 2 seeds × 3 pairs × 2 × 2 learning-rate combinations
+    next_seed = 2 * 3 * 2  # 2 N × 3 methods × 2 learning rates, seed 0 against seed 1 of the same run
+    assert len(records) == same_seed + next_seed
     for saved in copy.glob("runs/**/adapters"):
         shutil.rmtree(saved)
     assert report.write(copy) == before and "| ia2 vs ia2-sft |" in before
+    assert "| sft vs sft, next seed |" in before and "| ia2-sft vs ia2-sft, next seed |" in before
 
 
 def test_a_report_keeps_variants_apart(model_dirs, tmp_path):

@@ -103,14 +103,16 @@ def plot_reliability(per_method: Mapping[str, tuple[np.ndarray, np.ndarray]], pa
 
 
 def plot_overlap(overlaps: Mapping[str, Sequence[float]], baseline: float, path: Path) -> None:
-    """Mean ± std subspace overlap per method pair (points: runs), with the random-subspace level as a line."""
+    """Mean ± std subspace overlap per method pair (points: runs), a method against itself on another seed in its
+    own colour, with the random-subspace level as a line."""
     _require(overlaps, "method pairs")
     fig = Figure(figsize=(max(4, 1.2 * len(overlaps)), 4))
     ax = fig.subplots()
     for i, (pair, values) in enumerate(overlaps.items()):
         values = np.asarray(values, dtype=float)
         _require(len(values), f"overlaps for {pair}")
-        ax.bar(i, values.mean(), yerr=metrics.sample_std(values), capsize=4, color="C0", alpha=0.8)
+        colour = "C1" if "next seed" in pair else "C0"
+        ax.bar(i, values.mean(), yerr=metrics.sample_std(values), capsize=4, color=colour, alpha=0.8)
         ax.scatter(np.full(len(values), i), values, color="black", s=8, zorder=3)
     ax.axhline(baseline, color="C3", linestyle="--", label=f"random subspaces ({baseline:.3f})")
     ax.set_xticks(range(len(overlaps)), list(overlaps), rotation=20, ha="right")
