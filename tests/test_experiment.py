@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors
 import torch
 from peft import PeftModel
 
@@ -153,6 +154,32 @@ def test_rerun_reuses_rows(runs, monkeypatch):
     assert run_with_cache(argv(runs["model"], runs["task"], out), root / "cache_a") == 0
     assert [os.stat(p).st_mtime_ns for p in row_files] == mtimes
     assert results(out)["rows"] == before
+
+
+def test_a_run_reads_its_baselines_scores_back_from_the_cache(runs, tmp_path, monkeypatch):
+    """The base model's scores (ICL, zero-shot) are cached by what fixes them: a run into a new folder with the same
+    cache scores nothing and writes the same baseline rows; an entry that no longer reads is scored again."""
+    cache = runs["root"] / "cache_a"
+    entries = sorted((cache / "scores").glob("*.safetensors"))
+    assert len(entries) == 2 + 1, "ICL of seeds 0 and 1, zero-shot once"
+    rows_a = {(r["seed"], r["method"]): r for r in results(runs["a"])["rows"] if r["method"] in ("icl", "zero-shot")}
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("cached baselines must not be scored again")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(measure, "scores", no_scoring)
+        args = argv(runs["model"], runs["task"], tmp_path / "again", methods=["zero-shot", "icl"])
+        assert run_with_cache(args, cache) == 0
+    rows = {(r["seed"], r["method"]): r for r in results(tmp_path / "again")["rows"]}
+    assert rows == rows_a
+    entries[0].write_bytes(b"not a safetensors file")
+    assert (
+        run_with_cache(argv(runs["model"], runs["task"], tmp_path / "rescored", methods=["zero-shot", "icl"]), cache)
+        == 0
+    )
+    assert {(r["seed"], r["method"]): r for r in results(tmp_path / "rescored")["rows"]} == rows_a
+    assert sorted((cache / "scores").glob("*.safetensors")) == entries and entries[0].stat().st_size > 100
 
 
 def test_rerun_with_other_methods_gives_exactly_those_methods(runs, tmp_path):
@@ -310,10 +337,12 @@ def test_the_placebo_teacher_sees_the_same_demonstrations_with_shuffled_labels(t
         assert sorted(w for w in real_words if w in labels) == sorted(w for w in fake_words if w in labels)
 
 
-def test_the_icl_baseline_averages_its_metrics_over_several_draws(tmp_path, model_dirs):
+def test_the_icl_baseline_averages_its_metrics_over_several_draws(tmp_path, model_dirs, monkeypatch):
     """--icl-draws 3: the ICL row's metrics are the means over three demonstration draws, the first of which is the
     one a run with one draw makes (so rows of earlier runs stay valid), and the draws differ."""
     task = write_jsonl(tmp_path / "toy.jsonl", toy_rows(40))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IA2_CACHE", str(cache))
     rows = {}
     for draws in (1, 3):
         out = tmp_path / f"draws{draws}"
@@ -324,6 +353,10 @@ def test_the_icl_baseline_averages_its_metrics_over_several_draws(tmp_path, mode
     assert "icl_draws" not in one and three["icl_draws"] == 3 and len(three["accuracy_by_draw"]) == 3
     assert three["accuracy_by_draw"][0] == one["accuracy"]
     assert three["accuracy"] == pytest.approx(np.mean(three["accuracy_by_draw"]))
+    stored = [safetensors.safe_open(p, "pt").keys() for p in (cache / "scores").glob("*.safetensors")]
+    assert sorted("acts" in keys for keys in stored) == [False, False, True, True], (
+        "draws 2 and 3 keep no activations (nothing compares with them); draw 1 and zero-shot do"
+    )
     cfg = config.make("m", f"jsonl:{task}", n_train=4)
     split = splits.Split(train=list(range(4)), dev=[4, 5], test=list(range(10, 40)))
     first, second = (prompts.icl_demos(split, range(40), "per-query", 4, 30, 0, draw) for draw in (0, 1))

@@ -1,2 +1,3 @@
 """Scoring a model on held-out prompts: label log-probabilities and the activations at the last prompt token
-(`scoring`), and the metrics computed from them: accuracy, calibration, asim (`metrics`)."""
+(`scoring`), the base model's scores cached by content (`cache`), and the metrics computed from them: accuracy,
+calibration, asim (`metrics`)."""

@@ -11,6 +11,7 @@ import torch
 
 from ia2.data.prompts import Encoder, Prompted, icl_demos
 from ia2.data.splits import Split
+from ia2.evaluation import cache
 from ia2.evaluation.scoring import Scores, generation_metrics, layer_cosine, reliability, score, summarise
 from ia2.model.generation import generate_texts
 from ia2.model.handle import ModelHandle
@@ -68,12 +69,20 @@ def scores(
 
 
 def evaluate(
-    handle: ModelHandle, se: SeedEval, prompts: Sequence[Prompted], batch_size: int, desc: str
-) -> tuple[dict, torch.Tensor]:
+    handle: ModelHandle,
+    se: SeedEval,
+    prompts: Sequence[Prompted],
+    batch_size: int,
+    desc: str,
+    base: bool = False,
+    keep_acts: bool = True,
+) -> tuple[dict, torch.Tensor | None]:
     """The model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
 
     Classification is scored from the answer distribution; a generative task generates, cuts at the stop rule
-    and compares parsed answers (parse failures count as wrong).
+    and compares parsed answers (parse failures count as wrong). With `base` (the adapter disabled) a
+    classification's scores are read from, or kept in, the cache (`evaluation.cache`), activations only with
+    `keep_acts`.
     """
     task, encoder = se.eval.task, se.eval.encoder
     if task.generative:
@@ -81,7 +90,18 @@ def evaluate(
         golds = [task.examples[i].answer for i in se.eval.test]
         acts = scores(handle, prompts, [[handle.pad_id]], batch_size, task.label_score, f"{desc} acts").acts
         return {**generation_metrics(texts, golds, task.parser), "generations": texts, "reliability": None}, acts
-    measured = scores(handle, prompts, encoder.label_ids, batch_size, task.label_score, desc)
+
+    def measure() -> Scores:
+        return scores(handle, prompts, encoder.label_ids, batch_size, task.label_score, desc)
+
+    if base:
+        settings = {"pad_id": handle.pad_id, "batch_size": batch_size, "label_score": task.label_score}
+        key = cache.scores_key(
+            handle.model, handle.fingerprint, handle.tap, [p.prompt for p in prompts], encoder.label_ids, settings
+        )
+        measured = cache.cached_scores(key, measure, keep_acts)
+    else:
+        measured = measure()
     result = summarise(measured, se.gold, encoder.label_first())
     return {**result, "reliability": reliability(measured, se.gold)}, measured.acts
 
