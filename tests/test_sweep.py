@@ -14,7 +14,7 @@ from ia2.commands import cli
 from ia2.config import adapter_kinds
 from ia2.errors import IA2Error
 from ia2.reporting import aggregate, report
-from ia2.run import experiment, sweep
+from ia2.run import experiment, manifest, sweep
 from ia2.training import loop, stages
 
 
@@ -161,6 +161,8 @@ def test_report_files_and_cells(swept):
     assert (
         "`data.n_test` = 10" in protocol and "`train.max_steps` = 4" in protocol and "`train.patience` = 5" in protocol
     )
+    commit = (manifest.git_commit() or "")[:7] or "no commit recorded"
+    assert f"- Code (the runs' manifests): ia2 {manifest.versions()['ia2']}, {commit} (4 runs)" in protocol
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
     assert report.write(out) == md, "the report is a pure function of the rows"
 

@@ -107,8 +107,21 @@ def protocol(rows: list[dict]) -> str:
         ),
         "- Settings of every run (the protocol's, and any other that differs from ia2's defaults): "
         + (", ".join(f"`{k}` = {dump(v)}" for k, v in sorted(shared.items())) or "none"),
+        _code(rows),
     ]
     return "\n## Protocol\n\n" + "\n".join(lines) + "\n"
+
+
+def _code(rows: list[dict]) -> str:
+    """The code the runs were made by, as their manifests record it: ia2's version and git commit, with how many runs
+    each made (a run without a manifest, unfinished or older, counted as not recorded)."""
+    made: Counter[str] = Counter()
+    for run in sorted({r["run"] for r in rows}):
+        path = Path(run) / "manifest.json"
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+        commit = (recorded.get("git_commit") or "")[:7] or "no commit recorded"
+        made[f"ia2 {recorded.get('versions', {}).get('ia2', '?')}, {commit}" if recorded else "not recorded"] += 1
+    return "- Code (the runs' manifests): " + ", ".join(f"{code} ({n} run{'s' * (n > 1)})" for code, n in made.items())
 
 
 def _slug(*parts: object) -> str:
