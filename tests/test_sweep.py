@@ -183,14 +183,22 @@ def test_overlaps_stay_reported_after_the_adapters_are_deleted(swept, tmp_path):
     assert "| sft vs sft, next seed |" in before and "| ia2-sft vs ia2-sft, next seed |" in before
 
 
-def test_a_sweep_report_says_how_its_stages_ended(swept):
-    """The real sweep (max_steps 4): every stage of every seed is counted, none ran past the step cap, and the
-    report's table and summary.json agree."""
+def test_a_sweep_report_says_how_its_stages_ended_and_tests_every_declared_pair(swept):
+    """The real sweep (max_steps 4): every stage of every seed is counted, none ran past the step cap, every pair the
+    methods declare besides the headline is tested, and the report's tables and summary.json agree."""
     md = report.write(swept["out"])
     stages = json.loads((swept["out"] / "summary.json").read_text())["stages"]
     assert {(s["method"], s["position"]) for s in stages} == {("sft", 1), ("ia2", 1), ("ia2-sft", 1), ("ia2-sft", 2)}
     assert all(s["seeds"] == 2 and s["steps_max"] <= 4 for s in stages)
     assert "## How the trained stages ended" in md and md.count("| IA2 → SFT | 2. ce:gold |") == 2, "one per N"
+    declared = json.loads((swept["out"] / "summary.json").read_text())["declared_tests"]
+    assert sorted({(t["a"], t["b"], t["metric"], t["n_train"]) for t in declared}) == sorted(
+        (a, b, metric, n)
+        for a, b in (("ia2", "sft"), ("ia2-sft", "ia2"))
+        for metric in ("accuracy", "ece")
+        for n in (4, 6)
+    ), "every declared pair but the headline, both metrics, each N"
+    assert md.count("| IA2 only − SFT only | ") == 2 and md.count("| IA2 → SFT − IA2 only | ") == 2
 
 
 def test_a_report_keeps_variants_apart(model_dirs, tmp_path):

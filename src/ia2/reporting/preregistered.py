@@ -19,6 +19,7 @@ import numpy as np
 
 from ia2.errors import IA2Error
 from ia2.reporting.aggregate import LOWER_IS_BETTER, t_test
+from ia2.reporting.tables import difference, p_value
 from ia2.training.methods import display
 
 FILTERS = ("model", "task", "eval_task", "n_train")
@@ -161,18 +162,10 @@ def markdown(results: Sequence[dict]) -> str:
         unit = r.get("tasks_as_unit") or {}
         lines.append(
             f"| {r['role']} | {r['name']} | {display(r['a'])} − {display(r['b'])} | {scope} | {r['metric']} "
-            f"| {r['pairs']} | {_delta(r)} | {_num(r.get('d_z'))} | {_wlt(r)} | {_p(r.get('p_one_sided'))} "
-            f"| {_p(r.get('p_holm'))} | {_p(r.get('p_two_sided'))} | {_p(unit.get('p_one_sided'))} |"
+            f"| {r['pairs']} | {difference(r)} | {_num(r.get('d_z'))} | {_wlt(r)} | {p_value(r.get('p_one_sided'))} "
+            f"| {p_value(r.get('p_holm'))} | {p_value(r.get('p_two_sided'))} | {p_value(unit.get('p_one_sided'))} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _delta(r: dict) -> str:
-    if r.get("mean_difference") is None:
-        return "–"
-    ci = r.get("ci95")
-    interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
-    return f"{100 * r['mean_difference']:+.1f}{interval}"
 
 
 def _wlt(r: dict) -> str:
@@ -181,9 +174,3 @@ def _wlt(r: dict) -> str:
 
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"

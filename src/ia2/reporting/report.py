@@ -12,7 +12,7 @@ import numpy as np
 from ia2 import config
 from ia2.paths import write_json, write_text
 from ia2.registry import METHODS
-from ia2.reporting import aggregate, analysis, diagnostics, overlaps, plots, preregistered, tables
+from ia2.reporting import aggregate, analysis, diagnostics, overlaps, paired, plots, preregistered, tables
 from ia2.training.methods import HEADLINE, display
 
 SETTING = ("model", "data.task", "data.n_train", "data.eval_tasks")
@@ -148,14 +148,17 @@ def write(folder: Path, select_by: str | None = None) -> str:
         preregistered.measure(preregistered.parse(declared, tuple(METHODS), str(folder)), kept) if declared else []
     )
     md += "\n" + preregistered.markdown(planned) if planned else ""
-    md += diagnostics.section(kept, variants(r["condition"] for r in kept))
+    names = variants(r["condition"] for r in kept)
+    declared_tests = paired.declared_tests(kept)
+    md += paired.section(declared_tests, names) + diagnostics.section(kept, names)
     md += _figures(kept, cells, figures, folder, keys)
     records = overlaps.overlap_records(rows, folder)
-    md += overlaps.section(kept, folder, figures, records, variants(r["condition"] for r in kept))
+    md += overlaps.section(kept, folder, figures, records, names)
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
     summary = {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled}
-    summary |= {"stages": diagnostics.stage_summary(kept), "icl_draws": diagnostics.icl_draws(kept)}
+    summary |= {"declared_tests": declared_tests, "stages": diagnostics.stage_summary(kept)}
+    summary |= {"icl_draws": diagnostics.icl_draws(kept)}
     write_json(folder / "summary.json", summary | ({"preregistered": planned} if planned else {}))
     return md
 

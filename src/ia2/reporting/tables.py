@@ -146,10 +146,20 @@ def latex_table(cells: Sequence[dict], methods: Sequence[str], n: int, caption: 
     )
 
 
-def _p(value: float | None) -> str:
+def p_value(value: float | None) -> str:
+    """A p-value as the tables print it ("–" when undefined)."""
     if value is None:
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def difference(test: dict | None) -> str:
+    """A paired test's mean difference in points with its 95% CI ("–" when there is none)."""
+    if test is None or test.get("mean_difference") is None:
+        return "–"
+    ci = test.get("ci95")
+    interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+    return f"{100 * test['mean_difference']:+.1f}{interval}"
 
 
 def _headline_pairs(cells: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
@@ -182,7 +192,7 @@ def significance_table(cells: Sequence[dict]) -> str:
         accs = [_part(c["accuracy_mean"], c.get("accuracy_std"), _pct, None, str) for c in (base, both)]
         delta = f"{100 * (both['accuracy_mean'] - base['accuracy_mean']):+.1f}"
         ood = "*" if ev != task else ""
-        ps = " | ".join(_p(both.get(key)) for key in ("p_one_sided", "p_two_sided"))
+        ps = " | ".join(p_value(both.get(key)) for key in ("p_one_sided", "p_two_sided"))
         lines.append(f"| {model} | {task} | {ev}{ood} | {n} | {' | '.join(accs)} | {delta} | {ps} |")
     if len(lines) == 2:
         raise IA2Error(f"no (model, task, eval_task, N) has both a {against} and a {tested} cell")
