@@ -32,7 +32,7 @@ from ia2 import config, paths
 from ia2.commands import cli
 from ia2.config import TrainConfig
 from ia2.errors import IA2Error
-from ia2.evaluation import scoring
+from ia2.evaluation import cache, scoring
 from ia2.model import adapters, distributed, generation, loading
 from ia2.model.taps import Tap
 from ia2.reporting import plots
@@ -45,7 +45,7 @@ from ia2.training.methods import Stage
 METHODS = "zero-shot,icl,sft,ia2,ia2-sft"
 WEIGHTS_ATOL = 1e-4
 METRICS_ATOL = 1e-5
-WRITERS = (paths, target_files, store, adapters, loading, plots)
+WRITERS = (paths, target_files, store, adapters, loading, plots, cache)
 PARALLEL = ("two", "fsdp")
 KINDS = ("lora", "ia3")
 # Under FSDP a layer runs on weights gathered into fresh, differently aligned memory (the loaded ones are mapped from

@@ -156,6 +156,29 @@ def test_rerun_reuses_rows(runs, monkeypatch):
     assert results(out)["rows"] == before
 
 
+def test_an_interrupted_method_keeps_the_adapters_it_finished(runs, tmp_path, monkeypatch):
+    """Packs of one adapter (the CPU default): each seed's rows are written as soon as its adapter is trained, so an
+    interruption during seed 1's SFT keeps seed 0's, and the resumed run trains seed 1 only, to run A's numbers."""
+    out, trained = tmp_path / "out", []
+    real = stages.train_lanes
+
+    def interrupted(model, tap, lanes, *args, **kwargs):
+        if any(lane.desc.endswith("s1") for lane in lanes):
+            raise KeyboardInterrupt
+        trained.append([lane.desc for lane in lanes])
+        return real(model, tap, lanes, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "train_lanes", interrupted)
+    interrupted_run = run_with_cache(argv(runs["model"], runs["task"], out, methods=["sft"]), runs["root"] / "cache_a")
+    assert interrupted_run == 130, "an interrupted command exits as Ctrl-C does"
+    assert trained == [["ce:gold s0"]]
+    assert [p.parent.name for p in out.glob("rows/*/seed*/sft.json")] == ["seed0"]
+    monkeypatch.setattr(stages, "train_lanes", real)
+    assert run_with_cache(argv(runs["model"], runs["task"], out, methods=["sft"]), runs["root"] / "cache_a") == 0
+    sft = {r["seed"]: r for r in results(out)["rows"] if r["method"] == "sft"}
+    assert sft == {r["seed"]: r for r in results(runs["a"])["rows"] if r["method"] == "sft"}
+
+
 def test_a_run_reads_its_baselines_scores_back_from_the_cache(runs, tmp_path, monkeypatch):
     """The base model's scores (ICL, zero-shot) are cached by what fixes them: a run into a new folder with the same
     cache scores nothing and writes the same baseline rows; an entry that no longer reads is scored again."""

@@ -130,8 +130,9 @@ def _train_methods(
     todo: dict[tuple[int, int], list[str]],
     prepared: dict[int, PreparedSeed],
 ) -> None:
-    """Each trained method, in the config's order, for every (run, seed) lacking it, in packs; each adapter then
-    evaluated and its rows written."""
+    """Each trained method, in the config's order, for every (run, seed) lacking it, in packs (`runtime.pack`, else
+    as memory allows: one adapter on a CPU); each pack's adapters evaluated and their rows written as soon as it is
+    trained, so an interruption loses one pack's work, not a method's."""
     trainees = {
         (m, seed): Trainee.fresh(seed, member.cfg.train, prep.data, prep.start)
         for m, member in enumerate(members)
@@ -142,13 +143,15 @@ def _train_methods(
     for method in [name for name in setup.cfg.methods if not METHODS[name].baseline]:
         stages = METHODS[method].stages
         who = [key for key in trainees if method in todo[key]]
-        runner.train(stages, [trainees[key] for key in who])
-        for m, seed in who:
-            runner.load(trainees[m, seed], stages)
-            logs = trainees[m, seed].memo[stages][1]
-            run_setup, out = replace(setup, cfg=members[m].cfg), members[m].out
-            rows = method_rows(run_setup, handle, tracking, method, seed, logs, prepared[seed], out)
-            _write(setup, members[m], seed, rows)
+        size = runner.pack_size(stages, [trainees[key] for key in who])
+        for pack in (who[start : start + size] for start in range(0, len(who), size)):
+            runner.train(stages, [trainees[key] for key in pack])
+            for m, seed in pack:
+                runner.load(trainees[m, seed], stages)
+                logs = trainees[m, seed].memo[stages][1]
+                run_setup, out = replace(setup, cfg=members[m].cfg), members[m].out
+                rows = method_rows(run_setup, handle, tracking, method, seed, logs, prepared[seed], out)
+                _write(setup, members[m], seed, rows)
 
 
 def _who(members: Sequence[Member], m: int) -> str:

@@ -272,6 +272,15 @@ class StageRunner:
             if not self._depth:
                 self._close()
 
+    def pack_size(self, stages: tuple[Stage, ...], who: Sequence[Trainee]) -> int:
+        """How many of `who` train together: `pack`, else what memory suggests for the most demanding of `stages`
+        (one on a CPU), so that a caller can evaluate each pack as soon as it is trained."""
+        if self.pack:
+            return self.pack
+        trains = [[t.data.items[stage.labels][0] for t in who] for stage in stages]
+        suggested = min((packing.suggested(self.handle.model, self.cfg, items) for items in trains), default=1)
+        return min(distributed.everyone(suggested))
+
     def _train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None) -> list[list[dict]]:
         """`train`, within the adapters it keeps."""
         who = list(self.trainees if who is None else who)
