@@ -13,8 +13,8 @@ def _stage(stage: str, steps: int, epochs: int, best: int, **extra) -> dict:
     return {"stage": stage, "steps": steps, "epochs": epochs, "best_step": best, "history": history, **extra}
 
 
-def _row(method: str, seed: int, train: list[dict], eval_task: str = "t") -> dict:
-    base = {"model": "m", "n_train": 4, "task": "t", "eval_task": eval_task, "condition": CONDITION}
+def _row(method: str, seed: int, train: list[dict], eval_task: str = "t", n: int = 4) -> dict:
+    base = {"model": "m", "n_train": n, "task": "t", "eval_task": eval_task, "condition": CONDITION}
     return base | {"method": method, "seed": seed, "train": train}
 
 
@@ -23,7 +23,7 @@ def test_a_stage_is_counted_as_ended_by_the_cap_of_its_own_method():
         _row("ia2", 0, [_stage("ia2:icl", 10, 10, 10)]),  # the 10-epoch cap, best at the last check
         _row("ia2", 1, [_stage("ia2:icl", 6, 6, 2)]),  # early stopping, best long before
         _row("ia2-long", 0, [_stage("ia2:icl", 10, 10, 10)]),  # 4× the cap: 10 epochs is early
-        _row("ia2-sft", 0, [_stage("ia2:icl", 10, 10, 8), _stage("ce:gold", 4, 4, 2, improved=False)]),
+        _row("ia2-sft", 0, [_stage("ia2:icl", 10, 10, 8), _stage("ce:gold", 2, 2, 0, improved=False)]),
         _row("sft-steps", 0, [_stage("ce:gold", 14, 14, 14)]),  # a fixed number of steps: no cap
         _row("ia2", 0, [_stage("ia2:icl", 10, 10, 10)], eval_task="other"),  # reuses seed 0's adapter
     ]
@@ -34,6 +34,7 @@ def test_a_stage_is_counted_as_ended_by_the_cap_of_its_own_method():
     assert got["ia2-long", 1]["ended_by_cap"] == 0 and got["ia2-long", 1]["late_best"] == 1
     assert got["ia2-sft", 1]["late_best"] == 1, "step 8 is the second-to-last check of 0, 2, …, 10"
     assert got["ia2-sft", 2]["stage"] == "ce:gold" and got["ia2-sft", 2]["not_improved"] == 1
+    assert got["ia2-sft", 2]["late_best"] == 0, "checks 0 and 2, best at the start: it never improved"
     assert got["sft-steps", 1]["ended_by_cap"] is None and got["sft-steps", 1]["late_best"] is None
 
 
@@ -46,3 +47,11 @@ def test_icl_by_draw_sets_the_first_draw_beside_the_mean():
     assert d["draws"] == 3 and d["seeds"] == 2
     assert abs(d["mean_of_draws"] - 0.65) < 1e-12 and abs(d["first_draw"] - 0.75) < 1e-12
     assert abs(d["spread"] - 0.2) < 1e-12, "(0.4 + 0.0) / 2"
+
+
+def test_stages_are_listed_by_n_as_a_number_then_in_the_methods_order():
+    rows = [_row(m, 0, [_stage("ce:gold", 2, 2, 2)], n=n) for n in (16, 4) for m in ("sft", "ia2")]
+    rows = [{**r, "train": [_stage("ia2:icl", 2, 2, 2)]} if r["method"] == "ia2" else r for r in rows]
+    assert [(s["n_train"], s["method"]) for s in diagnostics.stage_summary(rows)] == [
+        (4, "sft"), (4, "ia2"), (16, "sft"), (16, "ia2")
+    ]  # fmt: skip

@@ -179,6 +179,21 @@ def test_an_interrupted_method_keeps_the_adapters_it_finished(runs, tmp_path, mo
     assert sft == {r["seed"]: r for r in results(runs["a"])["rows"] if r["method"] == "sft"}
 
 
+def test_packs_of_two_write_their_rows_before_the_next_pack_trains(runs, tmp_path, monkeypatch):
+    """--pack 2 over three seeds: seeds 0 and 1 train together and their rows are written before seed 2's pack."""
+    out, packs = tmp_path / "out", []
+    real = stages.train_lanes
+
+    def recorded(model, tap, lanes, *args, **kwargs):
+        packs.append(([lane.desc for lane in lanes], sorted(p.parent.name for p in out.glob("rows/*/seed*/sft.json"))))
+        return real(model, tap, lanes, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "train_lanes", recorded)
+    args = [*argv(runs["model"], runs["task"], out, seeds="0,1,2", methods=["sft"]), "--pack", "2"]
+    assert run_with_cache(args, tmp_path / "cache") == 0
+    assert packs == [(["ce:gold s0", "ce:gold s1"], []), (["ce:gold s2"], ["seed0", "seed1"])]
+
+
 def test_a_run_reads_its_baselines_scores_back_from_the_cache(runs, tmp_path, monkeypatch):
     """The base model's scores (ICL, zero-shot) are cached by what fixes them: a run into a new folder with the same
     cache scores nothing and writes the same baseline rows; an entry that no longer reads is scored again."""

@@ -162,7 +162,8 @@ def test_report_files_and_cells(swept):
         "`data.n_test` = 10" in protocol and "`train.max_steps` = 4" in protocol and "`train.patience` = 5" in protocol
     )
     commit = (manifest.git_commit() or "")[:7] or "no commit recorded"
-    assert f"- Code (the runs' manifests): ia2 {manifest.versions()['ia2']}, {commit} (4 runs)" in protocol
+    code = f"ia2 {manifest.versions()['ia2']}, {commit} (4 runs)"
+    assert f"- Code (the commit that finished each run, from its manifest): {code}" in protocol
     assert "\\begin{table*}" in (out / "tables.tex").read_text()
     assert report.write(out) == md, "the report is a pure function of the rows"
 
@@ -191,7 +192,7 @@ def test_a_sweep_report_says_how_its_stages_ended_and_tests_every_declared_pair(
     assert {(s["method"], s["position"]) for s in stages} == {("sft", 1), ("ia2", 1), ("ia2-sft", 1), ("ia2-sft", 2)}
     assert all(s["seeds"] == 2 and s["steps_max"] <= 4 for s in stages)
     assert "## How the trained stages ended" in md and md.count("| IA2 → SFT | 2. ce:gold |") == 2, "one per N"
-    declared = json.loads((swept["out"] / "summary.json").read_text())["declared_tests"]
+    declared = json.loads((swept["out"] / "summary.json").read_text())["method_pair_tests"]
     assert sorted({(t["a"], t["b"], t["metric"], t["n_train"]) for t in declared}) == sorted(
         (a, b, metric, n)
         for a, b in (("ia2", "sft"), ("ia2-sft", "ia2"))

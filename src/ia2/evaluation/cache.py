@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ia2.evaluation.scoring import Scores
@@ -33,14 +33,16 @@ def scores_key(
     label_ids: Sequence[Sequence[int]],
     settings: dict,
 ) -> str:
-    """Hash of everything base-model scores depend on: the weights (`fingerprint`) and the dtype they run in, the
-    tap's site, module and layers, the exact prompt and label token ids, and the scoring `settings` (pad id, batch
-    size, label scoring)."""
+    """Hash of everything base-model scores depend on: the weights (`fingerprint`), the dtype and device type they
+    run in, the tap's site, module and layers, the exact prompt and label token ids, and the scoring `settings` (pad
+    id, batch size, label scoring, and the runtime settings that change rounding: compilation, sharding)."""
+    first = next(model.parameters())
     fields = {
         "version": VERSION,
         "model": fingerprint,
-        "dtype": str(next(model.parameters()).dtype),
-        "tap": None if tap is None else [tap.site, type(tap.module).__name__, list(tap.layers)],
+        "dtype": str(first.dtype),
+        "device": first.device.type,
+        "tap": None if tap is None else [tap.site, tap.module, list(tap.layers)],
         "labels": [list(ids) for ids in label_ids],
         **settings,
     }
@@ -54,10 +56,9 @@ def cached_scores(key: str, compute: Callable[[], Scores], keep_acts: bool = Tru
     process (activations only with `keep_acts`: a baseline whose activations nothing compares with leaves them out,
     and gets none back). Every process reads or computes alike, so collective scoring never runs on some only."""
     path = cache_root() / "scores" / f"{key}.safetensors"
-    if distributed.agree(_serves(path, keep_acts)):
-        scores = _load(path)
-        scores.acts = scores.acts if keep_acts else None
-        return scores
+    found = _read(path, keep_acts)
+    if distributed.agree(found is not None):
+        return found
     scores = compute()
     if not keep_acts:
         scores.acts = None
@@ -66,16 +67,23 @@ def cached_scores(key: str, compute: Callable[[], Scores], keep_acts: bool = Tru
     return scores
 
 
-def _serves(path: Path, keep_acts: bool) -> bool:
-    """Whether a readable entry is there, with activations when they are asked for (an unreadable one is scored
-    again and replaced)."""
+def _read(path: Path, keep_acts: bool) -> Scores | None:
+    """The entry's scores (activations only with `keep_acts`), or None when it is not there, lacks activations asked
+    for, or does not read or match its checksum (truncated, corrupt or overwritten in place: it is scored again and
+    replaced)."""
     if not path.exists():
-        return False
+        return None
     try:
         with safe_open(path, "pt") as stored:
-            return set(ARRAYS) <= set(stored.keys()) and (not keep_acts or "acts" in stored.keys())
-    except SafetensorError:
-        return False
+            tensors, recorded = {name: stored.get_tensor(name) for name in stored.keys()}, stored.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
+    if recorded.get("sha256") != _digest(tensors) or not set(ARRAYS) <= tensors.keys():
+        return None
+    if keep_acts and "acts" not in tensors:
+        return None
+    arrays = {name: tensors[name].numpy() for name in ARRAYS}
+    return Scores(**arrays, acts=tensors.get("acts") if keep_acts else None)
 
 
 def _save(path: Path, scores: Scores) -> None:
@@ -83,9 +91,14 @@ def _save(path: Path, scores: Scores) -> None:
     if scores.acts is not None:
         tensors["acts"] = scores.acts.contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp)
+        save_file(tensors, tmp, metadata={"sha256": _digest(tensors)})
 
 
-def _load(path: Path) -> Scores:
-    tensors = load_file(path)
-    return Scores(**{name: tensors[name].numpy() for name in ARRAYS}, acts=tensors.get("acts"))
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -28,9 +28,10 @@ def _ended_by_cap(stage: dict, cap_epochs: int | None, max_steps: int | None) ->
 
 
 def _late_best(stage: dict) -> bool:
-    """Whether the best dev state was found at one of the stage's last two dev checks (still improving)."""
-    checks = [h["step"] for h in stage.get("history", []) if "dev_loss" in h]
-    return bool(checks) and stage.get("best_step") in checks[-2:]
+    """Whether the best dev state was found at one of the stage's last two dev checks after its start (still
+    improving); a stage whose best is its start never improved, however few checks it had."""
+    checks = [h["step"] for h in stage.get("history", []) if "dev_loss" in h and h["step"] > 0]
+    return bool(stage.get("best_step")) and stage["best_step"] in checks[-2:]
 
 
 def stage_summary(rows: list[dict]) -> list[dict]:
@@ -43,7 +44,7 @@ def stage_summary(rows: list[dict]) -> list[dict]:
     order = list(METHODS)
     out = []
     for (model, n, task, condition, method), members in sorted(
-        groups.items(), key=lambda kv: (str(kv[0][:4]), order.index(kv[0][4]))
+        groups.items(), key=lambda kv: (kv[0][:4], order.index(kv[0][4]))
     ):
         train = _settings(condition)
         for i, declared in enumerate(METHODS[method].stages):
@@ -75,7 +76,7 @@ def icl_draws(rows: list[dict]) -> list[dict]:
         if r["method"] == "icl" and r.get("accuracy_by_draw"):
             groups[r["model"], r["n_train"], r["task"], r["eval_task"], r["condition"]].append(r["accuracy_by_draw"])
     out = []
-    for (model, n, task, eval_task, condition), draws in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (model, n, task, eval_task, condition), draws in sorted(groups.items()):
         mean, first = [float(np.mean(d)) for d in draws], [d[0] for d in draws]
         out.append(
             {
@@ -89,10 +90,9 @@ def icl_draws(rows: list[dict]) -> list[dict]:
     return out
 
 
-def section(rows: list[dict], names: dict[str, str]) -> str:
-    """The training diagnostics and ICL-by-draw tables as report sections (`names`: each condition's variant)."""
+def section(stages: list[dict], draws: list[dict], names: dict[str, str]) -> str:
+    """`stage_summary` and `icl_draws` as report sections (`names`: each condition's variant)."""
     text = ""
-    stages = stage_summary(rows)
     if stages:
         text += (
             "\n## How the trained stages ended\n\n"
@@ -111,7 +111,6 @@ def section(rows: list[dict], names: dict[str, str]) -> str:
                 f"| {display(s['method'])} | {s['position']}. {s['stage']} | {steps} | {count('ended_by_cap')} "
                 f"| {count('late_best')} | {count('diverged')} | {count('not_improved')} |\n"
             )
-    draws = icl_draws(rows)
     if draws:
         text += (
             "\n## ICL by demonstration draw\n\n"

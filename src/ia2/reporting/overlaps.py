@@ -107,12 +107,11 @@ def _reported_pairs(kept: list[dict], folder: Path) -> Iterator[tuple[str, str, 
             if a in adapters and b in adapters:
                 yield condition, f"{a} vs {b}", _pair_key(folder, adapters[a], adapters[b])
     for condition in dict.fromkeys(c for c, _ in chosen):
-        seeds = sorted(seed for c, seed in chosen if c == condition)
         for method in _compared():
+            seeds = sorted(seed for c, seed in chosen if c == condition and method in chosen[c, seed])
             for s1, s2 in zip(seeds, seeds[1:]):
-                first, second = chosen[condition, s1].get(method), chosen[condition, s2].get(method)
-                if first and second:
-                    yield condition, f"{method} vs {method}, next seed", _pair_key(folder, first, second)
+                first, second = chosen[condition, s1][method], chosen[condition, s2][method]
+                yield condition, f"{method} vs {method}, next seed", _pair_key(folder, first, second)
 
 
 def section(kept: list[dict], folder: Path, figures: Path, records: dict[str, dict], names: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from ia2.training.methods import HEADLINE, comparisons, display
 GROUP = ("model", "task", "eval_task", "n_train", "condition")
 
 
-def declared_tests(kept: list[dict]) -> list[dict]:
+def pair_tests(kept: list[dict]) -> list[dict]:
     """Accuracy and ECE tests of every declared pair but the headline, on the selected rows."""
     return [
         test

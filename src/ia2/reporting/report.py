@@ -113,15 +113,18 @@ def protocol(rows: list[dict]) -> str:
 
 
 def _code(rows: list[dict]) -> str:
-    """The code the runs were made by, as their manifests record it: ia2's version and git commit, with how many runs
-    each made (a run without a manifest, unfinished or older, counted as not recorded)."""
+    """The code the runs were made by, as their manifests record it: ia2's version and the git commit that finished
+    each run (a resumed run's earlier rows may come from another), with how many runs each made (a run without a
+    manifest, unfinished or older, counted as not recorded)."""
     made: Counter[str] = Counter()
     for run in sorted({r["run"] for r in rows}):
         path = Path(run) / "manifest.json"
         recorded = json.loads(path.read_text()) if path.exists() else {}
         commit = (recorded.get("git_commit") or "")[:7] or "no commit recorded"
         made[f"ia2 {recorded.get('versions', {}).get('ia2', '?')}, {commit}" if recorded else "not recorded"] += 1
-    return "- Code (the runs' manifests): " + ", ".join(f"{code} ({n} run{'s' * (n > 1)})" for code, n in made.items())
+    return "- Code (the commit that finished each run, from its manifest): " + ", ".join(
+        f"{code} ({n} run{'s' * (n > 1)})" for code, n in made.items()
+    )
 
 
 def _slug(*parts: object) -> str:
@@ -149,16 +152,16 @@ def write(folder: Path, select_by: str | None = None) -> str:
     )
     md += "\n" + preregistered.markdown(planned) if planned else ""
     names = variants(r["condition"] for r in kept)
-    declared_tests = paired.declared_tests(kept)
-    md += paired.section(declared_tests, names) + diagnostics.section(kept, names)
+    pair_tests, stages = paired.pair_tests(kept), diagnostics.stage_summary(kept)
+    icl_draws = diagnostics.icl_draws(kept)
+    md += paired.section(pair_tests, names) + diagnostics.section(stages, icl_draws, names)
     md += _figures(kept, cells, figures, folder, keys)
     records = overlaps.overlap_records(rows, folder)
     md += overlaps.section(kept, folder, figures, records, names)
     write_text(folder / "report.md", md)
     write_text(folder / "tables.tex", tex)
     summary = {"select": select_by, "choices": choices, "cells": cells, "tests": tests, "pooled_tests": pooled}
-    summary |= {"declared_tests": declared_tests, "stages": diagnostics.stage_summary(kept)}
-    summary |= {"icl_draws": diagnostics.icl_draws(kept)}
+    summary |= {"method_pair_tests": pair_tests, "stages": stages, "icl_draws": icl_draws}
     write_json(folder / "summary.json", summary | ({"preregistered": planned} if planned else {}))
     return md
 

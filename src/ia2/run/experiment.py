@@ -222,15 +222,16 @@ def baseline_rows(
     """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run, its
     scores kept in `zero_shot` by evaluation set. The base model's scores are cached, so a resumed run reads them
     back; only the first ICL draw's activations (the teacher's, for asim) and zero-shot's are kept."""
-    name, batch = se.eval.task.name, setup.cfg.runtime.batch_size
+    name, runtime = se.eval.task.name, setup.cfg.runtime
+    batch, cached = runtime.batch_size, {"compile": runtime.compile, "fsdp": runtime.fsdp}
     with handle.model.disable_adapter():
-        icl, se.icl = evaluate(handle, se, se.icl_prompts, batch, f"icl s{seed}", base=True)
+        icl, se.icl = evaluate(handle, se, se.icl_prompts, batch, f"icl s{seed}", cached)
         draws = [result_row(setup, "icl", seed, se, icl, se.icl, se.k)]
         for draw, prompts in enumerate(se.more_icl, start=1):
-            measured, acts = evaluate(handle, se, prompts, batch, f"icl s{seed} draw {draw}", True, keep_acts=False)
+            measured, acts = evaluate(handle, se, prompts, batch, f"icl s{seed} draw {draw}", cached, keep_acts=False)
             draws.append(result_row(setup, "icl", seed, se, measured, acts, se.k))
         if name not in zero_shot:
-            zero_shot[name] = evaluate(handle, se, se.plain, batch, "zero-shot", base=True)
+            zero_shot[name] = evaluate(handle, se, se.plain, batch, "zero-shot", cached)
     return [mean_row(draws), result_row(setup, "zero-shot", seed, se, *zero_shot[name], 0)]
 
 

@@ -3,7 +3,7 @@ result row of one (method, seed, evaluation set)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,15 +74,15 @@ def evaluate(
     prompts: Sequence[Prompted],
     batch_size: int,
     desc: str,
-    base: bool = False,
+    cached: Mapping[str, object] | None = None,
     keep_acts: bool = True,
 ) -> tuple[dict, torch.Tensor | None]:
     """The model's metrics on prompts of one evaluation set, and its activations at the last prompt token.
 
     Classification is scored from the answer distribution; a generative task generates, cuts at the stop rule
-    and compares parsed answers (parse failures count as wrong). With `base` (the adapter disabled) a
-    classification's scores are read from, or kept in, the cache (`evaluation.cache`), activations only with
-    `keep_acts`.
+    and compares parsed answers (parse failures count as wrong). With `cached` (the base model, its adapter
+    disabled; the runtime settings that change rounding) a classification's scores are read from, or kept in, the
+    cache (`evaluation.cache`), activations only with `keep_acts`.
     """
     task, encoder = se.eval.task, se.eval.encoder
     if task.generative:
@@ -94,8 +94,8 @@ def evaluate(
     def measure() -> Scores:
         return scores(handle, prompts, encoder.label_ids, batch_size, task.label_score, desc)
 
-    if base:
-        settings = {"pad_id": handle.pad_id, "batch_size": batch_size, "label_score": task.label_score}
+    if cached is not None:
+        settings = {"pad_id": handle.pad_id, "batch_size": batch_size, "label_score": task.label_score, **cached}
         key = cache.scores_key(
             handle.model, handle.fingerprint, handle.tap, [p.prompt for p in prompts], encoder.label_ids, settings
         )

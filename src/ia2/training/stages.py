@@ -275,11 +275,11 @@ class StageRunner:
     def pack_size(self, stages: tuple[Stage, ...], who: Sequence[Trainee]) -> int:
         """How many of `who` train together: `pack`, else what memory suggests for the most demanding of `stages`
         (one on a CPU), so that a caller can evaluate each pack as soon as it is trained."""
-        if self.pack:
-            return self.pack
-        trains = [[t.data.items[stage.labels][0] for t in who] for stage in stages]
-        suggested = min((packing.suggested(self.handle.model, self.cfg, items) for items in trains), default=1)
-        return min(distributed.everyone(suggested))
+        return min((self._size([t.data.items[stage.labels][0] for t in who]) for stage in stages), default=1)
+
+    def _size(self, trains: Sequence[Sequence[Item]]) -> int:
+        """The pack size for adapters training on `trains`: `pack`, else what every process's memory allows."""
+        return self.pack or min(distributed.everyone(packing.suggested(self.handle.model, self.cfg, trains)))
 
     def _train(self, stages: tuple[Stage, ...], who: Sequence[Trainee] | None) -> list[list[dict]]:
         """`train`, within the adapters it keeps."""
@@ -290,7 +290,7 @@ class StageRunner:
             path = stages[: depth + 1]
             todo = [t for t in who if path not in t.memo]
             trains = [t.data.items[stage.labels][0] for t in todo]
-            size = self.pack or min(distributed.everyone(packing.suggested(self.handle.model, self.cfg, trains)))
+            size = self._size(trains)
             for start in range(0, len(todo), size):
                 self._train_pack(todo[start : start + size], path)
         return [t.memo[stages][1] for t in who]
