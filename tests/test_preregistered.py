@@ -47,6 +47,28 @@ def test_a_declared_test_pairs_by_seed_and_pools_over_tasks_when_no_task_is_name
     )
     assert ece["alternative"] == "less"
     assert [pooled["p_holm"], ece["p_holm"]] == preregistered.holm([pooled["p_one_sided"], ece["p_one_sided"]])
+    assert primary["rejects"] == (primary["p_one_sided"] < 0.05), "the primary is read on its own p"
+    assert [pooled["rejects"], ece["rejects"]] == [pooled["p_holm"] < 0.05, ece["p_holm"] < 0.05], "secondary: Holm"
+
+
+def test_a_test_without_pairs_is_not_run_and_rejects_nothing():
+    """A cut condition's test stays in the family (Holm's m counts it) and the report says it was not run."""
+    plan = preregistered.parse(
+        {
+            "primary": {"name": "p", "a": "ia2-sft", "b": "sft", "task": "t1"},
+            "secondary": [
+                {"name": "cut", "a": "ia2-sft", "b": "sft", "task": "absent"},
+                {"name": "run", "a": "ia2-sft", "b": "sft", "task": "t2"},
+            ],
+        },
+        METHODS,
+        "s.yaml",
+    )
+    primary, cut, run = preregistered.measure(plan, rows())
+    assert cut["pairs"] == 0 and cut["rejects"] is None and cut["p_holm"] is None
+    assert run["p_holm"] == pytest.approx(min(1.0, 2 * run["p_one_sided"])), "m = 2: the cut test still counts"
+    lines = preregistered.markdown([primary, cut, run]).splitlines()
+    assert "| not run |" in next(x for x in lines if x.startswith("| secondary | cut"))
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from ia2.training.methods import display
 
 FILTERS = ("model", "task", "eval_task", "n_train")
 METRICS = ("accuracy", "ece")
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,20 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 def measure(plan: Plan, rows: Iterable[dict]) -> list[dict]:
     """Every declared test on the kept rows (one per method, seed and condition), primary first; the secondary
-    tests carry their Holm-adjusted one-sided p-value."""
+    tests carry their Holm-adjusted one-sided p-value. Each says whether it rejects at one-sided ALPHA (the primary
+    on its own p, a secondary on its Holm p; None: not run, no pairs)."""
     rows = list(rows)
-    out = [{"role": "primary", **_measure(plan.primary, rows)}]
+    primary = {"role": "primary", **_measure(plan.primary, rows)}
+    primary["rejects"] = _rejects(primary["p_one_sided"])
     secondary = [{"role": "secondary", **_measure(t, rows)} for t in plan.secondary]
     for result, adjusted in zip(secondary, holm([r["p_one_sided"] for r in secondary])):
         result["p_holm"] = adjusted
-    return out + secondary
+        result["rejects"] = _rejects(adjusted)
+    return [primary, *secondary]
+
+
+def _rejects(p: float | None) -> bool | None:
+    return None if p is None else bool(p < ALPHA)
 
 
 def _measure(test: Test, rows: list[dict]) -> dict:
@@ -150,12 +158,13 @@ def markdown(results: Sequence[dict]) -> str:
     p-values (Holm-adjusted for the secondary family; with tasks as the unit where pooled)."""
     lines = [
         "## Pre-registered tests\n",
-        "Declared in the sweep file before any run (`tests`). The primary test is read alone at one-sided α = 0.05; "
-        "the secondary tests are one family, their one-sided p-values adjusted by Holm's method. Differences are "
-        "a − b in points (ECE: in points of calibration error, lower is better); pairs are (task, eval set, seed).\n",
+        "Declared in the sweep file before any run (`tests`). The primary test is read alone at one-sided "
+        f"α = {ALPHA}; the secondary tests are one family, their one-sided p-values adjusted by Holm's method; "
+        "`rejects` reads each so (a test with no pairs was not run and rejects nothing). Differences are a − b in "
+        "points (ECE: in points of calibration error, lower is better); pairs are (task, eval set, seed).\n",
         "| role | test | a − b | scope | metric | pairs | Δ [95% CI] | d_z | W/L/T | p one-sided | p Holm "
-        "| p two-sided | p tasks as unit |",
-        "|---" * 13 + "|",
+        "| rejects | p two-sided | p tasks as unit |",
+        "|---" * 14 + "|",
     ]
     for r in results:
         scope = ", ".join(f"{k}={r[k]}" for k in FILTERS if r.get(k) is not None) or "all"
@@ -163,9 +172,14 @@ def markdown(results: Sequence[dict]) -> str:
         lines.append(
             f"| {r['role']} | {r['name']} | {display(r['a'])} − {display(r['b'])} | {scope} | {r['metric']} "
             f"| {r['pairs']} | {difference(r)} | {_num(r.get('d_z'))} | {_wlt(r)} | {p_value(r.get('p_one_sided'))} "
-            f"| {p_value(r.get('p_holm'))} | {p_value(r.get('p_two_sided'))} | {p_value(unit.get('p_one_sided'))} |"
+            f"| {p_value(r.get('p_holm'))} | {_decision(r['rejects'])} | {p_value(r.get('p_two_sided'))} "
+            f"| {p_value(unit.get('p_one_sided'))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _decision(rejects: bool | None) -> str:
+    return "not run" if rejects is None else "yes" if rejects else "no"
 
 
 def _wlt(r: dict) -> str:
