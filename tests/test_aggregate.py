@@ -75,6 +75,11 @@ def test_paired_test_pairs_by_seed_and_matches_scipy(metric, column, alternative
         half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
         assert test["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half], rel=1e-9)
         assert test["d_z"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+        assert test["tasks"] == len(tasks)
+    assert [t["tasks_as_unit"] for t in per_task] == [None, None], "one task: no task-level test"
+    means = [np.mean(np.subtract(*expected((task,), column))) for task in ("t1", "t2")]
+    unit = stats.ttest_1samp(means, 0.0, alternative=alternative)
+    assert pooled[0]["tasks_as_unit"]["p_one_sided"] == pytest.approx(unit.pvalue, rel=1e-12)
 
 
 def test_paired_test_without_two_pairs_has_no_statistic():

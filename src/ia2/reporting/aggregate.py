@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -175,10 +175,10 @@ def paired_test(
     alternative = "less" if metric in LOWER_IS_BETTER else "greater"
     out = []
     for group, units in sorted(pairs.items()):
-        both = [(u[a], u[b]) for u in units.values() if a in u and b in u]
+        both = {key: (u[a], u[b]) for key, u in units.items() if a in u and b in u}
         if not both:
             continue
-        x, y = np.array(both).T
+        x, y = np.array(list(both.values())).T
         out.append(
             {
                 **dict(zip(by, group)),
@@ -189,9 +189,21 @@ def paired_test(
                 "mean_difference": float((x - y).mean()),
                 "alternative": alternative,
                 **t_test(x, y, alternative),
+                **tasks_as_unit(both, alternative),
             }
         )
     return out
+
+
+def tasks_as_unit(pairs: Mapping[tuple, tuple[float, float]], alternative: str) -> dict:
+    """How many (task, eval set)s the pairs (keyed by (task, eval_task, ...)) span and, where several, the t-test
+    of their mean differences against 0: seeds of one task are not independent draws of a claim about tasks."""
+    by_task: dict[tuple, list[float]] = defaultdict(list)
+    for (task, eval_task, *_), (x, y) in pairs.items():
+        by_task[task, eval_task].append(x - y)
+    means = np.array([np.mean(d) for d in by_task.values()])
+    unit = t_test(means, np.zeros_like(means), alternative) if len(by_task) > 1 else None
+    return {"tasks": len(by_task), "tasks_as_unit": unit}
 
 
 def t_test(x: np.ndarray, y: np.ndarray, alternative: str) -> dict:

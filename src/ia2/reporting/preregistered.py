@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ia2.errors import IA2Error
-from ia2.reporting.aggregate import LOWER_IS_BETTER, t_test
+from ia2.reporting.aggregate import LOWER_IS_BETTER, t_test, tasks_as_unit
 from ia2.reporting.tables import difference, p_value
 from ia2.training.methods import display
 
@@ -136,20 +136,15 @@ def _measure(test: Test, rows: list[dict]) -> dict:
         return head | {"pairs": 0, "mean_difference": None, **t_test(np.array([]), np.array([]), alternative)}
     x, y = (np.array(v) for v in zip(*pairs.values()))
     better = sign * (x - y)
-    by_task: dict[tuple, list[float]] = defaultdict(list)
-    for (task, eval_task, *_), (a, b) in pairs.items():
-        by_task[task, eval_task].append(a - b)
-    task_means = np.array([np.mean(d) for d in by_task.values()])
     return head | {
         "pairs": len(pairs),
-        "tasks": len(by_task),
         "mean_difference": float((x - y).mean()),
         "median_difference": float(np.median(x - y)),
         "wins": int((better > 0).sum()),
         "losses": int((better < 0).sum()),
         "ties": int((better == 0).sum()),
         **t_test(x, y, alternative),
-        "tasks_as_unit": t_test(task_means, np.zeros_like(task_means), alternative) if len(by_task) > 1 else None,
+        **tasks_as_unit(pairs, alternative),
     }
 
 

@@ -280,22 +280,25 @@ def _tables(
         text += (
             f"\n## Pooled over tasks and seeds (paired t-test, {' minus '.join(map(display, HEADLINE))})\n\n"
             "In-distribution rows only: "
-            "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model.\n\n"
+            "out-of-distribution evaluations reuse the same adapters. N = all pools every N of a model. With the tasks "
+            "as the unit: the one-sided test of the tasks' mean differences, where several tasks are pooled.\n\n"
         )
         named = _variant_names(keys)
         text += (
             f"| model | N | metric | pairs | mean difference | 95% CI | d_z | t "
-            f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) |\n" + "|---" * 10 + "|\n"
+            f"| p (one-sided, {display(HEADLINE[0]).replace(' ', '')} better) | p (two-sided) "
+            "| tasks | p (tasks as unit) |\n" + "|---" * 12 + "|\n"
         )
         for t in pooled:
             stat, d, one, two = (
                 "–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "d_z", "p_one_sided", "p_two_sided")
             )
             ci = "–" if t["ci95"] is None else f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]"
+            unit = (t["tasks_as_unit"] or {}).get("p_one_sided")
             model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
             text += (
                 f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {ci} "
-                f"| {d} | {stat} | {one} | {two} |\n"
+                f"| {d} | {stat} | {one} | {two} | {t['tasks']} | {'–' if unit is None else f'{unit:.3g}'} |\n"
             )
     return text
 
