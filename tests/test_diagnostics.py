@@ -49,6 +49,13 @@ def test_icl_by_draw_sets_the_first_draw_beside_the_mean():
     assert abs(d["spread"] - 0.2) < 1e-12, "(0.4 + 0.0) / 2"
 
 
+def test_icl_by_draw_of_a_single_seed_has_no_spread_and_writes_as_json():
+    """A sweep still running has conditions with one seed; summary.json must still be written."""
+    (d,) = diagnostics.icl_draws([{**_row("icl", 0, []), "accuracy_by_draw": [0.9, 0.7, 0.5]}])
+    assert d["mean_of_draws_std"] == 0.0 and d["first_draw_std"] == 0.0
+    assert json.loads(json.dumps(d)) == d
+
+
 def test_stages_are_listed_by_n_as_a_number_then_in_the_methods_order():
     rows = [_row(m, 0, [_stage("ce:gold", 2, 2, 2)], n=n) for n in (16, 4) for m in ("sft", "ia2")]
     rows = [{**r, "train": [_stage("ia2:icl", 2, 2, 2)]} if r["method"] == "ia2" else r for r in rows]

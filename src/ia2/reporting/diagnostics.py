@@ -82,8 +82,8 @@ def icl_draws(rows: list[dict]) -> list[dict]:
             {
                 "model": model, "n_train": n, "task": task, "eval_task": eval_task, "condition": condition,
                 "draws": len(draws[0]), "seeds": len(draws),
-                "mean_of_draws": float(np.mean(mean)), "mean_of_draws_std": metrics.sample_std(mean),
-                "first_draw": float(np.mean(first)), "first_draw_std": metrics.sample_std(first),
+                "mean_of_draws": float(np.mean(mean)), "mean_of_draws_std": float(metrics.sample_std(mean)),
+                "first_draw": float(np.mean(first)), "first_draw_std": float(metrics.sample_std(first)),
                 "spread": float(np.mean([max(d) - min(d) for d in draws])),
             }
         )  # fmt: skip
