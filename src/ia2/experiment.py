@@ -108,11 +108,12 @@ def _prepare(
     """Every seed with work left, prepared (`prepare_seed`), its baseline rows written to the runs that lack them."""
     runs = range(len(members))
     seeds = [seed for seed in ctx.cfg.seeds if any(todo[m, seed] for m in runs)]
+    prepared = {}
     with tqdm(seeds, desc="seeds", leave=False) as bar:  # closed on an error too, so its line is not left open
-        prepared = {seed: prepare_seed(ctx, seed, [todo[m, seed] for m in runs]) for seed in bar}
-    for seed, prep in prepared.items():
-        for m in runs:
-            _write(ctx, members[m], seed, [r for r in prep.baselines if r["method"] in todo[m, seed]])
+        for seed in bar:
+            prepared[seed] = prepare_seed(ctx, seed, [todo[m, seed] for m in runs])
+            for m in runs:
+                _write(ctx, members[m], seed, [r for r in prepared[seed].baselines if r["method"] in todo[m, seed]])
     return prepared
 
 
