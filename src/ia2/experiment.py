@@ -19,7 +19,7 @@ from .config import RunConfig
 from .context import RunContext, load_context
 from .errors import IA2Error
 from .manifest import manifest
-from .measure import SeedEval, dev_accuracy, evaluate, mean_row, result_row, seed_eval
+from .measure import SeedEval, cached_evaluate, dev_accuracy, evaluate, mean_row, result_row, seed_eval
 from .methods import METHODS
 from .paths import check_output, write_json
 from .results import write_reports
@@ -205,13 +205,13 @@ def baseline_rows(ctx: RunContext, seed: int, se: SeedEval) -> list[dict]:
     """ICL (with demonstrations) and zero-shot rows of one evaluation set; zero-shot is scored once per run."""
     name = se.eval.task.name
     with ctx.model.disable_adapter():
-        icl, se.icl = evaluate(ctx, se, se.icl_prompts, f"icl s{seed}")
+        icl, se.icl = cached_evaluate(ctx, se, se.icl_prompts, f"icl s{seed}")
         draws = [result_row(ctx, "icl", seed, se, icl, se.icl, se.k)]
         for draw, prompts in enumerate(se.more_icl, start=1):
-            measured, acts = evaluate(ctx, se, prompts, f"icl s{seed} draw {draw}")
+            measured, acts = cached_evaluate(ctx, se, prompts, f"icl s{seed} draw {draw}")
             draws.append(result_row(ctx, "icl", seed, se, measured, acts, se.k))
         if name not in ctx.zero_shot:
-            ctx.zero_shot[name] = evaluate(ctx, se, se.plain, "zero-shot")
+            ctx.zero_shot[name] = cached_evaluate(ctx, se, se.plain, "zero-shot")
     return [mean_row(draws), result_row(ctx, "zero-shot", seed, se, *ctx.zero_shot[name], 0)]
 
 

@@ -3,15 +3,19 @@ result row of one (method, seed, evaluation set)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from .context import EvalSet, RunContext
 from .evaluate import Scores, generation_metrics, layer_cosine, reliability, score, summarise
 from .generation import generate_texts
+from .paths import atomic_path, cache_root
 from .prompts import Prompted, icl_demos
 from .splits import Split
 
@@ -84,6 +88,28 @@ def evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: s
     measured = scores(ctx, prompts, encoder.label_ids, desc)
     result = summarise(measured, se.gold, encoder.label_first())
     return {**result, "reliability": reliability(measured, se.gold)}, measured.acts
+
+
+def cached_evaluate(ctx: RunContext, se: SeedEval, prompts: Sequence[Prompted], desc: str) -> tuple[dict, torch.Tensor]:
+    """`evaluate` of the base model (the adapter disabled), kept on disk under the cache by everything that fixes its
+    result, so that a resumed run does not score its baselines again."""
+    key = hashlib.sha256(
+        json.dumps(
+            [ctx.fingerprint, [p.prompt for p in prompts], se.gold.tolist(), se.eval.encoder.label_ids, ctx.pad_id,
+             ctx.cfg.runtime.batch_size, ctx.cfg.teacher.site, ctx.cfg.teacher.layers, se.eval.task.label_score,
+             se.eval.task.generative, [se.eval.task.examples[i].answer for i in se.eval.test]],
+            default=str,
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    folder = cache_root() / "evaluations" / key
+    if (folder / "measured.json").exists():
+        return json.loads((folder / "measured.json").read_text()), load_file(folder / "acts.safetensors")["acts"]
+    measured, acts = evaluate(ctx, se, prompts, desc)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file({"acts": acts.contiguous()}, tmp / "acts.safetensors")
+        (tmp / "measured.json").write_text(json.dumps(measured))
+    return measured, acts
 
 
 def dev_accuracy(ctx: RunContext, dev: Sequence[Prompted], desc: str) -> float | None:
