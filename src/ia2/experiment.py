@@ -123,8 +123,8 @@ def _train_methods(
     todo: dict[tuple[int, int], list[str]],
     prepared: dict[int, PreparedSeed],
 ) -> None:
-    """Each trained method, in the config's order, for every (run, seed) lacking it, in packs; each adapter then
-    evaluated and its rows written."""
+    """Each trained method, in the config's order, for every (run, seed) lacking it, one at a time; each adapter
+    evaluated and its rows written as soon as it is trained, so an interruption loses at most one adapter's work."""
     trainees = {
         (m, seed): Trainee.fresh(seed, member.cfg.train, prep.data, prep.start)
         for m, member in enumerate(members)
@@ -134,9 +134,8 @@ def _train_methods(
     runner = StageRunner(ctx, list(trainees.values()), ctx.cfg.runtime.pack)
     for method in [name for name in ctx.cfg.methods if not METHODS[name].baseline]:
         stages = METHODS[method].stages
-        who = [key for key in trainees if method in todo[key]]
-        runner.train(stages, [trainees[key] for key in who])
-        for m, seed in who:
+        for m, seed in [key for key in trainees if method in todo[key]]:
+            runner.train(stages, [trainees[m, seed]])
             runner.load(trainees[m, seed], stages)
             logs = trainees[m, seed].memo[stages][1]
             rows = method_rows(replace(ctx, cfg=members[m].cfg), method, seed, logs, prepared[seed], members[m].out)
