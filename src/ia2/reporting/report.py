@@ -290,15 +290,15 @@ def _tables(
             "| tasks | p (tasks as unit) |\n" + "|---" * 12 + "|\n"
         )
         for t in pooled:
-            stat, d, one, two = (
-                "–" if t[k] is None else f"{t[k]:.3g}" for k in ("t", "d_z", "p_one_sided", "p_two_sided")
+            unit = (t["tasks_as_unit"] or {}).get("p_one_sided")
+            stat, d, one, two, by_task = (
+                "–" if v is None else f"{v:.3g}" for v in (t["t"], t["d_z"], t["p_one_sided"], t["p_two_sided"], unit)
             )
             ci = "–" if t["ci95"] is None else f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]"
-            unit = (t["tasks_as_unit"] or {}).get("p_one_sided")
             model = t["model"] + (f" ({named[t['variant']]})" if named[t["variant"]] else "")
             text += (
                 f"| {model} | {t['n_train']} | {t['metric']} | {t['pairs']} | {t['mean_difference']:+.3f} | {ci} "
-                f"| {d} | {stat} | {one} | {two} | {t['tasks']} | {'–' if unit is None else f'{unit:.3g}'} |\n"
+                f"| {d} | {stat} | {one} | {two} | {t['tasks']} | {by_task} |\n"
             )
     return text
 
